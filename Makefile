@@ -1,0 +1,47 @@
+# `make demo` and `make test` each create .venv if it is missing and install into it.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ECDCTR := $(VENV)/bin/ecdctr
+STAMP := $(VENV)/.installed
+
+DEMO ?= demo
+DEMO_START ?= 2026-01-01
+DEMO_DAYS ?= 90
+DEMO_DATE ?= 2026-03-31
+DEMO_SEED ?= 0
+
+.PHONY: install demo test lint bench lock clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -r requirements-dev.txt -c constraints.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	rm -rf $(DEMO)
+	$(ECDCTR) simulate --out=$(DEMO)/logs --start=$(DEMO_START) --days=$(DEMO_DAYS) --seed=$(DEMO_SEED)
+	$(ECDCTR) daily --config=configs/demo.yaml --date=$(DEMO_DATE)
+	zcat $(DEMO)/logs/ad/date=$(DEMO_DATE)/*.jsonl.gz | head -n 5 > $(DEMO)/sample.jsonl
+	@echo "click probabilities of 5 held-out ad impressions from $(DEMO)/sample.jsonl:"
+	$(ECDCTR) predict --model=$(DEMO)/export/actr --input=$(DEMO)/sample.jsonl
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: $(STAMP) lint
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py
+
+# Re-resolve the transitive pins after editing requirements.txt.
+lock: $(STAMP)
+	$(PY) -m pip freeze --exclude-editable | grep -v '^ecdctr' > constraints.txt
+
+clean:
+	rm -rf $(DEMO) .pytest_cache .ruff_cache
