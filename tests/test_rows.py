@@ -1,0 +1,69 @@
+"""Tests for raw-row validation and Example encoding."""
+
+import datetime as dt
+
+import pytest
+import tensorflow as tf
+
+from ecdctr.data import parse_batch
+from ecdctr.rows import RowError, RowParser, domain_key, to_example
+from ecdctr.spec import load_spec
+
+SPEC = load_spec("features/default.yaml")
+DAY = dt.date(2026, 3, 1)
+T0 = int(dt.datetime(2026, 3, 1, tzinfo=dt.UTC).timestamp())
+
+
+def _row(**changes):
+    row = {"request_id": "r1", "ts": T0 + 60, "click": 1, "user_id": "u1", "item_id": 7,
+           "scenario": "s1", "position": "p0", "user_segment": "g2", "price": "12.5",
+           "hist_categories": "c1|c2"}
+    row.update(changes)
+    return {k: v for k, v in row.items() if v is not ...}
+
+
+def test_good_row_types_and_example_round_trip():
+    parsed = RowParser(SPEC).parse(_row(extra_col=3), DAY)
+    assert parsed.values["item_id"] == "7" and parsed.values["price"] == 12.5
+    assert parsed.values["hist_categories"] == ["c1", "c2"]
+    assert parsed.dropped_columns == ["extra_col"]
+    assert domain_key(SPEC, parsed) == "s1|p0|g2"
+    features, label = parse_batch(SPEC, tf.constant([to_example(SPEC, parsed).SerializeToString()]))
+    assert label.numpy().tolist() == [[1.0]]
+    assert features["user_id"].numpy().tolist() == [b"u1"]
+    assert features["gender"].numpy().tolist() == [b""]  # missing -> spec default
+    assert features["price_band"].numpy().tolist() == [12.5]
+    assert features["hist_categories"].to_list() == [[b"c1", b"c2"]]
+
+
+@pytest.mark.parametrize("changes, reason", [
+    ({"click": ...}, "missing_label"),
+    ({"click": 2}, "bad_label"),
+    ({"click": "yes"}, "bad_label"),
+    ({"ts": ...}, "missing_timestamp"),
+    ({"ts": "soon"}, "bad_timestamp"),
+    ({"ts": T0 - 1}, "timestamp_outside_partition"),
+    ({"ts": T0 + 86400}, "timestamp_outside_partition"),
+    ({"price": "cheap"}, "wrong_type"),
+    ({"price": float("nan")}, "non_finite"),
+    ({"price": float("inf")}, "non_finite"),
+    ({"user_id": {"a": 1}}, "wrong_type"),
+    ({"user_id": 1.5}, "wrong_type"),
+    ({"hist_categories": 3}, "wrong_type"),
+    ({"request_id": ...}, "missing_request_id"),
+])
+def test_bad_rows_raise_with_reason(changes, reason):
+    with pytest.raises(RowError) as e:
+        RowParser(SPEC).parse(_row(**changes), DAY)
+    assert e.value.reason == reason
+
+
+def test_not_an_object():
+    with pytest.raises(RowError) as e:
+        RowParser(SPEC).parse([1, 2], DAY)
+    assert e.value.reason == "not_an_object"
+
+
+def test_parse_features_needs_no_label():
+    values, dropped = RowParser(SPEC).parse_features({"user_id": "u9", "price": 3})
+    assert values == {"user_id": "u9", "price": 3.0} and dropped == []
