@@ -1,0 +1,67 @@
+"""Offline CTR metrics: LogLoss, AUC and GAUC (impression-weighted mean of per-user AUC)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def logloss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
+    """Mean binary cross-entropy."""
+    p = np.clip(np.asarray(probs, np.float64), eps, 1 - eps)
+    y = np.asarray(labels, np.float64)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def _average_ranks(scores: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties given their average rank."""
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    starts = np.r_[True, sorted_scores[1:] != sorted_scores[:-1]]
+    group = np.cumsum(starts) - 1
+    first = np.flatnonzero(starts)
+    last = np.r_[first[1:], len(scores)]
+    ranks = np.empty(len(scores))
+    ranks[order] = ((first + last + 1) / 2.0)[group]
+    return ranks
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties count one half); NaN with one class only."""
+    y = np.asarray(labels).astype(bool).ravel()
+    s = np.asarray(scores, np.float64).ravel()
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = _average_ranks(s)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def gauc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
+    """Group AUC: the mean of per-group AUC weighted by the group's impressions, over groups
+    that have both a click and a non-click (others carry no ranking signal); NaN if none."""
+    y = np.asarray(labels).ravel()
+    s = np.asarray(scores, np.float64).ravel()
+    _, inverse = np.unique(np.asarray(groups).ravel(), return_inverse=True)
+    order = np.argsort(inverse, kind="mergesort")
+    bounds = np.flatnonzero(np.r_[True, np.diff(inverse[order]) != 0, True])
+    total, weight = 0.0, 0
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        idx = order[a:b]
+        clicks = y[idx].sum()
+        if 0 < clicks < len(idx):
+            total += auc(y[idx], s[idx]) * len(idx)
+            weight += len(idx)
+    return total / weight if weight else float("nan")
+
+
+def summary(labels: np.ndarray, probs: np.ndarray, groups: np.ndarray) -> dict[str, float]:
+    """LogLoss, AUC, GAUC, row count, observed CTR and mean prediction."""
+    return {
+        "rows": int(len(labels)),
+        "logloss": logloss(labels, probs),
+        "auc": auc(labels, probs),
+        "gauc": gauc(labels, probs, groups),
+        "ctr": float(np.mean(labels)) if len(labels) else float("nan"),
+        "mean_prediction": float(np.mean(probs)) if len(probs) else float("nan"),
+    }
