@@ -1,0 +1,70 @@
+"""tf.data input built from the spec: reads the Beam job's TFRecords and parses them in batches."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterable, Sequence
+
+import tensorflow as tf
+
+from ecdctr.spec import Spec
+
+
+def feature_description(spec: Spec, with_label: bool = True) -> dict:
+    """tf.io.parse_example description keyed by raw column; missing values take the spec's
+    defaults, a missing list is empty."""
+    desc: dict = {}
+    if with_label:
+        desc[spec.label] = tf.io.FixedLenFeature([], tf.int64)
+    for f in spec.features:
+        if f.column in desc:
+            continue
+        if f.kind == "numeric":
+            desc[f.column] = tf.io.FixedLenFeature([], tf.float32, default_value=f.default)
+        elif f.kind == "categorical":
+            desc[f.column] = tf.io.FixedLenFeature([], tf.string, default_value=f.default)
+        else:
+            desc[f.column] = tf.io.RaggedFeature(tf.string, row_splits_dtype=tf.int64)
+    return desc
+
+
+def features_by_name(spec: Spec, parsed: dict) -> dict[str, tf.Tensor]:
+    """Maps parsed columns to the spec's feature names (two features may read one column)."""
+    return {f.name: parsed[f.column] for f in spec.features}
+
+
+def parse_batch(spec: Spec, serialized: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+    """Parses a batch of serialized Examples into (features by name, float labels [B, 1])."""
+    parsed = tf.io.parse_example(serialized, feature_description(spec))
+    label = tf.cast(tf.reshape(parsed[spec.label], [-1, 1]), tf.float32)
+    return features_by_name(spec, parsed), label
+
+
+def partition_files(work: str, source: str, dates: Iterable[dt.date]) -> list[str]:
+    """The TFRecord shards of the given built days; a day that is not built is an error."""
+    files: list[str] = []
+    for date in dates:
+        folder = os.path.join(work, "examples", source, f"date={date.isoformat()}")
+        if not tf.io.gfile.isdir(folder):
+            raise FileNotFoundError(f"{folder}: day not built. Fix: run `ecdctr build` for "
+                                    f"{source} {date.isoformat()} first.")
+        files.extend(sorted(tf.io.gfile.glob(os.path.join(folder, "*.tfrecord.gz"))))
+    return files
+
+
+def make_dataset(spec: Spec, files: Sequence[str], batch_size: int, shuffle: bool = False,
+                 seed: int = 0, shuffle_buffer: int = 50_000) -> tf.data.Dataset:
+    """A dataset of (features, labels) batches; shuffling is seeded so runs repeat."""
+    if not files:
+        raise ValueError("no input files: the requested days hold no examples.")
+    ds = tf.data.Dataset.from_tensor_slices(list(files))
+    if shuffle:
+        ds = ds.shuffle(len(files), seed=seed)
+    ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
+                       cycle_length=min(4, len(files)), num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=True)
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(lambda s: parse_batch(spec, s), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,108 @@
+"""Keras layers: the spec-driven feature encoder, the frozen TPM embedding lookup and the MLP."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from ecdctr.spec import Feature
+
+
+class FeatureEncoder(keras.layers.Layer):
+    """Raw feature tensors -> one dense vector: vocabulary/hash/bucket ids through embeddings,
+    normalised numerics as plain values. Lookups live in the graph, so serving sees raw values."""
+
+    def __init__(self, features: Sequence[Feature], vocabs: Mapping[str, Sequence[str]],
+                 numeric_stats: Mapping[str, tuple[float, float]], **kwargs):
+        super().__init__(**kwargs)
+        self.features = tuple(features)
+        self.vocabs = {f.name: list(vocabs[f.name]) for f in self.features if f.uses_vocab}
+        self.numeric_stats = dict(numeric_stats)
+        self.lookups: dict[str, keras.layers.Layer] = {}
+        self.embeddings: dict[str, keras.layers.Embedding] = {}
+        for f in self.features:
+            if f.uses_vocab:
+                lookup = keras.layers.StringLookup(vocabulary=self.vocabs[f.name],
+                                                   num_oov_indices=1, name=f"lookup_{f.name}")
+                size = len(self.vocabs[f.name]) + 1
+            elif f.hash_buckets:
+                lookup = keras.layers.Hashing(f.hash_buckets, name=f"hash_{f.name}")
+                size = f.hash_buckets
+            elif f.boundaries:
+                lookup = keras.layers.Discretization(bin_boundaries=list(f.boundaries),
+                                                     name=f"bucket_{f.name}")
+                size = len(f.boundaries) + 1
+            else:
+                continue
+            self.lookups[f.name] = lookup
+            self.embeddings[f.name] = keras.layers.Embedding(
+                size, f.dim, embeddings_initializer=keras.initializers.RandomNormal(stddev=0.05),
+                name=f"emb_{f.name}")
+
+    def ids(self, name: str, value: tf.Tensor) -> tf.Tensor:
+        """Integer ids of one feature's raw values (0 is the out-of-vocabulary id)."""
+        return self.lookups[name](value)
+
+    def call(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        parts = []
+        for f in self.features:
+            value = inputs[f.name]
+            if f.name in self.embeddings:
+                vectors = self.embeddings[f.name](self.ids(f.name, value))
+                if f.kind == "categorical_list":
+                    lengths = tf.cast(tf.maximum(vectors.row_lengths(), 1), vectors.dtype)
+                    vectors = tf.reduce_sum(vectors, axis=1) / lengths[:, None]
+                parts.append(vectors)
+            else:
+                parts.append(self._normalize(f, tf.cast(value, tf.float32))[:, None])
+        return tf.concat(parts, axis=-1)
+
+    def _normalize(self, f: Feature, x: tf.Tensor) -> tf.Tensor:
+        if f.normalize == "log":
+            return tf.math.log1p(tf.maximum(x, 0.0))
+        if f.normalize == "zscore":
+            mean, std = self.numeric_stats[f.column]
+            return (x - mean) / std
+        return x
+
+
+class TpmLookup(keras.layers.Layer):
+    """Frozen TPM embedding tables keyed by raw entity id; unseen ids get a zero vector."""
+
+    def __init__(self, tables: Mapping[str, tuple[Sequence[str], np.ndarray]], **kwargs):
+        super().__init__(**kwargs)
+        self.feature_names = sorted(tables)
+        self.lookups = {}
+        self.tables = {}
+        for name in self.feature_names:
+            keys, matrix = tables[name]
+            self.lookups[name] = keras.layers.StringLookup(vocabulary=list(keys), num_oov_indices=1,
+                                                           name=f"tpm_lookup_{name}")
+            padded = np.vstack([np.zeros((1, matrix.shape[1]), np.float32), matrix.astype(np.float32)])
+            self.tables[name] = self.add_weight(
+                name=f"tpm_table_{name}", shape=padded.shape, trainable=False,
+                initializer=keras.initializers.Constant(padded))
+
+    def call(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        return tf.concat([tf.gather(self.tables[n], self.lookups[n](inputs[n]))
+                          for n in self.feature_names], axis=-1)
+
+
+class Mlp(keras.layers.Layer):
+    """Dense -> BatchNorm -> ReLU blocks; layer names are stable so weights transfer by name."""
+
+    def __init__(self, hidden: Sequence[int], dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = [keras.layers.Dense(u, name=f"dense_{i}") for i, u in enumerate(hidden)]
+        self.norms = [keras.layers.BatchNormalization(name=f"bn_{i}") for i in range(len(hidden))]
+        self.dropout = keras.layers.Dropout(dropout) if dropout else None
+
+    def call(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        for dense, norm in zip(self.dense, self.norms, strict=True):
+            x = tf.nn.relu(norm(dense(x), training=training))
+            if self.dropout is not None:
+                x = self.dropout(x, training=training)
+        return x

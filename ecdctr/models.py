@@ -1,0 +1,137 @@
+"""The CTR model builder shared by TPM, CPM and A-CTR, and weight transfer between them.
+
+CPM and A-CTR are the same class with the same variable names, so A-CTR starts from CPM
+by name; embedding rows are matched by vocabulary token, so vocabularies may differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from ecdctr.layers import FeatureEncoder, Mlp, TpmLookup
+from ecdctr.spec import Feature
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyperparameters of one model."""
+
+    hidden: tuple[int, ...] = (128, 64)
+    dropout: float = 0.0
+    learning_rate: float = 0.001
+    batch_size: int = 1024
+    epochs: int = 1
+    seed: int = 0
+
+
+class CtrModel(keras.Model):
+    """Embeddings (+ frozen TPM embeddings) -> MLP with BatchNorm -> click probability [B, 1]."""
+
+    def __init__(self, features: Sequence[Feature], vocabs: Mapping[str, Sequence[str]],
+                 numeric_stats: Mapping[str, tuple[float, float]], config: ModelConfig,
+                 tpm_tables: Mapping[str, tuple[Sequence[str], np.ndarray]] | None = None,
+                 initial_ctr: float | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.encoder = FeatureEncoder(features, vocabs, numeric_stats, name="features")
+        self.tpm = TpmLookup(tpm_tables, name="tpm") if tpm_tables else None
+        self.mlp = Mlp(config.hidden, config.dropout, name="mlp")
+        # Starting the output at the data's CTR saves the first steps from learning a constant.
+        bias = 0.0 if initial_ctr is None else float(np.log(initial_ctr / (1.0 - initial_ctr)))
+        self.logit = keras.layers.Dense(1, bias_initializer=keras.initializers.Constant(bias),
+                                        name="logit")
+
+    def get_config(self) -> dict:
+        # Served through SavedModel signatures, never rebuilt from config.
+        return {"name": self.name}
+
+    def call(self, inputs: Mapping[str, tf.Tensor], training: bool | None = None) -> tf.Tensor:
+        x = self.encoder(inputs)
+        if self.tpm is not None:
+            x = tf.concat([x, self.tpm(inputs)], axis=-1)
+        return tf.sigmoid(self.logit(self.mlp(x, training=training)))
+
+
+def build_model(features: Sequence[Feature], vocabs: Mapping[str, Sequence[str]],
+                numeric_stats: Mapping[str, tuple[float, float]], config: ModelConfig,
+                example_batch: Mapping[str, tf.Tensor],
+                tpm_tables: Mapping[str, tuple[Sequence[str], np.ndarray]] | None = None,
+                initial_ctr: float | None = None, name: str = "ctr") -> CtrModel:
+    """Builds and compiles a CtrModel; one call on example_batch creates its variables.
+    initial_ctr (clipped to [1e-4, 1 - 1e-4]) sets the output bias so training starts calibrated."""
+    keras.utils.set_random_seed(config.seed)
+    if initial_ctr is not None:
+        initial_ctr = min(max(initial_ctr, 1e-4), 1 - 1e-4)
+    model = CtrModel(features, vocabs, numeric_stats, config, tpm_tables, initial_ctr, name=name)
+    model(dict(example_batch), training=False)
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+                  loss=keras.losses.BinaryCrossentropy(),
+                  metrics=[keras.metrics.AUC(name="auc")])
+    return model
+
+
+def variable_key(model: keras.Model, variable: tf.Variable) -> str:
+    """A variable's name without the model's own name, so models of one class match."""
+    name = variable.name.split(":")[0]
+    prefix = model.name + "/"
+    return name[len(prefix):] if name.startswith(prefix) else name
+
+
+def embedding_table(model: CtrModel, feature: str) -> tuple[list[str], np.ndarray]:
+    """(tokens, rows) of a vocabulary feature's embedding, OOV row excluded."""
+    vectors = model.encoder.embeddings[feature].embeddings.numpy()
+    return list(model.encoder.vocabs[feature]), vectors[1:]
+
+
+def transfer_weights(source: CtrModel, target: CtrModel, reset_batchnorm: bool = True,
+                     log: Callable[[str], None] = print) -> dict[str, list[str]]:
+    """Copies source weights into target by name. Vocabulary embeddings are matched by token
+    (tokens new to target keep their fresh rows); TPM tables are not copied (the target has
+    its own snapshot); BatchNorm moving statistics are reset when reset_batchnorm.
+    Returns which variables were copied, remapped, reset and left fresh."""
+    report: dict[str, list[str]] = {"copied": [], "remapped": [], "reset": [], "fresh": []}
+    source_vars = {variable_key(source, v): v for v in source.variables}
+    vocab_vars = {variable_key(target, target.encoder.embeddings[name].embeddings): name
+                  for name in target.encoder.vocabs}
+    for var in target.variables:
+        key = variable_key(target, var)
+        if "tpm_table_" in key:
+            continue
+        if reset_batchnorm and ("moving_mean" in key or "moving_variance" in key):
+            var.assign(tf.zeros_like(var) if "moving_mean" in key else tf.ones_like(var))
+            report["reset"].append(key)
+            continue
+        src = source_vars.get(key)
+        if src is None:
+            report["fresh"].append(key)
+        elif key in vocab_vars and vocab_vars[key] in source.encoder.vocabs:
+            name = vocab_vars[key]
+            _remap_rows(source.encoder.vocabs[name], src.numpy(), target.encoder.vocabs[name], var)
+            report["remapped"].append(key)
+        elif src.shape == var.shape:
+            var.assign(src)
+            report["copied"].append(key)
+        else:
+            report["fresh"].append(key)
+    log(f"transfer {source.name} -> {target.name}: {len(report['copied'])} copied, "
+        f"{len(report['remapped'])} embeddings remapped by token, {len(report['reset'])} "
+        f"BatchNorm statistics reset, {len(report['fresh'])} fresh"
+        + (f" ({', '.join(report['fresh'])})" if report["fresh"] else ""))
+    return report
+
+
+def _remap_rows(source_tokens: Sequence[str], source_rows: np.ndarray,
+                target_tokens: Sequence[str], target_var: tf.Variable) -> None:
+    rows = target_var.numpy()
+    index = {t: i + 1 for i, t in enumerate(source_tokens)}  # row 0 is OOV
+    rows[0] = source_rows[0]
+    for j, token in enumerate(target_tokens, start=1):
+        i = index.get(token)
+        if i is not None:
+            rows[j] = source_rows[i]
+    target_var.assign(rows)

@@ -1,0 +1,103 @@
+"""Training and batch prediction loops with visible progress."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from ecdctr.spec import Spec
+
+Log = Callable[[str], None]
+
+
+class ProgressLog(keras.callbacks.Callback):
+    """Logs loss and throughput every few seconds and at each epoch's end."""
+
+    def __init__(self, name: str, batch_size: int, log: Log, every_seconds: float = 10.0):
+        super().__init__()
+        self.name, self.batch_size, self.log, self.every = name, batch_size, log, every_seconds
+        self.steps = 0
+        self.started = self.last = 0.0
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.started = self.last = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.steps += 1
+        now = time.perf_counter()
+        if now - self.last >= self.every:
+            self.last = now
+            rate = self.steps * self.batch_size / (now - self.started)
+            self.log(f"[{self.name}] step {self.steps}: loss {logs.get('loss', float('nan')):.4f}, "
+                     f"{rate:,.0f} examples/s")
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        self.log(f"[{self.name}] epoch {epoch + 1} done after {self.steps} steps: "
+                 f"loss {logs.get('loss', float('nan')):.4f}, auc {logs.get('auc', float('nan')):.4f}")
+
+
+def fit(model: keras.Model, dataset: tf.data.Dataset, epochs: int, batch_size: int, name: str,
+        log: Log = print) -> dict:
+    """Trains for `epochs` passes; returns loss, steps, seconds and examples/s."""
+    progress = ProgressLog(name, batch_size, log)
+    started = time.perf_counter()
+    history = model.fit(dataset, epochs=epochs, verbose=0, callbacks=[progress])
+    seconds = time.perf_counter() - started
+    return {
+        "loss": float(history.history["loss"][-1]),
+        "steps": progress.steps,
+        "seconds": round(seconds, 2),
+        "examples_per_second": round(progress.steps * batch_size / max(seconds, 1e-9)),
+    }
+
+
+def predict(model: keras.Model, spec: Spec, dataset: tf.data.Dataset
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, probabilities, group_by values) over a dataset of (features, labels)."""
+    step = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    labels, probs, groups = [], [], []
+    for features, label in dataset:
+        probs.append(step(features).numpy().ravel())
+        labels.append(label.numpy().ravel())
+        groups.append(features[spec.group_by].numpy())
+    if not labels:
+        raise ValueError("nothing to predict: the evaluation data is empty.")
+    return np.concatenate(labels), np.concatenate(probs), np.concatenate(groups)
+
+
+def recalibrate_batchnorm(model: keras.Model, dataset: tf.data.Dataset, max_batches: int = 200,
+                          log: Log = print) -> int:
+    """Re-estimates BatchNorm moving statistics as the plain average over up to max_batches
+    batches (forward passes only, no weight update). Needed after the statistics are reset
+    for a new traffic distribution: a short fine-tune moves them too little. Returns batches."""
+    norms = [layer for layer in _sublayers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    if not norms:
+        return 0
+    saved = [n.momentum for n in norms]
+    for n in norms:
+        n.moving_mean.assign(tf.zeros_like(n.moving_mean))
+        n.moving_variance.assign(tf.zeros_like(n.moving_variance))
+    batches = 0
+    try:
+        for features, _ in dataset.take(max_batches):
+            for n in norms:
+                n.momentum = batches / (batches + 1.0)  # running mean over batches seen
+            model(features, training=True)
+            batches += 1
+    finally:
+        for n, m in zip(norms, saved, strict=True):
+            n.momentum = m
+    if batches == 0:
+        for n in norms:
+            n.moving_variance.assign(tf.ones_like(n.moving_variance))
+    log(f"[{model.name}] BatchNorm statistics re-estimated on {batches} batches")
+    return batches
+
+
+def _sublayers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    return [m for m in layer._flatten_modules(include_self=False) if isinstance(m, keras.layers.Layer)]

@@ -1,0 +1,102 @@
+"""Vocabularies and normalisation statistics, merged from the Beam job's per-day outputs."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import json
+import math
+import os
+from collections.abc import Iterable
+
+import tensorflow as tf
+
+from ecdctr.spec import Spec
+
+Partition = tuple[str, dt.date]  # (source, date)
+OOV_PLACEHOLDER = "<no-vocabulary>"  # keeps lookups valid when a window has no tokens
+
+
+def counts_path(work: str, source: str, date: dt.date, feature: str) -> str:
+    """Where the Beam job writes one day's token counts of a vocabulary feature."""
+    return os.path.join(work, "counts", source, f"date={date.isoformat()}", f"{feature}.tsv")
+
+
+def stats_path(work: str, source: str, date: dt.date) -> str:
+    """Where the Beam job writes one day's statistics."""
+    return os.path.join(work, "stats", source, f"{date.isoformat()}.json")
+
+
+def read_stats(work: str, source: str, date: dt.date) -> dict:
+    """One built day's statistics."""
+    with tf.io.gfile.GFile(stats_path(work, source, date)) as f:
+        return json.load(f)
+
+
+def merge_counts(work: str, feature: str, partitions: Iterable[Partition]) -> collections.Counter:
+    """Sums one feature's token counts over partitions."""
+    total: collections.Counter = collections.Counter()
+    for source, date in partitions:
+        path = counts_path(work, source, date, feature)
+        if not tf.io.gfile.exists(path):
+            continue
+        with tf.io.gfile.GFile(path) as f:
+            for line in f:
+                token, _, count = line.rstrip("\n").rpartition("\t")
+                total[token] += int(count)
+    return total
+
+
+def build_vocabularies(spec: Spec, work: str, partitions: Iterable[Partition]) -> dict[str, list[str]]:
+    """Vocabulary per vocabulary feature: tokens with count >= min_count, the max_size most
+    frequent, ordered by count then token (stable across runs)."""
+    partitions = list(partitions)
+    vocabs = {}
+    for feature in spec.features:
+        if not feature.uses_vocab:
+            continue
+        counts = merge_counts(work, feature.name, partitions)
+        ranked = sorted((t for t, c in counts.items() if c >= feature.vocab_min_count),
+                        key=lambda t: (-counts[t], t))
+        vocabs[feature.name] = ranked[: feature.vocab_max_size] or [OOV_PLACEHOLDER]
+    return vocabs
+
+
+def numeric_stats(spec: Spec, work: str, partitions: Iterable[Partition]) -> dict[str, tuple[float, float]]:
+    """(mean, std) per numeric column over the partitions, for z-score normalisation."""
+    sums: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0, 0.0])
+    for source, date in partitions:
+        for column, s in read_stats(work, source, date).get("numeric", {}).items():
+            acc = sums[column]
+            acc[0] += s["count"]
+            acc[1] += s["sum"]
+            acc[2] += s["sumsq"]
+    out = {}
+    for f in spec.features:
+        n, total, total_sq = sums.get(f.column, (0.0, 0.0, 0.0))
+        if f.kind != "numeric" or f.column in out:
+            continue
+        mean = total / n if n else 0.0
+        var = max(total_sq / n - mean * mean, 0.0) if n else 1.0
+        out[f.column] = (mean, math.sqrt(var) or 1.0)
+    return out
+
+
+def write_vocabularies(vocabs: dict[str, list[str]], folder: str) -> None:
+    """Writes <folder>/<feature>.txt, one token per line, each file atomically."""
+    tf.io.gfile.makedirs(folder)
+    for name, tokens in vocabs.items():
+        path = os.path.join(folder, f"{name}.txt")
+        with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+            f.write("".join(t + "\n" for t in tokens))
+        tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+
+
+def read_vocabularies(folder: str) -> dict[str, list[str]]:
+    """Reads what write_vocabularies wrote."""
+    vocabs = {}
+    for name in sorted(tf.io.gfile.listdir(folder)):
+        if name.endswith(".txt"):
+            with tf.io.gfile.GFile(os.path.join(folder, name)) as f:
+                vocabs[name[:-4]] = f.read().splitlines()
+    return vocabs

@@ -1,0 +1,78 @@
+"""Tests for the model builder, weight transfer and BatchNorm re-estimation."""
+
+import numpy as np
+import tensorflow as tf
+
+from ecdctr.models import ModelConfig, build_model, transfer_weights
+from ecdctr.spec import load_spec
+from ecdctr.training import recalibrate_batchnorm
+
+SPEC = load_spec("features/default.yaml")
+CONFIG = ModelConfig(hidden=(8, 4), batch_size=16)
+
+
+def _batch(n=16, shift=0.0):
+    rng = np.random.default_rng(0)
+    features = {}
+    for f in SPEC.features:
+        if f.kind == "numeric":
+            features[f.name] = tf.constant(rng.random(n).astype("float32") * 50 + shift)
+        elif f.kind == "categorical":
+            features[f.name] = tf.constant([f"v{i % 5}" for i in range(n)])
+        else:
+            features[f.name] = tf.ragged.constant([["c1", "c2"][: i % 3] for i in range(n)],
+                                                  dtype=tf.string)
+    return features
+
+
+def _vocabs(user_tokens):
+    v = {f.name: [f"v{i}" for i in range(5)] for f in SPEC.features if f.uses_vocab}
+    v["user_id"] = user_tokens
+    return v
+
+
+TPM = {"user_id": (["v0", "v1"], np.ones((2, 3), "float32")),
+       "item_id": (["v2"], np.full((1, 3), 2.0, "float32"))}
+
+
+def test_model_outputs_probabilities_and_uses_tpm_table():
+    model = build_model(SPEC.features, _vocabs(["v0", "v1"]), {}, CONFIG, _batch(), TPM)
+    probs = model(_batch(), training=False).numpy()
+    assert probs.shape == (16, 1) and ((probs > 0) & (probs < 1)).all()
+    looked_up = model.tpm({"user_id": tf.constant(["v1", "unseen"]),
+                           "item_id": tf.constant(["v2", "v2"])}).numpy()
+    # tables in feature-name order: item_id, then user_id
+    assert looked_up[0].tolist() == [2, 2, 2, 1, 1, 1]
+    assert looked_up[1].tolist() == [2, 2, 2, 0, 0, 0]  # unseen user -> zero vector
+    assert not any("tpm_table" in v.name for v in model.trainable_variables)
+
+
+def test_transfer_by_name_remaps_embeddings_and_resets_batchnorm():
+    source = build_model(SPEC.features, _vocabs(["a", "b", "c"]), {}, CONFIG, _batch(), TPM,
+                         name="cpm")
+    source.fit(tf.data.Dataset.from_tensors((_batch(), tf.ones([16, 1]))).repeat(3), verbose=0)
+    target = build_model(SPEC.features, _vocabs(["c", "new", "a"]), {}, CONFIG, _batch(), TPM,
+                         name="actr")
+    fresh_new_row = target.encoder.embeddings["user_id"].embeddings.numpy()[2].copy()
+    report = transfer_weights(source, target, log=lambda _: None)
+    src = source.encoder.embeddings["user_id"].embeddings.numpy()
+    dst = target.encoder.embeddings["user_id"].embeddings.numpy()
+    np.testing.assert_array_equal(dst[1], src[3])  # "c"
+    np.testing.assert_array_equal(dst[3], src[1])  # "a"
+    np.testing.assert_array_equal(dst[2], fresh_new_row)  # "new" keeps its fresh row
+    np.testing.assert_array_equal(target.mlp.dense[0].kernel.numpy(),
+                                  source.mlp.dense[0].kernel.numpy())
+    assert target.mlp.norms[0].moving_mean.numpy().tolist() == [0.0] * 8
+    assert not report["fresh"]
+    assert any("moving_variance" in k for k in report["reset"])
+
+
+def test_recalibrate_batchnorm_estimates_the_data_statistics():
+    model = build_model(SPEC.features, _vocabs(["v0"]), {}, CONFIG, _batch(), None)
+    data = tf.data.Dataset.from_tensors((_batch(shift=1000.0), tf.ones([16, 1]))).repeat(4)
+    assert recalibrate_batchnorm(model, data, log=lambda _: None) == 4
+    bn = model.mlp.norms[0]
+    pre = model.mlp.dense[0](model.encoder(_batch(shift=1000.0))).numpy()
+    np.testing.assert_allclose(bn.moving_mean.numpy(), pre.mean(0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), pre.var(0), rtol=1e-3, atol=1e-3)
+    assert bn.momentum == 0.99
