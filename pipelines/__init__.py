@@ -1,0 +1,1 @@
+"""Beam job (raw logs -> TFRecords, quarantine, counts, stats) and the daily orchestration."""

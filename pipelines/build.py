@@ -1,0 +1,834 @@
+"""Beam job: raw impression logs -> tf.train.Example shards, quarantine, token counts, day stats."""
+
+from __future__ import annotations
+
+import codecs
+import collections
+import csv
+import datetime as dt
+import fcntl
+import gzip
+import io
+import json
+import math
+import os
+import shutil
+import struct
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import apache_beam as beam
+import google_crc32c
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from ecdctr.rows import RowError, RowParser, domain_key, to_example
+from ecdctr.spec import Spec
+
+SOURCES = ("natural", "ad")
+LOG_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".csv", ".csv.gz", ".parquet")
+ROWS_PER_SHARD = 200_000  # default target rows per TFRecord shard of a day
+MAX_RAW_CHARS = 10_000  # raw rows in quarantine records are cut here
+PUBLISHED = ("examples", "quarantine", "counts")  # per-day folders swapped in by rename
+STAGING = ".staging"
+LAYOUT = "<logs>/<source>/date=YYYY-MM-DD/*.jsonl[.gz] | *.json[.gz] | *.csv[.gz] | *.parquet"
+
+# Row elements between the read and validate steps: (file index, line, kind, payload); the
+# index points into the run's list of (source, date, path), which every step holds. kind is
+# "text" (payload: the raw line, bytes), "value" (a decoded row: dict from CSV or Parquet, any
+# JSON value from a JSON array) or "error" (payload: (reason, message, raw row or None)).
+TEXT, VALUE, ERROR = "text", "value", "error"
+
+
+# ---------------------------------------------------------------- layout and small helpers
+
+def _day_dir(root: str, kind: str, source: str, date: str) -> str:
+    return os.path.join(root, kind, source, f"date={date}")
+
+
+def _stats_file(root: str, source: str, date: str) -> str:
+    return os.path.join(root, "stats", source, f"{date}.json")
+
+
+def _shard_name(shard: int, shards: int) -> str:
+    return f"part-{shard:05d}-of-{shards:05d}.tfrecord.gz"
+
+
+def _shard_count(rows_read: int, rows_per_shard: int) -> int:
+    return max(1, math.ceil(rows_read / rows_per_shard))
+
+
+def _masked_crc(data: bytes) -> int:
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def tfrecord_frame(data: bytes) -> bytes:
+    """One TFRecord: uint64 length, masked crc32c of the length, data, masked crc32c of data."""
+    length = struct.pack("<Q", len(data))
+    return b"".join((length, struct.pack("<I", _masked_crc(length)), data,
+                     struct.pack("<I", _masked_crc(data))))
+
+
+def _jsonable(value: Any) -> Any:
+    """A copy of a decoded row that json.dumps accepts strictly (long strings cut)."""
+    if isinstance(value, str):
+        return value[:MAX_RAW_CHARS]
+    if isinstance(value, bool) or value is None or isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")[:MAX_RAW_CHARS]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value)[:MAX_RAW_CHARS]
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write(data)
+
+
+# ---------------------------------------------------------------- readers (one file -> rows)
+
+_GZIP_ERRORS = (EOFError, OSError, zlib.error)
+
+
+class _FileCounters:
+    def __init__(self) -> None:
+        self.blank_lines = 0
+        self.line = 0  # the last physical line (or Parquet row) read completely
+
+
+def _read_json_lines(stream: Any, path: str, counters: _FileCounters,
+                     allow_array: bool) -> Iterator[tuple[int, str, Any]]:
+    line_no = 0
+    decided = not allow_array
+    for raw in stream:
+        line_no += 1
+        counters.line = line_no
+        if not raw.strip():
+            counters.blank_lines += 1
+            continue
+        if line_no == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8):]
+        if not decided:  # a .json file holds JSON lines or one array of rows
+            decided = True
+            if raw.lstrip()[:1] == b"[":
+                yield from _read_json_array(raw + stream.read(), path)
+                return
+        yield line_no, TEXT, raw.rstrip(b"\r\n")
+
+
+def _read_json_array(data: bytes, path: str) -> Iterator[tuple[int, str, Any]]:
+    try:
+        rows = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        yield 1, ERROR, ("not_utf8", f"{path}: the JSON array is not UTF-8: {e}",
+                         data[:MAX_RAW_CHARS])
+        return
+    except (ValueError, RecursionError) as e:
+        yield 1, ERROR, ("invalid_json", f"{path}: the file starts with '[' but is not a JSON "
+                                         f"array: {e}", data[:MAX_RAW_CHARS])
+        return
+    if not isinstance(rows, list):
+        yield 1, ERROR, ("invalid_json", f"{path}: not a JSON array", data[:MAX_RAW_CHARS])
+        return
+    for index, row in enumerate(rows, 1):  # "line" = position of the row in the array
+        yield index, VALUE, row
+
+
+def _read_csv(stream: Any, path: str, counters: _FileCounters) -> Iterator[tuple[int, str, Any]]:
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    reader = csv.reader(text)
+    header: list[str] | None = None
+    while True:
+        before = reader.line_num
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            yield reader.line_num, ERROR, ("malformed_csv", f"{path}: line {reader.line_num}: {e}",
+                                           None)
+            if reader.line_num == before:
+                return  # the reader cannot move on
+            continue
+        counters.line = reader.line_num
+        if not cells:
+            counters.blank_lines += 1
+            continue
+        if header is None:
+            header = [c.strip() for c in cells]
+            continue
+        line = reader.line_num
+        try:
+            "".join(cells).encode("utf-8")
+        except UnicodeEncodeError:
+            readable = [c.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                        for c in cells]
+            yield line, ERROR, ("not_utf8", f"{path}: line {line} is not valid UTF-8",
+                                dict(zip(header, readable, strict=False)))
+            continue
+        if len(cells) != len(header):
+            yield line, ERROR, ("malformed_csv", f"{path}: line {line} has {len(cells)} fields, "
+                                                 f"the header has {len(header)}", cells)
+            continue
+        yield line, VALUE, dict(zip(header, cells, strict=True))
+
+
+def _plain_parquet_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime):  # a timestamp column: epoch seconds, naive = UTC
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return int(value.timestamp())
+    return value
+
+
+def _read_parquet(handle: Any, path: str) -> Iterator[tuple[int, str, Any]]:
+    import pyarrow.parquet as pq  # only the workers that read Parquet pay for the import
+
+    count = 0
+    try:
+        if not handle.seekable():
+            handle = io.BytesIO(handle.read())
+        for batch in pq.ParquetFile(handle).iter_batches(batch_size=8192):
+            for row in batch.to_pylist():
+                count += 1
+                yield count, VALUE, {k: _plain_parquet_value(v) for k, v in row.items()}
+    except Exception as e:  # noqa: BLE001  pyarrow raises many types for broken files
+        where = f"after row {count}" if count else "at the start"
+        yield count + 1, ERROR, ("unreadable_file", f"{path}: Parquet file unreadable {where}: "
+                                                    f"{type(e).__name__}: {e}", None)
+
+
+def read_log_file(path: str, counters: _FileCounters) -> Iterator[tuple[int, str, Any]]:
+    """Rows of one log file as (line, kind, payload); a truncated gzip ends with one error row."""
+    name = os.path.basename(path).lower()
+    gz = name.endswith(".gz")
+    fmt = (name[:-3] if gz else name).rsplit(".", 1)[-1]
+    handle = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    with handle:
+        if fmt == "parquet":
+            yield from _read_parquet(handle, path)
+            return
+        stream = gzip.GzipFile(fileobj=handle, mode="rb") if gz else handle
+        try:
+            if fmt == "csv":
+                yield from _read_csv(stream, path, counters)
+            else:
+                yield from _read_json_lines(stream, path, counters, allow_array=fmt == "json")
+        except _GZIP_ERRORS as e:
+            if not gz:
+                raise
+            last = counters.line
+            yield last + 1, ERROR, (
+                "truncated_gzip", f"{path}: the gzip stream breaks after line {last} "
+                                  f"({type(e).__name__}: {e}); the rest of the file is unreadable",
+                None)
+
+
+# ---------------------------------------------------------------- stats partials
+
+def _merge_into(acc: dict, part: dict) -> None:
+    """Adds a partial stats dict into acc (never aliases part's containers)."""
+    for key, value in part.items():
+        if key in ("files", "empty_files"):
+            acc.setdefault(key, []).extend(value)
+        elif key in ("quarantine_reasons", "dropped_columns"):
+            counter = acc.setdefault(key, {})
+            for k, n in value.items():
+                counter[k] = counter.get(k, 0) + n
+        elif key == "domains":
+            domains = acc.setdefault(key, {})
+            for k, (rows, clicks) in value.items():
+                old = domains.get(k, (0, 0))
+                domains[k] = (old[0] + rows, old[1] + clicks)
+        elif key == "numeric":
+            numeric = acc.setdefault(key, {})
+            for k, s in value.items():
+                numeric[k] = _merge_numeric(numeric[k], s) if k in numeric else tuple(s)
+        else:
+            acc[key] = acc.get(key, 0) + value
+
+
+def _merge_numeric(a: Sequence, b: Sequence) -> tuple:
+    if not a[0]:
+        return tuple(b)
+    if not b[0]:
+        return tuple(a)
+    return a[0] + b[0], a[1] + b[1], a[2] + b[2], min(a[3], b[3]), max(a[4], b[4])
+
+
+class _MergeStats(beam.CombineFn):
+    def create_accumulator(self) -> dict:
+        return {}
+
+    def add_input(self, acc: dict, part: dict) -> dict:
+        _merge_into(acc, part)
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[dict]) -> dict:
+        out: dict = {}
+        for acc in accs:
+            _merge_into(out, acc)
+        return out
+
+    def extract_output(self, acc: dict) -> dict:
+        return acc
+
+
+class _MergeCounts(beam.CombineFn):
+    def create_accumulator(self) -> collections.Counter:
+        return collections.Counter()
+
+    def add_input(self, acc: collections.Counter, counts: dict) -> collections.Counter:
+        acc.update(counts)
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[collections.Counter]) -> collections.Counter:
+        out: collections.Counter = collections.Counter()
+        for acc in accs:
+            out.update(acc)
+        return out
+
+    def extract_output(self, acc: collections.Counter) -> dict:
+        return dict(acc)
+
+
+# ---------------------------------------------------------------- pipeline steps
+
+FileRef = tuple[str, str, str]  # (source, date, path); elements carry an index into a list
+
+
+class _ReadFile(beam.DoFn):
+    """File index -> one (file, line, kind, payload) element per row; per-file stats on the
+    'stats' output."""
+
+    def __init__(self, files: list[FileRef]):
+        self.files = files
+
+    def process(self, file_id: int) -> Iterator[Any]:
+        source, date, path = self.files[file_id]
+        counters = _FileCounters()
+        rows = 0
+        for line, kind, payload in read_log_file(path, counters):
+            rows += 1
+            yield file_id, line, kind, payload
+        yield beam.pvalue.TaggedOutput("stats", ((source, date), {
+            "files": [path], "empty_files": [] if rows else [path], "rows_read": rows,
+            "blank_lines": counters.blank_lines}))
+
+
+class _Validate(beam.DoFn):
+    """Row -> ((source, date, shard, shards), written-row tuple) or a quarantine record."""
+
+    def __init__(self, spec: Spec, files: list[FileRef]):
+        self.spec = spec
+        self.files = files
+
+    def setup(self) -> None:
+        self.parser = RowParser(self.spec)
+        self.vocab_features = [f for f in self.spec.features if f.uses_vocab]
+        self.numeric_columns = _numeric_columns(self.spec)
+        self.dates: dict[str, dt.date] = {}
+
+    def process(self, element: tuple, shards: dict) -> Iterator[Any]:
+        file_id, line, kind, payload = element
+        source, date, _ = self.files[file_id]
+        day = self.dates.get(date) or self.dates.setdefault(date, dt.date.fromisoformat(date))
+        try:
+            if kind == ERROR:
+                raise RowError(payload[0], payload[1])
+            row = _decode_json(payload) if kind == TEXT else payload
+            parsed = self.parser.parse(row, day)
+            serialized = to_example(self.spec, parsed).SerializeToString()
+        except RowError as e:
+            raw = payload[2] if kind == ERROR else payload
+            yield _quarantined(self.files, file_id, line, e.reason, str(e), raw)
+            return
+        except Exception as e:  # noqa: BLE001  keep the accounting whole; the reason shows it
+            message = f"unexpected {type(e).__name__}: {e}"
+            yield _quarantined(self.files, file_id, line, "internal_error", message, payload)
+            return
+        values = parsed.values
+        numerics = tuple(values.get(c) for c in self.numeric_columns)
+        tokens = []
+        for f in self.vocab_features:
+            value = values.get(f.column)
+            tokens.append(() if value is None
+                          else (value,) if isinstance(value, str) else tuple(value))
+        n = shards[(source, date)]
+        shard = zlib.crc32(parsed.request_id.encode("utf-8")) % n
+        # the raw row stays behind (memory); a duplicate's is read again by _RecoverDuplicates
+        yield (source, date, shard, n), (
+            file_id, line, parsed.request_id, serialized, parsed.label,
+            domain_key(self.spec, parsed), numerics, tuple(tokens), tuple(parsed.dropped_columns))
+
+
+def _quarantined(files: list[FileRef], file_id: int, line: int, reason: str, message: str,
+                 raw: Any) -> beam.pvalue.TaggedOutput:
+    source, date, path = files[file_id]
+    record = {"source": source, "date": date, "file": path, "line": line, "reason": reason,
+              "message": message, "row": _jsonable(raw)}
+    return beam.pvalue.TaggedOutput("quarantine", ((source, date), (
+        file_id, line, reason, json.dumps(record, allow_nan=False))))
+
+
+def _decode_json(payload: bytes) -> Any:
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RowError("not_utf8", f"byte {payload[e.start:e.start + 1]!r} at position {e.start} "
+                                   f"is not valid UTF-8") from None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise RowError("invalid_json", f"invalid JSON: {e}") from None
+
+
+def _numeric_columns(spec: Spec) -> list[str]:
+    columns: list[str] = []
+    for f in spec.features:
+        if f.kind == "numeric" and f.column not in columns:
+            columns.append(f.column)
+    return columns
+
+
+class _WriteShard(beam.DoFn):
+    """One (source, date, shard) group -> one GZIP TFRecord file, rows in (file, line) order.
+    Of rows sharing a request id (all land in one shard) the smallest (file, line) is kept, the
+    others go to the 'duplicates' output; emits stats and token counts of the written rows."""
+
+    def __init__(self, spec: Spec, staging: str):
+        self.spec = spec
+        self.staging = staging
+
+    def setup(self) -> None:
+        self.vocab_features = [f.name for f in self.spec.features if f.uses_vocab]
+        self.numeric_columns = _numeric_columns(self.spec)
+
+    def process(self, element: tuple) -> Iterator[Any]:
+        (source, date, shard, shards), rows = element
+        rows = sorted(rows, key=lambda r: (r[0], r[1]))
+        kept: dict[str, tuple[int, int]] = {}
+        clicks = 0
+        domains: dict[str, list[int]] = {}
+        dropped: collections.Counter = collections.Counter()
+        numeric = [[0, 0.0, 0.0, math.inf, -math.inf] for _ in self.numeric_columns]
+        counts = [collections.Counter() for _ in self.vocab_features]
+        path = os.path.join(_day_dir(self.staging, "examples", source, date),
+                            _shard_name(shard, shards))
+        with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw, \
+                gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as out:
+            buffer: list[bytes] = []
+            size = 0
+            for file_id, line, request_id, serialized, label, domain, nums, tokens, drop in rows:
+                first = kept.get(request_id)
+                if first is not None:
+                    yield beam.pvalue.TaggedOutput("duplicates", (file_id, (line, request_id) + first))
+                    continue
+                kept[request_id] = (file_id, line)
+                frame = tfrecord_frame(serialized)
+                buffer.append(frame)
+                size += len(frame)
+                if size > 1 << 20:
+                    out.write(b"".join(buffer))
+                    buffer, size = [], 0
+                clicks += label
+                d = domains.get(domain)
+                if d is None:
+                    domains[domain] = [1, label]
+                else:
+                    d[0] += 1
+                    d[1] += label
+                for acc, x in zip(numeric, nums, strict=True):
+                    if x is not None:
+                        acc[0] += 1
+                        acc[1] += x
+                        acc[2] += x * x
+                        acc[3] = min(acc[3], x)
+                        acc[4] = max(acc[4], x)
+                for counter, values in zip(counts, tokens, strict=True):
+                    counter.update(values)
+                dropped.update(drop)
+            out.write(b"".join(buffer))
+        yield beam.pvalue.TaggedOutput("stats", ((source, date), {
+            "rows_written": len(kept), "clicks": clicks,
+            "domains": {k: tuple(v) for k, v in domains.items()},
+            "dropped_columns": dict(dropped),
+            "numeric": {c: tuple(s) for c, s in zip(self.numeric_columns, numeric, strict=True)
+                        if s[0]}}))
+        for name, counter in zip(self.vocab_features, counts, strict=True):
+            if counter:
+                yield beam.pvalue.TaggedOutput("counts", ((source, date, name), dict(counter)))
+
+
+class _RecoverDuplicates(beam.DoFn):
+    """(file, duplicates in it) -> their quarantine records, with the raw rows read again (one
+    pass over the file; duplicates are rare, so the shards need not carry every raw row)."""
+
+    def __init__(self, files: list[FileRef]):
+        self.files = files
+
+    def process(self, element: tuple) -> Iterator[Any]:
+        file_id, duplicates = element
+        wanted = {line: (request_id, kept_file, kept_line)
+                  for line, request_id, kept_file, kept_line in duplicates}
+        raws: dict[int, Any] = {}
+        for line, _, payload in read_log_file(self.files[file_id][2], _FileCounters()):
+            if line in wanted:
+                raws[line] = payload
+                if len(raws) == len(wanted):
+                    break
+        for line, (request_id, kept_file, kept_line) in sorted(wanted.items()):
+            message = (f"request_id {request_id[:100]!r} already seen at "
+                       f"{self.files[kept_file][2]}:{kept_line}; the first occurrence is kept")
+            if line not in raws:
+                message += " (the row could not be read again: the file changed during the build)"
+            yield _quarantined(self.files, file_id, line, "duplicate_request_id", message,
+                               raws.get(line)).value
+
+
+class _WriteQuarantine(beam.DoFn):
+    """All quarantined rows of a (source, date) -> one JSON-lines file, sorted by (file, line)."""
+
+    def __init__(self, staging: str):
+        self.staging = staging
+
+    def process(self, element: tuple) -> Iterator[Any]:
+        (source, date), records = element
+        records = sorted(records, key=lambda r: (r[0], r[1], r[2]))
+        path = os.path.join(_day_dir(self.staging, "quarantine", source, date), "part-00000.jsonl")
+        _write_bytes(path, "".join(r[3] + "\n" for r in records).encode("utf-8"))
+        reasons = collections.Counter(r[2] for r in records)
+        yield (source, date), {"rows_quarantined": len(records),
+                               "quarantine_reasons": dict(reasons)}
+
+
+class _WriteCounts(beam.DoFn):
+    """Token counts of one feature and day -> `token<TAB>count` lines, count desc then token."""
+
+    def __init__(self, staging: str):
+        self.staging = staging
+
+    def process(self, element: tuple) -> Iterator[Any]:
+        (source, date, feature), counts = element
+        # a token with a line break cannot be a vocabulary line; it stays out of the counts
+        ranked = sorted(((t, n) for t, n in counts.items() if "\n" not in t and "\r" not in t),
+                        key=lambda kv: (-kv[1], kv[0]))
+        path = os.path.join(_day_dir(self.staging, "counts", source, date), f"{feature}.tsv")
+        _write_bytes(path, "".join(f"{t}\t{n}\n" for t, n in ranked).encode("utf-8"))
+        skipped = len(counts) - len(ranked)
+        if skipped:
+            yield (source, date), {"tokens_with_line_breaks": skipped}
+
+
+class _WriteStats(beam.DoFn):
+    def __init__(self, staging: str):
+        self.staging = staging
+
+    def process(self, element: tuple) -> None:
+        (source, date), stats = element
+        _write_bytes(_stats_file(self.staging, source, date),
+                     json.dumps(_jsonable(stats), sort_keys=True).encode("utf-8"))
+
+
+def _pipeline(p: beam.Pipeline, spec: Spec, files: list[FileRef], staging: str,
+              rows_per_shard: int) -> None:
+    read = (p
+            | "Files" >> beam.Create(range(len(files)))
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "Read" >> beam.ParDo(_ReadFile(files)).with_outputs("stats", main="rows"))
+    shards = (read.stats
+              | "RowsRead" >> beam.Map(lambda kv: (kv[0], kv[1]["rows_read"]))
+              | "SumRowsRead" >> beam.CombinePerKey(sum)
+              | "Shards" >> beam.Map(lambda kv: (kv[0], _shard_count(kv[1], rows_per_shard))))
+    valid = (read.rows
+             | "SpreadRows" >> beam.Reshuffle()
+             | "Validate" >> beam.ParDo(_Validate(spec, files), shards=beam.pvalue.AsDict(shards))
+             .with_outputs("quarantine", main="rows"))
+    written = (valid.rows
+               | "GroupShards" >> beam.GroupByKey()
+               | "WriteShards" >> beam.ParDo(_WriteShard(spec, staging))
+               .with_outputs("stats", "counts", "duplicates"))
+    duplicates = (written.duplicates
+                  | "GroupDuplicates" >> beam.GroupByKey()
+                  | "RecoverDuplicates" >> beam.ParDo(_RecoverDuplicates(files)))
+    quarantined = ((valid.quarantine, duplicates)
+                   | "AllQuarantined" >> beam.Flatten()
+                   | "GroupQuarantine" >> beam.GroupByKey()
+                   | "WriteQuarantine" >> beam.ParDo(_WriteQuarantine(staging)))
+    count_stats = (written.counts
+                   | "MergeCounts" >> beam.CombinePerKey(_MergeCounts())
+                   | "WriteCounts" >> beam.ParDo(_WriteCounts(staging)))
+    _ = ((read.stats, written.stats, quarantined, count_stats)
+         | "AllStats" >> beam.Flatten()
+         | "MergeStats" >> beam.CombinePerKey(_MergeStats())
+         | "WriteStats" >> beam.ParDo(_WriteStats(staging)))
+
+
+# ---------------------------------------------------------------- driver
+
+def built_partitions(work: str, source: str) -> list[dt.date]:
+    """Dates whose stats file exists (= the day was built completely)."""
+    folder = os.path.join(work, "stats", source)
+    if not os.path.isdir(folder):
+        return []
+    dates = []
+    for name in os.listdir(folder):
+        if name.endswith(".json"):
+            try:
+                dates.append(dt.date.fromisoformat(name[:-5]))
+            except ValueError:
+                continue
+    return sorted(dates)
+
+
+def _find_partitions(logs: str, sources: Sequence[str], start: dt.date | None,
+                     end: dt.date | None, log: Callable[[str], None],
+                     ) -> dict[tuple[str, str], list[str]]:
+    """(source, date) -> its log files, for partition folders within [start, end]."""
+    found: dict[tuple[str, str], list[str]] = {}
+    for source in sources:
+        pattern = FileSystems.join(logs, source, "date=*", "*")
+        folders: dict[str, list[str]] = collections.defaultdict(list)
+        for m in FileSystems.match([pattern])[0].metadata_list:
+            folders[os.path.dirname(m.path)].append(m.path)
+        local = os.path.join(logs, source)
+        if "://" not in logs and os.path.isdir(local):  # folders without files are invisible
+            for entry in os.scandir(local):          # to FileSystems.match
+                if entry.is_dir() and entry.name.startswith("date="):
+                    folders.setdefault(entry.path, [])
+        if not folders:
+            log(f"no partitions for source {source!r}: nothing matches {pattern}")
+        for folder in sorted(folders):
+            name = os.path.basename(folder)
+            try:
+                date = dt.date.fromisoformat(name[len("date="):])
+            except ValueError:
+                log(f"skipping {folder}: the folder name is not date=YYYY-MM-DD")
+                continue
+            if (start and date < start) or (end and date > end):
+                continue
+            paths = sorted(folders[folder])
+            logs_here = [p for p in paths if os.path.basename(p).lower().endswith(LOG_SUFFIXES)]
+            for p in paths:
+                if p not in logs_here:
+                    log(f"skipping {p}: not a log file (expected one of {', '.join(LOG_SUFFIXES)})")
+            if not logs_here:
+                log(f"skipping partition {folder}: it holds no log files")
+                continue
+            found[(source, date.isoformat())] = logs_here
+    return found
+
+
+def _clean_staging(work: str, log: Callable[[str], None]) -> None:
+    root = os.path.join(work, STAGING)
+    if os.path.isdir(root):
+        for name in os.listdir(root):
+            log(f"deleting leftovers of an unfinished build: {os.path.join(root, name)}")
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def _complete_day(spec: Spec, run_dir: str, source: str, date: str, shards: int) -> None:
+    """Fills what the pipeline writes only when there is data: empty shards, quarantine, counts."""
+    examples = _day_dir(run_dir, "examples", source, date)
+    os.makedirs(examples, exist_ok=True)
+    for shard in range(shards):
+        path = os.path.join(examples, _shard_name(shard, shards))
+        if not os.path.exists(path):
+            with gzip.GzipFile(path, mode="wb", mtime=0):
+                pass
+    quarantine = _day_dir(run_dir, "quarantine", source, date)
+    os.makedirs(quarantine, exist_ok=True)
+    if not os.path.exists(os.path.join(quarantine, "part-00000.jsonl")):
+        open(os.path.join(quarantine, "part-00000.jsonl"), "w").close()
+    counts = _day_dir(run_dir, "counts", source, date)
+    os.makedirs(counts, exist_ok=True)
+    for f in spec.features:
+        path = os.path.join(counts, f"{f.name}.tsv")
+        if f.uses_vocab and not os.path.exists(path):
+            open(path, "w").close()
+
+
+def _final_stats(spec: Spec, partial: dict, source: str, date: str, shards: int,
+                 seconds: float) -> dict:
+    written = partial.get("rows_written", 0)
+    clicks = partial.get("clicks", 0)
+    numeric = {}
+    for column in _numeric_columns(spec):
+        count, total, total_sq, low, high = partial.get("numeric", {}).get(
+            column, (0, 0.0, 0.0, None, None))
+        numeric[column] = {"count": count, "sum": total, "sumsq": total_sq,
+                           "min": low if count else None, "max": high if count else None}
+    stats = {
+        "source": source, "date": date,
+        "files": sorted(partial.get("files", [])),
+        "empty_files": sorted(partial.get("empty_files", [])),
+        "rows_read": partial.get("rows_read", 0),
+        "rows_written": written,
+        "rows_quarantined": partial.get("rows_quarantined", 0),
+        "quarantine_reasons": dict(sorted(partial.get("quarantine_reasons", {}).items())),
+        "dropped_columns": dict(sorted(partial.get("dropped_columns", {}).items())),
+        "blank_lines": partial.get("blank_lines", 0),
+        "clicks": clicks,
+        "ctr": clicks / written if written else 0.0,
+        "domains": {k: {"rows": v[0], "clicks": v[1]}
+                    for k, v in sorted(partial.get("domains", {}).items())},
+        "numeric": numeric,
+        "shards": shards,
+        "spec_fingerprint": spec.fingerprint,
+        "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 3),
+    }
+    if partial.get("tokens_with_line_breaks"):
+        stats["tokens_with_line_breaks"] = partial["tokens_with_line_breaks"]
+    return stats
+
+
+def _publish(work: str, run_dir: str, source: str, date: str, stats: dict) -> None:
+    """Swaps the day's folders in by renames; the stats file goes last, so it marks a whole day."""
+    final_stats = _stats_file(work, source, date)
+    if os.path.exists(final_stats):
+        os.remove(final_stats)  # the day counts as unbuilt until its new stats land
+    for kind in PUBLISHED:
+        new = _day_dir(run_dir, kind, source, date)
+        final = _day_dir(work, kind, source, date)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        if os.path.exists(final):
+            aside = _day_dir(os.path.join(run_dir, "replaced"), kind, source, date)
+            os.makedirs(os.path.dirname(aside), exist_ok=True)
+            os.rename(final, aside)
+        os.rename(new, final)
+    os.makedirs(os.path.dirname(final_stats), exist_ok=True)
+    tmp = f"{final_stats}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(stats, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final_stats)
+    shutil.rmtree(os.path.join(run_dir, "replaced"), ignore_errors=True)
+
+
+def _pipeline_runner(options: PipelineOptions) -> tuple[Any, str]:
+    """The runner to use and its name for the log. Beam's DirectRunner first tries Prism,
+    which downloads a binary at run time; the local default is therefore the DirectRunner's
+    own in-process engine (FnApiRunner), which honours --direct_num_workers and
+    --direct_running_mode. Any other --runner is passed through as given."""
+    name = options.view_as(StandardOptions).runner
+    if name in (None, "DirectRunner"):
+        return FnApiRunner(), "DirectRunner (in-process FnApiRunner)"
+    return None, name
+
+
+def build(spec: Spec, logs: str, work: str, start: dt.date | None = None,
+          end: dt.date | None = None, sources: Sequence[str] = SOURCES,
+          beam_args: Sequence[str] = (), skip_built: bool = False,
+          log: Callable[[str], None] = print, rows_per_shard: int = ROWS_PER_SHARD) -> list[dict]:
+    """Runs ONE Apache Beam pipeline over all (source, date) partitions of raw logs found under
+    logs/<source>/date=YYYY-MM-DD/ within [start, end] (inclusive; None = unbounded), returns the
+    per-partition stats dicts (also written to disk). skip_built=True leaves partitions whose stats
+    file already exists alone. A day's examples are split by hash of request_id into
+    ceil(rows read / rows_per_shard) shards (at least 1).
+
+    `work` must be a local (POSIX) folder: days are published by directory renames. `logs` may
+    be on any Beam filesystem."""
+    if start and end and start > end:
+        raise ValueError(f"start {start} is after end {end}")
+    if rows_per_shard < 1:
+        raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
+    if "://" not in logs:
+        logs = os.path.abspath(logs)
+    work = os.path.abspath(work)
+    partitions = _find_partitions(logs, sources, start, end, log)
+    if not partitions:
+        window = f" between {start or '-inf'} and {end or '+inf'}" if start or end else ""
+        raise ValueError(f"no log partitions found under {logs!r} for sources {list(sources)}"
+                         f"{window}. Expected layout: {LAYOUT}")
+    if skip_built:
+        built = {(s, d.isoformat()) for s in sources for d in built_partitions(work, s)}
+        for key in sorted(set(partitions) & built):
+            log(f"skipping {key[0]} {key[1]}: already built (stats file exists)")
+            del partitions[key]
+        if not partitions:
+            log("nothing to build: every partition found is already built")
+            return []
+    files: list[FileRef] = [(s, d, path) for (s, d), paths in sorted(partitions.items())
+                            for path in paths]
+    per_source = collections.Counter(s for s, _ in partitions)
+    log(f"found {len(files)} log files in {len(partitions)} partitions ("
+        + ", ".join(f"{s}: {n} days" for s, n in sorted(per_source.items())) + ")")
+    os.makedirs(work, exist_ok=True)
+    with open(os.path.join(work, ".build.lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"another build is running in {work} (it holds {lock.name}); "
+                               f"wait for it to finish") from None
+        _clean_staging(work, log)
+        run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        run_dir = os.path.join(work, STAGING, run_id)
+        os.makedirs(run_dir)
+        seconds = _run_pipeline(spec, files, run_dir, beam_args, rows_per_shard, log)
+        results = [_finish_day(spec, run_dir, source, date, rows_per_shard, seconds)
+                   for source, date in sorted(partitions)]
+        for stats in results:
+            _publish(work, run_dir, stats["source"], stats["date"], stats)
+        shutil.rmtree(run_dir, ignore_errors=True)
+    _report(results, seconds, log)
+    return results
+
+
+def _run_pipeline(spec: Spec, files: list[FileRef], run_dir: str,
+                  beam_args: Sequence[str], rows_per_shard: int,
+                  log: Callable[[str], None]) -> float:
+    options = PipelineOptions(list(beam_args))
+    runner, runner_name = _pipeline_runner(options)
+    log(f"pipeline starting ({runner_name}), staging in {run_dir}")
+    began = time.monotonic()
+    pipeline = beam.Pipeline(runner=runner, options=options)
+    _pipeline(pipeline, spec, files, run_dir, rows_per_shard)
+    pipeline.run().wait_until_finish()
+    seconds = time.monotonic() - began
+    log(f"pipeline finished in {seconds:.1f} s")
+    return seconds
+
+
+def _finish_day(spec: Spec, run_dir: str, source: str, date: str, rows_per_shard: int,
+                seconds: float) -> dict:
+    """The day's final stats from the pipeline's partial ones; checks that every row is counted."""
+    with open(_stats_file(run_dir, source, date)) as f:
+        partial = json.load(f)
+    shards = _shard_count(partial.get("rows_read", 0), rows_per_shard)
+    stats = _final_stats(spec, partial, source, date, shards, seconds)
+    if stats["rows_read"] != stats["rows_written"] + stats["rows_quarantined"]:
+        raise RuntimeError(
+            f"{source} {date}: rows_read {stats['rows_read']} != rows_written "
+            f"{stats['rows_written']} + rows_quarantined {stats['rows_quarantined']}; "
+            f"nothing was published (staging left in {run_dir})")
+    _complete_day(spec, run_dir, source, date, shards)
+    return stats
+
+
+def _report(results: list[dict], seconds: float, log: Callable[[str], None]) -> None:
+    total_read = sum(s["rows_read"] for s in results)
+    log(f"published {len(results)} partitions: {total_read} rows read in {seconds:.1f} s, "
+        f"{total_read / max(seconds, 1e-9):,.0f} rows/s")
+    for s in results:
+        reasons = ", ".join(f"{k} {v}" for k, v in s["quarantine_reasons"].items())
+        log(f"  {s['source']} {s['date']}: read {s['rows_read']} = written {s['rows_written']} "
+            f"+ quarantined {s['rows_quarantined']}" + (f" ({reasons})" if reasons else "")
+            + (f"; empty files: {len(s['empty_files'])}" if s["empty_files"] else ""))
+    log(f"  total: read {total_read} = written {sum(s['rows_written'] for s in results)} "
+        f"+ quarantined {sum(s['rows_quarantined'] for s in results)} "
+        f"in {len(results)} partitions")
