@@ -1,5 +1,5 @@
 # `make demo` and `make test` each create .venv if it is missing and install into it.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ECDCTR := $(VENV)/bin/ecdctr

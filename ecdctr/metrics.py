@@ -40,28 +40,36 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
 def gauc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
     """Group AUC: the mean of per-group AUC weighted by the group's impressions, over groups
     that have both a click and a non-click (others carry no ranking signal); NaN if none."""
+    return _gauc(labels, scores, groups)[0]
+
+
+def _gauc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> tuple[float, int]:
+    """(GAUC, number of groups it averages over)."""
     y = np.asarray(labels).ravel()
     s = np.asarray(scores, np.float64).ravel()
     _, inverse = np.unique(np.asarray(groups).ravel(), return_inverse=True)
     order = np.argsort(inverse, kind="mergesort")
     bounds = np.flatnonzero(np.r_[True, np.diff(inverse[order]) != 0, True])
-    total, weight = 0.0, 0
+    total, weight, counted = 0.0, 0, 0
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         idx = order[a:b]
         clicks = y[idx].sum()
         if 0 < clicks < len(idx):
             total += auc(y[idx], s[idx]) * len(idx)
             weight += len(idx)
-    return total / weight if weight else float("nan")
+            counted += 1
+    return (total / weight if weight else float("nan")), counted
 
 
 def summary(labels: np.ndarray, probs: np.ndarray, groups: np.ndarray) -> dict[str, float]:
-    """LogLoss, AUC, GAUC, row count, observed CTR and mean prediction."""
+    """LogLoss, AUC, GAUC (and how many groups it covers), rows, observed CTR, mean prediction."""
+    group_auc, groups_counted = _gauc(labels, probs, groups)
     return {
         "rows": int(len(labels)),
         "logloss": logloss(labels, probs),
         "auc": auc(labels, probs),
-        "gauc": gauc(labels, probs, groups),
+        "gauc": group_auc,
+        "gauc_groups": groups_counted,
         "ctr": float(np.mean(labels)) if len(labels) else float("nan"),
         "mean_prediction": float(np.mean(probs)) if len(probs) else float("nan"),
     }

@@ -70,7 +70,7 @@ def predict(model: keras.Model, spec: Spec, dataset: tf.data.Dataset
     return np.concatenate(labels), np.concatenate(probs), np.concatenate(groups)
 
 
-def recalibrate_batchnorm(model: keras.Model, dataset: tf.data.Dataset, max_batches: int = 200,
+def recalibrate_batchnorm(model: keras.Model, dataset: tf.data.Dataset, max_batches: int = 50,
                           log: Log = print) -> int:
     """Re-estimates BatchNorm moving statistics as the plain average over up to max_batches
     batches (forward passes only, no weight update). Needed after the statistics are reset

@@ -1,0 +1,163 @@
+"""The `ecdctr` command line: simulate, build, daily, predict."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gzip
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from ecdctr.validation import ConfigError
+
+log = logging.getLogger("ecdctr")
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date; use YYYY-MM-DD") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ecdctr", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("simulate", help="write simulated natural and ad logs")
+    s.add_argument("--out", required=True, help="logs folder to write")
+    s.add_argument("--start", type=_date, required=True, help="first day, YYYY-MM-DD")
+    s.add_argument("--days", type=int, required=True, help="number of days")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--users", type=int, help="initial users (default: simulator default)")
+    s.add_argument("--items", type=int, help="initial items")
+    s.add_argument("--rows_per_day", type=int, help="natural rows per day (ad: a tenth)")
+
+    b = sub.add_parser("build", help="Beam job: raw logs -> TFRecords, vocabularies, stats",
+                       epilog="Arguments after `--` are Beam pipeline options, e.g. "
+                              "-- --direct_num_workers=2 --direct_running_mode=multi_processing")
+    b.add_argument("--spec", required=True, help="feature spec YAML")
+    b.add_argument("--logs", required=True, help="raw logs folder (<logs>/<source>/date=D/)")
+    b.add_argument("--work", required=True, help="work folder for examples, stats, vocabularies")
+    b.add_argument("--start", type=_date, help="first day to build (default: all)")
+    b.add_argument("--end", type=_date, help="last day to build (default: all)")
+    b.add_argument("--sources", default="natural,ad", help="comma-separated sources")
+    b.add_argument("--skip_built", action="store_true", help="leave days already built alone")
+
+    d = sub.add_parser("daily", help="run what is due for a day: build, TPM, CPM, A-CTR, export")
+    d.add_argument("--config", required=True, help="run config YAML (see configs/demo.yaml)")
+    d.add_argument("--date", type=_date, required=True, help="evaluation day D, YYYY-MM-DD")
+
+    r = sub.add_parser("predict", help="score raw-log rows with an exported SavedModel")
+    r.add_argument("--model", required=True,
+                   help="a SavedModel version folder, or its parent (newest version is used)")
+    r.add_argument("--input", required=True, help="JSON Lines file of raw-log rows (.jsonl[.gz])")
+    r.add_argument("--batch_size", type=int, default=1024)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `ecdctr` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    beam_args: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, beam_args = argv[:cut], argv[cut + 1:]
+    args = _parser().parse_args(argv)
+    # Our progress at INFO; libraries (Beam, TensorFlow) only when they warn.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr)
+    log.setLevel(logging.INFO)
+    try:
+        sys.exit(COMMANDS[args.command](args, beam_args) or 0)
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"ecdctr {args.command}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _simulate(args: argparse.Namespace, _: list[str]) -> None:
+    from ecdctr.simulator import SimConfig, simulate
+
+    sizes = {"users": args.users, "items": args.items, "natural_rows_per_day": args.rows_per_day}
+    config = SimConfig(seed=args.seed, **{k: v for k, v in sizes.items() if v is not None})
+    summary = simulate(args.out, args.start, args.days, config, log=log.info)
+    log.info("simulated: %s", json.dumps(summary))
+
+
+def _build(args: argparse.Namespace, beam_args: list[str]) -> None:
+    from ecdctr.spec import load_spec
+    from ecdctr.vocab import build_vocabularies, write_vocabularies
+    from pipelines.build import build, built_partitions
+
+    spec = load_spec(args.spec)
+    sources = [s for s in args.sources.split(",") if s]
+    build(spec, args.logs, args.work, start=args.start, end=args.end, sources=sources,
+          beam_args=beam_args, skip_built=args.skip_built, log=log.info)
+    parts = [(s, d) for s in sources for d in built_partitions(args.work, s)]
+    vocabs = build_vocabularies(spec, args.work, parts)
+    write_vocabularies(vocabs, os.path.join(args.work, "vocab"))
+    log.info("vocabularies over %d built days: %s", len(parts),
+             ", ".join(f"{k} {len(v):,}" for k, v in vocabs.items()))
+
+
+def _daily(args: argparse.Namespace, beam_args: list[str]) -> None:
+    from dataclasses import replace
+
+    from ecdctr.config import load_config
+    from pipelines.daily import run_daily
+
+    config = load_config(args.config)
+    if beam_args:
+        config = replace(config, beam_args=tuple(beam_args))
+    report = run_daily(config, args.date, log=log.info)
+    print(json.dumps({"date": report["date"], "status": report["status"],
+                      "metrics": report.get("metrics"), "export": report.get("export")}, indent=2))
+
+
+def _predict(args: argparse.Namespace, _: list[str]) -> int:
+    import tensorflow as tf
+
+    from ecdctr.export import INPUT_KEY, OUTPUT_KEY, SPEC_FILE, versions
+    from ecdctr.rows import RowError, RowParser, features_example
+    from ecdctr.spec import load_spec
+
+    path = args.model
+    if not os.path.exists(os.path.join(path, "saved_model.pb")):
+        found = versions(path)
+        if not found:
+            raise FileNotFoundError(f"{path}: neither a SavedModel nor a folder of versions. "
+                                    f"Fix: pass <export>/actr or <export>/actr/<version>.")
+        path = os.path.join(path, str(found[-1]))
+    parser = RowParser(load_spec(os.path.join(path, "assets.extra", SPEC_FILE)))
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    opener = gzip.open if args.input.endswith(".gz") else open
+    rows: list[bytes | None] = []
+    bad = 0
+    with opener(args.input, "rt", encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                values, _ = parser.parse_features(json.loads(line))
+                rows.append(features_example(values).SerializeToString())
+            except (json.JSONDecodeError, RowError) as e:
+                print(f"{args.input}:{n}: skipped: {e}", file=sys.stderr)
+                rows.append(None)
+                bad += 1
+    good = [r for r in rows if r is not None]
+    probs: list[float] = []
+    for i in range(0, len(good), args.batch_size):
+        batch = tf.constant(good[i:i + args.batch_size])
+        probs.extend(serve(**{INPUT_KEY: batch})[OUTPUT_KEY].numpy().tolist())
+    scores = iter(probs)
+    for r in rows:
+        print("nan" if r is None else f"{next(scores):.6f}")
+    log.info("scored %d rows with %s (%d invalid, printed as nan)", len(good), path, bad)
+    return 1 if bad else 0
+
+
+COMMANDS = {"simulate": _simulate, "build": _build, "daily": _daily, "predict": _predict}

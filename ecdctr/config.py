@@ -1,0 +1,124 @@
+"""The run config of `daily` (and later `compare`): paths, data windows and hyperparameters."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from ecdctr.models import ModelConfig
+from ecdctr.validation import ConfigError, is_int, is_number, load_yaml, unknown_keys
+
+TOP_KEYS = ("spec", "logs", "work", "export", "windows", "model", "tpm", "cpm", "actr",
+            "transfer", "seed", "beam_args")
+WINDOW_KEYS = ("tpm_days", "cpm_days", "actr_days")
+TRAIN_KEYS = ("epochs", "batch_size", "learning_rate")
+MODEL_KEYS = ("hidden", "dropout")
+
+
+@dataclass(frozen=True)
+class Windows:
+    """How many days before the run date each model reads."""
+
+    tpm_days: int = 180
+    cpm_days: int = 30
+    actr_days: int = 14
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A validated run config; paths are absolute."""
+
+    path: str
+    spec: str
+    logs: str
+    work: str
+    export: str
+    windows: Windows = field(default_factory=Windows)
+    tpm: ModelConfig = ModelConfig(hidden=(32,), epochs=1, learning_rate=0.002)
+    cpm: ModelConfig = ModelConfig(epochs=1)
+    actr: ModelConfig = ModelConfig(epochs=2, learning_rate=0.0005, batch_size=512)
+    reset_batchnorm: bool = True
+    seed: int = 0
+    beam_args: tuple[str, ...] = ()
+
+
+def load_config(path: str) -> RunConfig:
+    """Loads and validates a run config; relative paths resolve against its folder."""
+    doc = load_yaml(path)
+    errors: list[str] = []
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: the config must be a mapping with spec, logs, work and export. "
+                          f"Fix: see configs/demo.yaml.")
+    errors += [f"unknown key {k!r}. Fix: remove it or use one of {list(TOP_KEYS)}."
+               for k in unknown_keys(doc, TOP_KEYS)]
+    folder = os.path.dirname(os.path.abspath(path))
+    paths = {}
+    for key in ("spec", "logs", "work", "export"):
+        value = doc.get(key)
+        if not isinstance(value, str) or not value:
+            errors.append(f"'{key}' must be a path. Fix: e.g. `{key}: ../{key}`.")
+            continue
+        paths[key] = value if "://" in value else os.path.normpath(os.path.join(folder, value))
+    windows = _section(doc, "windows", WINDOW_KEYS, Windows(), errors)
+    base = RunConfig.__dataclass_fields__
+    shared = _section(doc, "model", MODEL_KEYS, ModelConfig(), errors)
+    models = {}
+    for name in ("tpm", "cpm", "actr"):
+        default = base[name].default
+        models[name] = _section(doc, name, TRAIN_KEYS + (MODEL_KEYS if name == "tpm" else ()),
+                                default, errors)
+        if name != "tpm":
+            models[name] = replace(models[name], hidden=shared.hidden, dropout=shared.dropout)
+    transfer = doc.get("transfer", {}) or {}
+    reset = True
+    if not isinstance(transfer, dict):
+        errors.append("'transfer' must be a mapping like {reset_batchnorm: true}.")
+    else:
+        errors += [f"transfer: unknown key {k!r}. Fix: use reset_batchnorm."
+                   for k in unknown_keys(transfer, ("reset_batchnorm",))]
+        reset = transfer.get("reset_batchnorm", True)
+        if not isinstance(reset, bool):
+            errors.append("transfer.reset_batchnorm must be true or false.")
+    seed = doc.get("seed", 0)
+    if not is_int(seed):
+        errors.append(f"'seed' must be an integer, got {seed!r}.")
+    beam_args = doc.get("beam_args", [])
+    if not isinstance(beam_args, list) or not all(isinstance(a, str) for a in beam_args):
+        errors.append("'beam_args' must be a list of pipeline option strings, "
+                      "e.g. ['--direct_num_workers=2'].")
+    if errors:
+        raise ConfigError(f"{path}: invalid config:\n  - " + "\n  - ".join(errors))
+    models = {k: replace(v, seed=seed) for k, v in models.items()}
+    return RunConfig(path=os.path.abspath(path), windows=windows, reset_batchnorm=reset, seed=seed,
+                     beam_args=tuple(beam_args), **paths, **models)
+
+
+def _section(doc: dict, key: str, allowed: tuple[str, ...], default: Any, errors: list[str]) -> Any:
+    body = doc.get(key) or {}
+    if not isinstance(body, dict):
+        errors.append(f"'{key}' must be a mapping of {list(allowed)}.")
+        return default
+    errors += [f"{key}: unknown key {k!r}. Fix: use one of {list(allowed)}."
+               for k in unknown_keys(body, allowed)]
+    values = {}
+    for name in allowed:
+        if name not in body:
+            continue
+        value = body[name]
+        if name == "hidden":
+            if not isinstance(value, list) or not value or not all(is_int(v) and v > 0 for v in value):
+                errors.append(f"{key}.hidden must be a list of positive layer sizes, e.g. [128, 64].")
+                continue
+            value = tuple(value)
+        elif name in ("learning_rate", "dropout"):
+            if not is_number(value) or not (0 <= value < 1 if name == "dropout" else value > 0):
+                errors.append(f"{key}.{name} is {value!r}; it must be a number in range.")
+                continue
+            value = float(value)
+        elif not is_int(value) or value < 1:
+            errors.append(f"{key}.{name} must be a positive integer, got {value!r}.")
+            continue
+        values[name] = value
+    names = {f.name for f in fields(default)}
+    return replace(default, **{k: v for k, v in values.items() if k in names})

@@ -1,0 +1,103 @@
+"""End to end on a tiny simulated set: simulate -> daily (build, TPM, CPM, A-CTR, export) -> predict."""
+
+import datetime as dt
+import gzip
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+from ecdctr.cli import main
+from ecdctr.config import load_config
+from ecdctr.simulator import SimConfig, simulate
+from pipelines.daily import run_daily
+
+START = dt.date(2026, 1, 1)
+DATE = dt.date(2026, 1, 12)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    simulate(str(root / "logs"), START, 12,
+             SimConfig(users=800, items=300, new_users_per_day=20, new_items_per_day=5,
+                       natural_rows_per_day=1000, seed=3), log=lambda _: None)
+    config = root / "config.yaml"
+    config.write_text(
+        f"spec: {os.path.abspath('features/default.yaml')}\nlogs: logs\nwork: work\nexport: export\n"
+        "windows: {tpm_days: 30, cpm_days: 8, actr_days: 5}\nmodel: {hidden: [16, 8]}\n"
+        "tpm: {hidden: [8], batch_size: 256}\ncpm: {batch_size: 256}\nactr: {batch_size: 64}\n")
+    lines: list[str] = []
+    report = run_daily(load_config(str(config)), DATE, log=lines.append)
+    return root, config, report, lines
+
+
+def test_daily_runs_every_step_and_writes_the_report(run):
+    root, _, report, lines = run
+    assert report["status"] == "ok"
+    assert [report["steps"][s]["status"] for s in ("build", "tpm", "cpm", "actr")] == ["ok"] * 4
+    on_disk = json.loads((root / "work" / "reports" / f"{DATE}.json").read_text())
+    m = report["metrics"]
+    assert on_disk["metrics"]["auc"] == m["auc"] and on_disk["status"] == "ok"
+    assert m["rows"] == 100 and 0 < m["logloss"] < 1 and 0 <= m["auc"] <= 1
+    if math.isnan(m["gauc"]):  # no user with both classes in a tiny day: null, still valid JSON
+        assert on_disk["metrics"]["gauc"] is None
+    assert any("TPM snapshot" in line for line in lines)
+    assert any("transfer cpm -> actr" in line for line in lines)
+    manifest = json.loads((root / "work" / "tpm" / "2026-01" / "manifest.json").read_text())
+    assert manifest["window"] == ["2026-01-01", "2026-01-11"]  # never the evaluation day
+
+
+def test_export_is_a_versioned_savedmodel_on_serialized_examples(run):
+    root, _, report, _ = run
+    assert report["export"] == str(root / "export" / "actr" / "1")
+    model = tf.saved_model.load(report["export"])
+    serve = model.signatures["serving_default"]
+    assert list(serve.structured_input_signature[1]) == ["examples"]
+    files = tf.io.gfile.glob(str(root / "work" / "examples" / "ad" / f"date={DATE}" / "*.gz"))
+    examples = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP").take(5)]
+    probs = serve(examples=tf.constant(examples))["click_probability"].numpy()
+    assert probs.shape == (5,) and ((probs > 0) & (probs < 1)).all()
+    empty = tf.train.Example().SerializeToString()  # every feature missing -> spec defaults
+    assert math.isfinite(serve(examples=tf.constant([empty]))["click_probability"].numpy()[0])
+
+
+def test_rerun_skips_built_days_and_trained_models(run):
+    _, config, _, _ = run
+    report = run_daily(load_config(str(config)), DATE, log=lambda _: None)
+    assert report["steps"]["build"]["partitions_built"] == 0
+    assert report["steps"]["tpm"]["status"] == "skipped"
+    assert report["steps"]["cpm"]["status"] == "skipped"
+    assert report["export"].endswith(os.path.join("actr", "2"))
+
+
+def test_predict_prints_one_probability_per_row(run, tmp_path, capsys):
+    root, _, report, _ = run
+    with gzip.open(root / "logs" / "ad" / f"date={DATE}" / "part-00000.jsonl.gz", "rt") as f:
+        rows = [json.loads(line) for _, line in zip(range(3), f, strict=False)]
+    rows.append({"user_id": "never-seen", "price": "not a number"})
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(SystemExit) as e:
+        main(["predict", f"--model={root / 'export' / 'actr'}", f"--input={path}"])
+    out = capsys.readouterr()
+    values = out.out.split()
+    assert len(values) == 4 and values[3] == "nan"
+    assert all(0 < float(v) < 1 for v in values[:3])
+    assert "rows.jsonl:4: skipped" in out.err and "'price'" in out.err
+    assert e.value.code == 1
+
+
+def test_python_dash_m_entry_point():
+    out = subprocess.run([sys.executable, "-m", "ecdctr", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "daily" in out.stdout
+
+
+def test_daily_without_ad_logs_on_the_date_says_what_is_missing(run):
+    _, config, _, _ = run
+    with pytest.raises(Exception, match="evaluation day"):
+        run_daily(load_config(str(config)), DATE + dt.timedelta(days=1), log=lambda _: None)
