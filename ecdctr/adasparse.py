@@ -1,0 +1,257 @@
+"""AdaSparse (CIKM 2022): an MLP tower whose neurons a light pruner per layer prunes per domain."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import tensorflow as tf
+import tf_keras as keras
+
+FORMS = ("binarization", "scaling", "fusion")
+
+
+@dataclass(frozen=True)
+class AdaSparseConfig:
+    """Pruner form and schedules (defaults from the paper).
+
+    form: binarization pi = 1[sigmoid(alpha v) > epsilon] (the paper's sign(sigmoid(alpha v) -
+    epsilon) as a {0, 1} step), scaling pi = beta sigmoid(v), fusion
+    pi = beta sigmoid(alpha v) 1[beta sigmoid(alpha v) > epsilon].
+    alpha and the regularizer weight lambda_hat rise linearly over ramp_steps training steps,
+    alpha from alpha_start to alpha_end, lambda_hat from lambda_start to lambda_end; both then stay.
+    r_min, r_max: the band of per-layer sparsity the regularizer leaves alone.
+    """
+
+    form: str = "fusion"
+    beta: float = 2.0
+    epsilon: float = 0.25
+    alpha_start: float = 0.1
+    alpha_end: float = 5.0
+    ramp_steps: int = 1000
+    r_min: float = 0.15
+    r_max: float = 0.25
+    lambda_start: float = 0.01
+    lambda_end: float = 1.0
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("form", self.form in FORMS, f"one of {list(FORMS)}"),
+            ("beta", self.beta > 0, "> 0"),
+            ("epsilon", 0 < self.epsilon < min(1.0, self.beta), "in (0, min(1, beta))"),
+            ("alpha_start", self.alpha_start > 0, "> 0"),
+            ("alpha_end", self.alpha_end >= self.alpha_start, ">= alpha_start"),
+            ("ramp_steps", isinstance(self.ramp_steps, int) and self.ramp_steps >= 1,
+             "an integer >= 1"),
+            ("r_min", 0 <= self.r_min <= 1, "in [0, 1]"),
+            ("r_max", self.r_min <= self.r_max <= 1, "in [r_min, 1]"),
+            ("lambda_start", self.lambda_start >= 0, ">= 0"),
+            ("lambda_end", self.lambda_end >= self.lambda_start, ">= lambda_start"),
+        )
+        for field, ok, requirement in checks:
+            if not ok:
+                raise ValueError(f"AdaSparseConfig.{field} must be {requirement}, "
+                                 f"got {getattr(self, field)!r}")
+
+
+def sparsity_regularizer(zero_shares: Sequence[tf.Tensor], lambda_hat: tf.Tensor | float,
+                         r_min: float, r_max: float) -> tf.Tensor:
+    """R = (1/L) sum_l lambda_l |r_l - r_bar|, r_bar = (r_min + r_max) / 2, with lambda_l = 0 for
+    r_l in [r_min, r_max] and lambda_hat |r_l - r_bar| outside. lambda_l is a coefficient (no
+    gradient), so outside the band dR/dr_l = lambda_l sign(r_l - r_bar) / L."""
+    target = (r_min + r_max) / 2
+    terms = []
+    for share in zero_shares:
+        gap = tf.abs(share - target)
+        outside = tf.logical_or(share < r_min, share > r_max)
+        weight = tf.where(outside, lambda_hat * tf.stop_gradient(gap), 0.0)
+        terms.append(weight * gap)
+    return tf.add_n(terms) / len(terms)
+
+
+class DomainPruner(keras.layers.Layer):
+    """One dense layer on [domain_embedding ; layer_input] -> N factors (logits v).
+
+    call returns (factors pi [B, N], zero share r): the forward values are the hard ones of the
+    config's form. Straight-through estimates keep gradients flowing to the pruner:
+    binarization's gradient is that of sigmoid(alpha v); fusion's is that of beta sigmoid(alpha v)
+    as if the indicator were 1, so pruned neurons still learn and can come back. The zero share
+    is the exact share of zero factors forward, with the gradient of the mean of the soft zero
+    indicator sigmoid(t - alpha v), where t is the logit threshold (pi = 0 iff alpha v <= t).
+    Under scaling no factor is exactly zero, so r = 0 (a constant).
+    """
+
+    def __init__(self, units: int, config: AdaSparseConfig = AdaSparseConfig(), **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.config = config
+        self.dense = keras.layers.Dense(units, name="dense")
+
+    def logits(self, domain_embedding: tf.Tensor, layer_input: tf.Tensor) -> tf.Tensor:
+        """The pruner's logits v [B, N]."""
+        return self.dense(tf.concat([domain_embedding, layer_input], axis=-1))
+
+    def call(self, domain_embedding: tf.Tensor, layer_input: tf.Tensor,
+             alpha: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return self.factors(self.logits(domain_embedding, layer_input), alpha)
+
+    def factors(self, logits: tf.Tensor, alpha: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """(pi, zero share) from logits v at temperature alpha (see the class docstring)."""
+        c = self.config
+        if c.form == "scaling":
+            return c.beta * tf.sigmoid(logits), tf.zeros([], logits.dtype)
+        soft = tf.sigmoid(alpha * logits)
+        if c.form == "binarization":
+            surrogate = soft
+            hard = tf.cast(soft > c.epsilon, logits.dtype)
+            threshold = c.epsilon
+        else:
+            surrogate = c.beta * soft
+            hard = surrogate * tf.cast(surrogate > c.epsilon, logits.dtype)
+            threshold = c.epsilon / c.beta
+        # hard + (s - s) is exactly hard forward (binary factors stay exactly 0/1); gradient ds.
+        factors = hard + (surrogate - tf.stop_gradient(surrogate))
+        soft_zero = tf.sigmoid(math.log(threshold / (1 - threshold)) - alpha * logits)
+        return factors, _straight_through(tf.reduce_mean(tf.cast(hard == 0, logits.dtype)),
+                                          tf.reduce_mean(soft_zero))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "units": self.units,
+                "config": dataclasses.asdict(self.config)}
+
+    @classmethod
+    def from_config(cls, config: dict) -> DomainPruner:
+        return cls(**{**config, "config": AdaSparseConfig(**config["config"])})
+
+
+def _straight_through(hard: tf.Tensor, soft: tf.Tensor) -> tf.Tensor:
+    """hard's value with soft's gradient."""
+    return hard + (soft - tf.stop_gradient(soft))
+
+
+def _sparse_input_dense(x: tf.Tensor, dense: keras.layers.Dense) -> tf.Tensor:
+    """dense(x) through tf.sparse: only x's nonzero entries (kept, active neurons) are multiplied."""
+    index = tf.where(tf.not_equal(x, 0))
+    rows = tf.SparseTensor(index, tf.gather_nd(x, index), tf.shape(x, out_type=tf.int64))
+    return tf.nn.bias_add(tf.sparse.sparse_dense_matmul(rows, dense.kernel), dense.bias)
+
+
+class AdaSparseMlp(keras.layers.Layer):
+    """The Mlp tower (see layers.Mlp for the contract; dense_<l>, bn_<l> match it by name) with a
+    DomainPruner pruner_<l> per layer: h = relu(bn(dense(x_l))), pi = pruner_l([e_d ; x_l]),
+    x_{l+1} = dropout(h * pi). domain_embedding is required; domain_index is unused.
+
+    alpha is a non-trainable variable saved with the model. Each training-mode call (one per
+    training step) advances the saved step counter and sets alpha (and the regularizer weight
+    lambda_hat) from it: after k steps alpha = alpha_start + (alpha_end - alpha_start)
+    min(k / ramp_steps, 1). Inference calls read alpha and change nothing. set_ramp_steps does
+    not reset the counter, so a resumed or warm-started model keeps its alpha.
+
+    In training mode the sparsity regularizer (see sparsity_regularizer) is added with add_loss
+    (except under scaling, where r_l = 0 is a constant without gradient); every call reports
+    each layer's zero share r_l as the metric sparsity_<l>.
+
+    sparse_inference (a Python attribute, read when the call is traced): at inference, layers
+    after the first multiply only the nonzero entries of their input via tf.sparse. The result
+    equals the dense path up to float summation order (so a pruner logit within rounding of the
+    threshold may flip its factor); which path is faster depends on sparsity: measure.
+    """
+
+    def __init__(self, hidden: Sequence[int], config: AdaSparseConfig = AdaSparseConfig(),
+                 dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = tuple(int(u) for u in hidden)
+        self.config = config
+        self.dropout_rate = dropout
+        self.sparse_inference = False
+        self._initial_ramp_steps = config.ramp_steps
+        self.dense = [keras.layers.Dense(u, name=f"dense_{i}") for i, u in enumerate(self.hidden)]
+        self.norms = [keras.layers.BatchNormalization(name=f"bn_{i}") for i in range(len(self.hidden))]
+        self.pruners = [DomainPruner(u, config, name=f"pruner_{i}") for i, u in enumerate(self.hidden)]
+        self.dropout = keras.layers.Dropout(dropout) if dropout else None
+
+    def build(self, input_shape: tf.TensorShape) -> None:
+        schedule = {"trainable": False, "aggregation": tf.VariableAggregation.ONLY_FIRST_REPLICA}
+        self.alpha = self.add_weight(
+            name="alpha", shape=(), dtype=tf.float32,
+            initializer=keras.initializers.Constant(self.config.alpha_start), **schedule)
+        self.step = self.add_weight(name="pruning_step", shape=(), dtype=tf.int64,
+                                    initializer="zeros", **schedule)
+        self.ramp_steps = self.add_weight(
+            name="ramp_steps", shape=(), dtype=tf.int64,
+            initializer=keras.initializers.Constant(self._initial_ramp_steps), **schedule)
+        super().build(input_shape)
+
+    def set_ramp_steps(self, steps: int) -> None:
+        """Sets how many training steps alpha and lambda_hat take to reach their end values."""
+        if int(steps) < 1:
+            raise ValueError(f"ramp steps must be >= 1, got {steps}")
+        self._initial_ramp_steps = int(steps)
+        if self.built:
+            self.ramp_steps.assign(int(steps))
+
+    def call(self, x: tf.Tensor, domain_embedding: tf.Tensor | None = None,
+             domain_index: tf.Tensor | None = None, training: bool | None = None) -> tf.Tensor:
+        if domain_embedding is None:
+            raise ValueError("AdaSparseMlp prunes per domain: pass domain_embedding [B, E]")
+        if training:
+            alpha, lambda_hat = self._advance_schedule()
+        else:
+            alpha, lambda_hat = tf.convert_to_tensor(self.alpha), None
+        sparse = bool(self.sparse_inference and not training and all(d.built for d in self.dense))
+        y, _, zero_shares = self._forward(x, domain_embedding, alpha, training, sparse)
+        if training:  # never in serving: a metric would be state written by every request
+            for i, share in enumerate(zero_shares):
+                self.add_metric(tf.stop_gradient(share), name=f"sparsity_{i}")
+        if training and self.config.form != "scaling":
+            self.add_loss(sparsity_regularizer(zero_shares, lambda_hat, self.config.r_min,
+                                               self.config.r_max))
+        return y
+
+    def masks(self, x: tf.Tensor, domain_embedding: tf.Tensor) -> list[tf.Tensor]:
+        """Per layer, [B, N_l] with 1 where the neuron is kept (factor != 0) and 0 where pruned,
+        at the saved (inference) alpha. Pass the rows of one domain for that domain's masks."""
+        if not self.built:
+            self(x, domain_embedding=domain_embedding, training=False)
+        _, factors, _ = self._forward(x, domain_embedding, tf.convert_to_tensor(self.alpha),
+                                      training=False, sparse=False)
+        return [tf.cast(f != 0, tf.float32) for f in factors]
+
+    def sparsity(self, x: tf.Tensor, domain_embedding: tf.Tensor) -> list[float]:
+        """Per layer, the share of pruned neurons r_l over these rows at the inference alpha."""
+        return [1.0 - float(tf.reduce_mean(m)) for m in self.masks(x, domain_embedding)]
+
+    def _advance_schedule(self) -> tuple[tf.Tensor, tf.Tensor]:
+        self.step.assign_add(1)
+        progress = tf.minimum(tf.cast(self.step, tf.float32) / tf.cast(self.ramp_steps, tf.float32),
+                              1.0)
+        c = self.config
+        alpha = c.alpha_start + (c.alpha_end - c.alpha_start) * progress
+        self.alpha.assign(alpha)
+        return alpha, c.lambda_start + (c.lambda_end - c.lambda_start) * progress
+
+    def _forward(self, x: tf.Tensor, domain_embedding: tf.Tensor, alpha: tf.Tensor,
+                 training: bool | None, sparse: bool
+                 ) -> tuple[tf.Tensor, list[tf.Tensor], list[tf.Tensor]]:
+        factors, zero_shares = [], []
+        for i, (dense, norm, pruner) in enumerate(zip(self.dense, self.norms, self.pruners,
+                                                      strict=True)):
+            z = _sparse_input_dense(x, dense) if sparse and i > 0 else dense(x)
+            h = tf.nn.relu(norm(z, training=training))
+            pi, share = pruner(domain_embedding, x, alpha)
+            x = h * pi
+            if self.dropout is not None:
+                x = self.dropout(x, training=training)
+            factors.append(pi)
+            zero_shares.append(share)
+        return x, factors, zero_shares
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "hidden": list(self.hidden),
+                "config": dataclasses.asdict(self.config), "dropout": self.dropout_rate}
+
+    @classmethod
+    def from_config(cls, config: dict) -> AdaSparseMlp:
+        return cls(**{**config, "config": AdaSparseConfig(**config["config"])})

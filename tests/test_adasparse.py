@@ -1,0 +1,181 @@
+"""Tests for the AdaSparse tower: pruner forms, gradients, alpha schedule, regularizer, sparse path."""
+
+import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+
+# isort: split
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from ecdctr.adasparse import (
+    FORMS,
+    AdaSparseConfig,
+    AdaSparseMlp,
+    DomainPruner,
+    sparsity_regularizer,
+)
+from ecdctr.layers import Mlp
+
+RNG = np.random.default_rng(0)
+X = tf.constant(RNG.normal(size=(64, 12)).astype("float32"))
+E = tf.constant(RNG.normal(size=(64, 4)).astype("float32"))
+Y = tf.constant((RNG.random((64, 1)) < 0.5).astype("float32"))
+HEAD = tf.constant(RNG.normal(size=(8, 1)).astype("float32"))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    keras.utils.set_random_seed(0)
+
+
+def _task_loss(tower: AdaSparseMlp, training: bool = True) -> tf.Tensor:
+    logits = tower(X, domain_embedding=E, training=training) @ HEAD
+    loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(Y, logits))
+    return loss + tf.add_n(tower.losses) if tower.losses else loss
+
+
+def _train(tower: AdaSparseMlp, steps: int, learning_rate: float = 0.1) -> None:
+    optimizer = keras.optimizers.SGD(learning_rate)
+    for _ in range(steps):
+        with tf.GradientTape() as tape:
+            loss = _task_loss(tower)
+        optimizer.apply_gradients(zip(tape.gradient(loss, tower.trainable_variables),
+                                      tower.trainable_variables, strict=True))
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("form", "sign"), ("beta", 0.0), ("epsilon", 1.5), ("alpha_start", 0.0), ("alpha_end", 0.05),
+    ("ramp_steps", 0), ("r_min", -0.1), ("r_max", 0.1), ("lambda_start", -1.0), ("lambda_end", 0.0)])
+def test_config_rejects_bad_values_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=f"AdaSparseConfig.{field} "):
+        AdaSparseConfig(**{field: value})
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_gradients_reach_every_pruner_and_training_moves_them(form):
+    tower = AdaSparseMlp((16, 8), AdaSparseConfig(form=form, ramp_steps=3))
+    with tf.GradientTape() as tape:
+        loss = _task_loss(tower)
+    kernels = [p.dense.kernel for p in tower.pruners]
+    for grad in tape.gradient(loss, kernels):
+        assert np.all(np.isfinite(grad.numpy())) and np.abs(grad.numpy()).max() > 0
+    before = [k.numpy() for k in kernels]
+    _train(tower, 3)
+    for old, kernel in zip(before, kernels, strict=True):
+        assert np.abs(kernel.numpy() - old).max() > 1e-6
+
+
+def test_alpha_rises_in_training_is_saved_and_frozen_at_inference(tmp_path):
+    config = AdaSparseConfig(ramp_steps=4)
+    tower = AdaSparseMlp((8,), config)
+    tower(X, domain_embedding=E, training=False)
+    assert float(tower.alpha) == pytest.approx(config.alpha_start)
+    alphas = []
+    for _ in range(6):
+        tower(X, domain_embedding=E, training=True)
+        alphas.append(float(tower.alpha))
+    assert alphas[:4] == sorted(set(alphas[:4]))
+    assert alphas[3:] == pytest.approx([config.alpha_end] * 3)
+    assert any(v is tower.alpha for v in tower.non_trainable_variables)
+    assert not any(v is tower.alpha for v in tower.trainable_variables)
+
+    tower.set_ramp_steps(100)
+    assert int(tower.ramp_steps) == 100 and int(tower.step) == 6
+    alpha = float(tower.alpha)
+    for _ in range(10):
+        tower(X, domain_embedding=E, training=False)
+    assert float(tower.alpha) == alpha and int(tower.step) == 6
+
+    path = tf.train.Checkpoint(tower=tower).save(str(tmp_path / "ckpt"))
+    saved = {name for name, _ in tf.train.list_variables(path)}
+    assert any("alpha" in n for n in saved) and any("pruning_step" in n for n in saved)
+    restored = AdaSparseMlp((8,), config)
+    restored(X, domain_embedding=E, training=False)
+    tf.train.Checkpoint(tower=restored).restore(path).assert_consumed()
+    assert float(restored.alpha) == alpha and int(restored.step) == 6
+
+
+def test_fit_advances_alpha_once_per_step_and_reports_sparsity():
+    x_in, e_in = keras.Input((12,)), keras.Input((4,))
+    tower = AdaSparseMlp((8,), AdaSparseConfig(form="binarization", ramp_steps=100))
+    model = keras.Model([x_in, e_in], keras.layers.Dense(1)(tower(x_in, domain_embedding=e_in)))
+    model.compile(keras.optimizers.SGD(0.01), keras.losses.BinaryCrossentropy(from_logits=True))
+    history = model.fit([X, E], Y, batch_size=16, epochs=1, verbose=0)
+    assert int(tower.step) == 4
+    assert "sparsity_0" in history.history
+    model.evaluate([X, E], Y, verbose=0)
+    model.predict([X, E], verbose=0)
+    assert int(tower.step) == 4
+
+
+def test_regularizer_is_zero_inside_band_and_pulls_outside():
+    share = tf.Variable(0.2)
+    for value, inside in ((0.15, True), (0.2, True), (0.25, True), (0.05, False), (0.6, False)):
+        share.assign(value)
+        with tf.GradientTape() as tape:
+            penalty = sparsity_regularizer([share], 0.5, r_min=0.15, r_max=0.25)
+        grad = tape.gradient(penalty, share)
+        if inside:
+            assert float(penalty) == 0.0 and float(grad) == 0.0
+        else:
+            assert float(penalty) == pytest.approx(0.5 * (value - 0.2) ** 2)
+            assert float(grad) == pytest.approx(0.5 * abs(value - 0.2) * np.sign(value - 0.2))
+
+
+@pytest.mark.parametrize("form", ["binarization", "fusion"])
+def test_regularizer_gradient_reaches_the_pruner_outside_band(form):
+    tower = AdaSparseMlp((16, 8), AdaSparseConfig(form=form))
+    with tf.GradientTape() as tape:
+        tower(X, domain_embedding=E, training=True)  # alpha = 0.1: nothing pruned, r = 0
+        penalty = tf.add_n(tower.losses)
+    assert float(penalty) > 0
+    for grad in tape.gradient(penalty, [p.dense.kernel for p in tower.pruners]):
+        assert np.abs(grad.numpy()).max() > 0
+
+
+def test_pruner_forms():
+    def pruner(form):
+        layer = DomainPruner(32, AdaSparseConfig(form=form))
+        layer.logits(E, X)
+        layer.dense.kernel.assign(layer.dense.kernel * 3.0)
+        return layer
+
+    scaling, _ = pruner("scaling")(E, X, tf.constant(5.0))
+    assert np.all(scaling.numpy() > 0)
+
+    binary, share = pruner("binarization")(E, X, tf.constant(5.0))
+    values = set(np.unique(binary.numpy()))
+    assert values == {0.0, 1.0}
+    assert float(share) == pytest.approx(float(np.mean(binary.numpy() == 0)))
+
+    fusion_pruner = pruner("fusion")
+    fusion, _ = fusion_pruner(E, X, tf.constant(5.0))
+    scaled = (2.0 * tf.sigmoid(5.0 * fusion_pruner.logits(E, X))).numpy()
+    assert 0 < np.mean(scaled <= 0.25) < 1
+    np.testing.assert_array_equal(fusion.numpy() == 0, scaled <= 0.25)
+    np.testing.assert_array_equal(fusion.numpy()[scaled > 0.25], scaled[scaled > 0.25])
+
+
+@pytest.mark.parametrize("form", ["binarization", "fusion"])
+def test_sparse_inference_matches_dense_with_real_pruning(form):
+    tower = AdaSparseMlp((32, 16, 8), AdaSparseConfig(form=form, ramp_steps=3))
+    _train(tower, 5)
+    sparsity = tower.sparsity(X, E)
+    assert all(0 < r < 1 for r in sparsity[:-1])
+    dense = tower(X, domain_embedding=E, training=False)
+    tower.sparse_inference = True
+    sparse = tower(X, domain_embedding=E, training=False)
+    traced = tf.function(lambda x, e: tower(x, domain_embedding=e, training=False))(X, E)
+    assert np.abs(sparse.numpy() - dense.numpy()).max() <= 1e-5
+    assert np.abs(traced.numpy() - dense.numpy()).max() <= 1e-5
+
+
+def test_masks_per_domain_and_weight_names_match_the_plain_mlp():
+    tower = AdaSparseMlp((16, 8), AdaSparseConfig(form="binarization"), name="mlp")
+    masks = tower.masks(X[:5], E[:5])
+    assert [m.shape for m in masks] == [(5, 16), (5, 8)]
+    assert set(np.unique(np.concatenate([m.numpy().ravel() for m in masks]))) <= {0.0, 1.0}
+    plain = Mlp((16, 8), name="mlp")
+    plain(X)
+    assert {v.name for v in plain.variables} <= {v.name for v in tower.variables}
