@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from ecdctr.adasparse import AdaSparseConfig
 from ecdctr.models import ModelConfig
 from ecdctr.validation import ConfigError, is_int, is_number, load_yaml, unknown_keys
 
@@ -13,7 +14,10 @@ TOP_KEYS = ("spec", "logs", "work", "export", "windows", "model", "tpm", "cpm", 
             "transfer", "seed", "beam_args")
 WINDOW_KEYS = ("tpm_days", "cpm_days", "actr_days")
 TRAIN_KEYS = ("epochs", "batch_size", "learning_rate")
-MODEL_KEYS = ("hidden", "dropout")
+MODEL_KEYS = ("hidden", "dropout", "backbone", "cross_layers", "cross_structure", "multi_domain",
+              "apg_rank", "adasparse")
+ADASPARSE_KEYS = ("form", "beta", "epsilon", "alpha_start", "alpha_end", "ramp_steps", "r_min",
+                  "r_max", "lambda_start", "lambda_end")
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,8 @@ def load_config(path: str) -> RunConfig:
         models[name] = _section(doc, name, TRAIN_KEYS + (MODEL_KEYS if name == "tpm" else ()),
                                 default, errors)
         if name != "tpm":
-            models[name] = replace(models[name], hidden=shared.hidden, dropout=shared.dropout)
+            structure = {k: getattr(shared, k) for k in MODEL_KEYS}
+            models[name] = replace(models[name], **structure)
     transfer = doc.get("transfer", {}) or {}
     reset = True
     if not isinstance(transfer, dict):
@@ -106,7 +111,15 @@ def _section(doc: dict, key: str, allowed: tuple[str, ...], default: Any, errors
         if name not in body:
             continue
         value = body[name]
-        if name == "hidden":
+        if name == "adasparse":
+            value = _adasparse(key, value, errors)
+            if value is None:
+                continue
+        elif name in ("backbone", "cross_structure", "multi_domain"):
+            if not isinstance(value, str):
+                errors.append(f"{key}.{name} must be a string, got {value!r}.")
+                continue
+        elif name == "hidden":
             if not isinstance(value, list) or not value or not all(is_int(v) and v > 0 for v in value):
                 errors.append(f"{key}.hidden must be a list of positive layer sizes, e.g. [128, 64].")
                 continue
@@ -121,4 +134,23 @@ def _section(doc: dict, key: str, allowed: tuple[str, ...], default: Any, errors
             continue
         values[name] = value
     names = {f.name for f in fields(default)}
-    return replace(default, **{k: v for k, v in values.items() if k in names})
+    try:
+        return replace(default, **{k: v for k, v in values.items() if k in names})
+    except ValueError as e:
+        errors.append(f"{key}: {e}.")
+        return default
+
+
+def _adasparse(key: str, body: Any, errors: list[str]) -> AdaSparseConfig | None:
+    if not isinstance(body, dict):
+        errors.append(f"{key}.adasparse must be a mapping of {list(ADASPARSE_KEYS)}.")
+        return None
+    bad = unknown_keys(body, ADASPARSE_KEYS)
+    if bad:
+        errors.append(f"{key}.adasparse: unknown key(s) {bad}. Fix: use {list(ADASPARSE_KEYS)}.")
+        return None
+    try:
+        return replace(AdaSparseConfig(), **body)
+    except (TypeError, ValueError) as e:
+        errors.append(f"{key}.adasparse: {e}.")
+        return None

@@ -47,7 +47,11 @@ class FeatureEncoder(keras.layers.Layer):
         return self.lookups[name](value)
 
     def call(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
-        parts = []
+        return self.encode(inputs)[0]
+
+    def encode(self, inputs: Mapping[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor | None]:
+        """(all features as one vector [B, F], domain-aware features' embeddings [B, E] or None)."""
+        parts, domain_parts = [], []
         for f in self.features:
             value = inputs[f.name]
             if f.name in self.embeddings:
@@ -56,9 +60,12 @@ class FeatureEncoder(keras.layers.Layer):
                     lengths = tf.cast(tf.maximum(vectors.row_lengths(), 1), vectors.dtype)
                     vectors = tf.reduce_sum(vectors, axis=1) / lengths[:, None]
                 parts.append(vectors)
+                if f.domain:
+                    domain_parts.append(vectors)
             else:
                 parts.append(self._normalize(f, tf.cast(value, tf.float32))[:, None])
-        return tf.concat(parts, axis=-1)
+        domain = tf.concat(domain_parts, axis=-1) if domain_parts else None
+        return tf.concat(parts, axis=-1), domain
 
     def _normalize(self, f: Feature, x: tf.Tensor) -> tf.Tensor:
         if f.normalize == "log":
@@ -92,7 +99,13 @@ class TpmLookup(keras.layers.Layer):
 
 
 class Mlp(keras.layers.Layer):
-    """Dense -> BatchNorm -> ReLU blocks; layer names are stable so weights transfer by name."""
+    """Dense -> BatchNorm -> ReLU blocks; layer names are stable so weights transfer by name.
+
+    The tower contract every MLP variant (plain, AdaSparse, STAR, APG) follows:
+    `call(x [B, F], domain_embedding [B, E], domain_index int32 [B], training) -> [B, hidden[-1]]`,
+    sublayers named `dense_<i>` and `bn_<i>`, and optionally `extra_logit(...)` -> [B, 1] or None,
+    a term the model adds to its logit (STAR's auxiliary network). The plain MLP ignores domains.
+    """
 
     def __init__(self, hidden: Sequence[int], dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
@@ -100,7 +113,8 @@ class Mlp(keras.layers.Layer):
         self.norms = [keras.layers.BatchNormalization(name=f"bn_{i}") for i in range(len(hidden))]
         self.dropout = keras.layers.Dropout(dropout) if dropout else None
 
-    def call(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+    def call(self, x: tf.Tensor, domain_embedding: tf.Tensor | None = None,
+             domain_index: tf.Tensor | None = None, training: bool | None = None) -> tf.Tensor:
         for dense, norm in zip(self.dense, self.norms, strict=True):
             x = tf.nn.relu(norm(dense(x), training=training))
             if self.dropout is not None:

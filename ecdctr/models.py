@@ -11,15 +11,24 @@ from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
+from ecdctr.adasparse import AdaSparseConfig, AdaSparseMlp
+from ecdctr.apg import ApgMlp
 from ecdctr.layers import FeatureEncoder, Mlp, TpmLookup
 from ecdctr.spec import Feature
+from ecdctr.star import StarMlp
+
+BACKBONES = ("dnn", "dcnv2")
+MULTI_DOMAIN = ("none", "adasparse", "star", "apg")
+CROSS_STRUCTURES = ("parallel", "stacked")
+NO_DOMAIN = "<no-domain>"  # domain list placeholder when no domains are known
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Hyperparameters of one model."""
+    """Hyperparameters of one model: structure and training."""
 
     hidden: tuple[int, ...] = (128, 64)
     dropout: float = 0.0
@@ -27,20 +36,55 @@ class ModelConfig:
     batch_size: int = 1024
     epochs: int = 1
     seed: int = 0
+    backbone: str = "dnn"  # dnn | dcnv2 (TFRS Cross layers with the MLP)
+    cross_layers: int = 2
+    cross_structure: str = "parallel"  # parallel: [cross ; mlp] -> logit; stacked: cross -> mlp
+    multi_domain: str = "none"  # none | adasparse | star | apg
+    adasparse: AdaSparseConfig = AdaSparseConfig()
+    apg_rank: int = 16
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("backbone", self.backbone, BACKBONES),
+                                     ("multi_domain", self.multi_domain, MULTI_DOMAIN),
+                                     ("cross_structure", self.cross_structure, CROSS_STRUCTURES)):
+            if value not in allowed:
+                raise ValueError(f"model {name} {value!r} is not one of {list(allowed)}")
+
+
+def _tower(config: ModelConfig, num_domains: int) -> keras.layers.Layer:
+    """The MLP variant the config asks for; all follow the tower contract of layers.Mlp."""
+    if config.multi_domain == "adasparse":
+        return AdaSparseMlp(config.hidden, config.adasparse, config.dropout, name="mlp")
+    if config.multi_domain == "star":
+        return StarMlp(config.hidden, num_domains, config.dropout, name="mlp")
+    if config.multi_domain == "apg":
+        return ApgMlp(config.hidden, rank=config.apg_rank, dropout=config.dropout, name="mlp")
+    return Mlp(config.hidden, config.dropout, name="mlp")
 
 
 class CtrModel(keras.Model):
-    """Embeddings (+ frozen TPM embeddings) -> MLP with BatchNorm -> click probability [B, 1]."""
+    """Embeddings (+ frozen TPM embeddings) -> [cross layers] + MLP tower -> click probability
+    [B, 1]. Domains are the combinations of the spec's domain-aware features: their
+    embeddings and their index in `domains` feed the multi-domain tower."""
 
     def __init__(self, features: Sequence[Feature], vocabs: Mapping[str, Sequence[str]],
                  numeric_stats: Mapping[str, tuple[float, float]], config: ModelConfig,
                  tpm_tables: Mapping[str, tuple[Sequence[str], np.ndarray]] | None = None,
-                 initial_ctr: float | None = None, **kwargs):
+                 initial_ctr: float | None = None, domains: Sequence[str] = (), **kwargs):
         super().__init__(**kwargs)
         self.config = config
+        self.domain_features = [f.name for f in features if f.domain]
+        if config.multi_domain != "none" and not self.domain_features:
+            raise ValueError(f"multi_domain {config.multi_domain!r} needs features with "
+                             f"`domain: true` in the spec")
+        self.domains = list(domains) or [NO_DOMAIN]
         self.encoder = FeatureEncoder(features, vocabs, numeric_stats, name="features")
+        self.domain_lookup = keras.layers.StringLookup(vocabulary=self.domains, num_oov_indices=1,
+                                                       name="domain_lookup")
         self.tpm = TpmLookup(tpm_tables, name="tpm") if tpm_tables else None
-        self.mlp = Mlp(config.hidden, config.dropout, name="mlp")
+        self.cross = [tfrs.layers.dcn.Cross(name=f"cross_{i}") for i in range(config.cross_layers)
+                      ] if config.backbone == "dcnv2" else []
+        self.mlp = _tower(config, len(self.domains) + 1)
         # Starting the output at the data's CTR saves the first steps from learning a constant.
         bias = 0.0 if initial_ctr is None else float(np.log(initial_ctr / (1.0 - initial_ctr)))
         self.logit = keras.layers.Dense(1, bias_initializer=keras.initializers.Constant(bias),
@@ -50,24 +94,58 @@ class CtrModel(keras.Model):
         # Served through SavedModel signatures, never rebuilt from config.
         return {"name": self.name}
 
-    def call(self, inputs: Mapping[str, tf.Tensor], training: bool | None = None) -> tf.Tensor:
-        x = self.encoder(inputs)
+    def domain_index(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        """Index of each row's domain in `domains` (+1; 0 is a domain not seen in training)."""
+        key = tf.strings.join([inputs[n] for n in self.domain_features], separator="|")
+        return tf.cast(self.domain_lookup(key), tf.int32)
+
+    def tower_inputs(self, inputs: Mapping[str, tf.Tensor]
+                     ) -> tuple[tf.Tensor, tf.Tensor | None, tf.Tensor, tf.Tensor]:
+        """(tower input, domain embedding, domain index, cross output) of a batch."""
+        x, domain_embedding = self.encoder.encode(inputs)
         if self.tpm is not None:
             x = tf.concat([x, self.tpm(inputs)], axis=-1)
-        return tf.sigmoid(self.logit(self.mlp(x, training=training)))
+        if self.domain_features:
+            domain_index = self.domain_index(inputs)
+        else:
+            domain_index = tf.zeros([tf.shape(x)[0]], tf.int32)
+        crossed = x
+        for layer in self.cross:
+            crossed = layer(x, crossed)
+        tower_input = crossed if self.cross and self.config.cross_structure == "stacked" else x
+        return tower_input, domain_embedding, domain_index, crossed
+
+    def call(self, inputs: Mapping[str, tf.Tensor], training: bool | None = None) -> tf.Tensor:
+        tower_input, domain_embedding, domain_index, crossed = self.tower_inputs(inputs)
+        h = self.mlp(tower_input, domain_embedding=domain_embedding, domain_index=domain_index,
+                     training=training)
+        if self.cross and self.config.cross_structure == "parallel":
+            h = tf.concat([crossed, h], axis=-1)
+        logit = self.logit(h)
+        extra = getattr(self.mlp, "extra_logit", None)
+        if extra is not None:
+            logit += extra(tower_input, domain_embedding, domain_index, training=training)
+        return tf.sigmoid(logit)
+
+    def set_total_steps(self, steps: int) -> None:
+        """Tells schedules inside the tower (AdaSparse's alpha) how long training will run."""
+        if hasattr(self.mlp, "set_ramp_steps"):
+            self.mlp.set_ramp_steps(max(int(steps), 1))
 
 
 def build_model(features: Sequence[Feature], vocabs: Mapping[str, Sequence[str]],
                 numeric_stats: Mapping[str, tuple[float, float]], config: ModelConfig,
                 example_batch: Mapping[str, tf.Tensor],
                 tpm_tables: Mapping[str, tuple[Sequence[str], np.ndarray]] | None = None,
-                initial_ctr: float | None = None, name: str = "ctr") -> CtrModel:
+                initial_ctr: float | None = None, domains: Sequence[str] = (),
+                name: str = "ctr") -> CtrModel:
     """Builds and compiles a CtrModel; one call on example_batch creates its variables.
     initial_ctr (clipped to [1e-4, 1 - 1e-4]) sets the output bias so training starts calibrated."""
     keras.utils.set_random_seed(config.seed)
     if initial_ctr is not None:
         initial_ctr = min(max(initial_ctr, 1e-4), 1 - 1e-4)
-    model = CtrModel(features, vocabs, numeric_stats, config, tpm_tables, initial_ctr, name=name)
+    model = CtrModel(features, vocabs, numeric_stats, config, tpm_tables, initial_ctr, domains,
+                     name=name)
     model(dict(example_batch), training=False)
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                   loss=keras.losses.BinaryCrossentropy(),

@@ -56,18 +56,24 @@ def fit(model: keras.Model, dataset: tf.data.Dataset, epochs: int, batch_size: i
     }
 
 
-def predict(model: keras.Model, spec: Spec, dataset: tf.data.Dataset
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(labels, probabilities, group_by values) over a dataset of (features, labels)."""
+def predict(model: keras.Model, spec: Spec, dataset: tf.data.Dataset) -> dict[str, np.ndarray]:
+    """Labels, probabilities, group_by values and domain keys over a dataset of (features,
+    labels); the domain key joins the domain-aware features' values with '|'."""
     step = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    labels, probs, groups = [], [], []
+    out: dict[str, list] = {"labels": [], "probs": [], "groups": [], "domains": []}
+    domain_names = [f.name for f in spec.domain_features]
     for features, label in dataset:
-        probs.append(step(features).numpy().ravel())
-        labels.append(label.numpy().ravel())
-        groups.append(features[spec.group_by].numpy())
-    if not labels:
+        out["probs"].append(step(features).numpy().ravel())
+        out["labels"].append(label.numpy().ravel())
+        out["groups"].append(features[spec.group_by].numpy())
+        if domain_names:
+            key = tf.strings.join([features[n] for n in domain_names], separator="|")
+            out["domains"].append(key.numpy().astype(str))
+        else:
+            out["domains"].append(np.full(len(out["labels"][-1]), "all"))
+    if not out["labels"]:
         raise ValueError("nothing to predict: the evaluation data is empty.")
-    return np.concatenate(labels), np.concatenate(probs), np.concatenate(groups)
+    return {k: np.concatenate(v) for k, v in out.items()}
 
 
 def recalibrate_batchnorm(model: keras.Model, dataset: tf.data.Dataset, max_batches: int = 50,

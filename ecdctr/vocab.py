@@ -100,3 +100,13 @@ def read_vocabularies(folder: str) -> dict[str, list[str]]:
             with tf.io.gfile.GFile(os.path.join(folder, name)) as f:
                 vocabs[name[:-4]] = f.read().splitlines()
     return vocabs
+
+
+def domain_sizes(work: str, partitions: Iterable[Partition]) -> dict[str, int]:
+    """Rows per domain key (the domain-aware features' values joined by '|') over partitions,
+    largest first; the domain list the multi-domain models index."""
+    rows: collections.Counter = collections.Counter()
+    for source, date in partitions:
+        for key, d in read_stats(work, source, date).get("domains", {}).items():
+            rows[key] += d["rows"]
+    return dict(sorted(rows.items(), key=lambda kv: (-kv[1], kv[0])))

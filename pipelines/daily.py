@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
-import math
 import os
 import shutil
 import time
@@ -23,11 +21,13 @@ from ecdctr import metrics
 from ecdctr.config import RunConfig
 from ecdctr.data import make_dataset, partition_files
 from ecdctr.export import export_saved_model
+from ecdctr.jsonio import read_json, write_json
 from ecdctr.models import CtrModel, ModelConfig, build_model, embedding_table, transfer_weights
 from ecdctr.spec import Spec, load_spec
 from ecdctr.training import fit, predict, recalibrate_batchnorm
 from ecdctr.vocab import (
     build_vocabularies,
+    domain_sizes,
     numeric_stats,
     read_stats,
     read_vocabularies,
@@ -59,7 +59,7 @@ def run_daily(config: RunConfig, date: dt.date, log: Log = print) -> dict:
         raise
     finally:
         report["seconds"] = round(time.perf_counter() - started, 1)
-        _write_json(os.path.join(config.work, "reports", f"{date.isoformat()}.json"), report)
+        write_json(os.path.join(config.work, "reports", f"{date.isoformat()}.json"), report)
         log(f"report written to {os.path.join(config.work, 'reports', date.isoformat() + '.json')}")
     return report
 
@@ -122,12 +122,17 @@ class _DailyJob:
         files = partition_files(self.work, source, dates)
         return make_dataset(self.spec, files, model.batch_size, shuffle=shuffle, seed=model.seed)
 
-    def vocabularies(self) -> dict[str, list[str]]:
-        """One vocabulary for CPM and A-CTR: natural CPM window and ad A-CTR window."""
+    def shared_partitions(self) -> list[tuple[str, dt.date]]:
+        """Where CPM and A-CTR vocabularies and domains come from: the natural CPM window
+        and the ad A-CTR window."""
         w = self.config.windows
         parts = [("natural", d) for d in self.window("natural", w.cpm_days)]
-        parts += [("ad", d) for d in self.window("ad", w.actr_days)]
-        return build_vocabularies(self.spec, self.work, parts)
+        return parts + [("ad", d) for d in self.window("ad", w.actr_days)]
+
+    def train(self, model: CtrModel, ds: tf.data.Dataset, cfg: ModelConfig, rows: int,
+              name: str) -> dict:
+        model.set_total_steps(cfg.epochs * -(-rows // cfg.batch_size))
+        return fit(model, ds, cfg.epochs, cfg.batch_size, name, self.log)
 
     # -- TPM ------------------------------------------------------------------------------
     def tpm(self, entry: dict) -> None:
@@ -145,7 +150,7 @@ class _DailyJob:
                  f"features {[f.name for f in self.spec.tpm_features]}")
         model = build_model(self.spec.tpm_features, vocabs, stats, cfg, next(iter(ds))[0],
                             initial_ctr=self.ctr("natural", days), name="tpm")
-        entry["train"] = fit(model, ds, cfg.epochs, cfg.batch_size, "tpm", self.log)
+        entry["train"] = self.train(model, ds, cfg, self.rows("natural", days), "tpm")
         tmp = folder + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
@@ -159,7 +164,7 @@ class _DailyJob:
         manifest = {"window": [days[0].isoformat(), days[-1].isoformat()],
                     "rows": self.rows("natural", days), "entities": entities,
                     "train": entry["train"], "spec_fingerprint": self.spec.fingerprint}
-        _write_json(os.path.join(tmp, "manifest.json"), manifest)
+        write_json(os.path.join(tmp, "manifest.json"), manifest)
         shutil.rmtree(folder, ignore_errors=True)
         os.rename(tmp, folder)
         entry.update(snapshot=folder, entities=entities)
@@ -172,7 +177,7 @@ class _DailyJob:
 
     def tpm_tables(self, month: str) -> dict[str, tuple[list[str], np.ndarray]]:
         folder = os.path.join(self.work, "tpm", month)
-        manifest = _read_json(os.path.join(folder, "manifest.json"))
+        manifest = read_json(os.path.join(folder, "manifest.json"))
         tables = {}
         for entity, info in manifest["entities"].items():
             with open(os.path.join(folder, f"{entity}.keys.txt"), encoding="utf-8") as f:
@@ -192,26 +197,27 @@ class _DailyJob:
         snapshots = [m for m in _tpm_snapshots(self.work) if m <= self.date.strftime("%Y-%m")]
         if not snapshots:
             raise DailyError("no TPM snapshot to build CPM on. Fix: let the tpm step run first.")
-        vocabs = self.vocabularies()
-        parts = [("natural", d) for d in days]
-        stats = numeric_stats(self.spec, self.work, parts)
+        shared = self.shared_partitions()
+        vocabs = build_vocabularies(self.spec, self.work, shared)
+        domains = list(domain_sizes(self.work, shared))
+        stats = numeric_stats(self.spec, self.work, [("natural", d) for d in days])
         ds = self.dataset("natural", days, cfg, shuffle=True)
         self.log(f"CPM on {len(days)} natural days ({self.rows('natural', days):,} rows) "
                  f"with TPM snapshot {snapshots[-1]}")
         model = build_model(self.spec.features, vocabs, stats, cfg, next(iter(ds))[0],
-                            self.tpm_tables(snapshots[-1]), self.ctr("natural", days),
+                            self.tpm_tables(snapshots[-1]), self.ctr("natural", days), domains,
                             name="cpm")
-        entry["train"] = fit(model, ds, cfg.epochs, cfg.batch_size, "cpm", self.log)
+        entry["train"] = self.train(model, ds, cfg, self.rows("natural", days), "cpm")
         recalibrate_batchnorm(model, self.dataset("natural", days, cfg, shuffle=True), log=self.log)
         meta = {"week": week, "window": [days[0].isoformat(), days[-1].isoformat()],
                 "rows": self.rows("natural", days), "tpm_snapshot": snapshots[-1],
-                "numeric_stats": stats, "train": entry["train"],
+                "numeric_stats": stats, "domains": domains, "train": entry["train"],
                 "spec_fingerprint": self.spec.fingerprint}
         tmp = folder + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         write_vocabularies(vocabs, os.path.join(tmp, "vocab"))
         model.save_weights(os.path.join(tmp, "weights", "ckpt"))
-        _write_json(os.path.join(tmp, "meta.json"), meta)
+        write_json(os.path.join(tmp, "meta.json"), meta)
         shutil.rmtree(folder, ignore_errors=True)
         os.rename(tmp, folder)
         entry["checkpoint"] = folder
@@ -224,11 +230,11 @@ class _DailyJob:
         if not weeks:
             raise DailyError(f"no CPM checkpoint in {root}. Fix: let the cpm step run first.")
         folder = os.path.join(root, weeks[-1])
-        meta = _read_json(os.path.join(folder, "meta.json"))
+        meta = read_json(os.path.join(folder, "meta.json"))
         stats = {k: tuple(v) for k, v in meta["numeric_stats"].items()}
         model = build_model(self.spec.features, read_vocabularies(os.path.join(folder, "vocab")),
                             stats, self.config.cpm, example, self.tpm_tables(meta["tpm_snapshot"]),
-                            name="cpm")
+                            domains=meta["domains"], name="cpm")
         model.load_weights(os.path.join(folder, "weights", "ckpt")).expect_partial()
         self.log(f"loaded CPM {folder}")
         return model, meta
@@ -244,18 +250,21 @@ class _DailyJob:
         example = next(iter(train))[0]
         cpm, meta = self.load_cpm(example)
         stats = {k: tuple(v) for k, v in meta["numeric_stats"].items()}
-        model = build_model(self.spec.features, self.vocabularies(), stats, cfg, example,
-                            self.tpm_tables(meta["tpm_snapshot"]), name="actr")
+        model = build_model(self.spec.features,
+                            build_vocabularies(self.spec, self.work, self.shared_partitions()),
+                            stats, cfg, example, self.tpm_tables(meta["tpm_snapshot"]),
+                            domains=meta["domains"], name="actr")
         entry["transfer"] = {k: len(v) for k, v in transfer_weights(
             cpm, model, reset_batchnorm=self.config.reset_batchnorm, log=self.log).items()}
         self.log(f"A-CTR fine-tune on {len(days)} ad days ({self.rows('ad', days):,} rows)")
-        entry["train"] = fit(model, train, cfg.epochs, cfg.batch_size, "actr", self.log)
+        entry["train"] = self.train(model, train, cfg, self.rows("ad", days), "actr")
         recalibrate_batchnorm(model, self.dataset("ad", days, cfg, shuffle=True), log=self.log)
         held_out = self.dataset("ad", [self.date], cfg, shuffle=False)
         entry["metrics"] = {}
         for name, m in (("actr", model), ("cpm", cpm)):
-            labels, probs, groups = predict(m, self.spec, held_out)
-            entry["metrics"][name] = metrics.summary(labels, probs, groups)
+            scored = predict(m, self.spec, held_out)
+            entry["metrics"][name] = metrics.summary(scored["labels"], scored["probs"],
+                                                     scored["groups"])
             r = entry["metrics"][name]
             self.log(f"{name} on ad {self.date} ({r['rows']:,} rows): logloss {r['logloss']:.4f} "
                      f"AUC {r['auc']:.4f} GAUC {r['gauc']:.4f} over {r['gauc_groups']} users "
@@ -272,26 +281,3 @@ def _tpm_snapshots(work: str) -> list[str]:
         return []
     return sorted(m for m in os.listdir(root)
                   if not m.endswith(".tmp") and os.path.exists(os.path.join(root, m, "manifest.json")))
-
-
-def _json_safe(obj: object) -> object:
-    """NaN/inf (e.g. GAUC with no user having both classes) become null: reports stay JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def _write_json(path: str, obj: dict) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(_json_safe(obj), f, indent=2, sort_keys=True, default=str, allow_nan=False)
-    os.replace(path + ".tmp", path)
-
-
-def _read_json(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
