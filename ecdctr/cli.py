@@ -1,4 +1,4 @@
-"""The `ecdctr` command line: simulate, build, daily, predict."""
+"""The `ecdctr` command line: simulate, build, daily, compare, predict."""
 
 from __future__ import annotations
 
@@ -51,6 +51,18 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("daily", help="run what is due for a day: build, TPM, CPM, A-CTR, export")
     d.add_argument("--config", required=True, help="run config YAML (see configs/demo.yaml)")
     d.add_argument("--date", type=_date, required=True, help="evaluation day D, YYYY-MM-DD")
+
+    c = sub.add_parser("compare", help="train model variants on the same days, score held-out days")
+    c.add_argument("--config", required=True, help="run config YAML")
+    c.add_argument("--date", type=_date, required=True, help="first held-out day D")
+    c.add_argument("--variants", required=True,
+                   help="comma-separated, e.g. dnn,dnn+adasparse,dnn+adasparse:binarization,"
+                        "dnn+star,dnn+apg,dcnv2,dcnv2+adasparse (first = baseline)")
+    c.add_argument("--out", required=True, help="report JSON (a .md table is written beside it)")
+    c.add_argument("--eval_days", type=int, default=1, help="held-out days from D (default 1)")
+    c.add_argument("--source", choices=("natural", "ad"), default="natural")
+    c.add_argument("--seeds", type=int, default=1, help="repeat with N seeds: mean ± std")
+    c.add_argument("--plots", help="folder for PNG figures (masks, AUC by bin, sparsity band)")
 
     r = sub.add_parser("predict", help="score raw-log rows with an exported SavedModel")
     r.add_argument("--model", required=True,
@@ -118,6 +130,21 @@ def _daily(args: argparse.Namespace, beam_args: list[str]) -> None:
                       "metrics": report.get("metrics"), "export": report.get("export")}, indent=2))
 
 
+def _compare(args: argparse.Namespace, beam_args: list[str]) -> None:
+    from dataclasses import replace
+
+    from ecdctr.config import load_config
+    from pipelines.compare import markdown_table, run_compare
+
+    config = load_config(args.config)
+    if beam_args:
+        config = replace(config, beam_args=tuple(beam_args))
+    report = run_compare(config, args.date, [v for v in args.variants.split(",") if v], args.out,
+                         eval_days=args.eval_days, source=args.source, seeds=args.seeds,
+                         plots=args.plots, log=log.info)
+    print(markdown_table(report))
+
+
 def _predict(args: argparse.Namespace, _: list[str]) -> int:
     import tensorflow as tf
 
@@ -160,4 +187,5 @@ def _predict(args: argparse.Namespace, _: list[str]) -> int:
     return 1 if bad else 0
 
 
-COMMANDS = {"simulate": _simulate, "build": _build, "daily": _daily, "predict": _predict}
+COMMANDS = {"simulate": _simulate, "build": _build, "daily": _daily, "compare": _compare,
+            "predict": _predict}

@@ -73,3 +73,37 @@ def summary(labels: np.ndarray, probs: np.ndarray, groups: np.ndarray) -> dict[s
         "ctr": float(np.mean(labels)) if len(labels) else float("nan"),
         "mean_prediction": float(np.mean(probs)) if len(probs) else float("nan"),
     }
+
+
+def per_domain_auc(labels: np.ndarray, probs: np.ndarray, domains: np.ndarray) -> dict[str, dict]:
+    """AUC and rows of every domain that has both classes."""
+    y, p, d = np.asarray(labels).ravel(), np.asarray(probs).ravel(), np.asarray(domains).ravel()
+    out = {}
+    for key in np.unique(d):
+        rows = d == key
+        clicks = y[rows].sum()
+        if 0 < clicks < rows.sum():
+            out[str(key)] = {"auc": auc(y[rows], p[rows]), "rows": int(rows.sum())}
+    return out
+
+
+def size_bins(sizes: dict[str, int], bins: int = 5) -> list[list[str]]:
+    """Splits domains, largest first, into `bins` groups holding about equal numbers of rows
+    (equal-frequency bins): the first holds the few largest domains, the last the long tail."""
+    ordered = sorted(sizes, key=lambda k: (-sizes[k], k))
+    total = float(sum(sizes.values())) or 1.0
+    groups: list[list[str]] = [[] for _ in range(bins)]
+    seen = 0
+    for key in ordered:
+        b = min(int(seen / total * bins), bins - 1)
+        groups[b].append(key)
+        seen += sizes[key]
+    return groups
+
+
+def uplifted_share(domain_auc: dict[str, dict], baseline_auc: dict[str, dict]) -> float:
+    """Share of domains (scored by both) where the AUC is above the baseline's."""
+    common = [k for k in domain_auc if k in baseline_auc]
+    if not common:
+        return float("nan")
+    return sum(domain_auc[k]["auc"] > baseline_auc[k]["auc"] for k in common) / len(common)

@@ -1,0 +1,264 @@
+"""The `compare` job: trains model variants on the same days and scores them on held-out days.
+
+Variant names: `<backbone>[+<module>[:<form>][:<r_min>-<r_max>]]`, e.g. `dnn`, `dcnv2`,
+`dnn+adasparse`, `dnn+adasparse:binarization`, `dnn+adasparse:fusion:0.05-0.15`,
+`dnn+star`, `dnn+apg`. Every variant of one seed sees the same training batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from ecdctr import metrics
+from ecdctr.adasparse import FORMS
+from ecdctr.config import RunConfig
+from ecdctr.data import make_dataset, partition_files
+from ecdctr.jsonio import write_json
+from ecdctr.models import BACKBONES, CtrModel, ModelConfig, build_model
+from ecdctr.spec import Spec, load_spec
+from ecdctr.training import fit, predict, recalibrate_batchnorm
+from ecdctr.vocab import build_vocabularies, domain_sizes, numeric_stats, read_stats
+from pipelines.build import build, built_partitions
+
+Log = Callable[[str], None]
+BINS = 5
+SUMMARY_KEYS = ("logloss", "auc", "gauc", "uplifted_domains", "examples_per_second")
+
+
+def parse_variant(name: str, base: ModelConfig) -> ModelConfig:
+    """The model config a variant name describes, on top of base's training settings."""
+    backbone, _, module = name.partition("+")
+    if backbone not in BACKBONES:
+        raise ValueError(f"variant {name!r}: backbone {backbone!r} is not one of {list(BACKBONES)}")
+    config = dataclasses.replace(base, backbone=backbone, multi_domain="none")
+    if not module:
+        return config
+    kind, *options = module.split(":")
+    if kind not in ("adasparse", "star", "apg"):
+        raise ValueError(f"variant {name!r}: module {kind!r} is not adasparse, star or apg")
+    if kind != "adasparse":
+        if options:
+            raise ValueError(f"variant {name!r}: only adasparse takes options")
+        return dataclasses.replace(config, multi_domain=kind)
+    ada = base.adasparse
+    for option in options:
+        if option in FORMS:
+            ada = dataclasses.replace(ada, form=option)
+        elif "-" in option:
+            low, _, high = option.partition("-")
+            try:
+                ada = dataclasses.replace(ada, r_min=float(low), r_max=float(high))
+            except ValueError:
+                raise ValueError(f"variant {name!r}: band {option!r} is not "
+                                 f"<r_min>-<r_max>") from None
+        else:
+            raise ValueError(f"variant {name!r}: option {option!r} is neither a form {list(FORMS)} "
+                             f"nor a sparsity band like 0.15-0.25")
+    return dataclasses.replace(config, multi_domain="adasparse", adasparse=ada)
+
+
+def run_compare(config: RunConfig, date: dt.date, variants: Sequence[str], out: str,
+                eval_days: int = 1, source: str = "natural", seeds: int = 1,
+                plots: str | None = None, log: Log = print) -> dict:
+    """Trains every variant with every seed, scores them on [date, date + eval_days), and
+    writes `out` (JSON) and `out` with .md (a Markdown table)."""
+    if source not in ("natural", "ad"):
+        raise ValueError(f"--source must be natural or ad, got {source!r}")
+    if not variants:
+        raise ValueError("no variants given. Fix: e.g. --variants=dnn,dnn+adasparse")
+    spec = load_spec(config.spec)
+    base = config.cpm if source == "natural" else config.actr
+    configs = {v: parse_variant(v, base) for v in variants}  # fail on a bad name before training
+    window = config.windows.cpm_days if source == "natural" else config.windows.actr_days
+    first = date - dt.timedelta(days=window)
+    last = date + dt.timedelta(days=eval_days - 1)
+    build(spec, config.logs, config.work, start=first, end=last, sources=[source],
+          beam_args=config.beam_args, skip_built=True, log=log)
+    built = built_partitions(config.work, source)
+    train_days = [d for d in built if first <= d < date]
+    eval_dates = [d for d in built if date <= d <= last]
+    if not train_days or len(eval_dates) != eval_days:
+        raise ValueError(f"compare needs {source} days {first}..{last}: found {len(train_days)} "
+                         f"training and {len(eval_dates)} of {eval_days} evaluation days built.")
+    data = _Data(spec, config.work, source, train_days, eval_dates)
+    log(f"compare on {source}: train {train_days[0]}..{train_days[-1]} ({data.train_rows:,} rows), "
+        f"eval {eval_dates[0]}..{eval_dates[-1]} ({data.eval_rows:,} rows), "
+        f"{len(data.domains)} domains, {len(variants)} variants x {seeds} seeds")
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    masks: dict[str, dict] = {}
+    for seed in range(seeds):
+        for name in variants:
+            mc = dataclasses.replace(configs[name], seed=config.seed + seed)
+            result, model = _train_and_score(data, mc, name, log)
+            runs[name].append(result)
+            if seed == 0 and mc.multi_domain == "adasparse":
+                masks[name] = _domain_masks(model, data)
+        baseline = runs[variants[0]][seed]["per_domain_auc"]
+        for name in variants:
+            run = runs[name][seed]
+            run["uplifted_domains"] = metrics.uplifted_share(run["per_domain_auc"], baseline)
+    report = {
+        "date": date.isoformat(), "source": source, "seeds": seeds, "variants": list(variants),
+        "train_days": [train_days[0].isoformat(), train_days[-1].isoformat()],
+        "eval_days": [d.isoformat() for d in eval_dates], "train_rows": data.train_rows,
+        "eval_rows": data.eval_rows, "domains": len(data.domains),
+        "bins": [{"domains": len(b), "train_rows": sum(data.domains[k] for k in b)}
+                 for b in data.bins],
+        "configs": {v: {"backbone": c.backbone, "multi_domain": c.multi_domain,
+                        "form": c.adasparse.form, "r_min": c.adasparse.r_min,
+                        "r_max": c.adasparse.r_max} for v, c in configs.items()},
+        "results": {v: _aggregate(runs[v]) for v in variants},
+        "runs": runs,
+    }
+    write_json(out, report)
+    with open(_markdown_path(out), "w", encoding="utf-8") as f:
+        f.write(markdown_table(report))
+    log(f"wrote {out} and {_markdown_path(out)}")
+    if plots:
+        from ecdctr import plots as plotting
+
+        written = plotting.write_all(report, masks, plots)
+        log(f"wrote plots: {', '.join(written)}")
+    return report
+
+
+class _Data:
+    """The compare's data: the same files, vocabularies and domains for every variant."""
+
+    def __init__(self, spec: Spec, work: str, source: str, train_days: list[dt.date],
+                 eval_days: list[dt.date]):
+        self.spec = spec
+        parts = [(source, d) for d in train_days]
+        self.vocabs = build_vocabularies(spec, work, parts)
+        self.stats = numeric_stats(spec, work, parts)
+        self.domains = domain_sizes(work, parts)
+        self.bins = metrics.size_bins(self.domains, BINS)
+        day_stats = [read_stats(work, source, d) for d in train_days]
+        self.train_rows = sum(s["rows_written"] for s in day_stats)
+        self.ctr = sum(s["clicks"] for s in day_stats) / max(self.train_rows, 1)
+        self.eval_rows = sum(read_stats(work, source, d)["rows_written"] for d in eval_days)
+        self.train_files = partition_files(work, source, train_days)
+        self.eval_files = partition_files(work, source, eval_days)
+
+    def train(self, mc: ModelConfig) -> tf.data.Dataset:
+        return make_dataset(self.spec, self.train_files, mc.batch_size, shuffle=True, seed=mc.seed)
+
+    def eval(self, batch_size: int = 4096) -> tf.data.Dataset:
+        return make_dataset(self.spec, self.eval_files, batch_size)
+
+
+def _train_and_score(data: _Data, mc: ModelConfig, name: str, log: Log) -> tuple[dict, CtrModel]:
+    ds = data.train(mc)
+    model = build_model(data.spec.features, data.vocabs, data.stats, mc, next(iter(ds))[0],
+                        initial_ctr=data.ctr, domains=list(data.domains), name="ctr")
+    model.set_total_steps(mc.epochs * -(-data.train_rows // mc.batch_size))
+    started = time.perf_counter()
+    train = fit(model, ds, mc.epochs, mc.batch_size, f"{name} seed {mc.seed}", log)
+    recalibrate_batchnorm(model, data.train(mc), log=lambda _: None)
+    scored = predict(model, data.spec, data.eval())
+    result = metrics.summary(scored["labels"], scored["probs"], scored["groups"])
+    result["per_domain_auc"] = metrics.per_domain_auc(scored["labels"], scored["probs"],
+                                                      scored["domains"])
+    result["bins"] = []
+    for keys in data.bins:
+        rows = np.isin(scored["domains"], keys)
+        result["bins"].append({"rows": int(rows.sum()),
+                               "auc": metrics.auc(scored["labels"][rows], scored["probs"][rows])})
+    result["parameters"] = int(model.count_params())
+    result["tower_parameters"] = int(sum(np.prod(v.shape) for v in model.mlp.trainable_variables))
+    result["examples_per_second"] = train["examples_per_second"]
+    result["train_seconds"] = round(time.perf_counter() - started, 1)
+    if mc.multi_domain == "adasparse":
+        result["sparsity"] = _layer_sparsity(model, data)
+    log(f"{name} seed {mc.seed}: AUC {result['auc']:.4f} GAUC {result['gauc']:.4f} "
+        f"logloss {result['logloss']:.4f}, {result['examples_per_second']:,} ex/s"
+        + (f", sparsity {result['sparsity']}" if "sparsity" in result else ""))
+    return result, model
+
+
+def _eval_tower_inputs(model: CtrModel, data: _Data, max_batches: int = 8):
+    for features, _ in data.eval().take(max_batches):
+        yield model.tower_inputs(features)
+
+
+def _layer_sparsity(model: CtrModel, data: _Data) -> list[float]:
+    """Share of pruned neurons per MLP layer on the evaluation rows, at inference alpha."""
+    kept, total = None, 0
+    for x, e_d, _, _ in _eval_tower_inputs(model, data):
+        means = [tf.reduce_sum(m, axis=0).numpy() for m in model.mlp.masks(x, e_d)]
+        kept = means if kept is None else [a + b for a, b in zip(kept, means, strict=True)]
+        total += int(x.shape[0])
+    return [round(1.0 - float(k.sum()) / (total * k.size), 4) for k in kept]
+
+
+def _domain_masks(model: CtrModel, data: _Data) -> dict:
+    """Per domain (by its index in data.domains): the keep rate of each neuron of every layer."""
+    sums: dict[int, list[np.ndarray]] = {}
+    counts: dict[int, int] = {}
+    for x, e_d, index, _ in _eval_tower_inputs(model, data):
+        layer_masks = [m.numpy() for m in model.mlp.masks(x, e_d)]
+        for d in np.unique(index.numpy()):
+            rows = index.numpy() == d
+            part = [m[rows].sum(axis=0) for m in layer_masks]
+            sums[int(d)] = part if int(d) not in sums else [
+                a + b for a, b in zip(sums[int(d)], part, strict=True)]
+            counts[int(d)] = counts.get(int(d), 0) + int(rows.sum())
+    names = ["<unseen>", *data.domains]
+    return {names[d]: {"rows": counts[d], "keep_rate": [(s / counts[d]).tolist() for s in sums[d]]}
+            for d in sums}
+
+
+def _aggregate(runs: list[dict]) -> dict:
+    """Mean and standard deviation over seeds of the headline numbers, bins and sparsity."""
+    out: dict = {}
+    for key in (*SUMMARY_KEYS, "parameters", "tower_parameters"):
+        values = np.array([r[key] for r in runs], dtype=float)
+        out[key] = {"mean": float(np.nanmean(values)) if not np.isnan(values).all() else None,
+                    "std": float(np.nanstd(values)) if not np.isnan(values).all() else None}
+    out["bins_auc"] = [float(np.nanmean([r["bins"][b]["auc"] for r in runs]))
+                       for b in range(len(runs[0]["bins"]))]
+    if "sparsity" in runs[0]:
+        out["sparsity"] = np.mean([r["sparsity"] for r in runs], axis=0).round(4).tolist()
+    return out
+
+
+def _fmt(stat: dict, digits: int = 4) -> str:
+    if stat["mean"] is None:
+        return "n/a"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def markdown_table(report: dict) -> str:
+    """The compare report as Markdown tables (mean ± std over seeds)."""
+    lines = [f"Compare on {report['source']} traffic: train {report['train_days'][0]}.."
+             f"{report['train_days'][1]} ({report['train_rows']:,} rows), evaluated on "
+             f"{', '.join(report['eval_days'])} ({report['eval_rows']:,} rows), "
+             f"{report['domains']} domains, {report['seeds']} seed(s).", "",
+             "| variant | AUC | GAUC | LogLoss | uplifted domains | params | tower params "
+             "| train ex/s | sparsity per layer |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in report["results"].items():
+        lines.append(f"| {name} | {_fmt(r['auc'])} | {_fmt(r['gauc'])} | {_fmt(r['logloss'])} | "
+                     f"{_fmt(r['uplifted_domains'], 2)} | {r['parameters']['mean']:,.0f} | "
+                     f"{r['tower_parameters']['mean']:,.0f} | "
+                     f"{r['examples_per_second']['mean']:,.0f} | {r.get('sparsity', '')} |")
+    bins = report["bins"]
+    lines += ["", "AUC by domain-size bin (equal training rows per bin, largest domains first):", "",
+              "| variant | " + " | ".join(f"bin {i + 1} ({b['domains']} domains)"
+                                         for i, b in enumerate(bins)) + " |",
+              "|---|" + "---|" * len(bins)]
+    for name, r in report["results"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{a:.4f}" for a in r["bins_auc"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_path(out: str) -> str:
+    root, ext = os.path.splitext(out)
+    return (root if ext == ".json" else out) + ".md"

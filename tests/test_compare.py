@@ -1,0 +1,80 @@
+"""Tests for the compare job: variant names, a tiny end-to-end compare, the report and plots."""
+
+import datetime as dt
+import json
+import os
+
+import pytest
+
+from ecdctr import plots
+from ecdctr.config import load_config
+from ecdctr.models import ModelConfig
+from ecdctr.simulator import SimConfig, simulate
+from pipelines.compare import parse_variant, run_compare
+
+BASE = ModelConfig()
+
+
+def test_parse_variant():
+    assert parse_variant("dnn", BASE).multi_domain == "none"
+    c = parse_variant("dcnv2+adasparse:binarization:0.05-0.15", BASE)
+    assert (c.backbone, c.multi_domain, c.adasparse.form) == ("dcnv2", "adasparse", "binarization")
+    assert (c.adasparse.r_min, c.adasparse.r_max) == (0.05, 0.15)
+    assert parse_variant("dnn+star", BASE).multi_domain == "star"
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("mlp", "backbone 'mlp'"), ("dnn+moe", "module 'moe'"), ("dnn+star:fusion", "only adasparse"),
+    ("dnn+adasparse:soft", "neither a form"), ("dnn+adasparse:a-b", "band 'a-b'"),
+])
+def test_bad_variant_names(name, expected):
+    with pytest.raises(ValueError, match=expected):
+        parse_variant(name, BASE)
+
+
+def test_pick_domains_similar_and_different():
+    keys = ["s1|p0|g0", "s2|p0|g0", "s1|p0|g3", "s3|p1|g2"]
+    assert plots.pick_domains(keys) == ["s1|p0|g0", "s1|p0|g3", "s3|p1|g2"]
+
+
+def test_compare_end_to_end(tmp_path):
+    simulate(str(tmp_path / "logs"), dt.date(2026, 1, 1), 5,
+             SimConfig(users=600, items=200, new_users_per_day=10, new_items_per_day=5,
+                       natural_rows_per_day=1500, seed=5), log=lambda _: None)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"spec: {os.path.abspath('features/default.yaml')}\nlogs: logs\nwork: work\n"
+                      "export: export\nwindows: {cpm_days: 4}\nmodel: {hidden: [16, 8]}\n"
+                      "cpm: {batch_size: 256}\n")
+    out = tmp_path / "cmp" / "report.json"
+    variants = ["dnn", "dnn+adasparse:binarization:0.1-0.3", "dnn+adasparse:0.3-0.5", "dnn+star",
+                "dcnv2+apg"]
+    report = run_compare(load_config(str(config)), dt.date(2026, 1, 5), variants, str(out),
+                         plots=str(tmp_path / "plots"), log=lambda _: None)
+    on_disk = json.loads(out.read_text())
+    assert on_disk["variants"] == variants and len(on_disk["runs"]["dnn"]) == 1
+    dnn = report["results"]["dnn"]
+    assert 0.4 < dnn["auc"]["mean"] < 1 and dnn["auc"]["std"] == 0
+    assert dnn["uplifted_domains"]["mean"] == 0.0  # the baseline never beats itself
+    assert len(dnn["bins_auc"]) == 5 and sum(b["domains"] for b in report["bins"]) == report["domains"]
+    ada = report["results"]["dnn+adasparse:binarization:0.1-0.3"]
+    assert len(ada["sparsity"]) == 2 and all(0 <= s <= 1 for s in ada["sparsity"])
+    star, dnn_tower = report["results"]["dnn+star"], dnn["tower_parameters"]["mean"]
+    assert star["tower_parameters"]["mean"] > 10 * dnn_tower  # grows with the domains
+    table = (tmp_path / "cmp" / "report.md").read_text()
+    assert "| dnn+star |" in table and "bin 5" in table
+    names = sorted(os.listdir(tmp_path / "plots"))
+    assert names == ["auc_lift_by_bin.png", "auc_vs_sparsity_band.png", "masks.png"]
+
+
+def test_aggregate_over_seeds():
+    from pipelines.compare import _aggregate
+
+    def run(auc, sparsity):
+        return {"logloss": 0.2, "auc": auc, "gauc": float("nan"), "uplifted_domains": 0.5,
+                "examples_per_second": 10, "parameters": 5, "tower_parameters": 3,
+                "bins": [{"auc": auc}], "sparsity": sparsity}
+
+    out = _aggregate([run(0.70, [0.1, 0.2]), run(0.74, [0.3, 0.2])])
+    assert out["auc"]["mean"] == pytest.approx(0.72) and out["auc"]["std"] == pytest.approx(0.02)
+    assert out["gauc"] == {"mean": None, "std": None}
+    assert out["sparsity"] == [0.2, 0.2] and out["bins_auc"] == [pytest.approx(0.72)]
