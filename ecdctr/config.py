@@ -41,7 +41,7 @@ class RunConfig:
     windows: Windows = field(default_factory=Windows)
     tpm: ModelConfig = ModelConfig(hidden=(32,), epochs=1, learning_rate=0.002)
     cpm: ModelConfig = ModelConfig(epochs=1)
-    actr: ModelConfig = ModelConfig(epochs=2, learning_rate=0.0005, batch_size=512)
+    actr: ModelConfig = ModelConfig(epochs=1, learning_rate=0.0005, batch_size=512)
     reset_batchnorm: bool = True
     seed: int = 0
     beam_args: tuple[str, ...] = ()

@@ -16,6 +16,8 @@ def test_demo_config_resolves_paths_against_its_folder():
     assert config.cpm.hidden == config.actr.hidden == (128, 64)  # same structure: transfer by name
     assert config.tpm.hidden == (32,)
     assert config.actr.batch_size == 512 and config.reset_batchnorm
+    assert config.cpm.multi_domain == config.actr.multi_domain == "adasparse"
+    assert config.actr.adasparse.form == "fusion" and config.tpm.multi_domain == "none"
 
 
 def _write(tmp_path, text):
@@ -33,6 +35,9 @@ def _write(tmp_path, text):
     ("actr: {learning_rate: 0}\n", "actr.learning_rate is 0"),
     ("transfer: {reset_batchnorm: maybe}\n", "reset_batchnorm must be true or false"),
     ("beam_args: --runner=X\n", "'beam_args' must be a list"),
+    ("model: {multi_domain: moe}\n", "model: model multi_domain 'moe' is not one of"),
+    ("model: {adasparse: {form: soft}}\n", "AdaSparseConfig.form must be one of"),
+    ("model: {adasparse: {beta2: 1}}\n", "unknown key(s) ['beta2']"),
 ])
 def test_config_errors_name_the_key(tmp_path, text, expected):
     with pytest.raises(ConfigError) as e:

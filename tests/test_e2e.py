@@ -29,7 +29,8 @@ def run(tmp_path_factory):
     config = root / "config.yaml"
     config.write_text(
         f"spec: {os.path.abspath('features/default.yaml')}\nlogs: logs\nwork: work\nexport: export\n"
-        "windows: {tpm_days: 30, cpm_days: 8, actr_days: 5}\nmodel: {hidden: [16, 8]}\n"
+        "windows: {tpm_days: 30, cpm_days: 8, actr_days: 5}\n"
+        "model: {hidden: [16, 8], multi_domain: adasparse}\n"
         "tpm: {hidden: [8], batch_size: 256}\ncpm: {batch_size: 256}\nactr: {batch_size: 64}\n")
     lines: list[str] = []
     report = run_daily(load_config(str(config)), DATE, log=lines.append)
