@@ -171,6 +171,10 @@ class AdaSparseMlp(keras.layers.Layer):
         self.norms = [keras.layers.BatchNormalization(name=f"bn_{i}") for i in range(len(self.hidden))]
         self.pruners = [DomainPruner(u, config, name=f"pruner_{i}") for i, u in enumerate(self.hidden)]
         self.dropout = keras.layers.Dropout(dropout) if dropout else None
+        # Created here, not with add_metric inside call: their variables then exist before any
+        # tracing, so an untrained model saves too; fit reports them, TensorBoard logs them.
+        self.sparsity_metrics = [keras.metrics.Mean(name=f"sparsity_{i}")
+                                 for i in range(len(self.hidden))]
 
     def build(self, input_shape: tf.TensorShape) -> None:
         schedule = {"trainable": False, "aggregation": tf.VariableAggregation.ONLY_FIRST_REPLICA}
@@ -204,7 +208,7 @@ class AdaSparseMlp(keras.layers.Layer):
         y, _, zero_shares = self._forward(x, domain_embedding, alpha, training, sparse)
         if training:  # never in serving: a metric would be state written by every request
             for i, share in enumerate(zero_shares):
-                self.add_metric(tf.stop_gradient(share), name=f"sparsity_{i}")
+                self.sparsity_metrics[i].update_state(tf.stop_gradient(share))
         if training and self.config.form != "scaling":
             self.add_loss(sparsity_regularizer(zero_shares, lambda_hat, self.config.r_min,
                                                self.config.r_max))
