@@ -1,21 +1,34 @@
-"""SavedModel export for TF Serving: `serving_default` takes serialized tf.train.Example strings."""
+"""SavedModel export for TF Serving: signatures, warmup requests and atomic versioned publishing.
+
+`serving_default` takes serialized tf.train.Example strings (the predict API); `predict_raw`
+takes one named tensor per raw column. A version is written to a staging folder beside the
+versions, gated, then renamed to its integer name, so TF Serving never sees half a version.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 import tf_keras as keras
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from ecdctr.data import feature_description, features_by_name
+from ecdctr.jsonio import write_json
 from ecdctr.spec import Spec
 
 OUTPUT_KEY = "click_probability"
 INPUT_KEY = "examples"
+RAW_SIGNATURE = "predict_raw"
 SPEC_FILE = "spec.yaml"  # in assets.extra/: lets clients build Examples without the repo
+WARMUP_FILE = "tf_serving_warmup_requests"  # the name TF Serving looks for in assets.extra/
+WARMUP_BATCH_SIZES = (1, 8, 64, 256)
+MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
+REJECTED = "rejected"  # <base>/rejected/<name>/: gated-out models, kept with their reason
+Log = Callable[[str], None]
 
 
 def serving_function(model: keras.Model, spec: Spec) -> tf.types.experimental.ConcreteFunction:
@@ -32,6 +45,61 @@ def serving_function(model: keras.Model, spec: Spec) -> tf.types.experimental.Co
     return serve.get_concrete_function()
 
 
+def raw_input_specs(spec: Spec) -> dict[str, tf.TensorSpec]:
+    """One input per raw column: ids as strings [B], numbers as float32 [B], id lists as
+    strings [B, L] padded with empty strings."""
+    specs: dict[str, tf.TensorSpec] = {}
+    for f in spec.features:
+        if f.column in specs:
+            continue
+        if f.kind == "numeric":
+            specs[f.column] = tf.TensorSpec([None], tf.float32, name=f.column)
+        elif f.kind == "categorical":
+            specs[f.column] = tf.TensorSpec([None], tf.string, name=f.column)
+        else:
+            specs[f.column] = tf.TensorSpec([None, None], tf.string, name=f.column)
+    return specs
+
+
+def raw_function(model: keras.Model, spec: Spec) -> tf.types.experimental.ConcreteFunction:
+    """The raw-feature signature: named column tensors -> {click_probability: [B]}."""
+    specs = raw_input_specs(spec)
+    lists = {f.column for f in spec.features if f.kind == "categorical_list"}
+
+    @tf.function(input_signature=[specs])
+    def serve_raw(columns: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        parsed = {c: tf.RaggedTensor.from_tensor(v, padding="", row_splits_dtype=tf.int64)
+                  if c in lists else v for c, v in columns.items()}
+        probs = model(features_by_name(spec, parsed), training=False)
+        return {OUTPUT_KEY: tf.reshape(probs, [-1])}
+
+    return serve_raw.get_concrete_function()
+
+
+def warmup_records(examples: Sequence[bytes], model_name: str) -> list[bytes]:
+    """PredictionLog records (TF Serving's warmup format) replaying batches of real examples
+    through serving_default, batch sizes cycling over WARMUP_BATCH_SIZES."""
+    records: list[bytes] = []
+    start = 0
+    while examples and len(records) < min(MAX_WARMUP_RECORDS, 4 * len(WARMUP_BATCH_SIZES)):
+        size = WARMUP_BATCH_SIZES[len(records) % len(WARMUP_BATCH_SIZES)]
+        batch = [examples[(start + i) % len(examples)] for i in range(min(size, len(examples)))]
+        start += len(batch)
+        request = predict_pb2.PredictRequest(
+            model_spec=model_pb2.ModelSpec(name=model_name, signature_name="serving_default"))
+        request.inputs[INPUT_KEY].CopyFrom(tf.make_tensor_proto(batch, dtype=tf.string))
+        log = prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=request))
+        records.append(log.SerializeToString())
+    return records
+
+
+def read_warmup(path: str) -> list[prediction_log_pb2.PredictionLog]:
+    """The PredictionLog records of a warmup file."""
+    return [prediction_log_pb2.PredictionLog.FromString(r.numpy())
+            for r in tf.data.TFRecordDataset(path)]
+
+
 def versions(base: str) -> list[int]:
     """Published integer versions under base, ascending."""
     if not tf.io.gfile.isdir(base):
@@ -39,20 +107,53 @@ def versions(base: str) -> list[int]:
     return sorted(int(d.rstrip("/")) for d in tf.io.gfile.listdir(base) if d.rstrip("/").isdigit())
 
 
-def export_saved_model(model: keras.Model, spec: Spec, base: str,
-                       log: Callable[[str], None] = print) -> str:
-    """Writes the SavedModel to a temporary folder, then renames it to base/<next version>,
-    so TF Serving never sees half a version. Returns the version's path."""
+def stage_saved_model(model: keras.Model, spec: Spec, base: str, warmup_examples: Sequence[bytes],
+                      model_name: str = "actr", log: Log = print) -> str:
+    """Writes the SavedModel (both signatures, the spec and warmup requests in assets.extra/)
+    into a staging folder under base that TF Serving ignores; returns its path."""
     os.makedirs(base, exist_ok=True)
-    version = max([*versions(base), 0]) + 1
-    staging = os.path.join(base, f".tmp-{version}-{os.getpid()}")
+    staging = os.path.join(base, f".staging-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     started = time.perf_counter()
-    tf.saved_model.save(model, staging, signatures={"serving_default": serving_function(model, spec)})
+    tf.saved_model.save(model, staging, signatures={
+        "serving_default": serving_function(model, spec),
+        RAW_SIGNATURE: raw_function(model, spec)})
     extra = os.path.join(staging, "assets.extra")
     os.makedirs(extra, exist_ok=True)
     shutil.copyfile(spec.path, os.path.join(extra, SPEC_FILE))
+    records = warmup_records(warmup_examples, model_name)
+    with tf.io.TFRecordWriter(os.path.join(extra, WARMUP_FILE)) as writer:
+        for record in records:
+            writer.write(record)
+    log(f"staged SavedModel in {staging} ({len(records)} warmup requests) "
+        f"in {time.perf_counter() - started:.1f}s")
+    return staging
+
+
+def publish(staging: str, base: str, keep: int = 5, log: Log = print) -> str:
+    """Renames a staged SavedModel to base/<next integer version> (atomic: TF Serving sees
+    the whole version or nothing) and removes all but the newest `keep` versions."""
+    version = max([*versions(base), 0]) + 1
     final = os.path.join(base, str(version))
     os.rename(staging, final)
-    log(f"exported SavedModel version {version} to {final} in {time.perf_counter() - started:.1f}s")
+    for old in versions(base)[:-keep]:
+        shutil.rmtree(os.path.join(base, str(old)))
+        log(f"removed old version {old}")
+    log(f"published version {version} at {final}")
     return final
+
+
+def reject(staging: str, base: str, reasons: list[str], log: Log = print) -> str:
+    """Moves a gated-out SavedModel to base/rejected/<staging name> with reason.json."""
+    folder = os.path.join(base, REJECTED, os.path.basename(staging).lstrip("."))
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    os.rename(staging, folder)
+    write_json(os.path.join(folder, "reason.json"), {"reasons": reasons})
+    log(f"REJECTED, not published: {'; '.join(reasons)} (kept in {folder})")
+    return folder
+
+
+def export_saved_model(model: keras.Model, spec: Spec, base: str,
+                       warmup_examples: Sequence[bytes] = (), log: Log = print) -> str:
+    """Stages and publishes without a gate (tests, tools); the daily job gates in between."""
+    return publish(stage_saved_model(model, spec, base, warmup_examples, log=log), base, log=log)

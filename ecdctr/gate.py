@@ -1,0 +1,144 @@
+"""The publish gate: a candidate SavedModel reaches serving only if it is no worse than the
+serving version on the same held-out day (metric gate) and answers its warmup requests the
+same in a fresh process that cannot import this project as during training (infra gate)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from ecdctr import metrics
+from ecdctr.data import parse_batch
+from ecdctr.export import INPUT_KEY, OUTPUT_KEY, WARMUP_FILE, read_warmup
+from ecdctr.spec import Spec
+
+Log = Callable[[str], None]
+
+# Runs in a fresh interpreter: loads the SavedModel with TensorFlow alone and replays the
+# warmup records; importing this project (ecdctr, pipelines) fails there on purpose.
+_REPLAY = r"""
+import json, sys
+class _NoProject:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("ecdctr", "pipelines"):
+            raise ImportError(name + " must not be needed to serve the model")
+sys.meta_path.insert(0, _NoProject())
+import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
+model = tf.saved_model.load(sys.argv[1])
+out = []
+for record in tf.data.TFRecordDataset(sys.argv[1] + "/assets.extra/" + sys.argv[2]):
+    request = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
+    signature = model.signatures[request.model_spec.signature_name or "serving_default"]
+    inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+    result = signature(**{k: tf.constant(v) for k, v in inputs.items()})
+    out.append(result[sys.argv[3]].numpy().tolist())
+print(json.dumps(out))
+"""
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Thresholds of the publish gate."""
+
+    max_auc_drop: float = 0.01  # candidate AUC may be at most this much below serving's
+    max_calibration_error: float = 0.5  # |mean prediction / observed CTR - 1|
+    max_abs_diff: float = 1e-5  # serving vs in-training predictions on the warmup requests
+    keep_versions: int = 5  # published versions kept
+
+
+def score_saved_model(path: str, examples: Sequence[bytes], batch_size: int = 4096) -> np.ndarray:
+    """Click probabilities of serialized Examples through a SavedModel's serving_default."""
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    out = [serve(**{INPUT_KEY: tf.constant(list(examples[i:i + batch_size]))})[OUTPUT_KEY].numpy()
+           for i in range(0, len(examples), batch_size)]
+    return np.concatenate(out) if out else np.zeros([0], np.float32)
+
+
+def metric_gate(candidate: dict, serving: dict | None, config: GateConfig) -> list[str]:
+    """Reasons to reject from metrics on the same held-out rows (empty list: pass)."""
+    reasons = []
+    for key in ("auc", "logloss", "mean_prediction"):
+        if candidate.get(key) is None or not math.isfinite(candidate[key]):
+            reasons.append(f"candidate {key} is {candidate.get(key)} (not a number)")
+    if reasons:
+        return reasons
+    ctr, mean, rows = candidate["ctr"], candidate["mean_prediction"], candidate["rows"]
+    # Far = off by more than the allowed share AND beyond 3 standard deviations of the click
+    # count the predictions expect, so a day with a handful of clicks cannot reject by chance.
+    sigma = math.sqrt(max(rows * mean * (1 - mean), 1e-12))
+    if (ctr > 0 and abs(mean / ctr - 1) > config.max_calibration_error
+            and abs(ctr - mean) * rows > 3 * sigma):
+        reasons.append(f"mean prediction {mean:.4f} is far from the observed CTR {ctr:.4f} "
+                       f"(allowed: ±{config.max_calibration_error:.0%}, or within 3 sigma)")
+    if serving is not None and candidate["auc"] < serving["auc"] - config.max_auc_drop:
+        reasons.append(f"AUC {candidate['auc']:.4f} is more than {config.max_auc_drop} below the "
+                       f"serving version's {serving['auc']:.4f} on the same rows")
+    return reasons
+
+
+def replay_in_fresh_process(staging: str, timeout: float = 300) -> list[list[float]]:
+    """Serving predictions of the warmup records, computed by a new Python process in which
+    only TensorFlow (and TF Serving's protos) can be imported."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TF_USE_LEGACY_KERAS")}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    done = subprocess.run([sys.executable, "-c", _REPLAY, staging, WARMUP_FILE, OUTPUT_KEY],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd="/")
+    if done.returncode != 0:
+        raise RuntimeError(f"the SavedModel failed in a fresh process: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def infra_gate(model: keras.Model, spec: Spec, staging: str, config: GateConfig) -> tuple[list[str], dict]:
+    """Replays the warmup records in a fresh process and compares them with the training
+    model's own predictions on the same Examples. Returns (reasons, details)."""
+    requests = read_warmup(os.path.join(staging, "assets.extra", WARMUP_FILE))
+    if not requests:
+        return ["no warmup requests to replay"], {}
+    try:
+        served = replay_in_fresh_process(staging)
+    except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
+        return [f"infra: {e}"], {}
+    diff = 0.0
+    for request, answer in zip(requests, served, strict=True):
+        examples = tf.make_ndarray(request.predict_log.request.inputs[INPUT_KEY])
+        features, _ = parse_batch(spec, tf.constant(examples))
+        expected = model(features, training=False).numpy().ravel()
+        diff = max(diff, float(np.max(np.abs(expected - np.asarray(answer)))))
+    details = {"warmup_requests": len(requests), "max_abs_diff": diff}
+    if not diff <= config.max_abs_diff:
+        return [f"serving answers differ from training by {diff:.2e} "
+                f"(allowed {config.max_abs_diff:.0e})"], details
+    return [], details
+
+
+def run_gate(model: keras.Model, spec: Spec, staging: str, serving_path: str | None,
+             examples: Sequence[bytes], candidate: dict, config: GateConfig,
+             log: Log = print) -> dict:
+    """Both gates. `candidate` holds the candidate's metrics on `examples` (the held-out day);
+    the serving version is scored on the same examples. Returns the gate's report."""
+    serving = None
+    if serving_path:
+        labels = tf.io.parse_example(tf.constant(list(examples)),
+                                     {spec.label: tf.io.FixedLenFeature([], tf.int64)})[spec.label]
+        probs = score_saved_model(serving_path, examples)
+        serving = {"path": serving_path, "auc": metrics.auc(labels.numpy(), probs)}
+    reasons = metric_gate(candidate, serving, config)
+    infra_reasons, infra = infra_gate(model, spec, staging, config)
+    reasons += infra_reasons
+    report = {"passed": not reasons, "reasons": reasons, "serving": serving, "infra": infra,
+              "candidate_auc": candidate.get("auc")}
+    log(f"gate: {'PASSED' if not reasons else 'REJECTED'}"
+        + (f" vs serving AUC {serving['auc']:.4f}" if serving else " (no serving version yet)")
+        + (f", warmup replay max diff {infra['max_abs_diff']:.1e}" if infra else "")
+        + ("" if not reasons else ": " + "; ".join(reasons)))
+    return report

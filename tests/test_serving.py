@@ -1,0 +1,143 @@
+"""The TF Serving contract of the export (signatures, warmup file, versions) and the publish gate."""
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ecdctr.data import parse_batch
+from ecdctr.export import (
+    OUTPUT_KEY,
+    RAW_SIGNATURE,
+    WARMUP_FILE,
+    publish,
+    read_warmup,
+    reject,
+    stage_saved_model,
+    versions,
+)
+from ecdctr.gate import GateConfig, infra_gate, metric_gate
+from ecdctr.models import ModelConfig, build_model
+from ecdctr.rows import RowParser, to_example
+from ecdctr.spec import load_spec
+
+SPEC = load_spec("features/default.yaml")
+ROWS = [{"request_id": str(i), "ts": 1, "click": i % 2, "user_id": f"u{i % 3}", "item_id": "i1",
+         "scenario": "s1", "position": "p0", "user_segment": "g1", "price": 3.0 + i,
+         "hist_categories": ["c1", "c2"][: i % 3]} for i in range(12)]
+
+
+def _examples():
+    parser = RowParser(SPEC)
+    return [to_example(SPEC, parser.parse(r)).SerializeToString() for r in ROWS]
+
+
+def _model(seed=0):
+    features, _ = parse_batch(SPEC, tf.constant(_examples()))
+    vocabs = {f.name: ["u0", "u1", "i1", "s1", "p0", "g1", "c1"] for f in SPEC.features
+              if f.uses_vocab}
+    config = ModelConfig(hidden=(8, 4), multi_domain="adasparse", seed=seed)
+    return build_model(SPEC.features, vocabs, {}, config, features, initial_ctr=0.3,
+                       domains=["s1|p0|g1"])
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory):
+    base = str(tmp_path_factory.mktemp("export") / "actr")
+    model = _model()
+    path = stage_saved_model(model, SPEC, base, _examples(), log=lambda _: None)
+    return model, base, path
+
+
+def test_saved_model_cli_lists_both_signatures(staged):
+    _, _, path = staged
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    out = subprocess.run([cli, "show", "--dir", path, "--all"], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert "signature_def['serving_default']" in out and f"signature_def['{RAW_SIGNATURE}']" in out
+    assert out.count("Method name is: tensorflow/serving/predict") >= 2
+    assert "examples" in out and OUTPUT_KEY in out
+
+
+def test_warmup_file_holds_prediction_logs_of_real_rows(staged):
+    _, _, path = staged
+    records = read_warmup(os.path.join(path, "assets.extra", WARMUP_FILE))
+    assert 0 < len(records) <= 1000
+    request = records[0].predict_log.request
+    assert request.model_spec.signature_name == "serving_default"
+    assert list(tf.make_ndarray(request.inputs["examples"])) == _examples()[:1]
+    assert os.path.exists(os.path.join(path, "assets.extra", "spec.yaml"))
+
+
+def test_training_and_serving_agree_on_the_same_rows(staged):
+    model, _, path = staged
+    loaded = tf.saved_model.load(path)
+    features, _ = parse_batch(SPEC, tf.constant(_examples()))
+    training = model(features, training=False).numpy().ravel()
+    served = loaded.signatures["serving_default"](examples=tf.constant(_examples()))[OUTPUT_KEY]
+    raw = {c: tf.constant([r.get(c, "") for r in ROWS]) for c in
+           ("user_id", "item_id", "gender", "age_level", "city_tier", "scenario", "position",
+            "user_segment", "category", "brand")}
+    raw["price"] = tf.constant([float(r["price"]) for r in ROWS])
+    raw["hist_categories"] = tf.constant([(r["hist_categories"] + ["", ""])[:2] for r in ROWS])
+    served_raw = loaded.signatures[RAW_SIGNATURE](**raw)[OUTPUT_KEY]
+    np.testing.assert_allclose(served.numpy(), training, atol=1e-6)
+    np.testing.assert_allclose(served_raw.numpy(), training, atol=1e-6)
+
+
+def test_unseen_ids_missing_features_and_malformed_examples(staged):
+    _, _, path = staged
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    unseen = RowParser(SPEC).parse_features({"user_id": "nobody", "scenario": "new"})[0]
+    from ecdctr.rows import features_example
+
+    batch = [features_example(unseen).SerializeToString(), b""]  # b"": every feature missing
+    assert np.isfinite(serve(examples=tf.constant(batch))[OUTPUT_KEY].numpy()).all()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="[Cc]ould not parse"):
+        serve(examples=tf.constant([b"this is not a tf.Example"]))
+    assert serve(examples=tf.constant(batch[:1]))[OUTPUT_KEY].shape == (1,)  # still serving
+
+
+def test_publish_is_a_rename_and_keeps_the_newest(tmp_path):
+    base = str(tmp_path / "actr")
+    for _ in range(4):
+        staging = os.path.join(base, f".staging-{_}")
+        os.makedirs(os.path.join(staging, "variables"))
+        publish(staging, base, keep=2, log=lambda _: None)
+    assert versions(base) == [3, 4] and not any(n.startswith(".staging") for n in os.listdir(base))
+    staging = os.path.join(base, ".staging-x")
+    os.makedirs(staging)
+    folder = reject(staging, base, ["AUC dropped"], log=lambda _: None)
+    assert versions(base) == [3, 4] and os.path.exists(os.path.join(folder, "reason.json"))
+
+
+@pytest.mark.parametrize("candidate, serving, expected", [
+    ({"auc": 0.70, "logloss": 0.2, "mean_prediction": 0.05, "ctr": 0.05, "rows": 10_000},
+     {"auc": 0.70}, []),
+    ({"auc": 0.68, "logloss": 0.2, "mean_prediction": 0.05, "ctr": 0.05, "rows": 10_000},
+     {"auc": 0.70}, ["below the serving version"]),
+    ({"auc": float("nan"), "logloss": 0.2, "mean_prediction": 0.05, "ctr": 0.05, "rows": 10},
+     None, ["not a number"]),
+    ({"auc": 0.7, "logloss": 0.2, "mean_prediction": 0.10, "ctr": 0.05, "rows": 10_000},
+     None, ["far from the observed CTR"]),
+    ({"auc": 0.7, "logloss": 0.2, "mean_prediction": 0.10, "ctr": 0.05, "rows": 40},
+     None, []),  # 4 expected clicks vs 2 seen: within 3 sigma on a tiny day
+])
+def test_metric_gate(candidate, serving, expected):
+    reasons = metric_gate(candidate, serving, GateConfig())
+    assert len(reasons) == len(expected)
+    assert all(e in r for e, r in zip(expected, reasons, strict=True))
+
+
+def test_infra_gate_replays_warmup_in_a_fresh_process(staged):
+    model, _, path = staged
+    reasons, details = infra_gate(model, SPEC, path, GateConfig())
+    assert reasons == [] and details["max_abs_diff"] <= 1e-5
+    other = _model(seed=7)  # another model: its in-training answers differ from the export's
+    reasons, details = infra_gate(other, SPEC, path, GateConfig())
+    assert reasons and "differ from training" in reasons[0] and details["max_abs_diff"] > 1e-5
+    assert not math.isnan(details["max_abs_diff"])
