@@ -7,11 +7,13 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from ecdctr.adasparse import AdaSparseConfig
+from ecdctr.gate import GateConfig
 from ecdctr.models import ModelConfig
 from ecdctr.validation import ConfigError, is_int, is_number, load_yaml, unknown_keys
 
 TOP_KEYS = ("spec", "logs", "work", "export", "windows", "model", "tpm", "cpm", "actr",
-            "transfer", "seed", "beam_args")
+            "transfer", "gate", "seed", "beam_args")
+GATE_KEYS = ("max_auc_drop", "max_calibration_error", "max_abs_diff", "keep_versions")
 WINDOW_KEYS = ("tpm_days", "cpm_days", "actr_days")
 TRAIN_KEYS = ("epochs", "batch_size", "learning_rate")
 MODEL_KEYS = ("hidden", "dropout", "backbone", "cross_layers", "cross_structure", "multi_domain",
@@ -43,6 +45,7 @@ class RunConfig:
     cpm: ModelConfig = ModelConfig(epochs=1)
     actr: ModelConfig = ModelConfig(epochs=1, learning_rate=0.0005, batch_size=512)
     reset_batchnorm: bool = True
+    gate: GateConfig = field(default_factory=GateConfig)
     seed: int = 0
     beam_args: tuple[str, ...] = ()
 
@@ -85,6 +88,7 @@ def load_config(path: str) -> RunConfig:
         reset = transfer.get("reset_batchnorm", True)
         if not isinstance(reset, bool):
             errors.append("transfer.reset_batchnorm must be true or false.")
+    gate = _gate(doc.get("gate") or {}, errors)
     seed = doc.get("seed", 0)
     if not is_int(seed):
         errors.append(f"'seed' must be an integer, got {seed!r}.")
@@ -95,7 +99,8 @@ def load_config(path: str) -> RunConfig:
     if errors:
         raise ConfigError(f"{path}: invalid config:\n  - " + "\n  - ".join(errors))
     models = {k: replace(v, seed=seed) for k, v in models.items()}
-    return RunConfig(path=os.path.abspath(path), windows=windows, reset_batchnorm=reset, seed=seed,
+    return RunConfig(path=os.path.abspath(path), windows=windows, reset_batchnorm=reset, gate=gate,
+                     seed=seed,
                      beam_args=tuple(beam_args), **paths, **models)
 
 
@@ -154,3 +159,24 @@ def _adasparse(key: str, body: Any, errors: list[str]) -> AdaSparseConfig | None
     except (TypeError, ValueError) as e:
         errors.append(f"{key}.adasparse: {e}.")
         return None
+
+
+def _gate(body: Any, errors: list[str]) -> GateConfig:
+    if not isinstance(body, dict):
+        errors.append(f"'gate' must be a mapping of {list(GATE_KEYS)}.")
+        return GateConfig()
+    values = {}
+    for key in unknown_keys(body, GATE_KEYS):
+        errors.append(f"gate: unknown key {key!r}. Fix: use one of {list(GATE_KEYS)}.")
+    for key, value in body.items():
+        if key not in GATE_KEYS:
+            continue
+        if key == "keep_versions":
+            ok, need = is_int(value) and value >= 1, "a positive integer"
+        else:
+            ok, need = is_number(value) and value >= 0, "a number >= 0"
+        if not ok:
+            errors.append(f"gate.{key} must be {need}, got {value!r}.")
+            continue
+        values[key] = value
+    return replace(GateConfig(), **values)

@@ -213,3 +213,17 @@ def _remap_rows(source_tokens: Sequence[str], source_rows: np.ndarray,
         if i is not None:
             rows[j] = source_rows[i]
     target_var.assign(rows)
+
+
+def shift_output_prior(model: CtrModel, source_ctr: float, target_ctr: float,
+                       log: Callable[[str], None] = print) -> float:
+    """Moves the output bias by logit(target_ctr) - logit(source_ctr): a model transferred to
+    traffic with another base CTR (natural -> ad) starts calibrated to it. Returns the shift."""
+    def logit(p: float) -> float:
+        p = min(max(p, 1e-4), 1 - 1e-4)
+        return float(np.log(p / (1 - p)))
+
+    shift = logit(target_ctr) - logit(source_ctr)
+    model.logit.bias.assign_add([shift])
+    log(f"output bias shifted by {shift:+.3f} (base CTR {source_ctr:.4f} -> {target_ctr:.4f})")
+    return shift

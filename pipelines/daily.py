@@ -20,9 +20,17 @@ import tensorflow as tf
 from ecdctr import metrics
 from ecdctr.config import RunConfig
 from ecdctr.data import make_dataset, partition_files
-from ecdctr.export import export_saved_model
+from ecdctr.export import publish, reject, stage_saved_model, versions
+from ecdctr.gate import run_gate
 from ecdctr.jsonio import read_json, write_json
-from ecdctr.models import CtrModel, ModelConfig, build_model, embedding_table, transfer_weights
+from ecdctr.models import (
+    CtrModel,
+    ModelConfig,
+    build_model,
+    embedding_table,
+    shift_output_prior,
+    transfer_weights,
+)
 from ecdctr.spec import Spec, load_spec
 from ecdctr.training import fit, predict, recalibrate_batchnorm
 from ecdctr.vocab import (
@@ -212,6 +220,7 @@ class _DailyJob:
         meta = {"week": week, "window": [days[0].isoformat(), days[-1].isoformat()],
                 "rows": self.rows("natural", days), "tpm_snapshot": snapshots[-1],
                 "numeric_stats": stats, "domains": domains, "train": entry["train"],
+                "ctr": self.ctr("natural", days),
                 "spec_fingerprint": self.spec.fingerprint}
         tmp = folder + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -256,6 +265,7 @@ class _DailyJob:
                             domains=meta["domains"], name="actr")
         entry["transfer"] = {k: len(v) for k, v in transfer_weights(
             cpm, model, reset_batchnorm=self.config.reset_batchnorm, log=self.log).items()}
+        shift_output_prior(model, meta["ctr"], self.ctr("ad", days), self.log)
         self.log(f"A-CTR fine-tune on {len(days)} ad days ({self.rows('ad', days):,} rows)")
         entry["train"] = self.train(model, train, cfg, self.rows("ad", days), "actr")
         recalibrate_batchnorm(model, self.dataset("ad", days, cfg, shuffle=True), log=self.log)
@@ -270,9 +280,24 @@ class _DailyJob:
                      f"AUC {r['auc']:.4f} GAUC {r['gauc']:.4f} over {r['gauc_groups']} users "
                      f"(CTR {r['ctr']:.4f}, mean prediction {r['mean_prediction']:.4f})")
         self.report["metrics"] = entry["metrics"]["actr"]
-        entry["export"] = export_saved_model(model, self.spec,
-                                             os.path.join(self.config.export, "actr"), self.log)
-        self.report["export"] = entry["export"]
+        self.export(model, entry)
+
+    def export(self, model: CtrModel, entry: dict) -> None:
+        """Stages the SavedModel, gates it against the serving version, publishes or rejects."""
+        base = os.path.join(self.config.export, "actr")
+        files = partition_files(self.work, "ad", [self.date])
+        held_out = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+        staging = stage_saved_model(model, self.spec, base, held_out, log=self.log)
+        serving = versions(base)
+        gate = run_gate(model, self.spec, staging,
+                        os.path.join(base, str(serving[-1])) if serving else None, held_out,
+                        entry["metrics"]["actr"], self.config.gate, self.log)
+        self.report["gate"] = entry["gate"] = gate
+        if gate["passed"]:
+            self.report["export"] = publish(staging, base, self.config.gate.keep_versions, self.log)
+        else:
+            self.report["rejected"] = reject(staging, base, gate["reasons"], self.log)
+        self.report["published"] = gate["passed"]
 
 
 def _tpm_snapshots(work: str) -> list[str]:

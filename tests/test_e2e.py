@@ -31,6 +31,7 @@ def run(tmp_path_factory):
         f"spec: {os.path.abspath('features/default.yaml')}\nlogs: logs\nwork: work\nexport: export\n"
         "windows: {tpm_days: 30, cpm_days: 8, actr_days: 5}\n"
         "model: {hidden: [16, 8], multi_domain: adasparse}\n"
+        "gate: {max_auc_drop: 0.2}\n"
         "tpm: {hidden: [8], batch_size: 256}\ncpm: {batch_size: 256}\nactr: {batch_size: 64}\n")
     lines: list[str] = []
     report = run_daily(load_config(str(config)), DATE, log=lines.append)
@@ -49,6 +50,9 @@ def test_daily_runs_every_step_and_writes_the_report(run):
         assert on_disk["metrics"]["gauc"] is None
     assert any("TPM snapshot" in line for line in lines)
     assert any("transfer cpm -> actr" in line for line in lines)
+    gate = report["gate"]
+    assert gate["passed"] and report["published"] and gate["serving"] is None
+    assert gate["infra"]["max_abs_diff"] <= 1e-5 and gate["infra"]["warmup_requests"] > 0
     manifest = json.loads((root / "work" / "tpm" / "2026-01" / "manifest.json").read_text())
     assert manifest["window"] == ["2026-01-01", "2026-01-11"]  # never the evaluation day
 
@@ -74,6 +78,7 @@ def test_rerun_skips_built_days_and_trained_models(run):
     assert report["steps"]["tpm"]["status"] == "skipped"
     assert report["steps"]["cpm"]["status"] == "skipped"
     assert report["export"].endswith(os.path.join("actr", "2"))
+    assert report["gate"]["serving"]["path"].endswith(os.path.join("actr", "1"))
 
 
 def test_predict_prints_one_probability_per_row(run, tmp_path, capsys):
