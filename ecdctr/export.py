@@ -100,6 +100,32 @@ def read_warmup(path: str) -> list[prediction_log_pb2.PredictionLog]:
             for r in tf.data.TFRecordDataset(path)]
 
 
+def choose_pruned_path(model: keras.Model, spec: Spec, examples: Sequence[bytes],
+                       repeats: int = 7) -> dict | None:
+    """For a tower with a tf.sparse inference path (AdaSparse): times the dense and the sparse
+    path on these examples (median of `repeats`) and keeps the faster one for the export."""
+    tower = getattr(model, "mlp", None)
+    if not hasattr(tower, "sparse_inference") or not examples:
+        return None
+    parsed = tf.io.parse_example(tf.constant(list(examples)), feature_description(spec, False))
+    features = features_by_name(spec, parsed)
+    medians = {}
+    for sparse in (False, True):
+        tower.sparse_inference = sparse
+        call = tf.function(lambda x: model(x, training=False))
+        call(features)  # trace once
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            call(features).numpy()
+            times.append(time.perf_counter() - started)
+        medians["sparse" if sparse else "dense"] = sorted(times)[len(times) // 2] * 1000
+    tower.sparse_inference = medians["sparse"] < medians["dense"]
+    chosen = "sparse" if tower.sparse_inference else "dense"
+    return {"dense_ms": round(medians["dense"], 3), "sparse_ms": round(medians["sparse"], 3),
+            "rows": len(examples), "chosen": chosen}
+
+
 def versions(base: str) -> list[int]:
     """Published integer versions under base, ascending."""
     if not tf.io.gfile.isdir(base):
@@ -115,6 +141,10 @@ def stage_saved_model(model: keras.Model, spec: Spec, base: str, warmup_examples
     staging = os.path.join(base, f".staging-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     started = time.perf_counter()
+    path_choice = choose_pruned_path(model, spec, warmup_examples[:256])
+    if path_choice:
+        log(f"pruned MLP inference: dense {path_choice['dense_ms']} ms vs tf.sparse "
+            f"{path_choice['sparse_ms']} ms on {path_choice['rows']} rows -> {path_choice['chosen']}")
     tf.saved_model.save(model, staging, signatures={
         "serving_default": serving_function(model, spec),
         RAW_SIGNATURE: raw_function(model, spec)})
