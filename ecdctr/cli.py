@@ -1,4 +1,4 @@
-"""The `ecdctr` command line: simulate, build, daily, compare, predict."""
+"""The `ecdctr` command line: simulate, build, daily, compare, predict, query."""
 
 from __future__ import annotations
 
@@ -69,6 +69,20 @@ def _parser() -> argparse.ArgumentParser:
                    help="a SavedModel version folder, or its parent (newest version is used)")
     r.add_argument("--input", required=True, help="JSON Lines file of raw-log rows (.jsonl[.gz])")
     r.add_argument("--batch_size", type=int, default=1024)
+
+    q = sub.add_parser("query", help="score raw-log rows through a running TF Serving")
+    q.add_argument("--target", required=True,
+                   help="HOST:PORT of TF Serving: its gRPC port (8500) or, with --protocol=rest, "
+                        "its REST port (8501)")
+    q.add_argument("--model", required=True, help="model name in TF Serving's models.config, e.g. actr")
+    q.add_argument("--input", required=True, help="JSON Lines file of raw-log rows (.jsonl[.gz])")
+    q.add_argument("--protocol", choices=("grpc", "rest"), default="grpc", help="default: grpc")
+    q.add_argument("--spec", default=os.path.join("features", "default.yaml"),
+                   help="feature spec that turns rows into Examples; it must match the served "
+                        "model's (its assets.extra/spec.yaml). Default: features/default.yaml, "
+                        "relative to the current directory")
+    q.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
+    q.add_argument("--batch_size", type=int, default=256, help="examples per request (default 256)")
     return p
 
 
@@ -187,5 +201,24 @@ def _predict(args: argparse.Namespace, _: list[str]) -> int:
     return 1 if bad else 0
 
 
+def _query(args: argparse.Namespace, _: list[str]) -> int:
+    from ecdctr.client import query, read_examples
+    from ecdctr.rows import RowParser
+    from ecdctr.spec import load_spec
+
+    rows, problems = read_examples(args.input, RowParser(load_spec(args.spec)))
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    good = [r for r in rows if r is not None]
+    probs = query(args.target, args.model, good, protocol=args.protocol, timeout=args.timeout,
+                  batch_size=args.batch_size)
+    scores = iter(probs)
+    for r in rows:
+        print("nan" if r is None else f"{next(scores):.6f}")
+    log.info("scored %d rows with model %s at %s over %s (%d invalid, printed as nan)", len(good),
+             args.model, args.target, args.protocol, len(problems))
+    return 1 if problems else 0
+
+
 COMMANDS = {"simulate": _simulate, "build": _build, "daily": _daily, "compare": _compare,
-            "predict": _predict}
+            "predict": _predict, "query": _query}
