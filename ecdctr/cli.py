@@ -50,7 +50,11 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("daily", help="run what is due for a day: build, TPM, CPM, A-CTR, export")
     d.add_argument("--config", required=True, help="run config YAML (see configs/demo.yaml)")
-    d.add_argument("--date", type=_date, required=True, help="evaluation day D, YYYY-MM-DD")
+    when = d.add_mutually_exclusive_group(required=True)
+    when.add_argument("--date", type=_date, help="evaluation day D, YYYY-MM-DD")
+    when.add_argument("--backfill", type=_date, nargs=2, metavar=("START", "END"),
+                      help="run the days from START to END in order")
+    d.add_argument("--force", action="store_true", help="run a day again even if its report says ok")
 
     c = sub.add_parser("compare", help="train model variants on the same days, score held-out days")
     c.add_argument("--config", required=True, help="run config YAML")
@@ -134,14 +138,19 @@ def _daily(args: argparse.Namespace, beam_args: list[str]) -> None:
     from dataclasses import replace
 
     from ecdctr.config import load_config
-    from pipelines.daily import run_daily
+    from pipelines.daily import run_backfill, run_daily
 
     config = load_config(args.config)
     if beam_args:
         config = replace(config, beam_args=tuple(beam_args))
-    report = run_daily(config, args.date, log=log.info)
-    print(json.dumps({"date": report["date"], "status": report["status"],
-                      "metrics": report.get("metrics"), "export": report.get("export")}, indent=2))
+    if args.backfill:
+        reports = run_backfill(config, *args.backfill, log=log.info, force=args.force)
+    else:
+        reports = [run_daily(config, args.date, log=log.info, force=args.force)]
+    for report in reports:
+        print(json.dumps({"date": report["date"], "status": report["status"],
+                          "metrics": report.get("metrics"), "published": report.get("published"),
+                          "export": report.get("export") or report.get("rejected")}, indent=2))
 
 
 def _compare(args: argparse.Namespace, beam_args: list[str]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import os
 import shutil
 import time
@@ -51,25 +52,62 @@ class DailyError(RuntimeError):
     """The daily job cannot run for this date; the message says what is missing."""
 
 
-def run_daily(config: RunConfig, date: dt.date, log: Log = print) -> dict:
-    """Runs every step due for `date` and writes <work>/reports/<date>.json."""
+def report_path(config: RunConfig, date: dt.date) -> str:
+    """Where the report of day `date` lives."""
+    return os.path.join(config.work, "reports", f"{date.isoformat()}.json")
+
+
+@contextlib.contextmanager
+def work_lock(work: str) -> Iterator[None]:
+    """Refuses a second daily run on the same work folder while one runs (a flock, released
+    by the kernel if the process dies)."""
+    os.makedirs(work, exist_ok=True)
+    with open(os.path.join(work, ".daily.lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DailyError(f"another daily run holds {lock.name}; wait for it to finish") from None
+        yield
+
+
+def run_daily(config: RunConfig, date: dt.date, log: Log = print, force: bool = False) -> dict:
+    """Runs every step due for `date` and writes <work>/reports/<date>.json. A day whose
+    report says ok is not run again unless `force`."""
+    path = report_path(config, date)
+    if not force and os.path.exists(path) and read_json(path).get("status") == "ok":
+        log(f"{date} is done (report {path} says ok); nothing to do. Use --force to run it again.")
+        return read_json(path)
     spec = load_spec(config.spec)
     report: dict = {"date": date.isoformat(), "config": config.path,
                     "spec_fingerprint": spec.fingerprint, "steps": {}}
     started = time.perf_counter()
-    try:
-        job = _DailyJob(config, spec, date, report, log)
-        job.run()
-        report["status"] = "ok"
-    except Exception as e:
-        report["status"] = "failed"
-        report["error"] = f"{type(e).__name__}: {e}"
-        raise
-    finally:
-        report["seconds"] = round(time.perf_counter() - started, 1)
-        write_json(os.path.join(config.work, "reports", f"{date.isoformat()}.json"), report)
-        log(f"report written to {os.path.join(config.work, 'reports', date.isoformat() + '.json')}")
+    with work_lock(config.work):
+        try:
+            _DailyJob(config, spec, date, report, log).run()
+            report["status"] = "ok"
+        except Exception as e:
+            report["status"] = "failed"
+            report["error"] = f"{type(e).__name__}: {e}"
+            raise
+        finally:
+            report["seconds"] = round(time.perf_counter() - started, 1)
+            write_json(path, report)
+            log(f"report written to {path}")
     return report
+
+
+def run_backfill(config: RunConfig, start: dt.date, end: dt.date, log: Log = print,
+                 force: bool = False) -> list[dict]:
+    """run_daily for every day from start to end, in order; stops at the first failure."""
+    if start > end:
+        raise ValueError(f"backfill start {start} is after end {end}")
+    reports = []
+    day = start
+    while day <= end:
+        log(f"=== backfill {day} ===")
+        reports.append(run_daily(config, day, log, force))
+        day += dt.timedelta(days=1)
+    return reports
 
 
 class _DailyJob:

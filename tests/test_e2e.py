@@ -14,7 +14,7 @@ import tensorflow as tf
 from ecdctr.cli import main
 from ecdctr.config import load_config
 from ecdctr.simulator import SimConfig, simulate
-from pipelines.daily import run_daily
+from pipelines.daily import DailyError, run_daily, work_lock
 
 START = dt.date(2026, 1, 1)
 DATE = dt.date(2026, 1, 12)
@@ -71,14 +71,26 @@ def test_export_is_a_versioned_savedmodel_on_serialized_examples(run):
     assert math.isfinite(serve(examples=tf.constant([empty]))["click_probability"].numpy()[0])
 
 
-def test_rerun_skips_built_days_and_trained_models(run):
-    _, config, _, _ = run
-    report = run_daily(load_config(str(config)), DATE, log=lambda _: None)
+def test_rerun_of_a_finished_day_does_nothing_and_force_reuses_what_exists(run):
+    root, config, first, _ = run
+    lines: list[str] = []
+    again = run_daily(load_config(str(config)), DATE, log=lines.append)
+    assert again == json.loads(json.dumps(again)) and again["export"] == first["export"]
+    assert any("nothing to do" in line for line in lines)
+    assert sorted(os.listdir(root / "export" / "actr"))[:1] == ["1"]
+    report = run_daily(load_config(str(config)), DATE, log=lambda _: None, force=True)
     assert report["steps"]["build"]["partitions_built"] == 0
     assert report["steps"]["tpm"]["status"] == "skipped"
     assert report["steps"]["cpm"]["status"] == "skipped"
     assert report["export"].endswith(os.path.join("actr", "2"))
     assert report["gate"]["serving"]["path"].endswith(os.path.join("actr", "1"))
+
+
+def test_a_second_run_on_the_same_work_folder_is_refused(run):
+    _, config, _, _ = run
+    cfg = load_config(str(config))
+    with work_lock(cfg.work), pytest.raises(DailyError, match="another daily run"):
+        run_daily(cfg, DATE + dt.timedelta(days=1), log=lambda _: None)
 
 
 def test_predict_prints_one_probability_per_row(run, tmp_path, capsys):
