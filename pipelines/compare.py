@@ -25,6 +25,7 @@ from ecdctr.models import BACKBONES, CtrModel, ModelConfig, build_model
 from ecdctr.spec import Spec, load_spec
 from ecdctr.training import fit, predict, recalibrate_batchnorm
 from ecdctr.vocab import build_vocabularies, domain_sizes, numeric_stats, read_stats
+from pipelines.ablations import ABLATIONS, Ablations, focus_rows
 from pipelines.build import build, built_partitions
 
 Log = Callable[[str], None]
@@ -73,14 +74,23 @@ def run_compare(config: RunConfig, date: dt.date, variants: Sequence[str], out: 
         raise ValueError(f"--source must be natural or ad, got {source!r}")
     if not variants:
         raise ValueError("no variants given. Fix: e.g. --variants=dnn,dnn+adasparse")
+    ablations = [v for v in variants if v in ABLATIONS]
+    if ablations and source != "ad":
+        raise ValueError(f"the ablations {ablations} train ad models: use --source=ad")
     spec = load_spec(config.spec)
     base = config.cpm if source == "natural" else config.actr
-    configs = {v: parse_variant(v, base) for v in variants}  # fail on a bad name before training
+    # fail on a bad name before training
+    configs = {v: parse_variant(v, base) for v in variants if v not in ABLATIONS}
     window = config.windows.cpm_days if source == "natural" else config.windows.actr_days
     first = date - dt.timedelta(days=window)
     last = date + dt.timedelta(days=eval_days - 1)
     build(spec, config.logs, config.work, start=first, end=last, sources=[source],
           beam_args=config.beam_args, skip_built=True, log=log)
+    if ablations:  # they also read the natural windows
+        w = config.windows
+        build(spec, config.logs, config.work, start=date - dt.timedelta(days=max(w.tpm_days,
+              w.cpm_days)), end=date - dt.timedelta(days=1), sources=["natural"],
+              beam_args=config.beam_args, skip_built=True, log=log)
     built = built_partitions(config.work, source)
     train_days = [d for d in built if first <= d < date]
     eval_dates = [d for d in built if date <= d <= last]
@@ -91,14 +101,22 @@ def run_compare(config: RunConfig, date: dt.date, variants: Sequence[str], out: 
     log(f"compare on {source}: train {train_days[0]}..{train_days[-1]} ({data.train_rows:,} rows), "
         f"eval {eval_dates[0]}..{eval_dates[-1]} ({data.eval_rows:,} rows), "
         f"{len(data.domains)} domains, {len(variants)} variants x {seeds} seeds")
+    trainer = Ablations(config, spec, date, log) if ablations else None
+    focus = trainer.natural_heavy_users if trainer else None
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     masks: dict[str, dict] = {}
     for seed in range(seeds):
         for name in variants:
-            mc = dataclasses.replace(configs[name], seed=config.seed + seed)
-            result, model = _train_and_score(data, mc, name, log)
+            started = time.perf_counter()
+            if name in ABLATIONS:
+                model, train = trainer.train(name, seed)
+            else:
+                model, train = _train(data, dataclasses.replace(configs[name],
+                                                                seed=config.seed + seed), name, log)
+            result = _score(model, data, train, name, seed, focus, log)
+            result["train_seconds"] = round(time.perf_counter() - started, 1)
             runs[name].append(result)
-            if seed == 0 and mc.multi_domain == "adasparse":
+            if seed == 0 and model.config.multi_domain == "adasparse":
                 masks[name] = _domain_masks(model, data)
         baseline = runs[variants[0]][seed]["per_domain_auc"]
         for name in variants:
@@ -114,6 +132,7 @@ def run_compare(config: RunConfig, date: dt.date, variants: Sequence[str], out: 
         "configs": {v: {"backbone": c.backbone, "multi_domain": c.multi_domain,
                         "form": c.adasparse.form, "r_min": c.adasparse.r_min,
                         "r_max": c.adasparse.r_max} for v, c in configs.items()},
+        "natural_heavy_users": len(focus) if focus is not None else None,
         "results": {v: _aggregate(runs[v]) for v in variants},
         "runs": runs,
     }
@@ -154,14 +173,19 @@ class _Data:
         return make_dataset(self.spec, self.eval_files, batch_size)
 
 
-def _train_and_score(data: _Data, mc: ModelConfig, name: str, log: Log) -> tuple[dict, CtrModel]:
+def _train(data: _Data, mc: ModelConfig, name: str, log: Log) -> tuple[CtrModel, dict]:
     ds = data.train(mc)
     model = build_model(data.spec.features, data.vocabs, data.stats, mc, next(iter(ds))[0],
                         initial_ctr=data.ctr, domains=list(data.domains), name="ctr")
     model.set_total_steps(mc.epochs * -(-data.train_rows // mc.batch_size))
-    started = time.perf_counter()
     train = fit(model, ds, mc.epochs, mc.batch_size, f"{name} seed {mc.seed}", log)
     recalibrate_batchnorm(model, data.train(mc), log=lambda _: None)
+    return model, train
+
+
+def _score(model: CtrModel, data: _Data, train: dict, name: str, seed: int,
+           focus: set[str] | None, log: Log) -> dict:
+    """Metrics of a trained model on the evaluation days (and on the focus users' rows)."""
     scored = predict(model, data.spec, data.eval())
     result = metrics.summary(scored["labels"], scored["probs"], scored["groups"])
     result["per_domain_auc"] = metrics.per_domain_auc(scored["labels"], scored["probs"],
@@ -171,16 +195,21 @@ def _train_and_score(data: _Data, mc: ModelConfig, name: str, log: Log) -> tuple
         rows = np.isin(scored["domains"], keys)
         result["bins"].append({"rows": int(rows.sum()),
                                "auc": metrics.auc(scored["labels"][rows], scored["probs"][rows])})
+    if focus is not None:
+        rows = focus_rows(scored["groups"], focus)
+        result["natural_users"] = metrics.summary(scored["labels"][rows], scored["probs"][rows],
+                                                  scored["groups"][rows])
     result["parameters"] = int(model.count_params())
     result["tower_parameters"] = int(sum(np.prod(v.shape) for v in model.mlp.trainable_variables))
     result["examples_per_second"] = train["examples_per_second"]
-    result["train_seconds"] = round(time.perf_counter() - started, 1)
-    if mc.multi_domain == "adasparse":
+    if model.config.multi_domain == "adasparse":
         result["sparsity"] = _layer_sparsity(model, data)
-    log(f"{name} seed {mc.seed}: AUC {result['auc']:.4f} GAUC {result['gauc']:.4f} "
+    log(f"{name} seed {seed}: AUC {result['auc']:.4f} GAUC {result['gauc']:.4f} "
         f"logloss {result['logloss']:.4f}, {result['examples_per_second']:,} ex/s"
-        + (f", sparsity {result['sparsity']}" if "sparsity" in result else ""))
-    return result, model
+        + (f", sparsity {result['sparsity']}" if "sparsity" in result else "")
+        + (f"; natural-heavy users: AUC {result['natural_users']['auc']:.4f} over "
+           f"{result['natural_users']['rows']:,} rows" if "natural_users" in result else ""))
+    return result
 
 
 def _eval_tower_inputs(model: CtrModel, data: _Data, max_batches: int = 8):
@@ -218,15 +247,29 @@ def _domain_masks(model: CtrModel, data: _Data) -> dict:
 def _aggregate(runs: list[dict]) -> dict:
     """Mean and standard deviation over seeds of the headline numbers, bins and sparsity."""
     out: dict = {}
-    for key in (*SUMMARY_KEYS, "parameters", "tower_parameters"):
-        values = np.array([r[key] for r in runs], dtype=float)
-        out[key] = {"mean": float(np.nanmean(values)) if not np.isnan(values).all() else None,
-                    "std": float(np.nanstd(values)) if not np.isnan(values).all() else None}
-    out["bins_auc"] = [float(np.nanmean([r["bins"][b]["auc"] for r in runs]))
+    for key in (*SUMMARY_KEYS, "parameters", "tower_parameters", "train_seconds",
+                "natural_users_auc", "natural_users_gauc"):
+        values = np.array([_value(r, key) for r in runs], dtype=float)
+        finite = values[~np.isnan(values)]
+        out[key] = {"mean": float(finite.mean()) if finite.size else None,
+                    "std": float(finite.std()) if finite.size else None}
+    out["bins_auc"] = [_nanmean([r["bins"][b]["auc"] for r in runs])
                        for b in range(len(runs[0]["bins"]))]
     if "sparsity" in runs[0]:
         out["sparsity"] = np.mean([r["sparsity"] for r in runs], axis=0).round(4).tolist()
     return out
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if not np.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def _value(run: dict, key: str) -> float:
+    if key.startswith("natural_users_"):
+        part = run.get("natural_users")
+        return part[key[len("natural_users_"):]] if part else float("nan")
+    return run[key]
 
 
 def _fmt(stat: dict, digits: int = 4) -> str:
@@ -242,13 +285,20 @@ def markdown_table(report: dict) -> str:
              f"{', '.join(report['eval_days'])} ({report['eval_rows']:,} rows), "
              f"{report['domains']} domains, {report['seeds']} seed(s).", "",
              "| variant | AUC | GAUC | LogLoss | uplifted domains | params | tower params "
-             "| train ex/s | sparsity per layer |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| train ex/s | train s | sparsity per layer |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in report["results"].items():
         lines.append(f"| {name} | {_fmt(r['auc'])} | {_fmt(r['gauc'])} | {_fmt(r['logloss'])} | "
                      f"{_fmt(r['uplifted_domains'], 2)} | {r['parameters']['mean']:,.0f} | "
                      f"{r['tower_parameters']['mean']:,.0f} | "
-                     f"{r['examples_per_second']['mean']:,.0f} | {r.get('sparsity', '')} |")
+                     f"{r['examples_per_second']['mean']:,.0f} | "
+                     f"{r['train_seconds']['mean']:,.0f} | {r.get('sparsity', '')} |")
+    if report.get("natural_heavy_users"):
+        lines += ["", f"On the {report['natural_heavy_users']:,} users seen mostly in natural "
+                  f"traffic (natural rows >= 10x ad rows in the windows):", "",
+                  "| variant | AUC | GAUC |", "|---|---|---|"]
+        lines += [f"| {name} | {_fmt(r['natural_users_auc'])} | {_fmt(r['natural_users_gauc'])} |"
+                  for name, r in report["results"].items()]
     bins = report["bins"]
     lines += ["", "AUC by domain-size bin (equal training rows per bin, largest domains first):", "",
               "| variant | " + " | ".join(f"bin {i + 1} ({b['domains']} domains)"

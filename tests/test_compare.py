@@ -71,10 +71,40 @@ def test_aggregate_over_seeds():
 
     def run(auc, sparsity):
         return {"logloss": 0.2, "auc": auc, "gauc": float("nan"), "uplifted_domains": 0.5,
-                "examples_per_second": 10, "parameters": 5, "tower_parameters": 3,
+                "examples_per_second": 10, "parameters": 5, "tower_parameters": 3, "train_seconds": 1,
                 "bins": [{"auc": auc}], "sparsity": sparsity}
 
     out = _aggregate([run(0.70, [0.1, 0.2]), run(0.74, [0.3, 0.2])])
     assert out["auc"]["mean"] == pytest.approx(0.72) and out["auc"]["std"] == pytest.approx(0.02)
     assert out["gauc"] == {"mean": None, "std": None}
     assert out["sparsity"] == [0.2, 0.2] and out["bins_auc"] == [pytest.approx(0.72)]
+
+
+def test_ablations_on_ad_traffic(tmp_path):
+    simulate(str(tmp_path / "logs"), dt.date(2026, 1, 1), 8,
+             SimConfig(users=600, items=200, new_users_per_day=10, new_items_per_day=5,
+                       natural_rows_per_day=2000, seed=6), log=lambda _: None)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"spec: {os.path.abspath('features/default.yaml')}\nlogs: logs\nwork: work\n"
+                      "export: export\nwindows: {tpm_days: 7, cpm_days: 4, actr_days: 3}\n"
+                      "model: {hidden: [16, 8]}\ntpm: {hidden: [8], batch_size: 256}\n"
+                      "cpm: {batch_size: 256}\nactr: {batch_size: 64}\n")
+    variants = ["ad_only", "finetune", "ecdctr", "ecdctr-daily"]
+    lines: list[str] = []
+    report = run_compare(load_config(str(config)), dt.date(2026, 1, 8), variants,
+                         str(tmp_path / "ablations.json"), source="ad", log=lines.append)
+    assert report["natural_heavy_users"] > 0
+    for name in variants:
+        r = report["runs"][name][0]
+        assert 0 <= r["auc"] <= 1 and r["natural_users"]["rows"] > 0
+    assert sum("tpm seed 0" in line for line in lines if "epoch 1 done" in line) == 1  # shared
+    assert sum("ecdctr-daily 2026-01-0" in line for line in lines if "epoch 1 done" in line) == 3
+    assert "users seen mostly in natural traffic" in (tmp_path / "ablations.md").read_text()
+
+
+def test_ablations_need_ad_source(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("spec: s\nlogs: l\nwork: w\nexport: e\n")
+    with pytest.raises(ValueError, match="use --source=ad"):
+        run_compare(load_config(str(config)), dt.date(2026, 1, 8), ["ecdctr"],
+                    str(tmp_path / "x.json"), source="natural", log=lambda _: None)
