@@ -6,7 +6,8 @@ by name; embedding rows are matched by vocabulary token, so vocabularies may dif
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,8 +16,9 @@ import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
 from ecdctr.adasparse import AdaSparseConfig, AdaSparseMlp
+from ecdctr.aggregator import MergedTpmLookup, TpmAggregator
 from ecdctr.apg import ApgMlp
-from ecdctr.layers import FeatureEncoder, Mlp, TpmLookup
+from ecdctr.layers import FeatureEncoder, Mlp
 from ecdctr.spec import Feature
 from ecdctr.star import StarMlp
 
@@ -24,6 +26,8 @@ BACKBONES = ("dnn", "dcnv2")
 MULTI_DOMAIN = ("none", "adasparse", "star", "apg")
 CROSS_STRUCTURES = ("parallel", "stacked")
 NO_DOMAIN = "<no-domain>"  # domain list placeholder when no domains are known
+TpmSnapshot = Mapping[str, tuple[Sequence[str], np.ndarray]]  # entity feature -> (ids, vectors)
+TpmSnapshots = TpmSnapshot | Sequence[TpmSnapshot]
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ class CtrModel(keras.Model):
 
     def __init__(self, features: Sequence[Feature], vocabs: Mapping[str, Sequence[str]],
                  numeric_stats: Mapping[str, tuple[float, float]], config: ModelConfig,
-                 tpm_tables: Mapping[str, tuple[Sequence[str], np.ndarray]] | None = None,
+                 tpm_tables: TpmSnapshots | None = None,
                  initial_ctr: float | None = None, domains: Sequence[str] = (), **kwargs):
         super().__init__(**kwargs)
         self.config = config
@@ -81,7 +85,8 @@ class CtrModel(keras.Model):
         self.encoder = FeatureEncoder(features, vocabs, numeric_stats, name="features")
         self.domain_lookup = keras.layers.StringLookup(vocabulary=self.domains, num_oov_indices=1,
                                                        name="domain_lookup")
-        self.tpm = TpmLookup(tpm_tables, name="tpm") if tpm_tables else None
+        snapshots = [tpm_tables] if isinstance(tpm_tables, Mapping) else list(tpm_tables or [])
+        self.tpm = TpmAggregator(snapshots, name="tpm") if snapshots else None
         self.cross = [tfrs.layers.dcn.Cross(name=f"cross_{i}") for i in range(config.cross_layers)
                       ] if config.backbone == "dcnv2" else []
         self.mlp = _tower(config, len(self.domains) + 1)
@@ -136,10 +141,12 @@ class CtrModel(keras.Model):
 def build_model(features: Sequence[Feature], vocabs: Mapping[str, Sequence[str]],
                 numeric_stats: Mapping[str, tuple[float, float]], config: ModelConfig,
                 example_batch: Mapping[str, tf.Tensor],
-                tpm_tables: Mapping[str, tuple[Sequence[str], np.ndarray]] | None = None,
+                tpm_tables: TpmSnapshots | None = None,
                 initial_ctr: float | None = None, domains: Sequence[str] = (),
                 name: str = "ctr") -> CtrModel:
     """Builds and compiles a CtrModel; one call on example_batch creates its variables.
+    tpm_tables: one TPM snapshot ({entity feature: (ids, vectors)}) or the last K, oldest
+    first; they reach the model through an attention aggregator learned with it.
     initial_ctr (clipped to [1e-4, 1 - 1e-4]) sets the output bias so training starts calibrated."""
     keras.utils.set_random_seed(config.seed)
     if initial_ctr is not None:
@@ -151,6 +158,21 @@ def build_model(features: Sequence[Feature], vocabs: Mapping[str, Sequence[str]]
                   loss=keras.losses.BinaryCrossentropy(),
                   metrics=[keras.metrics.AUC(name="auc")])
     return model
+
+
+@contextlib.contextmanager
+def merged_tpm(model: CtrModel) -> Iterator[CtrModel]:
+    """Within the block the model's TPM aggregator is frozen into its merged table, the form
+    serving runs (one lookup per entity, no attention); the aggregator is put back after."""
+    aggregator = model.tpm
+    if not isinstance(aggregator, TpmAggregator):
+        yield model
+        return
+    model.tpm = MergedTpmLookup(aggregator.merged_tables(), name="tpm")
+    try:
+        yield model
+    finally:
+        model.tpm = aggregator
 
 
 def variable_key(model: keras.Model, variable: tf.Variable) -> str:
@@ -167,25 +189,41 @@ def embedding_table(model: CtrModel, feature: str) -> tuple[list[str], np.ndarra
 
 
 def transfer_weights(source: CtrModel, target: CtrModel, reset_batchnorm: bool = True,
-                     log: Callable[[str], None] = print) -> dict[str, list[str]]:
+                     log: Callable[[str], None] = print, *, reset_batchnorm_affine: bool = False,
+                     fresh_features: Sequence[str] = ()) -> dict[str, list[str]]:
     """Copies source weights into target by name. Vocabulary embeddings are matched by token
     (tokens new to target keep their fresh rows); TPM tables are not copied (the target has
-    its own snapshot); BatchNorm moving statistics are reset when reset_batchnorm.
-    Returns which variables were copied, remapped, reset and left fresh."""
-    report: dict[str, list[str]] = {"copied": [], "remapped": [], "reset": [], "fresh": []}
+    its own snapshot); BatchNorm moving statistics are reset when reset_batchnorm, its
+    gamma/beta (scale/offset, and STAR's per-domain ones) when reset_batchnorm_affine. The
+    embeddings of `fresh_features` (e.g. features whose spec changed) keep their fresh values.
+    Returns which variables were copied, remapped, reset and left fresh; `shape_changed` lists
+    the fresh ones whose shape differs in source (e.g. the first MLP kernel after the feature
+    set changed)."""
+    report: dict[str, list[str]] = {"copied": [], "remapped": [], "reset": [], "fresh": [],
+                                    "shape_changed": []}
+    affine = ("gamma", "beta", "domain_gamma", "domain_beta")  # normalization scale/offset
     source_vars = {variable_key(source, v): v for v in source.variables}
     vocab_vars = {variable_key(target, target.encoder.embeddings[name].embeddings): name
                   for name in target.encoder.vocabs}
-    for var in target.variables:
-        key = variable_key(target, var)
+    keep_fresh = {variable_key(target, target.encoder.embeddings[name].embeddings)
+                  for name in fresh_features if name in target.encoder.embeddings}
+    target_keys = [variable_key(target, v) for v in target.variables]
+    normalized = {k.rsplit("/", 1)[0] for k in target_keys
+                  if k.rsplit("/", 1)[-1] in ("moving_mean", "moving_variance")}
+    for var, key in zip(target.variables, target_keys, strict=True):
         if "tpm_table_" in key:
             continue
+        layer, leaf = key.rsplit("/", 1) if "/" in key else ("", key)
         if reset_batchnorm and ("moving_mean" in key or "moving_variance" in key):
             var.assign(tf.zeros_like(var) if "moving_mean" in key else tf.ones_like(var))
             report["reset"].append(key)
             continue
+        if reset_batchnorm_affine and layer in normalized and leaf in affine:
+            var.assign(tf.ones_like(var) if "gamma" in leaf else tf.zeros_like(var))
+            report["reset"].append(key)
+            continue
         src = source_vars.get(key)
-        if src is None:
+        if src is None or key in keep_fresh:
             report["fresh"].append(key)
         elif key in vocab_vars and vocab_vars[key] in source.encoder.vocabs:
             name = vocab_vars[key]
@@ -196,10 +234,14 @@ def transfer_weights(source: CtrModel, target: CtrModel, reset_batchnorm: bool =
             report["copied"].append(key)
         else:
             report["fresh"].append(key)
+            report["shape_changed"].append(key)
     log(f"transfer {source.name} -> {target.name}: {len(report['copied'])} copied, "
         f"{len(report['remapped'])} embeddings remapped by token, {len(report['reset'])} "
-        f"BatchNorm statistics reset, {len(report['fresh'])} fresh"
-        + (f" ({', '.join(report['fresh'])})" if report["fresh"] else ""))
+        f"BatchNorm {'statistics and scale/offset' if reset_batchnorm_affine else 'statistics'} "
+        f"reset, {len(report['fresh'])} fresh"
+        + (f" ({', '.join(report['fresh'])})" if report["fresh"] else "")
+        + (f"; shape changed, so started fresh: {', '.join(report['shape_changed'])}"
+           if report["shape_changed"] else ""))
     return report
 
 

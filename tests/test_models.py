@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from ecdctr.models import ModelConfig, build_model, transfer_weights
+from ecdctr.models import ModelConfig, build_model, merged_tpm, transfer_weights
 from ecdctr.spec import load_spec
 from ecdctr.training import recalibrate_batchnorm
 
@@ -44,7 +44,7 @@ def test_model_outputs_probabilities_and_uses_tpm_table():
     # tables in feature-name order: item_id, then user_id
     assert looked_up[0].tolist() == [2, 2, 2, 1, 1, 1]
     assert looked_up[1].tolist() == [2, 2, 2, 0, 0, 0]  # unseen user -> zero vector
-    assert not any("tpm_table" in v.name for v in model.trainable_variables)
+    assert not any("tpm_snap" in v.name for v in model.trainable_variables)
 
 
 def test_transfer_by_name_remaps_embeddings_and_resets_batchnorm():
@@ -76,3 +76,17 @@ def test_recalibrate_batchnorm_estimates_the_data_statistics():
     np.testing.assert_allclose(bn.moving_mean.numpy(), pre.mean(0), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(bn.moving_variance.numpy(), pre.var(0), rtol=1e-3, atol=1e-3)
     assert bn.momentum == 0.99
+
+
+def test_k_snapshots_are_aggregated_and_merged_for_serving():
+    older = {"user_id": (["v0", "v1", "v3"], np.full((3, 3), 0.5, "float32")),
+             "item_id": (["v2"], np.full((1, 3), 1.0, "float32"))}
+    model = build_model(SPEC.features, _vocabs(["v0", "v1"]), {}, CONFIG, _batch(),
+                        [older, TPM], initial_ctr=0.1)
+    model.fit(tf.data.Dataset.from_tensors((_batch(), tf.ones([16, 1]))).repeat(3), verbose=0)
+    trained = model(_batch(), training=False).numpy()
+    with merged_tpm(model) as frozen:
+        assert type(frozen.tpm).__name__ == "TpmLookup"  # one lookup per entity when serving
+        np.testing.assert_allclose(frozen(_batch(), training=False).numpy(), trained, atol=1e-5)
+    assert type(model.tpm).__name__ == "TpmAggregator"
+    assert any("tpm_attention" in v.name for v in model.trainable_variables)
