@@ -43,7 +43,7 @@ def plot_bin_lift(report: dict, path: str) -> str:
     """AUC lift of each variant over the first, per domain-size bin (top -> long tail)."""
     names = report["variants"]
     base = np.array(report["results"][names[0]]["bins_auc"])
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(11, 4))
     width = 0.8 / max(len(names) - 1, 1)
     for i, name in enumerate(names[1:]):
         lift = np.array(report["results"][name]["bins_auc"]) - base
@@ -53,7 +53,7 @@ def plot_bin_lift(report: dict, path: str) -> str:
                   [f"bin {i + 1}\n{b['domains']} domains" for i, b in enumerate(report["bins"])])
     ax.set_ylabel(f"AUC lift over {names[0]}")
     ax.set_title("AUC lift by domain-size bin (largest domains first)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -61,10 +61,15 @@ def plot_bin_lift(report: dict, path: str) -> str:
 
 
 def plot_sparsity_band(report: dict, path: str) -> str | None:
-    """AUC of the AdaSparse variants against their sparsity band [r_min, r_max]."""
+    """AUC of the AdaSparse variants against their sparsity band [r_min, r_max], for the
+    variants that differ only in the band (the first AdaSparse variant's backbone and form)."""
+    ada = {n: c for n, c in report["configs"].items() if c["multi_domain"] == "adasparse"}
+    if not ada:
+        return None
+    first = next(iter(ada.values()))
     points = []
-    for name, cfg in report["configs"].items():
-        if cfg["multi_domain"] == "adasparse":
+    for name, cfg in ada.items():
+        if (cfg["backbone"], cfg["form"]) == (first["backbone"], first["form"]):
             r = report["results"][name]
             points.append(((cfg["r_min"] + cfg["r_max"]) / 2, r["auc"]["mean"], r["auc"]["std"],
                            f"{cfg['r_min']}-{cfg['r_max']} {cfg['form']}"))
@@ -78,7 +83,7 @@ def plot_sparsity_band(report: dict, path: str) -> str | None:
         ax.annotate(label, (x, y), fontsize=7, textcoords="offset points", xytext=(4, 4))
     ax.set_xlabel("sparsity band centre (r_min + r_max) / 2")
     ax.set_ylabel("AUC")
-    ax.set_title("AUC against the sparsity band")
+    ax.set_title(f"AUC against the sparsity band ({first['backbone']}, {first['form']})")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

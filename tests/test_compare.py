@@ -46,7 +46,7 @@ def test_compare_end_to_end(tmp_path):
                       "export: export\nwindows: {cpm_days: 4}\nmodel: {hidden: [16, 8]}\n"
                       "cpm: {batch_size: 256}\n")
     out = tmp_path / "cmp" / "report.json"
-    variants = ["dnn", "dnn+adasparse:binarization:0.1-0.3", "dnn+adasparse:0.3-0.5", "dnn+star",
+    variants = ["dnn", "dnn+adasparse:0.1-0.3", "dnn+adasparse:0.3-0.5", "dnn+star",
                 "dcnv2+apg"]
     report = run_compare(load_config(str(config)), dt.date(2026, 1, 5), variants, str(out),
                          plots=str(tmp_path / "plots"), log=lambda _: None)
@@ -56,7 +56,7 @@ def test_compare_end_to_end(tmp_path):
     assert 0.4 < dnn["auc"]["mean"] < 1 and dnn["auc"]["std"] == 0
     assert dnn["uplifted_domains"]["mean"] == 0.0  # the baseline never beats itself
     assert len(dnn["bins_auc"]) == 5 and sum(b["domains"] for b in report["bins"]) == report["domains"]
-    ada = report["results"]["dnn+adasparse:binarization:0.1-0.3"]
+    ada = report["results"]["dnn+adasparse:0.1-0.3"]
     assert len(ada["sparsity"]) == 2 and all(0 <= s <= 1 for s in ada["sparsity"])
     star, dnn_tower = report["results"]["dnn+star"], dnn["tower_parameters"]["mean"]
     assert star["tower_parameters"]["mean"] > 10 * dnn_tower  # grows with the domains
