@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -12,12 +13,15 @@ from ecdctr.models import ModelConfig
 from ecdctr.validation import ConfigError, is_int, is_number, load_yaml, unknown_keys
 
 TOP_KEYS = ("spec", "logs", "work", "export", "windows", "model", "tpm", "cpm", "actr",
-            "transfer", "gate", "seed", "beam_args")
+            "transfer", "schedule", "gate", "seed", "beam_args")
 GATE_KEYS = ("max_auc_drop", "max_calibration_error", "max_abs_diff", "keep_versions")
 WINDOW_KEYS = ("tpm_days", "cpm_days", "actr_days")
 TRAIN_KEYS = ("epochs", "batch_size", "learning_rate")
 MODEL_KEYS = ("hidden", "dropout", "backbone", "cross_layers", "cross_structure", "multi_domain",
               "apg_rank", "adasparse")
+TRANSFER_KEYS = ("reset_batchnorm", "reset_batchnorm_affine")
+SCHEDULE_KEYS = ("tpm", "cpm", "cpm_weekday", "tpm_day")
+FREQUENCIES = ("daily", "weekly", "monthly", "once")
 ADASPARSE_KEYS = ("form", "beta", "epsilon", "alpha_start", "alpha_end", "ramp_steps", "r_min",
                   "r_max", "lambda_start", "lambda_end")
 
@@ -29,6 +33,36 @@ class Windows:
     tpm_days: int = 180
     cpm_days: int = 30
     actr_days: int = 14
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How often TPM and CPM are retrained. A step is due on day D when its output for D's
+    period is missing; the period is D itself (daily), the week starting on weekday
+    `cpm_weekday` (CPM) or Monday (TPM) that holds D (weekly), the month starting on day
+    `tpm_day` (TPM) or the 1st (CPM) that holds D (monthly). `once`: due only while no output
+    trained before D exists."""
+
+    tpm: str = "monthly"
+    cpm: str = "weekly"
+    cpm_weekday: int = 0  # 0 = Monday ... 6 = Sunday
+    tpm_day: int = 1  # 1-28, so that every month has it
+
+    def period_start(self, step: str, date: dt.date) -> dt.date | None:
+        """First day of the `step` ("tpm" or "cpm") period holding date; None for `once`."""
+        frequency = getattr(self, step)
+        if frequency == "daily":
+            return date
+        if frequency == "weekly":
+            weekday = self.cpm_weekday if step == "cpm" else 0
+            return date - dt.timedelta(days=(date.weekday() - weekday) % 7)
+        if frequency == "monthly":
+            day = self.tpm_day if step == "tpm" else 1
+            if date.day >= day:
+                return date.replace(day=day)
+            previous = date.replace(day=1) - dt.timedelta(days=1)
+            return previous.replace(day=day)
+        return None
 
 
 @dataclass(frozen=True)
@@ -45,6 +79,8 @@ class RunConfig:
     cpm: ModelConfig = ModelConfig(epochs=1)
     actr: ModelConfig = ModelConfig(epochs=1, learning_rate=0.0005, batch_size=512)
     reset_batchnorm: bool = True
+    reset_batchnorm_affine: bool = False
+    schedule: Schedule = field(default_factory=Schedule)
     gate: GateConfig = field(default_factory=GateConfig)
     seed: int = 0
     beam_args: tuple[str, ...] = ()
@@ -78,16 +114,8 @@ def load_config(path: str) -> RunConfig:
         if name != "tpm":
             structure = {k: getattr(shared, k) for k in MODEL_KEYS}
             models[name] = replace(models[name], **structure)
-    transfer = doc.get("transfer", {}) or {}
-    reset = True
-    if not isinstance(transfer, dict):
-        errors.append("'transfer' must be a mapping like {reset_batchnorm: true}.")
-    else:
-        errors += [f"transfer: unknown key {k!r}. Fix: use reset_batchnorm."
-                   for k in unknown_keys(transfer, ("reset_batchnorm",))]
-        reset = transfer.get("reset_batchnorm", True)
-        if not isinstance(reset, bool):
-            errors.append("transfer.reset_batchnorm must be true or false.")
+    reset, affine = _transfer(doc.get("transfer") or {}, errors)
+    schedule = _schedule(doc.get("schedule") or {}, errors)
     gate = _gate(doc.get("gate") or {}, errors)
     seed = doc.get("seed", 0)
     if not is_int(seed):
@@ -99,8 +127,8 @@ def load_config(path: str) -> RunConfig:
     if errors:
         raise ConfigError(f"{path}: invalid config:\n  - " + "\n  - ".join(errors))
     models = {k: replace(v, seed=seed) for k, v in models.items()}
-    return RunConfig(path=os.path.abspath(path), windows=windows, reset_batchnorm=reset, gate=gate,
-                     seed=seed,
+    return RunConfig(path=os.path.abspath(path), windows=windows, reset_batchnorm=reset,
+                     reset_batchnorm_affine=affine, schedule=schedule, gate=gate, seed=seed,
                      beam_args=tuple(beam_args), **paths, **models)
 
 
@@ -159,6 +187,50 @@ def _adasparse(key: str, body: Any, errors: list[str]) -> AdaSparseConfig | None
     except (TypeError, ValueError) as e:
         errors.append(f"{key}.adasparse: {e}.")
         return None
+
+
+def _transfer(body: Any, errors: list[str]) -> tuple[bool, bool]:
+    if not isinstance(body, dict):
+        errors.append(f"'transfer' must be a mapping of {list(TRANSFER_KEYS)}, "
+                      f"e.g. {{reset_batchnorm: true}}.")
+        return True, False
+    errors += [f"transfer: unknown key {k!r}. Fix: use one of {list(TRANSFER_KEYS)}."
+               for k in unknown_keys(body, TRANSFER_KEYS)]
+    values = []
+    for key, default in zip(TRANSFER_KEYS, (True, False), strict=True):
+        value = body.get(key, default)
+        if not isinstance(value, bool):
+            errors.append(f"transfer.{key} must be true or false, got {value!r}.")
+            value = default
+        values.append(value)
+    return values[0], values[1]
+
+
+def _schedule(body: Any, errors: list[str]) -> Schedule:
+    if not isinstance(body, dict):
+        errors.append(f"'schedule' must be a mapping of {list(SCHEDULE_KEYS)}, "
+                      f"e.g. {{tpm: monthly, cpm: weekly}}.")
+        return Schedule()
+    errors += [f"schedule: unknown key {k!r}. Fix: use one of {list(SCHEDULE_KEYS)}."
+               for k in unknown_keys(body, SCHEDULE_KEYS)]
+    values = {}
+    for key in ("tpm", "cpm"):
+        if key in body:
+            value = body[key]
+            if value not in FREQUENCIES:
+                errors.append(f"schedule.{key} is {value!r}; it must be one of {list(FREQUENCIES)}.")
+                continue
+            values[key] = value
+    for key, low, high, meaning in (("cpm_weekday", 0, 6, "0 = Monday ... 6 = Sunday"),
+                                    ("tpm_day", 1, 28, "a day every month has")):
+        if key in body:
+            value = body[key]
+            if not is_int(value) or not low <= value <= high:
+                errors.append(f"schedule.{key} must be an integer {low}-{high} ({meaning}), "
+                              f"got {value!r}.")
+                continue
+            values[key] = value
+    return replace(Schedule(), **values)
 
 
 def _gate(body: Any, errors: list[str]) -> GateConfig:

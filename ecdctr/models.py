@@ -192,13 +192,13 @@ def transfer_weights(source: CtrModel, target: CtrModel, reset_batchnorm: bool =
                      log: Callable[[str], None] = print, *, reset_batchnorm_affine: bool = False,
                      fresh_features: Sequence[str] = ()) -> dict[str, list[str]]:
     """Copies source weights into target by name. Vocabulary embeddings are matched by token
-    (tokens new to target keep their fresh rows); TPM tables are not copied (the target has
-    its own snapshot); BatchNorm moving statistics are reset when reset_batchnorm, its
-    gamma/beta (scale/offset, and STAR's per-domain ones) when reset_batchnorm_affine. The
-    embeddings of `fresh_features` (e.g. features whose spec changed) keep their fresh values.
-    Returns which variables were copied, remapped, reset and left fresh; `shape_changed` lists
-    the fresh ones whose shape differs in source (e.g. the first MLP kernel after the feature
-    set changed)."""
+    (tokens new to target keep their fresh rows); TPM tables (the frozen snapshot data of the
+    target's `tpm` layer) are not copied: the target has its own snapshots. BatchNorm moving
+    statistics are reset when reset_batchnorm, its gamma/beta (scale/offset, and STAR's
+    per-domain ones) when reset_batchnorm_affine. The embeddings of `fresh_features` (e.g.
+    features whose spec changed) keep their fresh values. Returns which variables were copied,
+    remapped, reset and left fresh; `shape_changed` lists the fresh ones whose shape differs in
+    source (e.g. the first MLP kernel after the feature set changed)."""
     report: dict[str, list[str]] = {"copied": [], "remapped": [], "reset": [], "fresh": [],
                                     "shape_changed": []}
     affine = ("gamma", "beta", "domain_gamma", "domain_beta")  # normalization scale/offset
@@ -208,10 +208,12 @@ def transfer_weights(source: CtrModel, target: CtrModel, reset_batchnorm: bool =
     keep_fresh = {variable_key(target, target.encoder.embeddings[name].embeddings)
                   for name in fresh_features if name in target.encoder.embeddings}
     target_keys = [variable_key(target, v) for v in target.variables]
+    tpm_layer = getattr(target, "tpm", None)  # its frozen snapshot data is the target's own
+    frozen_tpm = {id(v) for v in tpm_layer.non_trainable_variables} if tpm_layer else set()
     normalized = {k.rsplit("/", 1)[0] for k in target_keys
                   if k.rsplit("/", 1)[-1] in ("moving_mean", "moving_variance")}
     for var, key in zip(target.variables, target_keys, strict=True):
-        if "tpm_table_" in key:
+        if "tpm_table_" in key or id(var) in frozen_tpm:
             continue
         layer, leaf = key.rsplit("/", 1) if "/" in key else ("", key)
         if reset_batchnorm and ("moving_mean" in key or "moving_variance" in key):

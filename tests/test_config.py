@@ -1,10 +1,11 @@
 """Tests for the run config loader."""
 
+import datetime as dt
 import os
 
 import pytest
 
-from ecdctr.config import load_config
+from ecdctr.config import Schedule, load_config
 from ecdctr.validation import ConfigError
 
 
@@ -38,6 +39,16 @@ def _write(tmp_path, text):
     ("model: {multi_domain: moe}\n", "model: model multi_domain 'moe' is not one of"),
     ("model: {adasparse: {form: soft}}\n", "AdaSparseConfig.form must be one of"),
     ("model: {adasparse: {beta2: 1}}\n", "unknown key(s) ['beta2']"),
+    ("transfer: {reset_bn: true}\n", "transfer: unknown key 'reset_bn'"),
+    ("transfer: {reset_batchnorm_affine: 1}\n", "reset_batchnorm_affine must be true or false"),
+    ("schedule: weekly\n", "'schedule' must be a mapping"),
+    ("schedule: {cpm_day: 2}\n", "schedule: unknown key 'cpm_day'"),
+    ("schedule: {tpm: hourly}\n", "schedule.tpm is 'hourly'; it must be one of"),
+    ("schedule: {cpm: Weekly}\n", "schedule.cpm is 'Weekly'"),
+    ("schedule: {cpm_weekday: 7}\n", "schedule.cpm_weekday must be an integer 0-6"),
+    ("schedule: {cpm_weekday: true}\n", "schedule.cpm_weekday must be an integer 0-6"),
+    ("schedule: {tpm_day: 31}\n", "schedule.tpm_day must be an integer 1-28"),
+    ("schedule: {tpm_day: 0}\n", "schedule.tpm_day must be an integer 1-28"),
 ])
 def test_config_errors_name_the_key(tmp_path, text, expected):
     with pytest.raises(ConfigError) as e:
@@ -49,3 +60,38 @@ def test_defaults(tmp_path):
     config = load_config(_write(tmp_path, ""))
     assert config.windows.cpm_days == 30 and config.cpm.hidden == (128, 64)
     assert config.logs == str(tmp_path / "l")
+    assert config.schedule == Schedule("monthly", "weekly", 0, 1)
+    assert config.reset_batchnorm and not config.reset_batchnorm_affine
+
+
+def test_schedule_and_transfer_keys_are_read(tmp_path):
+    config = load_config(_write(tmp_path, "schedule: {tpm: once, cpm: daily, cpm_weekday: 6, "
+                                          "tpm_day: 28}\n"
+                                          "transfer: {reset_batchnorm_affine: true}\n"))
+    assert config.schedule == Schedule("once", "daily", 6, 28)
+    assert config.reset_batchnorm and config.reset_batchnorm_affine
+
+
+def test_every_schedule_error_is_listed_at_once(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(_write(tmp_path, "schedule: {tpm: yearly, cpm_weekday: -1, when: 1}\n"))
+    assert "schedule.tpm" in str(e.value) and "cpm_weekday" in str(e.value)
+    assert "unknown key 'when'" in str(e.value)
+
+
+@pytest.mark.parametrize("schedule, step, date, start", [
+    (Schedule(), "tpm", "2026-01-12", "2026-01-01"),
+    (Schedule(), "cpm", "2026-01-12", "2026-01-12"),  # a Monday
+    (Schedule(), "cpm", "2026-01-18", "2026-01-12"),  # the Sunday after
+    (Schedule(cpm_weekday=2), "cpm", "2026-01-13", "2026-01-07"),  # weeks start Wednesday
+    (Schedule(cpm_weekday=2), "cpm", "2026-01-14", "2026-01-14"),
+    (Schedule(tpm_day=15), "tpm", "2026-01-14", "2025-12-15"),  # across the year
+    (Schedule(tpm_day=15), "tpm", "2026-01-15", "2026-01-15"),
+    (Schedule(tpm="weekly"), "tpm", "2026-01-14", "2026-01-12"),  # TPM weeks start Monday
+    (Schedule(cpm="monthly"), "cpm", "2026-02-27", "2026-02-01"),
+    (Schedule(cpm="daily"), "cpm", "2026-01-14", "2026-01-14"),
+    (Schedule(tpm="once"), "tpm", "2026-01-14", None),
+])
+def test_period_start(schedule, step, date, start):
+    got = schedule.period_start(step, dt.date.fromisoformat(date))
+    assert (got and got.isoformat()) == start
