@@ -97,8 +97,9 @@ class TpmAggregator(keras.layers.Layer):
                                                            name=f"tpm_lookup_{name}")
             self.snapshot_tables[name] = tables
             self.present[name] = self._frozen(f"tpm_present_{name}", present)
-            self.attentions[name] = SnapshotAttention(dims[name], self.snapshot_count,
-                                                      name=f"tpm_attention_{name}")
+            if self.snapshot_count > 1:  # over one snapshot attention is the identity
+                self.attentions[name] = SnapshotAttention(dims[name], self.snapshot_count,
+                                                          name=f"tpm_attention_{name}")
 
     def _frozen(self, name: str, value: np.ndarray) -> tf.Variable:
         # Zeros then assign: a Constant initializer would keep a second copy of the table alive.
@@ -112,9 +113,15 @@ class TpmAggregator(keras.layers.Layer):
         vectors = tf.stack([tf.gather(t, rows) for t in self.snapshot_tables[name]], axis=-2)
         return vectors, tf.gather(self.present[name], rows)
 
+    def pooled(self, name: str, rows: tf.Tensor) -> tf.Tensor:
+        """One feature's aggregated vectors of union rows (0 = unseen: zeros)."""
+        if self.snapshot_count == 1:
+            return tf.gather(self.snapshot_tables[name][0], rows)
+        return self.attentions[name](*self.snapshot_vectors(name, rows))
+
     def call(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
-        return tf.concat([self.attentions[n](*self.snapshot_vectors(n, self.lookups[n](inputs[n])))
-                          for n in self.feature_names], axis=-1)
+        return tf.concat([self.pooled(n, self.lookups[n](inputs[n])) for n in self.feature_names],
+                         axis=-1)
 
     def merged_tables(self) -> dict[str, tuple[list[str], np.ndarray]]:
         """Per feature: (every id of any snapshot, its call() output [ids, d]) with the current
@@ -122,9 +129,9 @@ class TpmAggregator(keras.layers.Layer):
         merged = {}
         for name in self.feature_names:
             size = len(self.keys[name]) + 1
-            parts = [self.attentions[name](*self.snapshot_vectors(
-                name, tf.range(start, min(start + _MERGE_CHUNK, size), dtype=tf.int64))).numpy()
-                for start in range(1, size, _MERGE_CHUNK)]
+            parts = [self.pooled(name, tf.range(start, min(start + _MERGE_CHUNK, size),
+                                                dtype=tf.int64)).numpy()
+                     for start in range(1, size, _MERGE_CHUNK)]
             merged[name] = (list(self.keys[name]), np.concatenate(parts, axis=0))
         return merged
 

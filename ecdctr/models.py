@@ -104,13 +104,14 @@ class CtrModel(keras.Model):
         key = tf.strings.join([inputs[n] for n in self.domain_features], separator="|")
         return tf.cast(self.domain_lookup(key), tf.int32)
 
-    def tower_inputs(self, inputs: Mapping[str, tf.Tensor]
+    def tower_inputs(self, inputs: Mapping[str, tf.Tensor], with_index: bool = True
                      ) -> tuple[tf.Tensor, tf.Tensor | None, tf.Tensor, tf.Tensor]:
-        """(tower input, domain embedding, domain index, cross output) of a batch."""
+        """(tower input, domain embedding, domain index, cross output) of a batch; without
+        with_index the domain index is left zero (only STAR's routing needs it per step)."""
         x, domain_embedding = self.encoder.encode(inputs)
         if self.tpm is not None:
             x = tf.concat([x, self.tpm(inputs)], axis=-1)
-        if self.domain_features:
+        if self.domain_features and with_index:
             domain_index = self.domain_index(inputs)
         else:
             domain_index = tf.zeros([tf.shape(x)[0]], tf.int32)
@@ -121,7 +122,8 @@ class CtrModel(keras.Model):
         return tower_input, domain_embedding, domain_index, crossed
 
     def call(self, inputs: Mapping[str, tf.Tensor], training: bool | None = None) -> tf.Tensor:
-        tower_input, domain_embedding, domain_index, crossed = self.tower_inputs(inputs)
+        tower_input, domain_embedding, domain_index, crossed = self.tower_inputs(
+            inputs, with_index=self.config.multi_domain == "star")
         h = self.mlp(tower_input, domain_embedding=domain_embedding, domain_index=domain_index,
                      training=training)
         if self.cross and self.config.cross_structure == "parallel":
