@@ -61,9 +61,9 @@ def make_dataset(spec: Spec, files: Sequence[str], batch_size: int, shuffle: boo
     ds = tf.data.Dataset.from_tensor_slices(list(files))
     if shuffle:
         ds = ds.shuffle(len(files), seed=seed)
-    ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
-                       cycle_length=min(4, len(files)), num_parallel_calls=tf.data.AUTOTUNE,
-                       deterministic=True)
+    # Files are read one after another: on 2 cores a parallel interleave of GZIP readers
+    # measured about 2x slower (benchmarks/BENCHMARKS.md); the shuffle buffer mixes rows.
+    ds = tf.data.TFRecordDataset(ds, compression_type="GZIP")
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).map(lambda s: parse_batch(spec, s), num_parallel_calls=tf.data.AUTOTUNE)
