@@ -563,6 +563,10 @@ class _DailyJob:
             source, source_meta, _ = self.load_checkpoint(source_folder, cfg, "actr")
             transfer = self.transfer(source, source_meta, model, f"A-CTR {start}",
                                      reset_batchnorm=False)
+            # Only the ad days the previous A-CTR has not learned from: re-reading the whole
+            # window every day would be one more epoch over it a day, and overfits the ids.
+            seen = dt.date.fromisoformat(source_meta["window"][1])
+            train_days = [d for d in days if d > seen]
         else:
             start = f"re-derived from CPM {cpm_folder}"
             reason = (f"CPM {cpm_name} landed after CPM {previous_meta.get('cpm')} that the "
@@ -572,10 +576,18 @@ class _DailyJob:
                                      reset_batchnorm=self.config.reset_batchnorm,
                                      reset_batchnorm_affine=self.config.reset_batchnorm_affine)
             shift_output_prior(model, cpm_meta["ctr"], self.ctr("ad", days), self.log)
+            train_days = days
         self.log(f"A-CTR starts {start} ({reason})")
-        entry.update(start=start, start_reason=reason, transfer=transfer)
-        self.log(f"A-CTR fine-tune on {len(days)} ad days ({self.rows('ad', days):,} rows)")
-        entry["train"] = self.train(model, train, cfg, self.rows("ad", days), "actr")
+        entry.update(start=start, start_reason=reason, transfer=transfer,
+                     trained_days=[d.isoformat() for d in train_days])
+        if train_days:
+            self.log(f"A-CTR fine-tune on {len(train_days)} ad days "
+                     f"({self.rows('ad', train_days):,} rows)")
+            entry["train"] = self.train(model, self.dataset("ad", train_days, cfg, shuffle=True),
+                                        cfg, self.rows("ad", train_days), "actr")
+        else:
+            self.log("A-CTR: no ad day it has not learned from yet; kept as it is")
+            entry["train"] = {"rows_read": 0, "steps": 0}
         recalibrate_batchnorm(model, self.dataset("ad", days, cfg, shuffle=True), log=self.log)
         meta = {"id": f"{self.date.isoformat()}-{uuid.uuid4().hex[:12]}",
                 "date": self.date.isoformat(), "cpm": cpm_name, "cpm_path": cpm_folder,

@@ -108,6 +108,9 @@ def test_second_day_fine_tunes_from_yesterdays_actr(three_days):
     assert not any("output bias shifted" in line for line in lines)  # already calibrated to ads
     assert any(f"A-CTR from yesterday's A-CTR {yesterday}: features new []" in line
                for line in lines)
+    # only the ad day yesterday's model has not learned from, not the whole window again
+    assert steps["actr"]["trained_days"] == ["2026-01-09"]
+    assert runs[0][0]["steps"]["actr"]["trained_days"][-1] == "2026-01-08"
 
 
 def test_spec_change_warm_starts_the_new_cpm_by_fingerprint_diff(three_days):
