@@ -1,0 +1,116 @@
+"""Benchmark: in-process SavedModel latency of the serving signature (p50/p99 for 1, 100 and
+1,000 candidates) for an A-CTR with AdaSparse against a plain DNN export of the same size,
+and the AdaSparse export with its dense against its tf.sparse pruned-MLP path. Arms are
+timed alternately in one run, so a drifting machine load hits them alike.
+
+    python benchmarks/serving.py [--calls 200] [--out benchmarks/results/serving.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+
+import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tf.keras is first used)
+from ecdctr.data import parse_batch
+from ecdctr.export import OUTPUT_KEY, serving_function
+from ecdctr.models import ModelConfig, build_model
+from ecdctr.rows import RowParser, to_example
+from ecdctr.simulator import SimConfig, World, sample_day
+from ecdctr.spec import load_spec
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SPEC = load_spec(os.path.join(HERE, "..", "features", "default.yaml"))
+CANDIDATES = (1, 100, 1000)
+
+
+def simulated_examples(n: int) -> list[bytes]:
+    """n serialized Examples of simulated ad-free natural traffic (one day of the simulator)."""
+    import datetime as dt
+
+    world = World(SimConfig(natural_rows_per_day=n, seed=1))
+    world.advance()
+    parser = RowParser(SPEC)
+    rows = sample_day(world, "natural", dt.date(2026, 1, 1))[:n]
+    return [to_example(SPEC, parser.parse(r)).SerializeToString() for r in rows]
+
+
+def export(multi_domain: str, sparse: bool, examples: list[bytes], folder: str) -> str:
+    """Exports a model of the demo's size after a few steps (so the pruner prunes), with the
+    pruned MLP's dense or tf.sparse path."""
+    batch = parse_batch(SPEC, tf.constant(examples[:2048]))
+    features = batch[0]
+    vocabs = {}
+    for f in SPEC.features:
+        if f.uses_vocab:
+            values = features[f.name]
+            flat = values.flat_values if isinstance(values, tf.RaggedTensor) else values
+            vocabs[f.name] = sorted({v.decode() for v in flat.numpy()}) or ["<none>"]
+    domains = sorted({"|".join(v.decode() for v in t) for t in zip(
+        *(features[f.name].numpy() for f in SPEC.domain_features), strict=True)})
+    model = build_model(SPEC.features, vocabs, {}, ModelConfig(multi_domain=multi_domain),
+                        features, initial_ctr=0.05, domains=domains, name="actr")
+    model.set_total_steps(10)
+    model.fit(tf.data.Dataset.from_tensors(batch).repeat(10), verbose=0)
+    if sparse:
+        model.mlp.sparse_inference = True
+    path = os.path.join(folder, f"{multi_domain}-{'sparse' if sparse else 'dense'}")
+    tf.saved_model.save(model, path, signatures={"serving_default": serving_function(model, SPEC)})
+    return path
+
+
+def latencies(paths: dict[str, str], examples: list[bytes], calls: int) -> dict:
+    """p50/p99 latency in ms per arm and candidate count, arms interleaved call by call."""
+    serve = {k: tf.saved_model.load(p).signatures["serving_default"] for k, p in paths.items()}
+    out: dict = {k: {} for k in paths}
+    for n in CANDIDATES:
+        batch = tf.constant(examples[:n])
+        times: dict[str, list[float]] = {k: [] for k in paths}
+        for fn in serve.values():  # warm-up
+            for _ in range(5):
+                fn(examples=batch)[OUTPUT_KEY].numpy()
+        for i in range(calls):
+            order = list(serve.items()) if i % 2 == 0 else list(reversed(serve.items()))
+            for name, fn in order:
+                started = time.perf_counter()
+                fn(examples=batch)[OUTPUT_KEY].numpy()
+                times[name].append((time.perf_counter() - started) * 1000)
+        for name, t in times.items():
+            out[name][n] = {"p50_ms": float(np.percentile(t, 50)),
+                            "p99_ms": float(np.percentile(t, 99))}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "serving.json"))
+    args = parser.parse_args()
+    examples = simulated_examples(6000)
+    with tempfile.TemporaryDirectory() as folder:
+        paths = {"dnn": export("none", False, examples, folder),
+                 "adasparse (dense path)": export("adasparse", False, examples, folder),
+                 "adasparse (tf.sparse path)": export("adasparse", True, examples, folder)}
+        result = latencies(paths, examples, args.calls)
+    base, dense, sparse = (result[k] for k in paths)
+    print("| candidates | " + " | ".join(f"{k} p50 / p99 ms" for k in paths)
+          + " | adasparse / dnn (p50) | sparse / dense (p50) |")
+    print("|---|" + "---|" * (len(paths) + 2))
+    for n in CANDIDATES:
+        cells = [f"{r[n]['p50_ms']:.2f} / {r[n]['p99_ms']:.2f}" for r in result.values()]
+        print(f"| {n:,} | " + " | ".join(cells)
+              + f" | {dense[n]['p50_ms'] / base[n]['p50_ms']:.2f} | "
+              f"{sparse[n]['p50_ms'] / dense[n]['p50_ms']:.2f} |")
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump({"calls": args.calls, "latency": result}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
