@@ -42,11 +42,17 @@ class ProgressLog(keras.callbacks.Callback):
 
 
 def fit(model: keras.Model, dataset: tf.data.Dataset, epochs: int, batch_size: int, name: str,
-        log: Log = print) -> dict:
-    """Trains for `epochs` passes; returns loss, steps, seconds and examples/s."""
+        log: Log = print, tensorboard_dir: str | None = None) -> dict:
+    """Trains for `epochs` passes; returns loss, steps, seconds and examples/s. With
+    tensorboard_dir, the loss and the metrics (AdaSparse's per-layer sparsity among them)
+    go to TensorBoard every 50 steps."""
     progress = ProgressLog(name, batch_size, log)
+    callbacks: list[keras.callbacks.Callback] = [progress]
+    if tensorboard_dir:
+        callbacks.append(keras.callbacks.TensorBoard(tensorboard_dir, update_freq=50,
+                                                     write_graph=False, profile_batch=0))
     started = time.perf_counter()
-    history = model.fit(dataset, epochs=epochs, verbose=0, callbacks=[progress])
+    history = model.fit(dataset, epochs=epochs, verbose=0, callbacks=callbacks)
     seconds = time.perf_counter() - started
     return {
         "loss": float(history.history["loss"][-1]),

@@ -274,7 +274,8 @@ class _DailyJob:
     def train(self, model: CtrModel, ds: tf.data.Dataset, cfg: ModelConfig, rows: int,
               name: str) -> dict:
         model.set_total_steps(cfg.epochs * -(-rows // cfg.batch_size))
-        return {**fit(model, ds, cfg.epochs, cfg.batch_size, name, self.log),
+        board = os.path.join(self.work, "tensorboard", name, self.date.isoformat())
+        return {**fit(model, ds, cfg.epochs, cfg.batch_size, name, self.log, board),
                 "rows_read": rows * cfg.epochs}
 
     # -- schedule and stored outputs ------------------------------------------------------

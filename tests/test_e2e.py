@@ -53,6 +53,10 @@ def test_daily_runs_every_step_and_writes_the_report(run):
     gate = report["gate"]
     assert gate["passed"] and report["published"] and gate["serving"] is None
     assert gate["infra"]["max_abs_diff"] <= 1e-5 and gate["infra"]["warmup_requests"] > 0
+    events = tf.io.gfile.glob(str(root / "work" / "tensorboard" / "actr" / str(DATE) / "train" / "*"))
+    tags = {v.tag for e in events for event in tf.compat.v1.train.summary_iterator(e)
+            for v in event.summary.value}
+    assert {"epoch_loss", "epoch_sparsity_0", "epoch_sparsity_1"} <= tags  # AdaSparse per layer
     manifest = json.loads((root / "work" / "tpm" / "2026-01" / "manifest.json").read_text())
     assert manifest["window"] == ["2026-01-01", "2026-01-11"]  # never the evaluation day
 
