@@ -42,10 +42,13 @@ class ProgressLog(keras.callbacks.Callback):
 
 
 def fit(model: keras.Model, dataset: tf.data.Dataset, epochs: int, batch_size: int, name: str,
-        log: Log = print, tensorboard_dir: str | None = None) -> dict:
-    """Trains for `epochs` passes; returns loss, steps, seconds and examples/s. With
-    tensorboard_dir, the loss and the metrics (AdaSparse's per-layer sparsity among them)
-    go to TensorBoard every 50 steps."""
+        log: Log = print, tensorboard_dir: str | None = None, rows: int | None = None) -> dict:
+    """Trains for `epochs` passes; returns loss, steps, seconds and examples/s. `rows` (the
+    dataset's size, when known) tells the model's schedules (AdaSparse's alpha) how many steps
+    training takes, and is reported as rows_read. With tensorboard_dir, the loss and the
+    metrics (AdaSparse's per-layer sparsity among them) go to TensorBoard every 50 steps."""
+    if rows is not None and hasattr(model, "set_total_steps"):
+        model.set_total_steps(epochs * -(-rows // batch_size))
     progress = ProgressLog(name, batch_size, log)
     callbacks: list[keras.callbacks.Callback] = [progress]
     if tensorboard_dir:
@@ -59,6 +62,7 @@ def fit(model: keras.Model, dataset: tf.data.Dataset, epochs: int, batch_size: i
         "steps": progress.steps,
         "seconds": round(seconds, 2),
         "examples_per_second": round(progress.steps * batch_size / max(seconds, 1e-9)),
+        **({"rows_read": rows * epochs} if rows is not None else {}),
     }
 
 

@@ -33,6 +33,13 @@ def read_stats(work: str, source: str, date: dt.date) -> dict:
         return json.load(f)
 
 
+def traffic(work: str, partitions: Iterable[Partition]) -> tuple[int, float]:
+    """(rows written, CTR) over built partitions, from their stats."""
+    stats = [read_stats(work, source, date) for source, date in partitions]
+    rows = sum(s["rows_written"] for s in stats)
+    return rows, sum(s["clicks"] for s in stats) / max(rows, 1)
+
+
 def merge_counts(work: str, feature: str, partitions: Iterable[Partition]) -> collections.Counter:
     """Sums one feature's token counts over partitions."""
     total: collections.Counter = collections.Counter()

@@ -38,7 +38,7 @@ from ecdctr.models import (
 )
 from ecdctr.spec import Spec
 from ecdctr.training import fit, recalibrate_batchnorm
-from ecdctr.vocab import build_vocabularies, domain_sizes, merge_counts, numeric_stats, read_stats
+from ecdctr.vocab import build_vocabularies, domain_sizes, merge_counts, numeric_stats, traffic
 from pipelines.build import built_partitions
 
 ABLATIONS = ("ad_only", "joint", "finetune", "ecdctr", "ecdctr-no_bn_reinit", "ecdctr-no_tpm",
@@ -74,11 +74,7 @@ class Ablations:
         return [d for d in built_partitions(self.config.work, source) if first <= d < self.date]
 
     def _ctr(self, source: str, days: list[dt.date]) -> float:
-        stats = [read_stats(self.config.work, source, d) for d in days]
-        return sum(s["clicks"] for s in stats) / max(sum(s["rows_written"] for s in stats), 1)
-
-    def _rows(self, source: str, days: list[dt.date]) -> int:
-        return sum(read_stats(self.config.work, source, d)["rows_written"] for d in days)
+        return traffic(self.config.work, [(source, d) for d in days])[1]
 
     def _natural_heavy_users(self) -> set[str]:
         group = self.spec.group_by
@@ -92,9 +88,8 @@ class Ablations:
 
     def _train(self, model: CtrModel, parts: list[tuple[str, dt.date]], mc: ModelConfig,
                name: str) -> dict:
-        rows = sum(self._rows(s, [d]) for s, d in parts)
-        model.set_total_steps(mc.epochs * -(-rows // mc.batch_size))
-        return fit(model, self._dataset(parts, mc), mc.epochs, mc.batch_size, name, self.log)
+        return fit(model, self._dataset(parts, mc), mc.epochs, mc.batch_size, name, self.log,
+                   rows=traffic(self.config.work, parts)[0])
 
     def _model(self, mc: ModelConfig, parts: list[tuple[str, dt.date]], tables: dict | None,
                ctr: float, name: str) -> CtrModel:
@@ -176,8 +171,8 @@ class Ablations:
         return train
 
     def _mixed_ctr(self) -> float:
-        n, a = self._rows("natural", self.natural_days), self._rows("ad", self.ad_days)
-        return (self.natural_ctr * n + self.ad_ctr * a) / max(n + a, 1)
+        parts = [("natural", d) for d in self.natural_days] + [("ad", d) for d in self.ad_days]
+        return traffic(self.config.work, parts)[1]
 
 
 def focus_rows(groups: np.ndarray, users: set[str]) -> np.ndarray:

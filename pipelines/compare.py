@@ -24,7 +24,7 @@ from ecdctr.jsonio import write_json
 from ecdctr.models import BACKBONES, CtrModel, ModelConfig, build_model
 from ecdctr.spec import Spec, load_spec
 from ecdctr.training import fit, predict, recalibrate_batchnorm
-from ecdctr.vocab import build_vocabularies, domain_sizes, numeric_stats, read_stats
+from ecdctr.vocab import build_vocabularies, domain_sizes, numeric_stats, traffic
 from pipelines.ablations import ABLATIONS, Ablations, focus_rows
 from pipelines.build import build, built_partitions
 
@@ -159,10 +159,8 @@ class _Data:
         self.stats = numeric_stats(spec, work, parts)
         self.domains = domain_sizes(work, parts)
         self.bins = metrics.size_bins(self.domains, BINS)
-        day_stats = [read_stats(work, source, d) for d in train_days]
-        self.train_rows = sum(s["rows_written"] for s in day_stats)
-        self.ctr = sum(s["clicks"] for s in day_stats) / max(self.train_rows, 1)
-        self.eval_rows = sum(read_stats(work, source, d)["rows_written"] for d in eval_days)
+        self.train_rows, self.ctr = traffic(work, parts)
+        self.eval_rows = traffic(work, [(source, d) for d in eval_days])[0]
         self.train_files = partition_files(work, source, train_days)
         self.eval_files = partition_files(work, source, eval_days)
 
@@ -177,8 +175,8 @@ def _train(data: _Data, mc: ModelConfig, name: str, log: Log) -> tuple[CtrModel,
     ds = data.train(mc)
     model = build_model(data.spec.features, data.vocabs, data.stats, mc, next(iter(ds))[0],
                         initial_ctr=data.ctr, domains=list(data.domains), name="ctr")
-    model.set_total_steps(mc.epochs * -(-data.train_rows // mc.batch_size))
-    train = fit(model, ds, mc.epochs, mc.batch_size, f"{name} seed {mc.seed}", log)
+    train = fit(model, ds, mc.epochs, mc.batch_size, f"{name} seed {mc.seed}", log,
+                rows=data.train_rows)
     recalibrate_batchnorm(model, data.train(mc), log=lambda _: None)
     return model, train
 
