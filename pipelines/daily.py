@@ -56,8 +56,8 @@ from ecdctr.vocab import (
     build_vocabularies,
     domain_sizes,
     numeric_stats,
-    read_stats,
     read_vocabularies,
+    traffic,
     write_vocabularies,
 )
 from pipelines.build import STAGING, build, built_partitions
@@ -102,20 +102,32 @@ def run_daily(config: RunConfig, date: dt.date, log: Log = print, force: bool = 
     spec = load_spec(config.spec)
     report: dict = {"date": date.isoformat(), "config": config.path, "status": "running",
                     "spec_fingerprint": spec.fingerprint, "steps": {}}
-    started = time.perf_counter()
-    with work_lock(config.work):
-        try:
-            _DailyJob(config, spec, date, report, log, force).run()
-            report["status"] = "ok"
-        except Exception as e:
-            report["status"] = "failed"
-            report["error"] = f"{type(e).__name__}: {e}"
-            raise
-        finally:
-            report["seconds"] = round(time.perf_counter() - started, 1)
-            write_json(path, report)
-            log(f"report written to {path}")
+    def written() -> None:
+        write_json(path, report)
+        log(f"report written to {path}")
+
+    with work_lock(config.work), tracked(report, written):
+        _DailyJob(config, spec, date, report, log, force).run()
     return report
+
+
+@contextlib.contextmanager
+def tracked(entry: dict, done: Callable[[], None]) -> Iterator[None]:
+    """Status bookkeeping of the report and of each step: `ok` unless the block set another
+    status (e.g. skipped), `failed` with the error if it raised; the seconds it took; then
+    `done` (write the report, log), whatever happened."""
+    started = time.perf_counter()
+    try:
+        yield
+        if entry["status"] == "running":
+            entry["status"] = "ok"
+    except Exception as e:
+        entry["status"] = "failed"
+        entry["error"] = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        entry["seconds"] = round(time.perf_counter() - started, 1)
+        done()
 
 
 def run_backfill(config: RunConfig, start: dt.date, end: dt.date, log: Log = print,
@@ -183,19 +195,13 @@ class _DailyJob:
         self.report["steps"][name] = entry
         self.save_report()
         self.log(f"== {name} ==")
-        started = time.perf_counter()
-        try:
-            yield entry
-            if entry["status"] == "running":
-                entry["status"] = "ok"
-        except Exception as e:
-            entry["status"] = "failed"
-            entry["error"] = f"{type(e).__name__}: {e}"
-            raise
-        finally:
-            entry["seconds"] = round(time.perf_counter() - started, 1)
+
+        def done() -> None:
             self.log(f"== {name}: {entry['status']} in {entry['seconds']}s ==")
             self.save_report()
+
+        with tracked(entry, done):
+            yield entry
 
     def save_report(self) -> None:
         """The report so far (status "running"): shows how far a killed run got."""
@@ -239,11 +245,10 @@ class _DailyJob:
         return [d for d in built_partitions(self.work, source) if first <= d < self.date]
 
     def rows(self, source: str, dates: list[dt.date]) -> int:
-        return sum(read_stats(self.work, source, d)["rows_written"] for d in dates)
+        return traffic(self.work, [(source, d) for d in dates])[0]
 
     def ctr(self, source: str, dates: list[dt.date]) -> float:
-        stats = [read_stats(self.work, source, d) for d in dates]
-        return sum(s["clicks"] for s in stats) / max(sum(s["rows_written"] for s in stats), 1)
+        return traffic(self.work, [(source, d) for d in dates])[1]
 
     def dataset(self, source: str, dates: list[dt.date], model: ModelConfig,
                 shuffle: bool, spec: Spec | None = None) -> tf.data.Dataset:
@@ -273,10 +278,8 @@ class _DailyJob:
 
     def train(self, model: CtrModel, ds: tf.data.Dataset, cfg: ModelConfig, rows: int,
               name: str) -> dict:
-        model.set_total_steps(cfg.epochs * -(-rows // cfg.batch_size))
         board = os.path.join(self.work, "tensorboard", name, self.date.isoformat())
-        return {**fit(model, ds, cfg.epochs, cfg.batch_size, name, self.log, board),
-                "rows_read": rows * cfg.epochs}
+        return fit(model, ds, cfg.epochs, cfg.batch_size, name, self.log, board, rows)
 
     # -- schedule and stored outputs ------------------------------------------------------
     def period(self, step: str) -> str | None:
