@@ -1,4 +1,9 @@
-"""AdaSparse (CIKM 2022): an MLP tower whose neurons a light pruner per layer prunes per domain."""
+"""AdaSparse (CIKM 2022): an MLP tower whose neurons a light pruner per layer prunes per domain.
+
+As published (equation 3), the pruner of layer l reads [e_d ; h^l] and scales h^l, the input of
+W^l, so layer 0's pruner prunes the embedding layer's output (placement "input", the default);
+placement "output" instead scales each layer's output h^{l+1} (this project's earlier form).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 FORMS = ("binarization", "scaling", "fusion")
+PLACEMENTS = ("input", "output")
 
 
 @dataclass(frozen=True)
@@ -20,12 +26,16 @@ class AdaSparseConfig:
     form: binarization pi = 1[sigmoid(alpha v) > epsilon] (the paper's sign(sigmoid(alpha v) -
     epsilon) as a {0, 1} step), scaling pi = beta sigmoid(v), fusion
     pi = beta sigmoid(alpha v) 1[beta sigmoid(alpha v) > epsilon].
+    placement: "input" (as published) scales each layer's input, so the first pruner prunes the
+    tower input (the embeddings); "output" scales each layer's output instead.
     alpha and the regularizer weight lambda_hat rise linearly over ramp_steps training steps,
     alpha from alpha_start to alpha_end, lambda_hat from lambda_start to lambda_end; both then stay.
+    Steps are counted over the model's whole training (warm starts included), not per fit.
     r_min, r_max: the band of per-layer sparsity the regularizer leaves alone.
     """
 
     form: str = "fusion"
+    placement: str = "input"
     beta: float = 2.0
     epsilon: float = 0.25
     alpha_start: float = 0.1
@@ -39,6 +49,7 @@ class AdaSparseConfig:
     def __post_init__(self) -> None:
         checks = (
             ("form", self.form in FORMS, f"one of {list(FORMS)}"),
+            ("placement", self.placement in PLACEMENTS, f"one of {list(PLACEMENTS)}"),
             ("beta", self.beta > 0, "> 0"),
             ("epsilon", 0 < self.epsilon < min(1.0, self.beta), "in (0, min(1, beta))"),
             ("alpha_start", self.alpha_start > 0, "> 0"),
@@ -72,7 +83,9 @@ def sparsity_regularizer(zero_shares: Sequence[tf.Tensor], lambda_hat: tf.Tensor
 
 
 class DomainPruner(keras.layers.Layer):
-    """One dense layer on [domain_embedding ; layer_input] -> N factors (logits v).
+    """One dense layer on [domain_embedding ; layer_input] -> `units` factors (logits v), one
+    per entry of what it scales (the layer input under placement "input", the layer output
+    under "output").
 
     call returns (factors pi [B, N], zero share r): the forward values are the hard ones of the
     config's form. Straight-through estimates keep gradients flowing to the pruner:
@@ -140,23 +153,34 @@ def _sparse_input_dense(x: tf.Tensor, dense: keras.layers.Dense) -> tf.Tensor:
 
 class AdaSparseMlp(keras.layers.Layer):
     """The Mlp tower (see layers.Mlp for the contract; dense_<l>, bn_<l> match it by name) with a
-    DomainPruner pruner_<l> per layer: h = relu(bn(dense(x_l))), pi = pruner_l([e_d ; x_l]),
-    x_{l+1} = dropout(h * pi). domain_embedding is required; domain_index is unused.
+    DomainPruner pruner_<l> per layer. domain_embedding is required; domain_index is unused.
 
-    alpha is a non-trainable variable saved with the model. Each training-mode call (one per
-    training step) advances the saved step counter and sets alpha (and the regularizer weight
-    lambda_hat) from it: after k steps alpha = alpha_start + (alpha_end - alpha_start)
-    min(k / ramp_steps, 1). Inference calls read alpha and change nothing. set_ramp_steps does
-    not reset the counter, so a resumed or warm-started model keeps its alpha.
+    placement "input" (the default, as published): pi_l = pruner_l([e_d ; x_l]) has x_l's width,
+    x_l' = x_l * pi_l, x_{l+1} = dropout(relu(bn(dense_l(x_l')))); x_0 is the tower input (the
+    embeddings), so pruner_0's width is the tower input's width, known when the tower is built
+    (the pruners are created in build). The last layer's output is not pruned.
+    placement "output": h = relu(bn(dense_l(x_l))), pi_l = pruner_l([e_d ; x_l]) has N_l
+    factors, x_{l+1} = dropout(h * pi_l).
+
+    alpha is a non-trainable variable saved with the model, and so is the step counter
+    pruning_step; both are copied by name when a model warm-starts from another. Each
+    training-mode call (one per training step) advances the counter and sets alpha (and the
+    regularizer weight lambda_hat) from it: after k steps alpha = alpha_start + (alpha_end -
+    alpha_start) min(k / ramp_steps, 1), with ramp_steps from the config, so alpha depends on
+    the steps trained so far, never on how long one fit is. Inference calls read alpha and
+    change nothing.
 
     In training mode the sparsity regularizer (see sparsity_regularizer) is added with add_loss
     (except under scaling, where r_l = 0 is a constant without gradient); every call reports
-    each layer's zero share r_l as the metric sparsity_<l>.
+    each layer's zero share r_l (the share of zero factors of pruner_l) as the metric
+    sparsity_<l>.
 
-    sparse_inference (a Python attribute, read when the call is traced): at inference, layers
-    after the first multiply only the nonzero entries of their input via tf.sparse. The result
-    equals the dense path up to float summation order (so a pruner logit within rounding of the
-    threshold may flip its factor); which path is faster depends on sparsity: measure.
+    sparse_inference (a Python attribute, read when the call is traced): at inference, a layer
+    whose input carries the pruned zeros multiplies only the nonzero entries of that input via
+    tf.sparse: every layer under placement "input" (layer 0 included), the layers after the
+    first under "output". The result equals the dense path up to float summation order (so a
+    pruner logit within rounding of the threshold may flip its factor); which path is faster
+    depends on sparsity: measure.
     """
 
     def __init__(self, hidden: Sequence[int], config: AdaSparseConfig = AdaSparseConfig(),
@@ -166,10 +190,9 @@ class AdaSparseMlp(keras.layers.Layer):
         self.config = config
         self.dropout_rate = dropout
         self.sparse_inference = False
-        self._initial_ramp_steps = config.ramp_steps
         self.dense = [keras.layers.Dense(u, name=f"dense_{i}") for i, u in enumerate(self.hidden)]
         self.norms = [keras.layers.BatchNormalization(name=f"bn_{i}") for i in range(len(self.hidden))]
-        self.pruners = [DomainPruner(u, config, name=f"pruner_{i}") for i, u in enumerate(self.hidden)]
+        self.pruners: list[DomainPruner] = []  # made in build: pruner_0 may need the input width
         self.dropout = keras.layers.Dropout(dropout) if dropout else None
         # Created here, not with add_metric inside call: their variables then exist before any
         # tracing, so an untrained model saves too; fit reports them, TensorBoard logs them.
@@ -177,24 +200,31 @@ class AdaSparseMlp(keras.layers.Layer):
                                  for i in range(len(self.hidden))]
 
     def build(self, input_shape: tf.TensorShape) -> None:
+        width = tf.TensorShape(input_shape)[-1]
+        if self.config.placement == "input" and width is None:
+            raise ValueError("AdaSparseMlp with placement 'input' prunes the tower input: its "
+                             f"last dimension must be known when built, got shape {input_shape}")
+        widths = self.hidden if self.config.placement == "output" else (int(width), *self.hidden[:-1])
+        self.pruners = [DomainPruner(u, self.config, name=f"pruner_{i}")
+                        for i, u in enumerate(widths)]
         schedule = {"trainable": False, "aggregation": tf.VariableAggregation.ONLY_FIRST_REPLICA}
         self.alpha = self.add_weight(
             name="alpha", shape=(), dtype=tf.float32,
             initializer=keras.initializers.Constant(self.config.alpha_start), **schedule)
         self.step = self.add_weight(name="pruning_step", shape=(), dtype=tf.int64,
                                     initializer="zeros", **schedule)
-        self.ramp_steps = self.add_weight(
-            name="ramp_steps", shape=(), dtype=tf.int64,
-            initializer=keras.initializers.Constant(self._initial_ramp_steps), **schedule)
         super().build(input_shape)
 
+    @property
+    def ramp_steps(self) -> int:
+        """Training steps alpha and lambda_hat take to reach their end values (the config's)."""
+        return self.config.ramp_steps
+
     def set_ramp_steps(self, steps: int) -> None:
-        """Sets how many training steps alpha and lambda_hat take to reach their end values."""
-        if int(steps) < 1:
-            raise ValueError(f"ramp steps must be >= 1, got {steps}")
-        self._initial_ramp_steps = int(steps)
-        if self.built:
-            self.ramp_steps.assign(int(steps))
+        """Replaces the config's ramp_steps (kept for callers that set it in code; prefer
+        AdaSparseConfig(ramp_steps=...)). The step counter and alpha are kept. The value is
+        read when the training step is traced, so set it before training starts."""
+        self.config = dataclasses.replace(self.config, ramp_steps=steps)
 
     def call(self, x: tf.Tensor, domain_embedding: tf.Tensor | None = None,
              domain_index: tf.Tensor | None = None, training: bool | None = None) -> tf.Tensor:
@@ -215,8 +245,10 @@ class AdaSparseMlp(keras.layers.Layer):
         return y
 
     def masks(self, x: tf.Tensor, domain_embedding: tf.Tensor) -> list[tf.Tensor]:
-        """Per layer, [B, N_l] with 1 where the neuron is kept (factor != 0) and 0 where pruned,
-        at the saved (inference) alpha. Pass the rows of one domain for that domain's masks."""
+        """Per layer l, 1 where pruner_l's factor is nonzero (kept) and 0 where it is zero
+        (pruned), at the saved (inference) alpha: [B, width of layer l's input] under placement
+        "input" (layer 0: the tower input), [B, N_l] under "output". Pass the rows of one domain
+        for that domain's masks."""
         if not self.built:
             self(x, domain_embedding=domain_embedding, training=False)
         _, factors, _ = self._forward(x, domain_embedding, tf.convert_to_tensor(self.alpha),
@@ -224,14 +256,13 @@ class AdaSparseMlp(keras.layers.Layer):
         return [tf.cast(f != 0, tf.float32) for f in factors]
 
     def sparsity(self, x: tf.Tensor, domain_embedding: tf.Tensor) -> list[float]:
-        """Per layer, the share of pruned neurons r_l over these rows at the inference alpha."""
+        """Per layer, the share of pruned factors r_l over these rows at the inference alpha."""
         return [1.0 - float(tf.reduce_mean(m)) for m in self.masks(x, domain_embedding)]
 
     def _advance_schedule(self) -> tuple[tf.Tensor, tf.Tensor]:
         self.step.assign_add(1)
-        progress = tf.minimum(tf.cast(self.step, tf.float32) / tf.cast(self.ramp_steps, tf.float32),
-                              1.0)
         c = self.config
+        progress = tf.minimum(tf.cast(self.step, tf.float32) / float(c.ramp_steps), 1.0)
         alpha = c.alpha_start + (c.alpha_end - c.alpha_start) * progress
         self.alpha.assign(alpha)
         return alpha, c.lambda_start + (c.lambda_end - c.lambda_start) * progress
@@ -240,12 +271,19 @@ class AdaSparseMlp(keras.layers.Layer):
                  training: bool | None, sparse: bool
                  ) -> tuple[tf.Tensor, list[tf.Tensor], list[tf.Tensor]]:
         factors, zero_shares = [], []
+        prune_input = self.config.placement == "input"
         for i, (dense, norm, pruner) in enumerate(zip(self.dense, self.norms, self.pruners,
                                                       strict=True)):
-            z = _sparse_input_dense(x, dense) if sparse and i > 0 else dense(x)
-            h = tf.nn.relu(norm(z, training=training))
-            pi, share = pruner(domain_embedding, x, alpha)
-            x = h * pi
+            if prune_input:
+                pi, share = pruner(domain_embedding, x, alpha)
+                x = x * pi
+                z = _sparse_input_dense(x, dense) if sparse else dense(x)
+                x = tf.nn.relu(norm(z, training=training))
+            else:  # dense before pruner, as this form always ran: a seed gives the same weights
+                z = _sparse_input_dense(x, dense) if sparse and i > 0 else dense(x)
+                h = tf.nn.relu(norm(z, training=training))
+                pi, share = pruner(domain_embedding, x, alpha)
+                x = h * pi
             if self.dropout is not None:
                 x = self.dropout(x, training=training)
             factors.append(pi)

@@ -10,12 +10,15 @@ import tf_keras as keras
 
 from ecdctr.adasparse import (
     FORMS,
+    PLACEMENTS,
     AdaSparseConfig,
     AdaSparseMlp,
     DomainPruner,
     sparsity_regularizer,
 )
 from ecdctr.layers import Mlp
+from ecdctr.models import ModelConfig, build_model, transfer_weights
+from ecdctr.spec import load_spec
 
 RNG = np.random.default_rng(0)
 X = tf.constant(RNG.normal(size=(64, 12)).astype("float32"))
@@ -45,19 +48,22 @@ def _train(tower: AdaSparseMlp, steps: int, learning_rate: float = 0.1) -> None:
 
 
 @pytest.mark.parametrize(("field", "value"), [
-    ("form", "sign"), ("beta", 0.0), ("epsilon", 1.5), ("alpha_start", 0.0), ("alpha_end", 0.05),
-    ("ramp_steps", 0), ("r_min", -0.1), ("r_max", 0.1), ("lambda_start", -1.0), ("lambda_end", 0.0)])
+    ("form", "sign"), ("placement", "hidden"), ("beta", 0.0), ("epsilon", 1.5),
+    ("alpha_start", 0.0), ("alpha_end", 0.05), ("ramp_steps", 0), ("r_min", -0.1),
+    ("r_max", 0.1), ("lambda_start", -1.0), ("lambda_end", 0.0)])
 def test_config_rejects_bad_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=f"AdaSparseConfig.{field} "):
         AdaSparseConfig(**{field: value})
 
 
+@pytest.mark.parametrize("placement", PLACEMENTS)
 @pytest.mark.parametrize("form", FORMS)
-def test_gradients_reach_every_pruner_and_training_moves_them(form):
-    tower = AdaSparseMlp((16, 8), AdaSparseConfig(form=form, ramp_steps=3))
+def test_gradients_reach_every_pruner_and_training_moves_them(form, placement):
+    tower = AdaSparseMlp((16, 8), AdaSparseConfig(form=form, placement=placement, ramp_steps=3))
     with tf.GradientTape() as tape:
         loss = _task_loss(tower)
     kernels = [p.dense.kernel for p in tower.pruners]
+    assert len(kernels) == 2
     for grad in tape.gradient(loss, kernels):
         assert np.all(np.isfinite(grad.numpy())) and np.abs(grad.numpy()).max() > 0
     before = [k.numpy() for k in kernels]
@@ -80,8 +86,6 @@ def test_alpha_rises_in_training_is_saved_and_frozen_at_inference(tmp_path):
     assert any(v is tower.alpha for v in tower.non_trainable_variables)
     assert not any(v is tower.alpha for v in tower.trainable_variables)
 
-    tower.set_ramp_steps(100)
-    assert int(tower.ramp_steps) == 100 and int(tower.step) == 6
     alpha = float(tower.alpha)
     for _ in range(10):
         tower(X, domain_embedding=E, training=False)
@@ -90,10 +94,71 @@ def test_alpha_rises_in_training_is_saved_and_frozen_at_inference(tmp_path):
     path = tf.train.Checkpoint(tower=tower).save(str(tmp_path / "ckpt"))
     saved = {name for name, _ in tf.train.list_variables(path)}
     assert any("alpha" in n for n in saved) and any("pruning_step" in n for n in saved)
+    assert not any("ramp_steps" in n for n in saved)  # the config's, never a saved variable
     restored = AdaSparseMlp((8,), config)
     restored(X, domain_embedding=E, training=False)
     tf.train.Checkpoint(tower=restored).restore(path).assert_consumed()
     assert float(restored.alpha) == alpha and int(restored.step) == 6
+
+    tower.set_ramp_steps(100)  # replaces the config's value, keeps the counter
+    assert tower.config.ramp_steps == tower.ramp_steps == 100 and int(tower.step) == 6
+    tower(X, domain_embedding=E, training=True)
+    assert float(tower.alpha) == pytest.approx(config.alpha_start + (config.alpha_end
+                                               - config.alpha_start) * 7 / 100)
+
+
+def _alpha_trajectory(tower: AdaSparseMlp, batches: int) -> list[float]:
+    """alpha after each step of one keras fit over `batches` batches of 8 rows."""
+    x_in, e_in = keras.Input((12,)), keras.Input((4,))
+    model = keras.Model([x_in, e_in], keras.layers.Dense(1)(tower(x_in, domain_embedding=e_in)))
+    model.compile(keras.optimizers.SGD(0.01), keras.losses.BinaryCrossentropy(from_logits=True))
+    alphas: list[float] = []
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda *_: alphas.append(float(tower.alpha)))
+    data = tf.data.Dataset.from_tensor_slices(((X[:8], E[:8]), Y[:8])).batch(8).repeat(batches)
+    model.fit(data, epochs=1, verbose=0, callbacks=[record])
+    return alphas
+
+
+def test_alpha_after_k_steps_does_not_depend_on_the_fit_length():
+    config = AdaSparseConfig(ramp_steps=6)
+    expected = [config.alpha_start + (config.alpha_end - config.alpha_start) * min(k / 6, 1)
+                for k in range(1, 13)]
+    long = _alpha_trajectory(AdaSparseMlp((8,), config), batches=12)
+    short_tower = AdaSparseMlp((8,), config)
+    short = _alpha_trajectory(short_tower, batches=2)
+    assert long == pytest.approx(expected) and short == pytest.approx(expected[:2])
+    # a later fit (e.g. the next day's warm start) continues the count where the last one ended
+    assert _alpha_trajectory(short_tower, batches=3) == pytest.approx(expected[2:5])
+    assert int(short_tower.step) == 5
+
+
+def test_warm_start_copies_the_step_counter_but_takes_ramp_steps_from_its_own_config():
+    spec = load_spec("features/default.yaml")
+    features = {}
+    for f in spec.features:
+        if f.kind == "numeric":
+            features[f.name] = tf.constant(np.linspace(0, 50, 16, dtype="float32"))
+        elif f.kind == "categorical":
+            features[f.name] = tf.constant([f"v{i % 5}" for i in range(16)])
+        else:
+            features[f.name] = tf.ragged.constant([["c1", "c2"][: i % 3] for i in range(16)])
+    vocabs = {f.name: [f"v{i}" for i in range(5)] for f in spec.features if f.uses_vocab}
+
+    def model(ramp_steps: int, name: str):
+        config = ModelConfig(hidden=(8, 4), multi_domain="adasparse",
+                             adasparse=AdaSparseConfig(ramp_steps=ramp_steps))
+        return build_model(spec.features, vocabs, {}, config, features, name=name)
+
+    source, target = model(4, "cpm"), model(8, "actr")
+    source.fit(tf.data.Dataset.from_tensors((features, tf.ones([16, 1]))).repeat(3), verbose=0)
+    report = transfer_weights(source, target, log=lambda _: None)
+    assert {"mlp/pruning_step", "mlp/alpha"} <= set(report["copied"])
+    assert int(target.mlp.step) == 3 and float(target.mlp.alpha) == float(source.mlp.alpha)
+    target.fit(tf.data.Dataset.from_tensors((features, tf.ones([16, 1]))), verbose=0)
+    c = target.mlp.config
+    assert float(target.mlp.alpha) == pytest.approx(
+        c.alpha_start + (c.alpha_end - c.alpha_start) * 4 / 8)
 
 
 def test_fit_advances_alpha_once_per_step_and_reports_sparsity():
@@ -123,9 +188,10 @@ def test_regularizer_is_zero_inside_band_and_pulls_outside():
             assert float(grad) == pytest.approx(0.5 * abs(value - 0.2) * np.sign(value - 0.2))
 
 
+@pytest.mark.parametrize("placement", PLACEMENTS)
 @pytest.mark.parametrize("form", ["binarization", "fusion"])
-def test_regularizer_gradient_reaches_the_pruner_outside_band(form):
-    tower = AdaSparseMlp((16, 8), AdaSparseConfig(form=form))
+def test_regularizer_gradient_reaches_the_pruner_outside_band(form, placement):
+    tower = AdaSparseMlp((16, 8), AdaSparseConfig(form=form, placement=placement))
     with tf.GradientTape() as tape:
         tower(X, domain_embedding=E, training=True)  # alpha = 0.1: nothing pruned, r = 0
         penalty = tf.add_n(tower.losses)
@@ -157,25 +223,84 @@ def test_pruner_forms():
     np.testing.assert_array_equal(fusion.numpy()[scaled > 0.25], scaled[scaled > 0.25])
 
 
+@pytest.mark.parametrize("placement", PLACEMENTS)
 @pytest.mark.parametrize("form", ["binarization", "fusion"])
-def test_sparse_inference_matches_dense_with_real_pruning(form):
-    tower = AdaSparseMlp((32, 16, 8), AdaSparseConfig(form=form, ramp_steps=3))
+def test_sparse_inference_matches_dense_with_real_pruning(form, placement):
+    tower = AdaSparseMlp((32, 16, 8), AdaSparseConfig(form=form, placement=placement,
+                                                      ramp_steps=3))
     _train(tower, 5)
     sparsity = tower.sparsity(X, E)
-    assert all(0 < r < 1 for r in sparsity[:-1])
+    # the layers whose pruned zeros feed a tf.sparse matmul: all under input placement
+    assert all(0 < r < 1 for r in (sparsity if placement == "input" else sparsity[:-1]))
     dense = tower(X, domain_embedding=E, training=False)
     tower.sparse_inference = True
     sparse = tower(X, domain_embedding=E, training=False)
-    traced = tf.function(lambda x, e: tower(x, domain_embedding=e, training=False))(X, E)
+    call = tf.function(lambda x, e: tower(x, domain_embedding=e, training=False))
+    traced = call(X, E)
     assert np.abs(sparse.numpy() - dense.numpy()).max() <= 1e-5
     assert np.abs(traced.numpy() - dense.numpy()).max() <= 1e-5
+    ops = [op.type for op in call.get_concrete_function(X, E).graph.get_operations()]
+    assert ops.count("SparseTensorDenseMatMul") == (3 if placement == "input" else 2)
 
 
-def test_masks_per_domain_and_weight_names_match_the_plain_mlp():
-    tower = AdaSparseMlp((16, 8), AdaSparseConfig(form="binarization"), name="mlp")
+@pytest.mark.parametrize(("placement", "widths"), [("input", (12, 16)), ("output", (16, 8))])
+def test_masks_per_domain_and_weight_names_match_the_plain_mlp(placement, widths):
+    tower = AdaSparseMlp((16, 8), AdaSparseConfig(form="binarization", placement=placement),
+                         name="mlp")
     masks = tower.masks(X[:5], E[:5])
-    assert [m.shape for m in masks] == [(5, 16), (5, 8)]
+    assert [m.shape for m in masks] == [(5, w) for w in widths]
+    assert len(tower.sparsity(X[:5], E[:5])) == 2
     assert set(np.unique(np.concatenate([m.numpy().ravel() for m in masks]))) <= {0.0, 1.0}
     plain = Mlp((16, 8), name="mlp")
     plain(X)
     assert {v.name for v in plain.variables} <= {v.name for v in tower.variables}
+
+
+def _reference(tower: AdaSparseMlp, x: tf.Tensor, e: tf.Tensor) -> tf.Tensor:
+    """The tower's inference output written out from its own sublayers, per placement."""
+    for dense, norm, pruner in zip(tower.dense, tower.norms, tower.pruners, strict=True):
+        pi, _ = pruner(e, x, tower.alpha)
+        if tower.config.placement == "input":  # the paper's equation 3: scale W^l's input
+            x = tf.nn.relu(norm(dense(x * pi), training=False))
+        else:
+            x = tf.nn.relu(norm(dense(x), training=False)) * pi
+    return x
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_each_placement_computes_its_documented_forward(placement):
+    tower = AdaSparseMlp((16, 8), AdaSparseConfig(form="fusion", placement=placement,
+                                                  ramp_steps=3))
+    _train(tower, 4)  # alpha at its end value: some factors are 0, the others vary
+    assert 0 < tower.sparsity(X, E)[0] < 1
+    widths = (12, 16) if placement == "input" else (16, 8)
+    assert [p.units for p in tower.pruners] == list(widths)
+    assert [tuple(p.dense.kernel.shape) for p in tower.pruners] == [(4 + 12, widths[0]),
+                                                                    (4 + 16, widths[1])]
+    np.testing.assert_allclose(tower(X, domain_embedding=E, training=False).numpy(),
+                               _reference(tower, X, E).numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("form", ["binarization", "fusion"])
+def test_input_placement_prunes_the_embedding_input(form):
+    tower = AdaSparseMlp((16, 8), AdaSparseConfig(form=form))  # placement input by default
+    tower(X, domain_embedding=E, training=False)
+    pruner = tower.pruners[0]
+    assert pruner.units == X.shape[-1]
+    # pruner_0 reads the domain only (so moving x does not move the factors) and prunes column 3
+    kernel = pruner.dense.kernel.numpy()
+    kernel[E.shape[-1]:] = 0.0
+    kernel[:, 3] = 0.0
+    pruner.dense.kernel.assign(kernel)
+    pruner.dense.bias.assign(np.where(np.arange(12) == 3, -100.0, 0.0).astype("float32"))
+    masks = tower.masks(X, E)[0].numpy()
+    assert np.all(masks[:, 3] == 0) and np.all(masks[:, 5] == 1)
+
+    def output(column):
+        moved = X.numpy()
+        if column is not None:
+            moved[:, column] += 10.0
+        return tower(tf.constant(moved), domain_embedding=E, training=False).numpy()
+
+    np.testing.assert_array_equal(output(3), output(None))  # the pruned column has no effect
+    assert np.abs(output(5) - output(None)).max() > 1e-3  # a kept one does
