@@ -70,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", type=int, default=1, help="repeat with N seeds: mean ± std")
     c.add_argument("--plots", help="folder for PNG figures (masks, AUC by bin, sparsity band)")
 
+    i = sub.add_parser("inspect", help="say what a model folder is (reads its meta.json only)")
+    i.add_argument("folder", help="a TPM snapshot, CPM or A-CTR folder, e.g. work/models/actr/D")
+    i.add_argument("--json", action="store_true", help="print the whole meta.json instead")
+
     r = sub.add_parser("predict", help="score raw-log rows with an exported SavedModel")
     r.add_argument("--model", required=True,
                    help="a SavedModel version folder, or its parent (newest version is used)")
@@ -170,6 +174,20 @@ def _compare(args: argparse.Namespace, beam_args: list[str]) -> None:
     print(markdown_table(report))
 
 
+def _inspect(args: argparse.Namespace, _: list[str]) -> None:
+    from ecdctr.checkpoint import META, describe
+
+    if args.json:
+        path = os.path.join(args.folder, META)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{args.folder}: no {META}; not a model folder written by "
+                                    f"ecdctr")
+        with open(path, encoding="utf-8") as f:
+            print(f.read())
+    else:
+        print(describe(args.folder))
+
+
 def _predict(args: argparse.Namespace, _: list[str]) -> int:
     import tensorflow as tf
 
@@ -232,4 +250,4 @@ def _query(args: argparse.Namespace, _: list[str]) -> int:
 
 
 COMMANDS = {"simulate": _simulate, "build": _build, "daily": _daily, "compare": _compare,
-            "predict": _predict, "query": _query}
+            "inspect": _inspect, "predict": _predict, "query": _query}

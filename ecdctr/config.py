@@ -16,14 +16,15 @@ TOP_KEYS = ("spec", "logs", "work", "export", "windows", "model", "tpm", "cpm", 
             "transfer", "schedule", "gate", "seed", "beam_args")
 GATE_KEYS = ("max_auc_drop", "max_calibration_error", "max_abs_diff", "keep_versions")
 WINDOW_KEYS = ("tpm_days", "cpm_days", "actr_days")
-TRAIN_KEYS = ("epochs", "batch_size", "learning_rate")
+TRAIN_KEYS = ("max_epochs", "patience", "validation_days", "batch_size", "learning_rate")
 MODEL_KEYS = ("hidden", "dropout", "backbone", "cross_layers", "cross_structure", "multi_domain",
               "apg_rank", "adasparse")
-TRANSFER_KEYS = ("reset_batchnorm", "reset_batchnorm_affine")
+TRANSFER_KEYS = ("reset_batchnorm", "reset_batchnorm_affine", "shift_output_prior", "tpm_snapshots",
+                 "tpm_historical", "tpm_warm_start")
 SCHEDULE_KEYS = ("tpm", "cpm", "cpm_weekday", "tpm_day")
 FREQUENCIES = ("daily", "weekly", "monthly", "once")
 ADASPARSE_KEYS = ("form", "beta", "epsilon", "alpha_start", "alpha_end", "ramp_steps", "r_min",
-                  "r_max", "lambda_start", "lambda_end")
+                  "r_max", "lambda_start", "lambda_end", "placement")
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,30 @@ class Schedule:
 
 
 @dataclass(frozen=True)
+class TransferConfig:
+    """How knowledge moves between the models (the run config's `transfer:` section).
+
+    reset_batchnorm: an A-CTR derived from a CPM starts with BatchNorm statistics reset and
+    re-estimated on ad data after its fit (false: the CPM's statistics are kept and only the
+    fine-tune's moving averages move them). reset_batchnorm_affine: also reset gamma/beta.
+    shift_output_prior: move the output bias from the CPM's CTR to the ad CTR.
+    tpm_snapshots: K, how many of the newest TPM snapshots a CPM reads (0: no TPM features).
+    tpm_historical: a CPM reads only snapshots whose window ends before its own window starts
+    (the TPM trains on the long window that ends where the CPM's begins), so the frozen vectors
+    are out of sample in training as they are at serving.
+    tpm_warm_start: each TPM starts from the previous snapshot's TPM, so successive snapshots
+    share one embedding space.
+    """
+
+    reset_batchnorm: bool = True
+    reset_batchnorm_affine: bool = False
+    shift_output_prior: bool = True
+    tpm_snapshots: int = 3
+    tpm_historical: bool = True
+    tpm_warm_start: bool = True
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A validated run config; paths are absolute."""
 
@@ -75,11 +100,10 @@ class RunConfig:
     work: str
     export: str
     windows: Windows = field(default_factory=Windows)
-    tpm: ModelConfig = ModelConfig(hidden=(32,), epochs=1, learning_rate=0.002)
-    cpm: ModelConfig = ModelConfig(epochs=1)
-    actr: ModelConfig = ModelConfig(epochs=1, learning_rate=0.0005, batch_size=512)
-    reset_batchnorm: bool = True
-    reset_batchnorm_affine: bool = False
+    tpm: ModelConfig = ModelConfig(hidden=(32,), learning_rate=0.002)
+    cpm: ModelConfig = ModelConfig()
+    actr: ModelConfig = ModelConfig(learning_rate=0.0005, batch_size=512)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     schedule: Schedule = field(default_factory=Schedule)
     gate: GateConfig = field(default_factory=GateConfig)
     seed: int = 0
@@ -114,7 +138,7 @@ def load_config(path: str) -> RunConfig:
         if name != "tpm":
             structure = {k: getattr(shared, k) for k in MODEL_KEYS}
             models[name] = replace(models[name], **structure)
-    reset, affine = _transfer(doc.get("transfer") or {}, errors)
+    transfer = _transfer(doc.get("transfer") or {}, errors)
     schedule = _schedule(doc.get("schedule") or {}, errors)
     gate = _gate(doc.get("gate") or {}, errors)
     seed = doc.get("seed", 0)
@@ -127,8 +151,8 @@ def load_config(path: str) -> RunConfig:
     if errors:
         raise ConfigError(f"{path}: invalid config:\n  - " + "\n  - ".join(errors))
     models = {k: replace(v, seed=seed) for k, v in models.items()}
-    return RunConfig(path=os.path.abspath(path), windows=windows, reset_batchnorm=reset,
-                     reset_batchnorm_affine=affine, schedule=schedule, gate=gate, seed=seed,
+    return RunConfig(path=os.path.abspath(path), windows=windows, transfer=transfer,
+                     schedule=schedule, gate=gate, seed=seed,
                      beam_args=tuple(beam_args), **paths, **models)
 
 
@@ -137,8 +161,9 @@ def _section(doc: dict, key: str, allowed: tuple[str, ...], default: Any, errors
     if not isinstance(body, dict):
         errors.append(f"'{key}' must be a mapping of {list(allowed)}.")
         return default
-    errors += [f"{key}: unknown key {k!r}. Fix: use one of {list(allowed)}."
-               for k in unknown_keys(body, allowed)]
+    errors += [f"{key}: unknown key {k!r}. Fix: use one of {list(allowed)}"
+               + (" (epochs is now max_epochs: fits stop early on the validation days)."
+                  if k == "epochs" else ".") for k in unknown_keys(body, allowed)]
     values = {}
     for name in allowed:
         if name not in body:
@@ -162,6 +187,11 @@ def _section(doc: dict, key: str, allowed: tuple[str, ...], default: Any, errors
                 errors.append(f"{key}.{name} is {value!r}; it must be a number in range.")
                 continue
             value = float(value)
+        elif name == "validation_days":
+            if not is_int(value) or value < 0:
+                errors.append(f"{key}.validation_days must be an integer >= 0 (0: no validation, "
+                              f"train max_epochs), got {value!r}.")
+                continue
         elif not is_int(value) or value < 1:
             errors.append(f"{key}.{name} must be a positive integer, got {value!r}.")
             continue
@@ -189,21 +219,28 @@ def _adasparse(key: str, body: Any, errors: list[str]) -> AdaSparseConfig | None
         return None
 
 
-def _transfer(body: Any, errors: list[str]) -> tuple[bool, bool]:
+def _transfer(body: Any, errors: list[str]) -> TransferConfig:
     if not isinstance(body, dict):
         errors.append(f"'transfer' must be a mapping of {list(TRANSFER_KEYS)}, "
                       f"e.g. {{reset_batchnorm: true}}.")
-        return True, False
+        return TransferConfig()
     errors += [f"transfer: unknown key {k!r}. Fix: use one of {list(TRANSFER_KEYS)}."
                for k in unknown_keys(body, TRANSFER_KEYS)]
-    values = []
-    for key, default in zip(TRANSFER_KEYS, (True, False), strict=True):
-        value = body.get(key, default)
-        if not isinstance(value, bool):
+    values = {}
+    for key in TRANSFER_KEYS:
+        if key not in body:
+            continue
+        value = body[key]
+        if key == "tpm_snapshots":
+            if not is_int(value) or value < 0:
+                errors.append(f"transfer.tpm_snapshots must be an integer >= 0 (0: no TPM), "
+                              f"got {value!r}.")
+                continue
+        elif not isinstance(value, bool):
             errors.append(f"transfer.{key} must be true or false, got {value!r}.")
-            value = default
-        values.append(value)
-    return values[0], values[1]
+            continue
+        values[key] = value
+    return replace(TransferConfig(), **values)
 
 
 def _schedule(body: Any, errors: list[str]) -> Schedule:

@@ -41,6 +41,13 @@ def parse_batch(spec: Spec, serialized: tf.Tensor) -> tuple[dict[str, tf.Tensor]
     return features_by_name(spec, parsed), label
 
 
+def example_batch(spec: Spec) -> dict[str, tf.Tensor]:
+    """One row of every feature at its spec default (an empty Example parsed): enough to
+    create a model's variables without reading any data."""
+    empty = tf.constant([tf.train.Example().SerializeToString()])
+    return features_by_name(spec, tf.io.parse_example(empty, feature_description(spec, False)))
+
+
 def partition_files(work: str, source: str, dates: Iterable[dt.date]) -> list[str]:
     """The TFRecord shards of the given built days; a day that is not built is an error."""
     files: list[str] = []

@@ -38,7 +38,9 @@ class ModelConfig:
     dropout: float = 0.0
     learning_rate: float = 0.001
     batch_size: int = 1024
-    epochs: int = 1
+    max_epochs: int = 5  # a fit stops earlier when the validation AUC stops improving
+    patience: int = 1  # epochs without a better validation AUC before the fit stops
+    validation_days: int = 1  # the last days of a fit's window held out as its validation
     seed: int = 0
     backbone: str = "dnn"  # dnn | dcnv2 (TFRS Cross layers with the MLP)
     cross_layers: int = 2

@@ -41,29 +41,74 @@ class ProgressLog(keras.callbacks.Callback):
                  f"loss {logs.get('loss', float('nan')):.4f}, auc {logs.get('auc', float('nan')):.4f}")
 
 
+class BestEpoch(keras.callbacks.Callback):
+    """Early stopping on the validation AUC: stops after `patience` epochs without a better
+    one and, at the end, puts back the weights of the best epoch (BatchNorm statistics and
+    AdaSparse's schedule included; the frozen TPM tables never change, so they are skipped)."""
+
+    def __init__(self, patience: int, log: Log, name: str):
+        super().__init__()
+        self.patience, self.log, self.name = patience, log, name
+        self.best_auc, self.best_epoch, self.history = -np.inf, 0, []
+        self._best: list[np.ndarray] | None = None
+
+    def _variables(self) -> list[tf.Variable]:
+        return [v for v in self.model.variables
+                if not any(t in v.name for t in ("tpm_snap", "tpm_present", "tpm_table"))]
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        auc = float((logs or {}).get("val_auc", np.nan))
+        self.history.append(round(auc, 5))
+        if auc > self.best_auc:
+            self.best_auc, self.best_epoch = auc, epoch + 1
+            self._best = [v.numpy() for v in self._variables()]
+        elif epoch + 1 - self.best_epoch >= self.patience:
+            self.model.stop_training = True
+        self.log(f"[{self.name}] epoch {epoch + 1}: validation AUC {auc:.4f} "
+                 f"(best {self.best_auc:.4f} at epoch {self.best_epoch})")
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self._best is not None and self.best_epoch != len(self.history):
+            for variable, value in zip(self._variables(), self._best, strict=True):
+                variable.assign(value)
+            self.log(f"[{self.name}] restored the weights of epoch {self.best_epoch} "
+                     f"(validation AUC {self.best_auc:.4f})")
+
+
 def fit(model: keras.Model, dataset: tf.data.Dataset, epochs: int, batch_size: int, name: str,
-        log: Log = print, tensorboard_dir: str | None = None, rows: int | None = None) -> dict:
-    """Trains for `epochs` passes; returns loss, steps, seconds and examples/s. `rows` (the
-    dataset's size, when known) tells the model's schedules (AdaSparse's alpha) how many steps
-    training takes, and is reported as rows_read. With tensorboard_dir, the loss and the
-    metrics (AdaSparse's per-layer sparsity among them) go to TensorBoard every 50 steps."""
-    if rows is not None and hasattr(model, "set_total_steps"):
-        model.set_total_steps(epochs * -(-rows // batch_size))
+        log: Log = print, tensorboard_dir: str | None = None, rows: int | None = None,
+        validation: tf.data.Dataset | None = None, patience: int = 1) -> dict:
+    """Trains up to `epochs` passes; returns loss, steps, seconds, examples/s and the epochs
+    run. With `validation`, stops once the validation AUC has not improved for `patience`
+    epochs and restores the best epoch's weights (reported as chosen_epoch, with the AUC of
+    every epoch); without it, runs all `epochs`. `rows` (the dataset's size, when known) is
+    reported as rows_read. With tensorboard_dir, the loss and the metrics (AdaSparse's
+    per-layer sparsity among them) go to TensorBoard every 50 steps."""
     progress = ProgressLog(name, batch_size, log)
     callbacks: list[keras.callbacks.Callback] = [progress]
+    best = BestEpoch(patience, log, name) if validation is not None else None
+    if best is not None:
+        callbacks.append(best)
     if tensorboard_dir:
         callbacks.append(keras.callbacks.TensorBoard(tensorboard_dir, update_freq=50,
                                                      write_graph=False, profile_batch=0))
     started = time.perf_counter()
-    history = model.fit(dataset, epochs=epochs, verbose=0, callbacks=callbacks)
+    history = model.fit(dataset, epochs=epochs, verbose=0, callbacks=callbacks,
+                        validation_data=validation)
     seconds = time.perf_counter() - started
-    return {
+    epochs_run = len(history.history["loss"])
+    summary = {
         "loss": float(history.history["loss"][-1]),
         "steps": progress.steps,
         "seconds": round(seconds, 2),
         "examples_per_second": round(progress.steps * batch_size / max(seconds, 1e-9)),
-        **({"rows_read": rows * epochs} if rows is not None else {}),
+        "epochs_run": epochs_run,
+        "chosen_epoch": best.best_epoch if best is not None else epochs_run,
+        **({"rows_read": rows * epochs_run} if rows is not None else {}),
     }
+    if best is not None:
+        summary.update(validation_auc=best.history, best_validation_auc=round(best.best_auc, 5))
+    return summary
 
 
 def predict(model: keras.Model, spec: Spec, dataset: tf.data.Dataset) -> dict[str, np.ndarray]:
@@ -95,6 +140,9 @@ def recalibrate_batchnorm(model: keras.Model, dataset: tf.data.Dataset, max_batc
     if not norms:
         return 0
     saved = [n.momentum for n in norms]
+    schedule = [v for v in model.variables if v.name.split("/")[-1].split(":")[0]
+                in ("pruning_step", "alpha")]  # forward passes in training mode advance them
+    schedule_values = [v.numpy() for v in schedule]
     for n in norms:
         n.moving_mean.assign(tf.zeros_like(n.moving_mean))
         n.moving_variance.assign(tf.zeros_like(n.moving_variance))
@@ -108,6 +156,8 @@ def recalibrate_batchnorm(model: keras.Model, dataset: tf.data.Dataset, max_batc
     finally:
         for n, m in zip(norms, saved, strict=True):
             n.momentum = m
+        for v, value in zip(schedule, schedule_values, strict=True):
+            v.assign(value)
     if batches == 0:
         for n in norms:
             n.moving_variance.assign(tf.ones_like(n.moving_variance))

@@ -21,10 +21,11 @@ from ecdctr.adasparse import FORMS
 from ecdctr.config import RunConfig
 from ecdctr.data import make_dataset, partition_files
 from ecdctr.jsonio import write_json
-from ecdctr.models import BACKBONES, CtrModel, ModelConfig, build_model
+from ecdctr.models import BACKBONES, CtrModel, ModelConfig
 from ecdctr.spec import Spec, load_spec
-from ecdctr.training import fit, predict, recalibrate_batchnorm
-from ecdctr.vocab import build_vocabularies, domain_sizes, numeric_stats, traffic
+from ecdctr.training import predict
+from ecdctr.vocab import domain_sizes, traffic
+from pipelines import steps
 from pipelines.ablations import ABLATIONS, Ablations, focus_rows
 from pipelines.build import build, built_partitions
 
@@ -153,32 +154,22 @@ class _Data:
 
     def __init__(self, spec: Spec, work: str, source: str, train_days: list[dt.date],
                  eval_days: list[dt.date]):
-        self.spec = spec
-        parts = [(source, d) for d in train_days]
-        self.vocabs = build_vocabularies(spec, work, parts)
-        self.stats = numeric_stats(spec, work, parts)
+        self.spec, self.work = spec, work
+        parts = self.train_parts = [(source, d) for d in train_days]
         self.domains = domain_sizes(work, parts)
         self.bins = metrics.size_bins(self.domains, BINS)
         self.train_rows, self.ctr = traffic(work, parts)
         self.eval_rows = traffic(work, [(source, d) for d in eval_days])[0]
-        self.train_files = partition_files(work, source, train_days)
         self.eval_files = partition_files(work, source, eval_days)
-
-    def train(self, mc: ModelConfig) -> tf.data.Dataset:
-        return make_dataset(self.spec, self.train_files, mc.batch_size, shuffle=True, seed=mc.seed)
 
     def eval(self, batch_size: int = 4096) -> tf.data.Dataset:
         return make_dataset(self.spec, self.eval_files, batch_size)
 
 
 def _train(data: _Data, mc: ModelConfig, name: str, log: Log) -> tuple[CtrModel, dict]:
-    ds = data.train(mc)
-    model = build_model(data.spec.features, data.vocabs, data.stats, mc, next(iter(ds))[0],
-                        initial_ctr=data.ctr, domains=list(data.domains), name="ctr")
-    train = fit(model, ds, mc.epochs, mc.batch_size, f"{name} seed {mc.seed}", log,
-                rows=data.train_rows)
-    recalibrate_batchnorm(model, data.train(mc), log=lambda _: None)
-    return model, train
+    trained = steps.train_ctr(data.spec, data.work, data.train_parts, mc, log,
+                              label=f"{name} seed {mc.seed}")
+    return trained.model, trained.meta["train"]
 
 
 def _score(model: CtrModel, data: _Data, train: dict, name: str, seed: int,

@@ -21,7 +21,6 @@ Layout: <work>/tpm/<YYYY-MM or period start>/, <work>/models/cpm/<period start>/
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 import fcntl
 import os
@@ -31,39 +30,30 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
-import numpy as np
 import tensorflow as tf
 
-from ecdctr import metrics
-from ecdctr.adasparse import AdaSparseConfig
-from ecdctr.config import MODEL_KEYS, RunConfig
-from ecdctr.data import make_dataset, partition_files
+from ecdctr.checkpoint import (
+    META,
+    Checkpoint,
+    Snapshot,
+    load_checkpoint,
+    load_snapshot,
+    save_checkpoint,
+    save_snapshot,
+    structure,
+)
+from ecdctr.config import RunConfig
+from ecdctr.data import partition_files
 from ecdctr.export import REJECTED, publish, reject, stage_saved_model, versions
 from ecdctr.gate import run_gate
 from ecdctr.jsonio import read_json, write_json
-from ecdctr.models import (
-    CtrModel,
-    ModelConfig,
-    build_model,
-    embedding_table,
-    merged_tpm,
-    shift_output_prior,
-    transfer_weights,
-)
+from ecdctr.models import merged_tpm
 from ecdctr.spec import Spec, load_spec
-from ecdctr.training import fit, predict, recalibrate_batchnorm
-from ecdctr.vocab import (
-    build_vocabularies,
-    domain_sizes,
-    numeric_stats,
-    read_vocabularies,
-    traffic,
-    write_vocabularies,
-)
+from ecdctr.vocab import Partition
+from pipelines import steps
 from pipelines.build import STAGING, build, built_partitions
 
 Log = Callable[[str], None]
-TPM_KEEP = 3  # K: the newest TPM snapshots kept and aggregated (plus those the newest CPM used)
 CPM_KEEP = 4  # newest CPM checkpoints kept
 ACTR_KEEP = 7  # newest A-CTR checkpoints kept
 EXPORT_MARKER = "actr.json"  # in an export's assets.extra/: the checkpoint it came from, its gate
@@ -167,8 +157,7 @@ class _DailyJob:
         self.actr_root = os.path.join(self.work, "models", "actr")
         self.tpm_root = os.path.join(self.work, "tpm")
         self.export_base = os.path.join(config.export, "actr")
-        self.examples: dict[str, dict] = {}
-        self.actr_model: CtrModel | None = None
+        self.actr_model = None
         self.actr_meta: dict = {}
         self.actr_folder = ""
 
@@ -241,45 +230,13 @@ class _DailyJob:
     # -- data -----------------------------------------------------------------------------
     def window(self, source: str, days: int) -> list[dt.date]:
         """Built days of source in [date - days, date)."""
-        first = self.date - dt.timedelta(days=days)
-        return [d for d in built_partitions(self.work, source) if first <= d < self.date]
+        return steps.window_days(self.work, source, self.date, days)
 
-    def rows(self, source: str, dates: list[dt.date]) -> int:
-        return traffic(self.work, [(source, d) for d in dates])[0]
+    def shared_partitions(self) -> list[Partition]:
+        return steps.shared_parts(self.work, self.date, self.config.windows)
 
-    def ctr(self, source: str, dates: list[dt.date]) -> float:
-        return traffic(self.work, [(source, d) for d in dates])[1]
-
-    def dataset(self, source: str, dates: list[dt.date], model: ModelConfig,
-                shuffle: bool, spec: Spec | None = None) -> tf.data.Dataset:
-        if not dates:
-            raise DailyError(f"no built {source} days before {self.date} in the window. Fix: put "
-                             f"logs under {self.config.logs}/{source}/date=YYYY-MM-DD/.")
-        files = partition_files(self.work, source, dates)
-        return make_dataset(spec or self.spec, files, model.batch_size, shuffle=shuffle,
-                            seed=model.seed)
-
-    def example(self, spec: Spec) -> dict:
-        """One batch of input parsed with `spec`, to create a model's variables."""
-        if spec.fingerprint not in self.examples:
-            days = self.window("natural", self.config.windows.cpm_days)[-1:]
-            source = "natural" if days else "ad"
-            days = days or self.window("ad", self.config.windows.actr_days)[-1:]
-            ds = self.dataset(source, days, ModelConfig(batch_size=64), False, spec)
-            self.examples[spec.fingerprint] = next(iter(ds))[0]
-        return self.examples[spec.fingerprint]
-
-    def shared_partitions(self) -> list[tuple[str, dt.date]]:
-        """Where CPM and A-CTR vocabularies and domains come from: the natural CPM window
-        and the ad A-CTR window."""
-        w = self.config.windows
-        parts = [("natural", d) for d in self.window("natural", w.cpm_days)]
-        return parts + [("ad", d) for d in self.window("ad", w.actr_days)]
-
-    def train(self, model: CtrModel, ds: tf.data.Dataset, cfg: ModelConfig, rows: int,
-              name: str) -> dict:
-        board = os.path.join(self.work, "tensorboard", name, self.date.isoformat())
-        return fit(model, ds, cfg.epochs, cfg.batch_size, name, self.log, board, rows)
+    def board(self, name: str) -> str:
+        return os.path.join(self.work, "tensorboard", name, self.date.isoformat())
 
     # -- schedule and stored outputs ------------------------------------------------------
     def period(self, step: str) -> str | None:
@@ -336,160 +293,88 @@ class _DailyJob:
             shutil.rmtree(trash)
             self.log(f"removed old {os.path.join(root, name)}")
 
-    def save_checkpoint(self, folder: str, model: CtrModel, vocabs: dict, meta: dict) -> None:
-        """Writes weights, vocabularies, the spec and meta.json (last) to folder.tmp, then
-        swaps it in by renames."""
-        tmp = folder + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        write_vocabularies(vocabs, os.path.join(tmp, "vocab"))
-        model.save_weights(os.path.join(tmp, "weights", "ckpt"))
-        shutil.copyfile(self.spec.path, os.path.join(tmp, "spec.yaml"))
-        write_json(os.path.join(tmp, "meta.json"), meta)
-        if os.path.exists(folder):
-            old = folder + ".old.tmp"
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(folder, old)
-            os.rename(tmp, folder)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, folder)
-
-    def load_checkpoint(self, folder: str, config: ModelConfig, name: str
-                        ) -> tuple[CtrModel, dict, Spec]:
-        """Rebuilds the model saved in folder as it was trained (its spec, vocabularies,
-        structure, domains, TPM snapshot) and loads its weights: (model, meta, spec)."""
-        meta = read_json(os.path.join(folder, "meta.json"))
-        spec_file = os.path.join(folder, "spec.yaml")
-        spec = load_spec(spec_file) if os.path.exists(spec_file) else self.spec
-        if "model" in meta:
-            config = _with_structure(config, meta["model"])
-        stats = {k: tuple(v) for k, v in meta["numeric_stats"].items()}
-        model = build_model(spec.features, read_vocabularies(os.path.join(folder, "vocab")), stats,
-                            config, self.example(spec), self.snapshot_tables(meta),
-                            domains=meta["domains"], name=name)
-        model.load_weights(os.path.join(folder, "weights", "ckpt")).expect_partial()
-        return model, meta, spec
-
-    def transfer(self, source: CtrModel, source_meta: dict, target: CtrModel, what: str,
-                 **options: bool) -> dict:
-        """transfer_weights with the spec diff: features new or changed since the source was
-        trained start fresh, unchanged ones are restored, removed ones are dropped."""
-        new = feature_fingerprints(self.spec)
-        old = source_meta.get("feature_fingerprints")
-        if old is None:  # a checkpoint from before per-feature fingerprints
-            old = new if source_meta.get("spec_fingerprint") == self.spec.fingerprint else {}
-        diff = feature_diff(old, new)
-        result = transfer_weights(source, target, log=self.log,
-                                  fresh_features=diff["new"] + diff["changed"], **options)
+    def fresh_features(self, source_meta: dict, what: str) -> tuple[list[str], dict]:
+        """Features new or changed since a checkpoint was trained (they start fresh in a warm
+        start; unchanged ones are restored, removed ones dropped), and the whole diff."""
+        diff = feature_diff(source_meta.get("feature_fingerprints", {}),
+                            feature_fingerprints(self.spec))
         self.log(f"{what}: features new {diff['new']}, changed {diff['changed']}, removed "
-                 f"{diff['removed']} (new and changed start fresh), restored {diff['restored']}"
-                 + (f"; shape changed with the feature set, started fresh: "
-                    f"{result['shape_changed']}" if result["shape_changed"] else ""))
-        return {**diff, "shape_changed": result["shape_changed"], "fresh": result["fresh"],
-                "variables": {k: len(v) for k, v in result.items()}}
+                 f"{diff['removed']} (new and changed start fresh), restored {diff['restored']}")
+        return diff["new"] + diff["changed"], diff
 
     # -- TPM ------------------------------------------------------------------------------
     def tpm(self, entry: dict) -> None:
-        key = self.due("tpm", self.tpm_root, "manifest.json", entry)
+        key = self.due("tpm", self.tpm_root, META, entry)
         if key is None:
             return
+        t = self.config.transfer
+        if t.tpm_snapshots == 0:
+            entry.update(status="skipped", reason="transfer.tpm_snapshots is 0: no TPM")
+            return
+        first, end = steps.tpm_window(self.date, self.config.windows, t.tpm_historical)
+        days = steps.built_days(self.work, "natural", first, end)
+        if not days:
+            entry.update(status="skipped", reason=f"no built natural day in the TPM window "
+                         f"{first}..{end - dt.timedelta(days=1)}")
+            self.log(f"TPM skipped: {entry['reason']} (a CPM then reads no new snapshot)")
+            return
+        earlier = [n for n, _ in self.complete(self.tpm_root, META) if n != key]
+        parent = None
+        if t.tpm_warm_start and earlier:
+            parent = load_checkpoint(os.path.join(self.tpm_root, earlier[-1]), self.config.tpm)
+        trained = steps.train_tpm(self.spec, self.work, days, self.config.tpm, self.log, parent,
+                                  self.board("tpm"))
         folder = os.path.join(self.tpm_root, key)
-        cfg = self.config.tpm
-        days = self.window("natural", self.config.windows.tpm_days)
-        parts = [("natural", d) for d in days]
-        vocabs = build_vocabularies(self.spec, self.work, parts)
-        stats = numeric_stats(self.spec, self.work, parts)
-        ds = self.dataset("natural", days, cfg, shuffle=True)
-        self.log(f"TPM on {len(days)} natural days ({self.rows('natural', days):,} rows), "
-                 f"features {[f.name for f in self.spec.tpm_features]}")
-        model = build_model(self.spec.tpm_features, vocabs, stats, cfg, next(iter(ds))[0],
-                            initial_ctr=self.ctr("natural", days), name="tpm")
-        entry["train"] = self.train(model, ds, cfg, self.rows("natural", days), "tpm")
-        tmp = folder + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        entities = {}
-        for entity, feature in self.spec.entities.items():
-            keys, rows = embedding_table(model, feature.name)
-            np.save(os.path.join(tmp, f"{entity}.npy"), rows.astype(np.float32))
-            with open(os.path.join(tmp, f"{entity}.keys.txt"), "w", encoding="utf-8") as f:
-                f.write("".join(k + "\n" for k in keys))
-            entities[entity] = {"feature": feature.name, "rows": len(keys), "dim": rows.shape[1]}
-        manifest = {"window": [days[0].isoformat(), days[-1].isoformat()],
-                    "rows": self.rows("natural", days), "entities": entities,
-                    "train": entry["train"], "spec_fingerprint": self.spec.fingerprint}
-        write_json(os.path.join(tmp, "manifest.json"), manifest)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.rename(tmp, folder)
-        entry.update(snapshot=folder, entities=entities)
-        self.log(f"TPM snapshot {folder}: " + ", ".join(f"{e} {v['rows']:,}x{v['dim']}"
-                                                        for e, v in entities.items()))
-        cpms = self.complete(self.cpm_root, "meta.json")
-        self.prune(self.tpm_root, "manifest.json", TPM_KEEP,
-                   {key} | (set(snapshot_names(cpms[-1][1])) if cpms else set()))
+        save_snapshot(folder, trained.model, self.spec, trained.vocabs, trained.meta,
+                      steps.tpm_tables(trained))
+        entry.update(snapshot=folder, train=trained.meta["train"], warm_start=trained.meta["parent"])
+        self.log(f"TPM snapshot {folder} of {trained.meta['window'][0]}..{trained.meta['window'][1]}")
+        cpms = self.complete(self.cpm_root, META)
+        used = {s["name"] for s in cpms[-1][1].get("tpm_snapshots", [])} if cpms else set()
+        self.prune(self.tpm_root, META, max(t.tpm_snapshots, 1), {key} | used)
 
-    def snapshot_tables(self, meta: dict) -> list[dict[str, tuple[list[str], np.ndarray]]]:
-        """The TPM snapshots (oldest first) a checkpoint was trained with."""
-        return [self.tpm_tables(name) for name in snapshot_names(meta)]
-
-    def tpm_tables(self, name: str) -> dict[str, tuple[list[str], np.ndarray]]:
-        folder = os.path.join(self.tpm_root, name)
-        if not os.path.exists(os.path.join(folder, "manifest.json")):
-            raise DailyError(f"TPM snapshot {folder} is missing but a checkpoint was trained "
-                             f"with it. Fix: rerun the day with --force so the models retrain.")
-        manifest = read_json(os.path.join(folder, "manifest.json"))
-        tables = {}
-        for entity, info in manifest["entities"].items():
-            with open(os.path.join(folder, f"{entity}.keys.txt"), encoding="utf-8") as f:
-                keys = f.read().splitlines()
-            tables[info["feature"]] = (keys, np.load(os.path.join(folder, f"{entity}.npy")))
-        return tables
+    def snapshots_for(self, cpm_first: dt.date) -> list[Snapshot]:
+        """The TPM snapshots (oldest first) a CPM whose window starts at cpm_first reads."""
+        t = self.config.transfer
+        names = steps.choose_snapshots(self.usable(self.tpm_root, META), cpm_first,
+                                       t.tpm_snapshots, t.tpm_historical)
+        return [load_snapshot(os.path.join(self.tpm_root, n)) for n in names]
 
     # -- CPM ------------------------------------------------------------------------------
     def cpm(self, entry: dict) -> None:
-        key = self.due("cpm", self.cpm_root, "meta.json", entry)
+        key = self.due("cpm", self.cpm_root, META, entry)
         if key is None:
             return
         folder = os.path.join(self.cpm_root, key)
-        cfg = self.config.cpm
         days = self.window("natural", self.config.windows.cpm_days)
-        snapshots = self.usable(self.tpm_root, "manifest.json")
-        if not snapshots:
-            raise DailyError("no TPM snapshot to build CPM on. Fix: let the tpm step run first.")
-        names = [name for name, _ in snapshots[-TPM_KEEP:]]  # the last K, oldest first
-        shared = self.shared_partitions()
-        vocabs = build_vocabularies(self.spec, self.work, shared)
-        domains = list(domain_sizes(self.work, shared))
-        stats = numeric_stats(self.spec, self.work, [("natural", d) for d in days])
-        ds = self.dataset("natural", days, cfg, shuffle=True)
-        self.log(f"CPM on {len(days)} natural days ({self.rows('natural', days):,} rows) "
-                 f"with TPM snapshots {names} through the attention aggregator")
-        model = build_model(self.spec.features, vocabs, stats, cfg, next(iter(ds))[0],
-                            [self.tpm_tables(n) for n in names], self.ctr("natural", days),
-                            domains, name="cpm")
-        previous = [name for name, _ in self.usable(self.cpm_root, "meta.json") if name != key]
+        if not days:
+            raise DailyError(f"no built natural days before {self.date} in the CPM window. Fix: "
+                             f"put logs under {self.config.logs}/natural/date=YYYY-MM-DD/.")
+        snapshots = self.snapshots_for(days[0])
+        self.log(f"CPM on {len(days)} natural days with TPM snapshots "
+                 f"{[s.name for s in snapshots] or 'none'}")
+        previous = [name for name, _ in self.usable(self.cpm_root, META) if name != key]
+        parent, fresh = None, []
         if previous:
-            source_folder = os.path.join(self.cpm_root, previous[-1])
-            source, source_meta, _ = self.load_checkpoint(source_folder, cfg, "cpm")
-            entry["warm_start"] = {"from": source_folder, **self.transfer(
-                source, source_meta, model, f"CPM warm start from {source_folder}",
-                reset_batchnorm=False)}
+            parent = load_checkpoint(os.path.join(self.cpm_root, previous[-1]), self.config.cpm)
+            fresh, diff = self.fresh_features(parent.meta, f"CPM warm start from {parent.folder}")
+            entry["warm_start"] = {"from": parent.folder, **diff}
         else:
             entry["warm_start"] = None
             self.log("CPM starts fresh: no earlier CPM checkpoint")
-        entry["train"] = self.train(model, ds, cfg, self.rows("natural", days), "cpm")
-        recalibrate_batchnorm(model, self.dataset("natural", days, cfg, shuffle=True), log=self.log)
-        meta = {"period": key, "schedule": self.config.schedule.cpm,
-                "window": [days[0].isoformat(), days[-1].isoformat()],
-                "rows": self.rows("natural", days), "tpm_snapshots": names,
-                "numeric_stats": stats, "domains": domains, "train": entry["train"],
-                "ctr": self.ctr("natural", days), "model": _structure(cfg),
-                "warm_start": entry["warm_start"] and entry["warm_start"]["from"],
-                "spec_fingerprint": self.spec.fingerprint,
-                "feature_fingerprints": feature_fingerprints(self.spec)}
-        self.save_checkpoint(folder, model, vocabs, meta)
+        natural = [("natural", d) for d in days]
+        trained = steps.train_ctr(self.spec, self.work, natural, self.config.cpm, self.log,
+                                  kind="cpm", snapshots=snapshots,
+                                  vocab_parts=self.shared_partitions(), stats_parts=natural,
+                                  parent=parent, fresh_features=fresh, board=self.board("cpm"))
+        if entry["warm_start"]:
+            entry["warm_start"].update(trained.meta["transfer"])
+        entry["train"] = trained.meta["train"]
+        save_checkpoint(folder, trained.model, self.spec, trained.vocabs,
+                        {**trained.meta, "period": key, "schedule": self.config.schedule.cpm},
+                        trained.snapshots)
         entry["checkpoint"] = folder
-        self.prune(self.cpm_root, "meta.json", CPM_KEEP, {key})
+        self.prune(self.cpm_root, META, CPM_KEEP, {key})
 
     # -- A-CTR ----------------------------------------------------------------------------
     def actr(self, entry: dict) -> None:
@@ -498,111 +383,101 @@ class _DailyJob:
         if self.date not in built_partitions(self.work, "ad"):
             raise DailyError(f"ad traffic of {self.date} (the evaluation day) is not built. Fix: "
                              f"put its logs under {self.config.logs}/ad/date={self.date}/.")
-        cpms = self.usable(self.cpm_root, "meta.json")
+        if not days:
+            raise DailyError(f"no built ad days before {self.date} in the A-CTR window. Fix: put "
+                             f"logs under {self.config.logs}/ad/date=YYYY-MM-DD/.")
+        cpms = self.usable(self.cpm_root, META)
         if not cpms:
             raise DailyError(f"no CPM checkpoint trained before {self.date} in {self.cpm_root}. "
                              f"Fix: let the cpm step run first.")
         cpm_name = cpms[-1][0]
-        cpm_folder = os.path.join(self.cpm_root, cpm_name)
-        cpm, cpm_meta, cpm_spec = self.load_checkpoint(cpm_folder, self.config.cpm, "cpm")
-        self.log(f"loaded CPM {cpm_folder}")
+        cpm = load_checkpoint(os.path.join(self.cpm_root, cpm_name), self.config.cpm)
+        self.log(f"loaded CPM {cpm.folder}")
         folder = os.path.join(self.actr_root, self.date.isoformat())
         entry["checkpoint"] = folder
         if self.resumable(folder, cpm_name):
-            model, meta, _ = self.load_checkpoint(folder, cfg, "actr")
+            actr = load_checkpoint(folder, cfg)
+            model, meta = actr.model, actr.meta
             entry.update(start=meta["start"], start_reason=meta["start_reason"], resumed=True,
                          train=meta["train"], transfer=meta["transfer"])
             self.log(f"A-CTR checkpoint {folder} of this day exists (an earlier run of the day "
                      f"trained it {meta['start']}): evaluating and exporting it as it is")
         else:
-            model, meta = self.fine_tune(entry, cpm, cpm_meta, cpm_folder, days)
-            self.save_checkpoint(folder, model, meta.pop("vocabs"), meta)
-            self.prune(self.actr_root, "meta.json", ACTR_KEEP, {self.date.isoformat()})
+            trained = self.fine_tune(entry, cpm, days)
+            model, meta = trained.model, trained.meta
+            save_checkpoint(folder, model, self.spec, trained.vocabs, meta, trained.snapshots)
+            self.prune(self.actr_root, META, ACTR_KEEP, {self.date.isoformat()})
         entry["metrics"] = {}
-        for name, m, spec in (("actr", model, self.spec), ("cpm", cpm, cpm_spec)):
-            scored = predict(m, spec, self.dataset("ad", [self.date], cfg, False, spec))
-            entry["metrics"][name] = metrics.summary(scored["labels"], scored["probs"],
-                                                     scored["groups"])
-            r = entry["metrics"][name]
+        for name, m, spec in (("actr", model, self.spec), ("cpm", cpm.model, cpm.spec)):
+            r = entry["metrics"][name] = steps.summary(
+                steps.evaluate(m, spec, self.work, [("ad", self.date)]))
             self.log(f"{name} on ad {self.date} ({r['rows']:,} rows): logloss {r['logloss']:.4f} "
                      f"AUC {r['auc']:.4f} GAUC {r['gauc']:.4f} over {r['gauc_groups']} users "
                      f"(CTR {r['ctr']:.4f}, mean prediction {r['mean_prediction']:.4f})")
+        saved = read_json(os.path.join(folder, META))
+        saved["metrics"] = {f"{name} on ad {self.date}": r for name, r in entry["metrics"].items()}
+        write_json(os.path.join(folder, META), saved)
         self.report["metrics"] = entry["metrics"]["actr"]
         self.actr_model, self.actr_meta, self.actr_folder = model, meta, folder
 
     def resumable(self, folder: str, cpm_name: str) -> bool:
         """True when an earlier (killed) run of this day saved the A-CTR checkpoint that this
         run would train: same CPM, spec and structure; --force trains it again."""
-        if self.force or not os.path.exists(os.path.join(folder, "meta.json")):
+        if self.force or not os.path.exists(os.path.join(folder, META)):
             return False
-        meta = read_json(os.path.join(folder, "meta.json"))
+        meta = read_json(os.path.join(folder, META))
         same = (meta.get("cpm") == cpm_name and meta.get("spec_fingerprint") == self.spec.fingerprint
-                and meta.get("model") == _structure(self.config.actr))
+                and meta.get("model") == structure(self.config.actr))
         if not same:
             self.log(f"A-CTR checkpoint {folder} was trained with another CPM, spec or model "
                      f"structure: training it again")
         return same
 
-    def fine_tune(self, entry: dict, cpm: CtrModel, cpm_meta: dict, cpm_folder: str,
-                  days: list[dt.date]) -> tuple[CtrModel, dict]:
-        """A-CTR of D: starts from the previous day's A-CTR when it descends from the same CPM,
-        else re-derives from the CPM; fine-tunes on the ad window. Returns (model, meta)."""
+    def fine_tune(self, entry: dict, cpm: Checkpoint, days: list[dt.date]) -> steps.Trained:
+        """A-CTR of D: updated from the previous day's A-CTR on the ad days it has not learned
+        from when it descends from the same CPM, else re-derived from the CPM."""
         cfg = self.config.actr
-        train = self.dataset("ad", days, cfg, shuffle=True)
-        vocabs = build_vocabularies(self.spec, self.work, self.shared_partitions())
-        stats = {k: tuple(v) for k, v in cpm_meta["numeric_stats"].items()}
-        model = build_model(self.spec.features, vocabs, stats, cfg, next(iter(train))[0],
-                            self.snapshot_tables(cpm_meta),
-                            domains=cpm_meta["domains"], name="actr")
-        cpm_name = os.path.basename(cpm_folder)
-        earlier = [(n, m) for n, m in self.complete(self.actr_root, "meta.json")
+        cpm_name = os.path.basename(cpm.folder)
+        earlier = [(n, m) for n, m in self.complete(self.actr_root, META)
                    if n < self.date.isoformat()]
         previous, previous_meta = earlier[-1] if earlier else (None, {})
+        shared = self.shared_partitions()
         if previous and previous_meta.get("cpm") == cpm_name:
             source_folder = os.path.join(self.actr_root, previous)
             yesterday = (self.date - dt.timedelta(days=1)).isoformat()
             start = (f"from yesterday's A-CTR {source_folder}" if previous == yesterday
                      else f"from the A-CTR of {previous} {source_folder} (the newest earlier one)")
             reason = f"it descends from the newest CPM {cpm_name}"
-            source, source_meta, _ = self.load_checkpoint(source_folder, cfg, "actr")
-            transfer = self.transfer(source, source_meta, model, f"A-CTR {start}",
-                                     reset_batchnorm=False)
+            source = load_checkpoint(source_folder, cfg)
+            fresh, diff = self.fresh_features(source.meta, f"A-CTR {start}")
             # Only the ad days the previous A-CTR has not learned from: re-reading the whole
             # window every day would be one more epoch over it a day, and overfits the ids.
-            seen = dt.date.fromisoformat(source_meta["window"][1])
+            seen = dt.date.fromisoformat(source.meta["learned_through"])
             train_days = [d for d in days if d > seen]
+            self.log(f"A-CTR starts {start} ({reason})")
+            trained = steps.update_actr(source, self.spec, self.work, train_days, cfg, self.log,
+                                        vocab_parts=shared, fresh_features=fresh,
+                                        board=self.board("actr"))
         else:
-            start = f"re-derived from CPM {cpm_folder}"
+            start = f"re-derived from CPM {cpm.folder}"
             reason = (f"CPM {cpm_name} landed after CPM {previous_meta.get('cpm')} that the "
                       f"previous A-CTR ({previous}) descends from" if previous
                       else "no earlier A-CTR checkpoint")
-            transfer = self.transfer(cpm, cpm_meta, model, f"A-CTR {start}",
-                                     reset_batchnorm=self.config.reset_batchnorm,
-                                     reset_batchnorm_affine=self.config.reset_batchnorm_affine)
-            shift_output_prior(model, cpm_meta["ctr"], self.ctr("ad", days), self.log)
+            fresh, diff = self.fresh_features(cpm.meta, f"A-CTR {start}")
+            self.log(f"A-CTR starts {start} ({reason})")
+            trained = steps.derive_actr(cpm, self.spec, self.work, days, cfg,
+                                        self.config.transfer, self.log, vocab_parts=shared,
+                                        fresh_features=fresh, board=self.board("actr"))
             train_days = days
-        self.log(f"A-CTR starts {start} ({reason})")
+        transfer = {**diff, **trained.meta["transfer"]}
         entry.update(start=start, start_reason=reason, transfer=transfer,
-                     trained_days=[d.isoformat() for d in train_days])
-        if train_days:
-            self.log(f"A-CTR fine-tune on {len(train_days)} ad days "
-                     f"({self.rows('ad', train_days):,} rows)")
-            entry["train"] = self.train(model, self.dataset("ad", train_days, cfg, shuffle=True),
-                                        cfg, self.rows("ad", train_days), "actr")
-        else:
-            self.log("A-CTR: no ad day it has not learned from yet; kept as it is")
-            entry["train"] = {"rows_read": 0, "steps": 0}
-        recalibrate_batchnorm(model, self.dataset("ad", days, cfg, shuffle=True), log=self.log)
-        meta = {"id": f"{self.date.isoformat()}-{uuid.uuid4().hex[:12]}",
-                "date": self.date.isoformat(), "cpm": cpm_name, "cpm_path": cpm_folder,
-                "start": start, "start_reason": reason, "transfer": transfer,
-                "window": [days[0].isoformat(), days[-1].isoformat()],
-                "rows": self.rows("ad", days), "tpm_snapshots": snapshot_names(cpm_meta),
-                "numeric_stats": cpm_meta["numeric_stats"], "domains": cpm_meta["domains"],
-                "train": entry["train"], "ctr": self.ctr("ad", days), "model": _structure(cfg),
-                "spec_fingerprint": self.spec.fingerprint,
-                "feature_fingerprints": feature_fingerprints(self.spec), "vocabs": vocabs}
-        return model, meta
+                     trained_days=[d.isoformat() for d in train_days
+                                   if d.isoformat() <= trained.meta["learned_through"]],
+                     train=trained.meta["train"])
+        trained.meta.update(id=f"{self.date.isoformat()}-{uuid.uuid4().hex[:12]}",
+                            date=self.date.isoformat(), cpm=cpm_name, cpm_path=cpm.folder,
+                            start=start, start_reason=reason, transfer=transfer)
+        return trained
 
     # -- export ---------------------------------------------------------------------------
     def export(self, entry: dict) -> None:
@@ -640,11 +515,6 @@ class _DailyJob:
         self.report["published"] = gate["passed"]
 
 
-def snapshot_names(meta: dict) -> list[str]:
-    """The TPM snapshots (oldest first) a CPM or A-CTR checkpoint was trained with."""
-    return list(meta.get("tpm_snapshots") or [meta["tpm_snapshot"]])
-
-
 def _exported(base: str, checkpoint_id: str) -> tuple[str, dict] | None:
     """(path, marker) of the published or rejected export of a checkpoint, if there is one."""
     candidates = [os.path.join(base, str(v)) for v in versions(base)]
@@ -656,20 +526,6 @@ def _exported(base: str, checkpoint_id: str) -> tuple[str, dict] | None:
             if body.get("checkpoint_id") == checkpoint_id:
                 return path, body
     return None
-
-
-def _structure(config: ModelConfig) -> dict:
-    """The model structure a checkpoint was built with (JSON), so it can be rebuilt."""
-    body = {k: getattr(config, k) for k in MODEL_KEYS}
-    body["hidden"] = list(config.hidden)
-    body["adasparse"] = dataclasses.asdict(config.adasparse)
-    return body
-
-
-def _with_structure(config: ModelConfig, body: dict) -> ModelConfig:
-    body = {**body, "hidden": tuple(body["hidden"]),
-            "adasparse": AdaSparseConfig(**body["adasparse"])}
-    return dataclasses.replace(config, **body)
 
 
 def _listdir(folder: str) -> list[str]:

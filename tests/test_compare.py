@@ -44,7 +44,7 @@ def test_compare_end_to_end(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text(f"spec: {os.path.abspath('features/default.yaml')}\nlogs: logs\nwork: work\n"
                       "export: export\nwindows: {cpm_days: 4}\nmodel: {hidden: [16, 8]}\n"
-                      "cpm: {batch_size: 256}\n")
+                      "cpm: {batch_size: 256, max_epochs: 2}\n")
     out = tmp_path / "cmp" / "report.json"
     variants = ["dnn", "dnn+adasparse:0.1-0.3", "dnn+adasparse:0.3-0.5", "dnn+star",
                 "dcnv2+apg"]
@@ -86,9 +86,9 @@ def test_ablations_on_ad_traffic(tmp_path):
                        natural_rows_per_day=2000, seed=6), log=lambda _: None)
     config = tmp_path / "config.yaml"
     config.write_text(f"spec: {os.path.abspath('features/default.yaml')}\nlogs: logs\nwork: work\n"
-                      "export: export\nwindows: {tpm_days: 7, cpm_days: 4, actr_days: 3}\n"
-                      "model: {hidden: [16, 8]}\ntpm: {hidden: [8], batch_size: 256}\n"
-                      "cpm: {batch_size: 256}\nactr: {batch_size: 64}\n")
+                      "export: export\nwindows: {tpm_days: 7, cpm_days: 3, actr_days: 3}\n"
+                      "model: {hidden: [16, 8]}\ntpm: {hidden: [8], batch_size: 256, max_epochs: 2}\n"
+                      "cpm: {batch_size: 256, max_epochs: 2}\nactr: {batch_size: 64, max_epochs: 2}\n")
     variants = ["ad_only", "finetune", "ecdctr", "ecdctr-daily"]
     lines: list[str] = []
     report = run_compare(load_config(str(config)), dt.date(2026, 1, 8), variants,
@@ -97,8 +97,10 @@ def test_ablations_on_ad_traffic(tmp_path):
     for name in variants:
         r = report["runs"][name][0]
         assert 0 <= r["auc"] <= 1 and r["natural_users"]["rows"] > 0
-    assert sum("tpm seed 0" in line for line in lines if "epoch 1 done" in line) == 1  # shared
-    assert sum("ecdctr-daily 2026-01-0" in line for line in lines if "epoch 1 done" in line) == 3
+    assert sum(line.startswith("[tpm] epoch 1 done") for line in lines) == 1  # shared
+    # ecdctr-daily: derived on 01-05 (validated on 01-06), then updated on 01-06..01-07
+    updates = [line for line in lines if line.startswith("[actr] training") and "no validation" in line]
+    assert len(updates) == 1 and "on 2 partitions" in updates[0]
     assert "users seen mostly in natural traffic" in (tmp_path / "ablations.md").read_text()
 
 

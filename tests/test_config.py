@@ -16,7 +16,7 @@ def test_demo_config_resolves_paths_against_its_folder():
     assert config.windows.tpm_days == 180 and config.windows.actr_days == 14
     assert config.cpm.hidden == config.actr.hidden == (128, 64)  # same structure: transfer by name
     assert config.tpm.hidden == (32,)
-    assert config.actr.batch_size == 512 and config.reset_batchnorm
+    assert config.actr.batch_size == 512 and config.transfer.reset_batchnorm
     assert config.cpm.multi_domain == config.actr.multi_domain == "adasparse"
     assert config.actr.adasparse.form == "fusion" and config.tpm.multi_domain == "none"
 
@@ -61,7 +61,7 @@ def test_defaults(tmp_path):
     assert config.windows.cpm_days == 30 and config.cpm.hidden == (128, 64)
     assert config.logs == str(tmp_path / "l")
     assert config.schedule == Schedule("monthly", "weekly", 0, 1)
-    assert config.reset_batchnorm and not config.reset_batchnorm_affine
+    assert config.transfer.reset_batchnorm and not config.transfer.reset_batchnorm_affine
 
 
 def test_schedule_and_transfer_keys_are_read(tmp_path):
@@ -69,7 +69,7 @@ def test_schedule_and_transfer_keys_are_read(tmp_path):
                                           "tpm_day: 28}\n"
                                           "transfer: {reset_batchnorm_affine: true}\n"))
     assert config.schedule == Schedule("once", "daily", 6, 28)
-    assert config.reset_batchnorm and config.reset_batchnorm_affine
+    assert config.transfer.reset_batchnorm and config.transfer.reset_batchnorm_affine
 
 
 def test_every_schedule_error_is_listed_at_once(tmp_path):

@@ -29,10 +29,11 @@ def run(tmp_path_factory):
     config = root / "config.yaml"
     config.write_text(
         f"spec: {os.path.abspath('features/default.yaml')}\nlogs: logs\nwork: work\nexport: export\n"
-        "windows: {tpm_days: 30, cpm_days: 8, actr_days: 5}\n"
+        "windows: {tpm_days: 30, cpm_days: 5, actr_days: 5}\n"
         "model: {hidden: [16, 8], multi_domain: adasparse}\n"
         "gate: {max_auc_drop: 0.2}\n"
-        "tpm: {hidden: [8], batch_size: 256}\ncpm: {batch_size: 256}\nactr: {batch_size: 64}\n")
+        "tpm: {hidden: [8], batch_size: 256, max_epochs: 2}\ncpm: {batch_size: 256, max_epochs: 2}\n"
+        "actr: {batch_size: 64, max_epochs: 2}\n")
     lines: list[str] = []
     report = run_daily(load_config(str(config)), DATE, log=lines.append)
     return root, config, report, lines
@@ -58,7 +59,8 @@ def test_daily_runs_every_step_and_writes_the_report(run):
             for v in event.summary.value}
     assert {"epoch_loss", "epoch_sparsity_0", "epoch_sparsity_1"} <= tags  # AdaSparse per layer
     manifest = json.loads((root / "work" / "tpm" / "2026-01" / "manifest.json").read_text())
-    assert manifest["window"] == ["2026-01-01", "2026-01-11"]  # never the evaluation day
+    # historical: the TPM window ends where the CPM window (the 5 days before D) begins
+    assert manifest["window"] == ["2026-01-01", "2026-01-06"]
 
 
 def test_export_is_a_versioned_savedmodel_on_serialized_examples(run):

@@ -1,0 +1,257 @@
+"""Self-describing model folders: a checkpoint holds all it takes to rebuild its Keras model.
+
+A folder (TPM snapshot, CPM, A-CTR, or a compare variant) holds:
+    weights/ckpt*        the model's variables (frozen TPM tables included)
+    vocab/<feature>.txt  the vocabularies its lookups were built with
+    spec.yaml            the feature spec it was trained with
+    tpm/<k>/<feature>.keys.json  the ids of each TPM snapshot it reads (their vectors are in
+                         the weights; meta.json records each snapshot's content hash)
+    meta.json            written last: kind, structure, numeric stats, domains, training
+                         window, rows, parent, training summary (chosen epoch), metrics
+`load_checkpoint` rebuilds the model from these alone: no TFRecords, stats or TPM folders are
+read. Writes go to `<folder>.tmp`, renamed into place when whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ecdctr.adasparse import AdaSparseConfig
+from ecdctr.aggregator import TpmAggregator
+from ecdctr.data import example_batch
+from ecdctr.jsonio import read_json, write_json
+from ecdctr.models import CtrModel, ModelConfig, TpmSnapshot, build_model
+from ecdctr.spec import Spec, load_spec
+from ecdctr.vocab import read_vocabularies, write_vocabularies
+
+META = "meta.json"
+STRUCTURE_KEYS = ("hidden", "dropout", "backbone", "cross_layers", "cross_structure",
+                  "multi_domain", "apg_rank", "adasparse")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One TPM snapshot as a model reads it: its name, content hash and tables."""
+
+    name: str
+    tables: TpmSnapshot
+    sha256: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.sha256:
+            object.__setattr__(self, "sha256", tables_hash(self.tables))
+
+
+@dataclass
+class Checkpoint:
+    """A model rebuilt from its folder, with its meta and spec."""
+
+    folder: str
+    model: CtrModel
+    meta: dict
+    spec: Spec
+    vocabs: dict[str, list[str]]
+
+    @property
+    def snapshots(self) -> list[Snapshot]:
+        """The TPM snapshots the model reads, recovered from its own frozen tables."""
+        return model_snapshots(self.model, [s["name"] for s in self.meta.get("tpm_snapshots", [])])
+
+
+def tables_hash(tables: TpmSnapshot) -> str:
+    """Content hash of one snapshot's tables (ids and vectors, in id order)."""
+    digest = hashlib.sha256()
+    for feature in sorted(tables):
+        keys, matrix = tables[feature]
+        order = np.argsort(np.asarray(keys, dtype=object).astype(str), kind="stable")
+        digest.update(feature.encode())
+        digest.update(json.dumps([keys[i] for i in order]).encode())
+        digest.update(np.ascontiguousarray(np.asarray(matrix, np.float32)[order]).tobytes())
+    return digest.hexdigest()
+
+
+def model_snapshots(model: CtrModel, names: Sequence[str]) -> list[Snapshot]:
+    """The snapshots (oldest first) inside a model's TPM aggregator, as (ids, vectors) tables."""
+    aggregator = model.tpm
+    if not isinstance(aggregator, TpmAggregator):
+        return []
+    snapshots = []
+    for k in range(aggregator.snapshot_count):
+        tables = {}
+        for feature in aggregator.feature_names:
+            present = aggregator.present[feature].numpy()[:, k]
+            rows = np.flatnonzero(present)
+            keys = [aggregator.keys[feature][r - 1] for r in rows]
+            tables[feature] = (keys, aggregator.snapshot_tables[feature][k].numpy()[rows])
+        snapshots.append(Snapshot(names[k] if k < len(names) else f"snapshot-{k}", tables))
+    return snapshots
+
+
+def structure(config: ModelConfig) -> dict:
+    """The model structure a checkpoint was built with (JSON), so it can be rebuilt."""
+    body = {k: getattr(config, k) for k in STRUCTURE_KEYS}
+    body["hidden"] = list(config.hidden)
+    body["adasparse"] = dataclasses.asdict(config.adasparse)
+    return body
+
+
+def with_structure(config: ModelConfig, body: Mapping) -> ModelConfig:
+    """config with the structure of a checkpoint's meta["model"]."""
+    body = {**body, "hidden": tuple(body["hidden"]),
+            "adasparse": AdaSparseConfig(**body["adasparse"])}
+    return dataclasses.replace(config, **body)
+
+
+def save_checkpoint(folder: str, model: CtrModel, spec: Spec, vocabs: Mapping[str, Sequence[str]],
+                    meta: dict, snapshots: Sequence[Snapshot] = (),
+                    extra: Mapping[str, object] | None = None) -> None:
+    """Writes the model folder (see the module docstring) to folder.tmp, then swaps it in.
+    meta must hold kind, features ("all" or "tpm"), numeric_stats and domains; the structure,
+    the snapshots' names and hashes and the spec fingerprints are added here. `extra`: more
+    files, {relative path: callable(path)} writers (a TPM snapshot's exported tables)."""
+    tmp = folder + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_vocabularies(dict(vocabs), os.path.join(tmp, "vocab"))
+    model.save_weights(os.path.join(tmp, "weights", "ckpt"))
+    shutil.copyfile(spec.path, os.path.join(tmp, "spec.yaml"))
+    described = []
+    for k, snapshot in enumerate(snapshots):
+        for feature, (keys, _) in snapshot.tables.items():
+            path = os.path.join(tmp, "tpm", str(k), f"{feature}.keys.json")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(list(keys), f)
+        described.append({"name": snapshot.name, "sha256": snapshot.sha256,
+                          "features": {n: {"rows": len(t[0]), "dim": int(np.shape(t[1])[1])}
+                                       for n, t in snapshot.tables.items()}})
+    for relative, writer in (extra or {}).items():
+        writer(os.path.join(tmp, relative))
+    meta = {**meta, "model": structure(model.config), "model_name": model.name,
+            "tpm_snapshots": described, "spec_fingerprint": spec.fingerprint,
+            "feature_fingerprints": {f.name: f.fingerprint for f in spec.features}}
+    write_json(os.path.join(tmp, META), meta)
+    if os.path.exists(folder):
+        old = folder + ".old.tmp"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(folder, old)
+        os.rename(tmp, folder)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, folder)
+
+
+def is_checkpoint(folder: str) -> bool:
+    """True when folder holds a whole checkpoint (its meta.json, written last)."""
+    return os.path.exists(os.path.join(folder, META))
+
+
+def load_checkpoint(folder: str, config: ModelConfig | None = None) -> Checkpoint:
+    """Rebuilds the model saved in folder as it was trained and loads its weights. config
+    supplies training settings (learning rate, batch size); the structure is the folder's."""
+    if not is_checkpoint(folder):
+        raise FileNotFoundError(f"{folder}: no {META}, so not a whole checkpoint. Fix: point to a "
+                                f"model folder (e.g. <work>/models/actr/<date>) or retrain it.")
+    meta = read_json(os.path.join(folder, META))
+    spec = load_spec(os.path.join(folder, "spec.yaml"))
+    config = with_structure(config or ModelConfig(), meta["model"])
+    vocabs = read_vocabularies(os.path.join(folder, "vocab"))
+    snapshots = []
+    for k, info in enumerate(meta.get("tpm_snapshots", [])):
+        tables = {}
+        for feature, shape in info["features"].items():
+            with open(os.path.join(folder, "tpm", str(k), f"{feature}.keys.json"),
+                      encoding="utf-8") as f:
+                keys = json.load(f)
+            tables[feature] = (keys, np.zeros((shape["rows"], shape["dim"]), np.float32))
+        snapshots.append(tables)
+    features = spec.tpm_features if meta.get("features") == "tpm" else spec.features
+    stats = {k: tuple(v) for k, v in meta["numeric_stats"].items()}
+    model = build_model(features, vocabs, stats, config, example_batch(spec), snapshots or None,
+                        domains=meta["domains"], name=meta.get("model_name", meta["kind"]))
+    model.load_weights(os.path.join(folder, "weights", "ckpt")).expect_partial()
+    return Checkpoint(folder, model, meta, spec, vocabs)
+
+
+def describe(folder: str) -> str:
+    """What a model folder is, for `ecdctr inspect`: kind, window, rows, spec, parent, epochs,
+    metrics, structure and the TPM snapshots it reads; reads only meta.json."""
+    if not is_checkpoint(folder):
+        raise FileNotFoundError(f"{folder}: no {META}; not a model folder written by ecdctr. Fix: "
+                                f"point to <work>/tpm/<period>, <work>/models/cpm/<period> or "
+                                f"<work>/models/actr/<date>.")
+    meta = read_json(os.path.join(folder, META))
+    train = meta.get("train") or {}
+    window = meta.get("window") or ["?", "?"]
+    model = meta.get("model", {})
+    lines = [
+        f"folder:            {folder}",
+        f"kind:              {meta.get('kind', '?')}",
+        f"training window:   {window[0]} .. {window[-1]}"
+        + (f" (validation {', '.join(train['validation_days'])})"
+           if train.get("validation_days") else ""),
+        f"rows:              {meta.get('rows', '?'):,}" if isinstance(meta.get("rows"), int)
+        else f"rows:              {meta.get('rows', '?')}",
+        f"spec fingerprint:  {meta.get('spec_fingerprint', '?')}",
+        f"parent:            {meta.get('parent') or 'none (trained from scratch)'}",
+        f"chosen epoch:      {train.get('chosen_epoch', '?')} of {train.get('epochs_run', '?')} run"
+        + (f", validation AUC by epoch {train['validation_auc']}" if train.get("validation_auc")
+           else ""),
+        f"structure:         {model.get('backbone', '?')} {model.get('hidden', '?')} "
+        f"multi_domain={model.get('multi_domain', '?')}",
+        f"domains:           {len(meta.get('domains', []))}",
+        "tpm snapshots:     " + (", ".join(f"{s['name']} ({s['sha256'][:12]})"
+                                           for s in meta.get("tpm_snapshots", [])) or "none"),
+    ]
+    for name, values in (meta.get("metrics") or {}).items():
+        shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                          for k, v in values.items() if k in ("rows", "auc", "gauc", "logloss"))
+        lines.append(f"metrics {name + ':':<10} {shown}")
+    return "\n".join(lines)
+
+
+
+def save_snapshot(folder: str, model: CtrModel, spec: Spec, vocabs: Mapping[str, Sequence[str]],
+                  meta: dict, tables: TpmSnapshot) -> None:
+    """A TPM snapshot folder: the TPM's checkpoint (so the next TPM can warm-start from it)
+    plus its exported tables, <entity>.npy and <entity>.keys.json, listed in manifest.json."""
+    entities = {entity: feature.name for entity, feature in spec.entities.items()}
+
+    def writer(entity: str, feature: str) -> Callable[[str], None]:
+        def write(path: str) -> None:
+            keys, rows = tables[feature]
+            np.save(path + ".npy", np.asarray(rows, np.float32))
+            with open(path + ".keys.json", "w", encoding="utf-8") as f:
+                json.dump(list(keys), f)
+        return write
+
+    manifest = {"window": meta["window"], "rows": meta["rows"], "train": meta["train"],
+                "sha256": tables_hash(tables), "spec_fingerprint": spec.fingerprint,
+                "entities": {e: {"feature": n, "rows": len(tables[n][0]),
+                                 "dim": int(np.shape(tables[n][1])[1])}
+                             for e, n in entities.items()}}
+    extra: dict[str, Callable[[str], None]] = {e: writer(e, n) for e, n in entities.items()}
+    extra["manifest.json"] = lambda path: write_json(path, manifest)
+    save_checkpoint(folder, model, spec, vocabs, meta, extra=extra)
+
+
+def load_snapshot(folder: str, name: str | None = None) -> Snapshot:
+    """The exported tables of a TPM snapshot folder, named by the folder."""
+    path = os.path.join(folder, "manifest.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"TPM snapshot {folder} has no manifest.json. Fix: rerun the "
+                                f"day with --force so the TPM retrains.")
+    manifest = read_json(path)
+    tables = {}
+    for entity, info in manifest["entities"].items():
+        with open(os.path.join(folder, f"{entity}.keys.json"), encoding="utf-8") as f:
+            keys = json.load(f)
+        tables[info["feature"]] = (keys, np.load(os.path.join(folder, f"{entity}.npy")))
+    return Snapshot(name or os.path.basename(folder.rstrip("/")), tables, manifest["sha256"])

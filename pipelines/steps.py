@@ -1,0 +1,278 @@
+"""The training steps of E-CDCTR, written once: train a TPM, train a CPM (or any CTR model from
+scratch), derive the A-CTR from a CPM, update an A-CTR on new days, evaluate.
+
+`daily`, `compare` and every ablation call these; an ablation is a set of their options. A
+step takes what it needs explicitly (spec, work folder, the days it reads, model config,
+parent checkpoint, TPM snapshots) and knows nothing of the schedule. Every fit follows one
+recipe (`fit_on`): the last `validation_days` days of its window are held out, training
+stops when their AUC stops improving, and the best epoch's weights are kept. A step returns
+a `Trained` (model, vocabularies, self-describing meta); saving it is the caller's choice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from ecdctr import metrics
+from ecdctr.checkpoint import Checkpoint, Snapshot
+from ecdctr.config import TransferConfig, Windows
+from ecdctr.data import example_batch, make_dataset, partition_files
+from ecdctr.models import (
+    CtrModel,
+    ModelConfig,
+    build_model,
+    embedding_table,
+    shift_output_prior,
+    transfer_weights,
+)
+from ecdctr.spec import Spec
+from ecdctr.training import fit, predict, recalibrate_batchnorm
+from ecdctr.vocab import Partition, build_vocabularies, domain_sizes, numeric_stats, traffic
+from pipelines.build import built_partitions
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Trained:
+    """A model a step trained, with what its checkpoint needs (see ecdctr.checkpoint)."""
+
+    model: CtrModel
+    spec: Spec
+    vocabs: dict[str, list[str]]
+    meta: dict
+    snapshots: list[Snapshot] = dataclasses.field(default_factory=list)
+
+
+def built_days(work: str, source: str, first: dt.date, end: dt.date) -> list[dt.date]:
+    """The built days of source in [first, end)."""
+    return [d for d in built_partitions(work, source) if first <= d < end]
+
+
+def window_days(work: str, source: str, date: dt.date, days: int) -> list[dt.date]:
+    """The built days of source in the `days` days before date."""
+    return built_days(work, source, date - dt.timedelta(days=days), date)
+
+
+def shared_parts(work: str, date: dt.date, windows: Windows) -> list[Partition]:
+    """Where CPM and A-CTR vocabularies and domains come from: the natural CPM window and
+    the ad A-CTR window before date."""
+    return ([("natural", d) for d in window_days(work, "natural", date, windows.cpm_days)]
+            + [("ad", d) for d in window_days(work, "ad", date, windows.actr_days)])
+
+
+def tpm_window(date: dt.date, windows: Windows, historical: bool) -> tuple[dt.date, dt.date]:
+    """[first, end) of the natural days a TPM trained on date reads: the tpm_days before date,
+    or, historical, the tpm_days before the CPM window of date begins."""
+    end = date - dt.timedelta(days=windows.cpm_days) if historical else date
+    return end - dt.timedelta(days=windows.tpm_days), end
+
+
+def choose_snapshots(snapshots: Sequence[tuple[str, dict]], cpm_first: dt.date, keep: int,
+                     historical: bool) -> list[str]:
+    """Names of the snapshots (oldest first; (name, meta) pairs) a CPM whose window starts at
+    cpm_first reads: the newest `keep`, and with historical only those whose window ends
+    before cpm_first."""
+    usable = [name for name, meta in snapshots
+              if not historical or meta["window"][1] < cpm_first.isoformat()]
+    return usable[-keep:] if keep else []
+
+
+def split_validation(parts: Sequence[Partition], days: int) -> tuple[list[Partition], list[Partition]]:
+    """(training, validation) partitions: the last `days` dates of the window are validation,
+    as long as at least one date is left to train on; else no validation."""
+    dates = sorted({d for _, d in parts})
+    held = set(dates[-days:]) if 0 < days < len(dates) else set()
+    return [p for p in parts if p[1] not in held], [p for p in parts if p[1] in held]
+
+
+def dataset(spec: Spec, work: str, parts: Sequence[Partition], config: ModelConfig,
+            shuffle: bool) -> tf.data.Dataset:
+    """Batches of the given partitions (shuffled with the config's seed when asked)."""
+    files = [f for source, d in parts for f in partition_files(work, source, [d])]
+    return make_dataset(spec, files, config.batch_size, shuffle=shuffle, seed=config.seed)
+
+
+def fit_on(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
+           config: ModelConfig, name: str, log: Log, board: str | None = None,
+           epochs: int | None = None) -> dict:
+    """The training recipe every step uses: holds out the window's last config.validation_days
+    days, trains up to config.max_epochs epochs, stops after config.patience epochs without a
+    better validation AUC and keeps the best epoch. `epochs` (an incremental update) trains
+    exactly that many epochs on all of parts, without validation."""
+    if not parts:
+        raise ValueError(f"{name}: no days to train on")
+    if epochs is None:
+        train, valid = split_validation(parts, config.validation_days)
+        epochs = config.max_epochs
+    else:
+        train, valid = list(parts), []
+    rows = traffic(work, train)[0]
+    log(f"[{name}] training on {len(train)} partitions ({rows:,} rows), "
+        + (f"validating on {sorted({d.isoformat() for _, d in valid})}, up to {epochs} epochs"
+           if valid else f"{epochs} epoch(s), no validation"))
+    summary = fit(model, dataset(spec, work, train, config, shuffle=True), epochs,
+                  config.batch_size, name, log, board, rows,
+                  validation=dataset(spec, work, valid, config, shuffle=False) if valid else None,
+                  patience=config.patience)
+    dates = sorted({d for _, d in train})
+    summary.update(train_days=[dates[0].isoformat(), dates[-1].isoformat()],
+                   validation_days=sorted({d.isoformat() for _, d in valid}))
+    return summary
+
+
+def _meta(kind: str, parts: Sequence[Partition], work: str, train: dict, stats: dict,
+          domains: list[str], features: str = "all", **more: object) -> dict:
+    dates = sorted({d for _, d in parts})
+    rows, ctr = traffic(work, parts)
+    learned = train.get("train_days", [None, None])[1]
+    return {"kind": kind, "features": features, "window": [dates[0].isoformat(),
+                                                          dates[-1].isoformat()],
+            "learned_through": learned,
+            "sources": sorted({s for s, _ in parts}), "rows": rows, "ctr": ctr, "train": train,
+            "numeric_stats": {k: list(v) for k, v in stats.items()}, "domains": domains, **more}
+
+
+def train_tpm(spec: Spec, work: str, days: Sequence[dt.date], config: ModelConfig, log: Log,
+              parent: Checkpoint | None = None, board: str | None = None) -> Trained:
+    """The tiny pre-training model on natural days (the spec's `tpm: true` features); with a
+    parent (the previous snapshot's TPM), it warm-starts from it so that successive
+    snapshots share one embedding space."""
+    parts = [("natural", d) for d in days]
+    vocabs = build_vocabularies(spec, work, parts)
+    stats = numeric_stats(spec, work, parts)
+    log(f"TPM on {len(days)} natural days ({traffic(work, parts)[0]:,} rows), features "
+        f"{[f.name for f in spec.tpm_features]}"
+        + (f", warm start from {parent.folder}" if parent else ""))
+    model = build_model(spec.tpm_features, vocabs, stats, config, example_batch(spec),
+                        initial_ctr=traffic(work, parts)[1], name="tpm")
+    if parent is not None:
+        transfer_weights(parent.model, model, reset_batchnorm=False, log=log)
+    train = fit_on(model, spec, work, parts, config, "tpm", log, board)
+    return Trained(model, spec, vocabs, _meta("tpm", parts, work, train, stats, [], "tpm",
+                                              parent=parent.folder if parent else None))
+
+
+def tpm_tables(trained: Trained) -> dict[str, tuple[list[str], np.ndarray]]:
+    """The TPM's exported embeddings: {entity feature: (ids, vectors)} (OOV row left out)."""
+    return {f.name: embedding_table(trained.model, f.name) for f in trained.spec.entities.values()}
+
+
+def train_ctr(spec: Spec, work: str, parts: Sequence[Partition], config: ModelConfig, log: Log,
+              kind: str = "ctr", snapshots: Sequence[Snapshot] = (),
+              vocab_parts: Sequence[Partition] | None = None,
+              stats_parts: Sequence[Partition] | None = None,
+              parent: Checkpoint | None = None, fresh_features: Sequence[str] = (),
+              board: str | None = None, name: str | None = None,
+              label: str | None = None) -> Trained:
+    """A CTR model (the CPM, or any compare variant) trained on parts, reading the given TPM
+    snapshots (none: no TPM embeddings). Vocabularies and domains come from vocab_parts
+    (default parts), numeric statistics from stats_parts (default parts). With a parent
+    checkpoint it warm-starts from it (weights by name, embedding rows by token, BatchNorm
+    kept; fresh_features start fresh). BatchNorm statistics are re-estimated after the fit.
+    name: the Keras model's (default kind); label: what progress lines say (default name)."""
+    vocab_parts = list(vocab_parts or parts)
+    vocabs = build_vocabularies(spec, work, vocab_parts)
+    domains = list(domain_sizes(work, vocab_parts))
+    stats = numeric_stats(spec, work, list(stats_parts or parts))
+    name = name or kind
+    model = build_model(spec.features, vocabs, stats, config, example_batch(spec),
+                        [s.tables for s in snapshots] or None, traffic(work, parts)[1], domains,
+                        name=name)
+    transfer = None
+    if parent is not None:
+        transfer = transfer_weights(parent.model, model, reset_batchnorm=False,
+                                    fresh_features=fresh_features, log=log)
+    train = fit_on(model, spec, work, parts, config, label or name, log, board)
+    recalibrate_batchnorm(model, dataset(spec, work, parts, config, shuffle=True), log=log)
+    meta = _meta(kind, parts, work, train, stats, domains,
+                 parent=parent.folder if parent else None,
+                 transfer=_counts(transfer) if transfer else None)
+    return Trained(model, spec, vocabs, meta, list(snapshots))
+
+
+def derive_actr(cpm: Checkpoint | Trained, spec: Spec, work: str, ad_days: Sequence[dt.date],
+                config: ModelConfig, options: TransferConfig, log: Log,
+                vocab_parts: Sequence[Partition] | None = None,
+                fresh_features: Sequence[str] = (), board: str | None = None) -> Trained:
+    """The A-CTR from a CPM (E-CDCTR): the same structure and TPM snapshots, weights by name
+    (embedding rows by token), BatchNorm reset as options say, the output prior moved to the
+    ad CTR, then fine-tuned on the ad days; BatchNorm statistics re-estimated on ad data
+    when they were reset."""
+    parts = [("ad", d) for d in ad_days]
+    vocab_parts = list(vocab_parts or parts)
+    vocabs = build_vocabularies(spec, work, vocab_parts)
+    stats = {k: tuple(v) for k, v in cpm.meta["numeric_stats"].items()}
+    ad_ctr = traffic(work, parts)[1]
+    snapshots = cpm.snapshots
+    model = build_model(spec.features, vocabs, stats, config, example_batch(spec),
+                        [s.tables for s in snapshots] or None, ad_ctr, cpm.meta["domains"],
+                        name="actr")
+    transfer = transfer_weights(cpm.model, model, reset_batchnorm=options.reset_batchnorm,
+                                reset_batchnorm_affine=options.reset_batchnorm_affine,
+                                fresh_features=fresh_features, log=log)
+    shift = (shift_output_prior(model, cpm.meta["ctr"], ad_ctr, log)
+             if options.shift_output_prior else 0.0)
+    train = fit_on(model, spec, work, parts, config, "actr", log, board)
+    if options.reset_batchnorm:
+        recalibrate_batchnorm(model, dataset(spec, work, parts, config, shuffle=True), log=log)
+    meta = _meta("actr", parts, work, train, stats, list(cpm.meta["domains"]),
+                 parent=getattr(cpm, "folder", None), transfer=_counts(transfer),
+                 prior_shift=shift, options=dataclasses.asdict(options))
+    return Trained(model, spec, vocabs, meta, snapshots)
+
+
+def update_actr(previous: Checkpoint | Trained, spec: Spec, work: str,
+                new_days: Sequence[dt.date], config: ModelConfig, log: Log,
+                vocab_parts: Sequence[Partition] | None = None,
+                fresh_features: Sequence[str] = (), board: str | None = None) -> Trained:
+    """The A-CTR of a new day from the previous one: weights by name (BatchNorm kept), then
+    trained on the ad days the previous model has not learned from, for the epoch count its
+    own lineage chose on validation (one day is too little to hold out another)."""
+    parts = [("ad", d) for d in new_days]
+    vocab_parts = list(vocab_parts or parts)
+    vocabs = build_vocabularies(spec, work, vocab_parts)
+    stats = {k: tuple(v) for k, v in previous.meta["numeric_stats"].items()}
+    snapshots = previous.snapshots
+    model = build_model(spec.features, vocabs, stats, config, example_batch(spec),
+                        [s.tables for s in snapshots] or None, previous.meta["ctr"],
+                        previous.meta["domains"], name="actr")
+    transfer = transfer_weights(previous.model, model, reset_batchnorm=False,
+                                fresh_features=fresh_features, log=log)
+    epochs = int(previous.meta["train"].get("chosen_epoch") or 1)
+    if parts:
+        train = fit_on(model, spec, work, parts, config, "actr", log, board, epochs=epochs)
+    else:
+        log("A-CTR: no ad day it has not learned from yet; kept as it is")
+        train = {"rows_read": 0, "steps": 0, "epochs_run": 0,
+                 "train_days": [previous.meta["learned_through"]] * 2}
+    train["chosen_epoch"] = epochs
+    meta = {**previous.meta, "train": train, "parent": getattr(previous, "folder", None),
+            "transfer": _counts(transfer), "learned_through": train["train_days"][1],
+            "rows": previous.meta["rows"] + (traffic(work, parts)[0] if parts else 0),
+            "window": [previous.meta["window"][0], train["train_days"][1]]}
+    meta.pop("metrics", None)
+    return Trained(model, spec, vocabs, meta, snapshots)
+
+
+def evaluate(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
+             batch_size: int = 4096) -> dict[str, np.ndarray]:
+    """Labels, probabilities, users and domains of the model on the given partitions."""
+    files = [f for source, d in parts for f in partition_files(work, source, [d])]
+    return predict(model, spec, make_dataset(spec, files, batch_size))
+
+
+def summary(scored: dict[str, np.ndarray]) -> dict:
+    """LogLoss, AUC, GAUC, CTR and mean prediction of scored rows."""
+    return metrics.summary(scored["labels"], scored["probs"], scored["groups"])
+
+
+def _counts(report: dict) -> dict:
+    return {"variables": {k: len(v) for k, v in report.items()}, "fresh": report["fresh"],
+            "shape_changed": report["shape_changed"]}

@@ -1,0 +1,199 @@
+"""One implementation of every training step: the daily job and the `ecdctr` ablation train the
+same model; each transfer key does what it says; checkpoints rebuild from their folder alone;
+the training recipe keeps its best epoch."""
+
+import dataclasses
+import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from ecdctr.checkpoint import describe, load_checkpoint
+from ecdctr.config import Windows, load_config
+from ecdctr.data import example_batch
+from ecdctr.simulator import SimConfig, simulate
+from ecdctr.spec import load_spec
+from ecdctr.training import BestEpoch
+from pipelines import daily, steps
+from pipelines.ablations import Ablations
+from pipelines.daily import run_daily
+
+START = dt.date(2026, 1, 1)
+DATE = dt.date(2026, 1, 9)
+SPEC = os.path.abspath("features/default.yaml")
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    """The daily job of DATE on a fresh work folder (export left out for speed)."""
+    root = tmp_path_factory.mktemp("steps")
+    simulate(str(root / "logs"), START, 9,
+             SimConfig(users=500, items=200, new_users_per_day=10, new_items_per_day=5,
+                       natural_rows_per_day=800, seed=4), log=lambda _: None)
+    path = root / "config.yaml"
+    path.write_text(f"spec: {SPEC}\nlogs: logs\nwork: work\nexport: export\n"
+                    "windows: {tpm_days: 30, cpm_days: 4, actr_days: 4}\n"
+                    "model: {hidden: [16, 8], multi_domain: adasparse}\n"
+                    "tpm: {hidden: [8], batch_size: 256, max_epochs: 2}\n"
+                    "cpm: {batch_size: 256, max_epochs: 2}\nactr: {batch_size: 128, max_epochs: 2}\n")
+    config = load_config(str(path))
+    patch = pytest.MonkeyPatch()
+    patch.setattr(daily._DailyJob, "export", lambda self, entry: entry.update(status="skipped"))
+    lines: list[str] = []
+    try:
+        report = run_daily(config, DATE, log=lines.append)
+    finally:
+        patch.undo()
+    assert report["status"] == "ok", report
+    return root, config, report, lines
+
+
+def _weights(model: keras.Model) -> dict[str, np.ndarray]:
+    prefix = model.name + "/"
+    return {v.name.removeprefix(prefix): v.numpy() for v in model.variables}
+
+
+def test_ecdctr_ablation_trains_the_daily_jobs_model(job):
+    root, config, _, _ = job
+    shipped = load_checkpoint(str(root / "work" / "models" / "actr" / DATE.isoformat()))
+    model, _ = Ablations(config, load_checkpoint(shipped.folder).spec, DATE,
+                         log=lambda _: None).train("ecdctr", 0)
+    ours, theirs = _weights(model), _weights(shipped.model)
+    assert set(ours) == set(theirs)
+    for name, value in theirs.items():
+        np.testing.assert_allclose(ours[name], value, atol=1e-5, err_msg=name)
+
+
+def test_checkpoint_rebuilds_from_its_folder_alone(job, tmp_path):
+    root, _, _, _ = job
+    folder = tmp_path / "actr"
+    shutil.copytree(root / "work" / "models" / "actr" / DATE.isoformat(), folder)
+    original = load_checkpoint(str(root / "work" / "models" / "actr" / DATE.isoformat()))
+    moved = shutil.move(str(root / "work"), str(tmp_path / "elsewhere"))  # no data to read
+    try:
+        rebuilt = load_checkpoint(str(folder))
+        batch = example_batch(rebuilt.spec)
+        np.testing.assert_allclose(rebuilt.model(batch).numpy(), original.model(batch).numpy(),
+                                   atol=1e-6)
+        assert rebuilt.meta["kind"] == "actr" and rebuilt.meta["tpm_snapshots"]
+        assert [s.sha256 for s in rebuilt.snapshots] == [
+            s["sha256"] for s in rebuilt.meta["tpm_snapshots"]]  # the tables came back whole
+    finally:
+        shutil.move(moved, str(root / "work"))
+
+
+def test_inspect_says_what_a_model_folder_is(job):
+    root, _, report, _ = job
+    folder = root / "work" / "models" / "actr" / DATE.isoformat()
+    text = describe(str(folder))
+    train = report["steps"]["actr"]["train"]
+    assert "kind:              actr" in text
+    assert f"chosen epoch:      {train['chosen_epoch']} of {train['epochs_run']} run" in text
+    assert "2026-01-05 .. 2026-01-08 (validation 2026-01-08)" in text
+    assert str(root / "work" / "models" / "cpm") in text  # its parent
+    out = subprocess.run([sys.executable, "-m", "ecdctr", "inspect", str(folder)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "metrics actr on ad 2026-01-09:" in out
+    bad = subprocess.run([sys.executable, "-m", "ecdctr", "inspect", str(root)],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "not a model folder" in bad.stderr
+
+
+def test_every_fit_holds_out_its_last_day_and_reports_the_chosen_epoch(job):
+    _, _, report, _ = job
+    for step, last in (("tpm", "2026-01-04"), ("cpm", "2026-01-08"), ("actr", "2026-01-08")):
+        train = report["steps"][step]["train"]
+        assert train["validation_days"] == [last], step
+        assert train["train_days"][1] < last and 1 <= train["chosen_epoch"] <= train["epochs_run"]
+        assert len(train["validation_auc"]) == train["epochs_run"]
+
+
+@pytest.mark.parametrize("options, reset, reestimated, shifted, affine", [
+    ({}, True, True, True, False),
+    ({"reset_batchnorm": False}, False, False, True, False),
+    ({"reset_batchnorm_affine": True}, True, True, True, True),
+    ({"shift_output_prior": False}, True, True, False, False),
+])
+def test_each_transfer_key_does_what_it_says(job, options, reset, reestimated, shifted, affine):
+    root, config, _, _ = job
+    cpm = load_checkpoint(str(next((root / "work" / "models" / "cpm").iterdir())))
+    lines: list[str] = []
+    transfer = dataclasses.replace(config.transfer, **options)
+    cfg = dataclasses.replace(config.actr, max_epochs=1)
+    days = steps.window_days(config.work, "ad", DATE, 4)
+    trained = steps.derive_actr(cpm, cpm.spec, config.work, days, cfg, transfer, lines.append)
+    counts = trained.meta["transfer"]["variables"]
+    assert (counts["reset"] > 0) == reset
+    assert any("BatchNorm statistics re-estimated" in x for x in lines) == reestimated
+    assert (trained.meta["prior_shift"] != 0) == shifted
+    assert any("output bias shifted" in x for x in lines) == shifted
+    assert any("scale/offset reset" in x for x in lines) == affine
+
+
+def test_tpm_window_and_snapshot_choice():
+    w = Windows(tpm_days=10, cpm_days=5, actr_days=3)
+    assert steps.tpm_window(DATE, w, historical=True) == (dt.date(2025, 12, 25), dt.date(2026, 1, 4))
+    assert steps.tpm_window(DATE, w, historical=False) == (dt.date(2025, 12, 30), DATE)
+    snapshots = [("2025-11", {"window": ["2025-05-01", "2025-10-31"]}),
+                 ("2025-12", {"window": ["2025-06-01", "2025-11-30"]}),
+                 ("2026-01", {"window": ["2025-07-01", "2025-12-31"]})]
+    cpm_first = dt.date(2025, 12, 10)
+    assert steps.choose_snapshots(snapshots, cpm_first, 3, True) == ["2025-11", "2025-12"]
+    assert steps.choose_snapshots(snapshots, cpm_first, 1, True) == ["2025-12"]
+    assert steps.choose_snapshots(snapshots, cpm_first, 3, False) == ["2025-11", "2025-12", "2026-01"]
+    assert steps.choose_snapshots(snapshots, cpm_first, 0, False) == []
+
+
+def test_historical_snapshots_and_tpm_warm_start_in_the_daily_job(job):
+    root, _, report, _ = job
+    tpm = report["steps"]["tpm"]
+    cpm = load_checkpoint(str(next((root / "work" / "models" / "cpm").iterdir())))
+    snapshot = cpm.meta["tpm_snapshots"][0]["name"]
+    window = load_checkpoint(str(root / "work" / "tpm" / snapshot)).meta["window"]
+    assert window[1] < cpm.meta["window"][0]  # out of sample for the CPM's rows
+    assert tpm["warm_start"] is None  # the first snapshot has none to start from
+
+
+def test_tpm_warm_starts_from_its_parent(job):
+    root, config, _, _ = job
+    parent = load_checkpoint(str(root / "work" / "tpm" / "2026-01"))
+    days = steps.built_days(config.work, "natural", START, dt.date(2026, 1, 3))
+    cfg = dataclasses.replace(config.tpm, max_epochs=1, learning_rate=1e-9)
+    trained = steps.train_tpm(parent.spec, config.work, days, cfg, lambda _: None, parent)
+    assert trained.meta["parent"] == parent.folder
+    user = parent.spec.entities["user"].name
+    keys, rows = steps.tpm_tables(trained)[user]
+    parent_keys, parent_rows = steps.tpm_tables(steps.Trained(parent.model, parent.spec, {}, {}))[user]
+    index = {k: i for i, k in enumerate(parent_keys)}
+    shared = [k for k in keys if k in index][:20]
+    assert shared  # ids of both windows keep (almost: a 1e-9 learning rate) their parent's vectors
+    np.testing.assert_allclose(rows[[keys.index(k) for k in shared]],
+                               parent_rows[[index[k] for k in shared]], atol=1e-4)
+
+
+def test_no_tpm_snapshots_means_no_tpm_features(job):
+    _, config, _, _ = job
+    trained = steps.train_ctr(load_spec(SPEC), config.work, [("ad", DATE - dt.timedelta(days=1))],
+                              dataclasses.replace(config.cpm, max_epochs=1), lambda _: None)
+    assert trained.model.tpm is None and trained.meta["train"]["validation_days"] == []
+
+
+def test_best_epoch_stops_after_patience_and_restores_the_best_weights():
+    model = keras.Sequential([keras.layers.Dense(1)])
+    model.build((None, 2))
+    best = BestEpoch(patience=2, log=lambda _: None, name="t")
+    best.set_model(model)
+    kernel = model.layers[0].kernel
+    for epoch, auc in enumerate([0.6, 0.7, 0.65, 0.64]):
+        kernel.assign(tf.fill(kernel.shape, float(epoch)))
+        model.stop_training = False
+        best.on_epoch_end(epoch, {"val_auc": auc})
+    assert model.stop_training and best.best_epoch == 2
+    best.on_train_end()
+    assert np.all(kernel.numpy() == 1.0)  # epoch 2's weights
