@@ -37,12 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--items", type=int, help="initial items")
     s.add_argument("--rows_per_day", type=int, help="natural rows per day (ad: a tenth)")
 
-    b = sub.add_parser("build", help="Beam job: raw logs -> TFRecords, vocabularies, stats",
+    b = sub.add_parser("build", help="Beam job: raw logs -> TFRecords, token counts, stats",
                        epilog="Arguments after `--` are Beam pipeline options, e.g. "
                               "-- --direct_num_workers=2 --direct_running_mode=multi_processing")
     b.add_argument("--spec", required=True, help="feature spec YAML")
     b.add_argument("--logs", required=True, help="raw logs folder (<logs>/<source>/date=D/)")
-    b.add_argument("--work", required=True, help="work folder for examples, stats, vocabularies")
+    b.add_argument("--work", required=True, help="work folder for examples, counts, stats")
     b.add_argument("--start", type=_date, help="first day to build (default: all)")
     b.add_argument("--end", type=_date, help="last day to build (default: all)")
     b.add_argument("--sources", default="natural,ad", help="comma-separated sources")
@@ -126,7 +126,7 @@ def _simulate(args: argparse.Namespace, _: list[str]) -> None:
 
 def _build(args: argparse.Namespace, beam_args: list[str]) -> None:
     from ecdctr.spec import load_spec
-    from ecdctr.vocab import build_vocabularies, write_vocabularies
+    from ecdctr.vocab import build_vocabularies
     from pipelines.build import build, built_partitions
 
     spec = load_spec(args.spec)
@@ -134,9 +134,8 @@ def _build(args: argparse.Namespace, beam_args: list[str]) -> None:
     build(spec, args.logs, args.work, start=args.start, end=args.end, sources=sources,
           beam_args=beam_args, skip_built=args.skip_built, log=log.info)
     parts = [(s, d) for s in sources for d in built_partitions(args.work, s)]
-    vocabs = build_vocabularies(spec, args.work, parts)
-    write_vocabularies(vocabs, os.path.join(args.work, "vocab"))
-    log.info("vocabularies over %d built days: %s", len(parts),
+    vocabs = build_vocabularies(spec, args.work, parts)  # each model folder keeps its own
+    log.info("vocabulary sizes over %d built days (min_count/max_size applied): %s", len(parts),
              ", ".join(f"{k} {len(v):,}" for k, v in vocabs.items()))
 
 
