@@ -26,6 +26,7 @@ import numpy as np
 
 from ecdctr.adasparse import AdaSparseConfig
 from ecdctr.aggregator import TpmAggregator
+from ecdctr.config import MODEL_KEYS
 from ecdctr.data import example_batch
 from ecdctr.jsonio import read_json, write_json
 from ecdctr.models import CtrModel, ModelConfig, TpmSnapshot, build_model
@@ -33,8 +34,6 @@ from ecdctr.spec import Spec, load_spec
 from ecdctr.vocab import read_vocabularies, write_vocabularies
 
 META = "meta.json"
-STRUCTURE_KEYS = ("hidden", "dropout", "backbone", "cross_layers", "cross_structure",
-                  "multi_domain", "apg_rank", "adasparse")
 
 
 @dataclass(frozen=True)
@@ -97,7 +96,7 @@ def model_snapshots(model: CtrModel, names: Sequence[str]) -> list[Snapshot]:
 
 def structure(config: ModelConfig) -> dict:
     """The model structure a checkpoint was built with (JSON), so it can be rebuilt."""
-    body = {k: getattr(config, k) for k in STRUCTURE_KEYS}
+    body = {k: getattr(config, k) for k in MODEL_KEYS}
     body["hidden"] = list(config.hidden)
     body["adasparse"] = dataclasses.asdict(config.adasparse)
     return body

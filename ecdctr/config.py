@@ -18,7 +18,7 @@ GATE_KEYS = ("max_auc_drop", "max_calibration_error", "max_abs_diff", "keep_vers
 WINDOW_KEYS = ("tpm_days", "cpm_days", "actr_days")
 TRAIN_KEYS = ("max_epochs", "patience", "validation_days", "batch_size", "learning_rate")
 MODEL_KEYS = ("hidden", "dropout", "backbone", "cross_layers", "cross_structure", "multi_domain",
-              "apg_rank", "adasparse")
+              "apg_rank", "apg_over_parameterize", "adasparse")
 TRANSFER_KEYS = ("reset_batchnorm", "reset_batchnorm_affine", "shift_output_prior", "tpm_snapshots",
                  "tpm_historical", "tpm_warm_start")
 SCHEDULE_KEYS = ("tpm", "cpm", "cpm_weekday", "tpm_day")
@@ -187,6 +187,10 @@ def _section(doc: dict, key: str, allowed: tuple[str, ...], default: Any, errors
                 errors.append(f"{key}.{name} is {value!r}; it must be a number in range.")
                 continue
             value = float(value)
+        elif name == "apg_over_parameterize":
+            if not isinstance(value, bool):
+                errors.append(f"{key}.apg_over_parameterize must be true or false, got {value!r}.")
+                continue
         elif name == "validation_days":
             if not is_int(value) or value < 0:
                 errors.append(f"{key}.validation_days must be an integer >= 0 (0: no validation, "

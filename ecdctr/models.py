@@ -48,6 +48,7 @@ class ModelConfig:
     multi_domain: str = "none"  # none | adasparse | star | apg
     adasparse: AdaSparseConfig = AdaSparseConfig()
     apg_rank: int = 16
+    apg_over_parameterize: bool = False  # U = U_l U_r, V = V_l V_r in training, merged at export
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("backbone", self.backbone, BACKBONES),
@@ -64,7 +65,8 @@ def _tower(config: ModelConfig, num_domains: int) -> keras.layers.Layer:
     if config.multi_domain == "star":
         return StarMlp(config.hidden, num_domains, config.dropout, name="mlp")
     if config.multi_domain == "apg":
-        return ApgMlp(config.hidden, rank=config.apg_rank, dropout=config.dropout, name="mlp")
+        return ApgMlp(config.hidden, rank=config.apg_rank, dropout=config.dropout,
+                      over_parameterize=config.apg_over_parameterize, name="mlp")
     return Mlp(config.hidden, config.dropout, name="mlp")
 
 
@@ -166,17 +168,18 @@ def build_model(features: Sequence[Feature], vocabs: Mapping[str, Sequence[str]]
 
 @contextlib.contextmanager
 def merged_tpm(model: CtrModel) -> Iterator[CtrModel]:
-    """Within the block the model's TPM aggregator is frozen into its merged table, the form
-    serving runs (one lookup per entity, no attention); the aggregator is put back after."""
-    aggregator = model.tpm
-    if not isinstance(aggregator, TpmAggregator):
-        yield model
-        return
-    model.tpm = MergedTpmLookup(aggregator.merged_tables(), name="tpm")
+    """Within the block the model is in the form serving runs: its TPM aggregator frozen into
+    its merged table (one lookup per entity, no attention) and an over-parameterised APG tower
+    multiplied out; the training form is put back after."""
+    aggregator, tower = model.tpm, model.mlp
+    if isinstance(aggregator, TpmAggregator):
+        model.tpm = MergedTpmLookup(aggregator.merged_tables(), name="tpm")
+    if isinstance(tower, ApgMlp):
+        model.mlp = tower.merged_for_export()
     try:
         yield model
     finally:
-        model.tpm = aggregator
+        model.tpm, model.mlp = aggregator, tower
 
 
 def variable_key(model: keras.Model, variable: tf.Variable) -> str:

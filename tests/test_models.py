@@ -90,3 +90,21 @@ def test_k_snapshots_are_aggregated_and_merged_for_serving():
         np.testing.assert_allclose(frozen(_batch(), training=False).numpy(), trained, atol=1e-5)
     assert type(model.tpm).__name__ == "TpmAggregator"
     assert any("tpm_attention" in v.name for v in model.trainable_variables)
+
+
+def test_over_parameterized_apg_is_reachable_from_the_config_and_merged_for_serving(tmp_path):
+    from ecdctr.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("spec: s.yaml\nlogs: l\nwork: w\nexport: e\n"
+                    "model: {hidden: [8, 4], multi_domain: apg, apg_over_parameterize: true}\n")
+    config = load_config(str(path)).actr
+    assert config.apg_over_parameterize
+    model = build_model(SPEC.features, _vocabs(["v0"]), {}, config, _batch(), TPM)
+    assert model.mlp.dense[0].over_parameterize
+    model.fit(tf.data.Dataset.from_tensors((_batch(), tf.ones([16, 1]))).repeat(2), verbose=0)
+    trained = model(_batch(), training=False).numpy()
+    with merged_tpm(model) as serving:
+        assert not serving.mlp.over_parameterize  # U and V multiplied out
+        np.testing.assert_allclose(serving(_batch(), training=False).numpy(), trained, atol=1e-5)
+    assert model.mlp.over_parameterize  # the training form is back
