@@ -23,11 +23,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
+from serving_decoders import decode_grpc_request, decode_rest_body
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
 from ecdctr.cli import main
-from ecdctr.client import decode_grpc_request, decode_rest_body, grpc_request, query, rest_body
+from ecdctr.client import grpc_request, query, rest_body
 from ecdctr.export import INPUT_KEY, OUTPUT_KEY, export_saved_model
 from ecdctr.models import ModelConfig, build_model
 from ecdctr.rows import RowParser, features_example
