@@ -14,8 +14,11 @@ buys what. Each ablation is a way to train the ad model from the same days:
 - `ecdctr-daily`: the method, but the A-CTR fine-tuned day by day over the ad window (each
   day's model starts from the previous day's), as the daily job does; with `ecdctr` it is
   the forgetting check.
-Every run also reports its metrics on the users seen mostly in natural traffic (natural rows
->= 10x ad rows in the windows), where forgetting natural knowledge would show.
+- `ecdctr-no_tpm-daily`: `ecdctr-daily` without the TPM embeddings: with `ecdctr-daily`, what
+  the historical embeddings do against forgetting under daily updates.
+Every run also reports its metrics on two focus groups (FOCUS_GROUPS): the users seen mostly in
+natural traffic, where forgetting natural knowledge would show, and the returning users whose
+activity is old, whom only long-term (TPM) knowledge describes.
 """
 
 from __future__ import annotations
@@ -34,8 +37,15 @@ from ecdctr.vocab import merge_counts
 from pipelines import steps
 
 ABLATIONS = ("ad_only", "joint", "finetune", "ecdctr", "ecdctr-no_bn_reinit", "ecdctr-no_tpm",
-             "ecdctr-no_cpm", "ecdctr-daily")
+             "ecdctr-no_cpm", "ecdctr-daily", "ecdctr-no_tpm-daily")
 NATURAL_HEAVY = 10  # a user is natural-heavy with at least this many natural rows per ad row
+RETURNING_GAP = 14  # a returning user was active before, but not in the last this many days
+FOCUS_GROUPS = {
+    "natural_users": f"users seen mostly in natural traffic (natural rows >= {NATURAL_HEAVY}x ad "
+                     f"rows in the windows)",
+    "returning_users": f"users whose activity is old: rows (natural or ad) in the long TPM "
+                       f"window, none in the last {RETURNING_GAP} days before the evaluation",
+}
 Log = Callable[[str], None]
 
 
@@ -58,7 +68,8 @@ class Ablations:
         self.shared = steps.shared_parts(work, date, w)
         self.natural = [("natural", d) for d in self.natural_days]
         self.ad = [("ad", d) for d in self.ad_days]
-        self.natural_heavy_users = self._natural_heavy_users()
+        self.focus_groups = {"natural_users": self._natural_heavy_users(),
+                             "returning_users": self._returning_users()}
         self._cache: dict[tuple, object] = {}
 
     def _natural_heavy_users(self) -> set[str]:
@@ -66,6 +77,16 @@ class Ablations:
         natural = merge_counts(work, group, self.natural)
         ad = merge_counts(work, group, self.ad)
         return {u for u, n in natural.items() if n >= NATURAL_HEAVY * ad.get(u, 0)}
+
+    def _returning_users(self) -> set[str]:
+        w, work, group = self.config.windows, self.config.work, self.spec.group_by
+        first = self.date - dt.timedelta(days=w.tpm_days + w.cpm_days)
+        recent = self.date - dt.timedelta(days=RETURNING_GAP)
+        parts = [(s, d) for s in ("natural", "ad") for d in steps.built_days(work, s, first,
+                                                                              self.date)]
+        old = merge_counts(work, group, [p for p in parts if p[1] < recent])
+        new = merge_counts(work, group, [p for p in parts if p[1] >= recent])
+        return set(old) - set(new)
 
     def _seeded(self, mc: ModelConfig, seed: int) -> ModelConfig:
         return dataclasses.replace(mc, seed=self.config.seed + seed)
@@ -79,7 +100,8 @@ class Ablations:
             if self.tpm_days and self.config.transfer.tpm_snapshots:
                 trained = steps.train_tpm(self.spec, self.config.work, self.tpm_days,
                                           self._seeded(self.config.tpm, seed), self._quiet)
-                self._cache[key] = [Snapshot(f"tpm-{self.date}", steps.tpm_tables(trained))]
+                tables = steps.tpm_tables(trained, self.config.transfer.tpm_standardize)
+                self._cache[key] = [Snapshot(f"tpm-{self.date}", tables)]
         return self._cache[key]
 
     def cpm(self, seed: int, with_tpm: bool) -> steps.Trained:
@@ -119,8 +141,9 @@ class Ablations:
         elif name == "ecdctr-no_bn_reinit":
             transfer = dataclasses.replace(transfer, reset_batchnorm=False,
                                            reset_batchnorm_affine=False)
-        cpm = self.cpm(seed, with_tpm=name not in ("finetune", "ecdctr-no_tpm"))
-        if name != "ecdctr-daily":
+        cpm = self.cpm(seed, with_tpm=name not in ("finetune", "ecdctr-no_tpm",
+                                                   "ecdctr-no_tpm-daily"))
+        if not name.endswith("-daily"):
             trained = steps.derive_actr(cpm, self.spec, work, self.ad_days, mc, transfer, quiet,
                                         vocab_parts=self.shared)
             return trained.model, trained.meta["train"]

@@ -1,7 +1,8 @@
 """The `compare` job: trains model variants on the same days and scores them on held-out days.
 
-Variant names: `<backbone>[+<module>[:<form>][:<r_min>-<r_max>]]`, e.g. `dnn`, `dcnv2`,
-`dnn+adasparse`, `dnn+adasparse:binarization`, `dnn+adasparse:fusion:0.05-0.15`,
+Variant names: `<backbone>[+<module>[:<form>][:<placement>][:<r_min>-<r_max>]]`, e.g. `dnn`,
+`dcnv2`, `dnn+adasparse`, `dnn+adasparse:binarization`, `dnn+adasparse:output` (pruning each
+layer's output instead of its input), `dnn+adasparse:fusion:0.05-0.15`,
 `dnn+star`, `dnn+apg`. Every variant of one seed sees the same training batches.
 """
 
@@ -17,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from ecdctr import metrics
-from ecdctr.adasparse import FORMS
+from ecdctr.adasparse import FORMS, PLACEMENTS
 from ecdctr.config import RunConfig
 from ecdctr.data import make_dataset, partition_files
 from ecdctr.jsonio import write_json
@@ -26,7 +27,7 @@ from ecdctr.spec import Spec, load_spec
 from ecdctr.training import predict
 from ecdctr.vocab import domain_sizes, traffic
 from pipelines import steps
-from pipelines.ablations import ABLATIONS, Ablations, focus_rows
+from pipelines.ablations import ABLATIONS, FOCUS_GROUPS, Ablations, focus_rows
 from pipelines.build import build, built_partitions
 
 Log = Callable[[str], None]
@@ -53,6 +54,8 @@ def parse_variant(name: str, base: ModelConfig) -> ModelConfig:
     for option in options:
         if option in FORMS:
             ada = dataclasses.replace(ada, form=option)
+        elif option in PLACEMENTS:
+            ada = dataclasses.replace(ada, placement=option)
         elif "-" in option:
             low, _, high = option.partition("-")
             try:
@@ -61,8 +64,8 @@ def parse_variant(name: str, base: ModelConfig) -> ModelConfig:
                 raise ValueError(f"variant {name!r}: band {option!r} is not "
                                  f"<r_min>-<r_max>") from None
         else:
-            raise ValueError(f"variant {name!r}: option {option!r} is neither a form {list(FORMS)} "
-                             f"nor a sparsity band like 0.15-0.25")
+            raise ValueError(f"variant {name!r}: option {option!r} is neither a form {list(FORMS)}, "
+                             f"a placement {list(PLACEMENTS)} nor a sparsity band like 0.15-0.25")
     return dataclasses.replace(config, multi_domain="adasparse", adasparse=ada)
 
 
@@ -103,7 +106,7 @@ def run_compare(config: RunConfig, date: dt.date, variants: Sequence[str], out: 
         f"eval {eval_dates[0]}..{eval_dates[-1]} ({data.eval_rows:,} rows), "
         f"{len(data.domains)} domains, {len(variants)} variants x {seeds} seeds")
     trainer = Ablations(config, spec, date, log) if ablations else None
-    focus = trainer.natural_heavy_users if trainer else None
+    focus = trainer.focus_groups if trainer else {}
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     masks: dict[str, dict] = {}
     for seed in range(seeds):
@@ -131,9 +134,10 @@ def run_compare(config: RunConfig, date: dt.date, variants: Sequence[str], out: 
         "bins": [{"domains": len(b), "train_rows": sum(data.domains[k] for k in b)}
                  for b in data.bins],
         "configs": {v: {"backbone": c.backbone, "multi_domain": c.multi_domain,
-                        "form": c.adasparse.form, "r_min": c.adasparse.r_min,
-                        "r_max": c.adasparse.r_max} for v, c in configs.items()},
-        "natural_heavy_users": len(focus) if focus is not None else None,
+                        "form": c.adasparse.form, "placement": c.adasparse.placement,
+                        "r_min": c.adasparse.r_min, "r_max": c.adasparse.r_max} for v, c in configs.items()},
+        "focus_groups": {k: {"users": len(v), "description": FOCUS_GROUPS[k]}
+                         for k, v in focus.items()},
         "results": {v: _aggregate(runs[v]) for v in variants},
         "runs": runs,
     }
@@ -173,8 +177,8 @@ def _train(data: _Data, mc: ModelConfig, name: str, log: Log) -> tuple[CtrModel,
 
 
 def _score(model: CtrModel, data: _Data, train: dict, name: str, seed: int,
-           focus: set[str] | None, log: Log) -> dict:
-    """Metrics of a trained model on the evaluation days (and on the focus users' rows)."""
+           focus: dict[str, set[str]], log: Log) -> dict:
+    """Metrics of a trained model on the evaluation days (and on each focus group's rows)."""
     scored = predict(model, data.spec, data.eval())
     result = metrics.summary(scored["labels"], scored["probs"], scored["groups"])
     result["per_domain_auc"] = metrics.per_domain_auc(scored["labels"], scored["probs"],
@@ -184,10 +188,10 @@ def _score(model: CtrModel, data: _Data, train: dict, name: str, seed: int,
         rows = np.isin(scored["domains"], keys)
         result["bins"].append({"rows": int(rows.sum()),
                                "auc": metrics.auc(scored["labels"][rows], scored["probs"][rows])})
-    if focus is not None:
-        rows = focus_rows(scored["groups"], focus)
-        result["natural_users"] = metrics.summary(scored["labels"][rows], scored["probs"][rows],
-                                                  scored["groups"][rows])
+    for group, users in focus.items():
+        rows = focus_rows(scored["groups"], users)
+        result[group] = metrics.summary(scored["labels"][rows], scored["probs"][rows],
+                                        scored["groups"][rows])
     result["parameters"] = int(model.count_params())
     result["tower_parameters"] = int(sum(np.prod(v.shape) for v in model.mlp.trainable_variables))
     result["examples_per_second"] = train["examples_per_second"]
@@ -196,8 +200,8 @@ def _score(model: CtrModel, data: _Data, train: dict, name: str, seed: int,
     log(f"{name} seed {seed}: AUC {result['auc']:.4f} GAUC {result['gauc']:.4f} "
         f"logloss {result['logloss']:.4f}, {result['examples_per_second']:,} ex/s"
         + (f", sparsity {result['sparsity']}" if "sparsity" in result else "")
-        + (f"; natural-heavy users: AUC {result['natural_users']['auc']:.4f} over "
-           f"{result['natural_users']['rows']:,} rows" if "natural_users" in result else ""))
+        + "".join(f"; {group}: AUC {result[group]['auc']:.4f} over {result[group]['rows']:,} rows"
+                  for group in focus))
     return result
 
 
@@ -237,7 +241,7 @@ def _aggregate(runs: list[dict]) -> dict:
     """Mean and standard deviation over seeds of the headline numbers, bins and sparsity."""
     out: dict = {}
     for key in (*SUMMARY_KEYS, "parameters", "tower_parameters", "train_seconds",
-                "natural_users_auc", "natural_users_gauc"):
+                *(f"{g}_{m}" for g in FOCUS_GROUPS for m in ("auc", "gauc"))):
         values = np.array([_value(r, key) for r in runs], dtype=float)
         finite = values[~np.isnan(values)]
         out[key] = {"mean": float(finite.mean()) if finite.size else None,
@@ -255,9 +259,10 @@ def _nanmean(values: list[float]) -> float:
 
 
 def _value(run: dict, key: str) -> float:
-    if key.startswith("natural_users_"):
-        part = run.get("natural_users")
-        return part[key[len("natural_users_"):]] if part else float("nan")
+    group, _, metric = key.rpartition("_")
+    if group in FOCUS_GROUPS:
+        part = run.get(group)
+        return part[metric] if part else float("nan")
     return run[key]
 
 
@@ -282,11 +287,10 @@ def markdown_table(report: dict) -> str:
                      f"{r['tower_parameters']['mean']:,.0f} | "
                      f"{r['examples_per_second']['mean']:,.0f} | "
                      f"{r['train_seconds']['mean']:,.0f} | {r.get('sparsity', '')} |")
-    if report.get("natural_heavy_users"):
-        lines += ["", f"On the {report['natural_heavy_users']:,} users seen mostly in natural "
-                  f"traffic (natural rows >= 10x ad rows in the windows):", "",
+    for group, info in report.get("focus_groups", {}).items():
+        lines += ["", f"On the {info['users']:,} {info['description']}:", "",
                   "| variant | AUC | GAUC |", "|---|---|---|"]
-        lines += [f"| {name} | {_fmt(r['natural_users_auc'])} | {_fmt(r['natural_users_gauc'])} |"
+        lines += [f"| {name} | {_fmt(r[group + '_auc'])} | {_fmt(r[group + '_gauc'])} |"
                   for name, r in report["results"].items()]
     bins = report["bins"]
     lines += ["", "AUC by domain-size bin (equal training rows per bin, largest domains first):", "",

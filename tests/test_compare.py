@@ -20,6 +20,8 @@ def test_parse_variant():
     c = parse_variant("dcnv2+adasparse:binarization:0.05-0.15", BASE)
     assert (c.backbone, c.multi_domain, c.adasparse.form) == ("dcnv2", "adasparse", "binarization")
     assert (c.adasparse.r_min, c.adasparse.r_max) == (0.05, 0.15)
+    assert c.adasparse.placement == "input"  # as published
+    assert parse_variant("dnn+adasparse:scaling:output", BASE).adasparse.placement == "output"
     assert parse_variant("dnn+star", BASE).multi_domain == "star"
 
 
@@ -93,7 +95,8 @@ def test_ablations_on_ad_traffic(tmp_path):
     lines: list[str] = []
     report = run_compare(load_config(str(config)), dt.date(2026, 1, 8), variants,
                          str(tmp_path / "ablations.json"), source="ad", log=lines.append)
-    assert report["natural_heavy_users"] > 0
+    assert report["focus_groups"]["natural_users"]["users"] > 0
+    assert "returning_users" in report["focus_groups"]
     for name in variants:
         r = report["runs"][name][0]
         assert 0 <= r["auc"] <= 1 and r["natural_users"]["rows"] > 0
