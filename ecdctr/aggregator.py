@@ -123,6 +123,11 @@ class TpmAggregator(keras.layers.Layer):
         return tf.concat([self.pooled(n, self.lookups[n](inputs[n])) for n in self.feature_names],
                          axis=-1)
 
+    def known(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        """[B, features] 1.0 where the id is in some snapshot, 0.0 where it gets zeros."""
+        return tf.stack([tf.cast(self.lookups[n](inputs[n]) > 0, tf.float32)
+                         for n in self.feature_names], axis=-1)
+
     def merged_tables(self) -> dict[str, tuple[list[str], np.ndarray]]:
         """Per feature: (every id of any snapshot, its call() output [ids, d]) with the current
         attention weights — the one table per feature that serving looks up (MergedTpmLookup)."""

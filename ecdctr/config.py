@@ -18,9 +18,9 @@ GATE_KEYS = ("max_auc_drop", "max_calibration_error", "max_abs_diff", "keep_vers
 WINDOW_KEYS = ("tpm_days", "cpm_days", "actr_days")
 TRAIN_KEYS = ("max_epochs", "patience", "validation_days", "batch_size", "learning_rate")
 MODEL_KEYS = ("hidden", "dropout", "backbone", "cross_layers", "cross_structure", "multi_domain",
-              "apg_rank", "apg_over_parameterize", "adasparse")
+              "apg_rank", "apg_over_parameterize", "tpm_known_flag", "adasparse")
 TRANSFER_KEYS = ("reset_batchnorm", "reset_batchnorm_affine", "shift_output_prior", "tpm_snapshots",
-                 "tpm_historical", "tpm_warm_start")
+                 "tpm_historical", "tpm_warm_start", "tpm_standardize")
 SCHEDULE_KEYS = ("tpm", "cpm", "cpm_weekday", "tpm_day")
 FREQUENCIES = ("daily", "weekly", "monthly", "once")
 ADASPARSE_KEYS = ("form", "beta", "epsilon", "alpha_start", "alpha_end", "ramp_steps", "r_min",
@@ -80,6 +80,8 @@ class TransferConfig:
     are out of sample in training as they are at serving.
     tpm_warm_start: each TPM starts from the previous snapshot's TPM, so successive snapshots
     share one embedding space.
+    tpm_standardize: each exported snapshot table is standardised per dimension (zero mean,
+    unit variance over its ids), so frozen vectors enter the CPM on the scale of its inputs.
     """
 
     reset_batchnorm: bool = True
@@ -88,6 +90,7 @@ class TransferConfig:
     tpm_snapshots: int = 3
     tpm_historical: bool = True
     tpm_warm_start: bool = True
+    tpm_standardize: bool = False
 
 
 @dataclass(frozen=True)
@@ -187,9 +190,9 @@ def _section(doc: dict, key: str, allowed: tuple[str, ...], default: Any, errors
                 errors.append(f"{key}.{name} is {value!r}; it must be a number in range.")
                 continue
             value = float(value)
-        elif name == "apg_over_parameterize":
+        elif name in ("apg_over_parameterize", "tpm_known_flag"):
             if not isinstance(value, bool):
-                errors.append(f"{key}.apg_over_parameterize must be true or false, got {value!r}.")
+                errors.append(f"{key}.{name} must be true or false, got {value!r}.")
                 continue
         elif name == "validation_days":
             if not is_int(value) or value < 0:

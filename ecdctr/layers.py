@@ -97,6 +97,11 @@ class TpmLookup(keras.layers.Layer):
         return tf.concat([tf.gather(self.tables[n], self.lookups[n](inputs[n]))
                           for n in self.feature_names], axis=-1)
 
+    def known(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        """[B, features] 1.0 where the id has a vector, 0.0 where it gets the zero vector."""
+        return tf.stack([tf.cast(self.lookups[n](inputs[n]) > 0, tf.float32)
+                         for n in self.feature_names], axis=-1)
+
 
 class Mlp(keras.layers.Layer):
     """Dense -> BatchNorm -> ReLU blocks; layer names are stable so weights transfer by name.

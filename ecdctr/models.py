@@ -49,6 +49,7 @@ class ModelConfig:
     adasparse: AdaSparseConfig = AdaSparseConfig()
     apg_rank: int = 16
     apg_over_parameterize: bool = False  # U = U_l U_r, V = V_l V_r in training, merged at export
+    tpm_known_flag: bool = False  # a 0/1 input per TPM entity: has the id a snapshot vector?
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("backbone", self.backbone, BACKBONES),
@@ -115,6 +116,8 @@ class CtrModel(keras.Model):
         x, domain_embedding = self.encoder.encode(inputs)
         if self.tpm is not None:
             x = tf.concat([x, self.tpm(inputs)], axis=-1)
+            if self.config.tpm_known_flag:  # unseen ids get exact zeros: say so explicitly
+                x = tf.concat([x, self.tpm.known(inputs)], axis=-1)
         if self.domain_features and with_index:
             domain_index = self.domain_index(inputs)
         else:

@@ -326,7 +326,7 @@ class _DailyJob:
                                   self.board("tpm"))
         folder = os.path.join(self.tpm_root, key)
         save_snapshot(folder, trained.model, self.spec, trained.vocabs, trained.meta,
-                      steps.tpm_tables(trained))
+                      steps.tpm_tables(trained, t.tpm_standardize))
         entry.update(snapshot=folder, train=trained.meta["train"], warm_start=trained.meta["parent"])
         self.log(f"TPM snapshot {folder} of {trained.meta['window'][0]}..{trained.meta['window'][1]}")
         cpms = self.complete(self.cpm_root, META)

@@ -159,9 +159,17 @@ def train_tpm(spec: Spec, work: str, days: Sequence[dt.date], config: ModelConfi
                                               parent=parent.folder if parent else None))
 
 
-def tpm_tables(trained: Trained) -> dict[str, tuple[list[str], np.ndarray]]:
-    """The TPM's exported embeddings: {entity feature: (ids, vectors)} (OOV row left out)."""
-    return {f.name: embedding_table(trained.model, f.name) for f in trained.spec.entities.values()}
+def tpm_tables(trained: Trained, standardize: bool = False
+               ) -> dict[str, tuple[list[str], np.ndarray]]:
+    """The TPM's exported embeddings: {entity feature: (ids, vectors)} (OOV row left out);
+    standardize: each dimension moved to zero mean and unit variance over the ids."""
+    tables = {}
+    for feature in trained.spec.entities.values():
+        keys, rows = embedding_table(trained.model, feature.name)
+        if standardize and len(keys) > 1:
+            rows = (rows - rows.mean(axis=0)) / np.maximum(rows.std(axis=0), 1e-6)
+        tables[feature.name] = (keys, rows.astype(np.float32))
+    return tables
 
 
 def train_ctr(spec: Spec, work: str, parts: Sequence[Partition], config: ModelConfig, log: Log,
