@@ -1,0 +1,103 @@
+"""E-CDCTR ablations and TPM hypotheses on simulated (or converted real) logs, through `compare`.
+
+Each arm is the base run config (benchmarks/ablations.yaml) with a few keys changed and the
+ablation variants it is run with; every arm trains on the same days and is scored on the same
+held-out days, with several training seeds. Results: <out>/<arm>.json and .md per arm and
+<out>/summary.md (one row per arm and variant).
+
+    .venv/bin/python benchmarks/ablations.py --sim_seed 0 --out benchmarks/results/tpm-s0
+    .venv/bin/python benchmarks/ablations.py --logs /tmp/real --date 2017-06-01 --out ...
+
+Arms (the TPM hypotheses of BENCHMARKS.md section 7):
+  main         finetune, ecdctr, ecdctr-no_tpm, ecdctr-no_bn_reinit with the defaults
+  leaky        (a) snapshots trained on the CPM's own window (transfer.tpm_historical: false)
+  tpm1         (c) the TPM trained one epoch, no validation (the old recipe)
+  standardize  (d) snapshot tables standardised per dimension (transfer.tpm_standardize)
+  known        (e) a known-id flag beside the frozen vectors (model.tpm_known_flag)
+  forgetting   the A-CTR updated day by day over a long ad window, with and without TPM
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+
+import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import ecdctr  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from ecdctr.config import load_config  # noqa: E402
+from ecdctr.simulator import SimConfig, simulate  # noqa: E402
+from pipelines.compare import run_compare  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ARMS: dict[str, tuple[dict, list[str]]] = {
+    "main": ({}, ["finetune", "ecdctr", "ecdctr-no_tpm", "ecdctr-no_bn_reinit"]),
+    "leaky": ({"transfer": {"tpm_historical": False}}, ["ecdctr"]),
+    "tpm1": ({"tpm": {"max_epochs": 1, "validation_days": 0}}, ["ecdctr"]),
+    "standardize": ({"transfer": {"tpm_standardize": True}}, ["ecdctr"]),
+    "known": ({"model": {"tpm_known_flag": True}}, ["ecdctr"]),
+    "forgetting": ({"windows": {"actr_days": 60}}, ["ecdctr-daily", "ecdctr-no_tpm-daily"]),
+}
+
+
+def _merge(base: dict, changes: dict) -> dict:
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merge(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="folder for the arms' reports")
+    p.add_argument("--arms", default="main,leaky,tpm1,standardize,known")
+    p.add_argument("--logs", help="logs folder (default: simulate into benchmarks/.data)")
+    p.add_argument("--spec", default=os.path.join(HERE, "..", "features", "default.yaml"))
+    p.add_argument("--sim_seed", type=int, default=0)
+    p.add_argument("--rows_per_day", type=int, default=30000)
+    p.add_argument("--days", type=int, default=52, help="simulated days from 2026-01-01")
+    p.add_argument("--date", type=dt.date.fromisoformat, default=dt.date(2026, 2, 15),
+                   help="first held-out day D")
+    p.add_argument("--eval_days", type=int, default=5)
+    p.add_argument("--seeds", type=int, default=3)
+    args = p.parse_args()
+    data = os.path.join(HERE, ".data", f"ablations-s{args.sim_seed}-{args.rows_per_day}")
+    logs = args.logs or os.path.join(data, "logs")
+    if not args.logs and not os.path.isdir(logs):
+        simulate(logs, dt.date(2026, 1, 1), args.days,
+                 SimConfig(seed=args.sim_seed, natural_rows_per_day=args.rows_per_day))
+    work = os.path.join(data, "work") if not args.logs else os.path.join(
+        os.path.dirname(os.path.abspath(logs)), "work")
+    with open(os.path.join(HERE, "ablations.yaml"), encoding="utf-8") as f:
+        base = yaml.safe_load(f)
+    base.update(spec=os.path.abspath(args.spec), logs=os.path.abspath(logs),
+                work=os.path.abspath(work), export=os.path.abspath(os.path.join(work, "..", "export")))
+    os.makedirs(args.out, exist_ok=True)
+    rows = ["| arm | variant | AUC | GAUC | LogLoss | AUC natural-heavy | AUC returning | GAUC returning |",
+            "|---|---|---|---|---|---|---|---|"]
+    for arm in args.arms.split(","):
+        changes, variants = ARMS[arm]
+        path = os.path.join(args.out, f"{arm}.yaml")
+        with open(path, "w", encoding="utf-8") as f:
+            yaml.safe_dump(_merge(base, changes), f)
+        report = run_compare(load_config(path), args.date, variants,
+                             os.path.join(args.out, f"{arm}.json"), eval_days=args.eval_days,
+                             source="ad", seeds=args.seeds, log=print)
+        for name, r in report["results"].items():
+            cells = [r["auc"], r["gauc"], r["logloss"], r["natural_users_auc"],
+                     r["returning_users_auc"], r["returning_users_gauc"]]
+            rows.append(f"| {arm} | {name} | " + " | ".join(
+                "n/a" if c["mean"] is None else f"{c['mean']:.4f} ± {c['std']:.4f}" for c in cells)
+                + " |")
+        with open(os.path.join(args.out, "summary.md"), "w", encoding="utf-8") as f:
+            f.write("\n".join(rows) + "\n")
+    print(json.dumps({"summary": os.path.join(args.out, "summary.md")}))
+
+
+if __name__ == "__main__":
+    main()
