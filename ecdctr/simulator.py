@@ -31,6 +31,11 @@ The world it models (each piece has a knob in `SimConfig`):
   (`ad_ctr_offset`) and reach fewer users: each day only a share `ad_daily_reach` of the
   users is eligible, favouring users with a long history (`ad_history_days`).
 - New users and items arrive every day (`new_users_per_day`, `new_items_per_day`).
+- Intermittent users (off by default): a present user leaves for a while with daily chance
+  `away_rate` and comes back with daily chance `return_rate` (mean absence 1/return_rate
+  days), as holiday, seasonal and lapsed customers do; while away they neither show up nor
+  engage, and their long-term interest keeps its slow drift, so they return with the tastes
+  they left with. This is the traffic where only long-term (TPM) knowledge describes a user.
 
 It models the world, never a method: no knob exists to make one model win. The same seed,
 config, start date and number of days give byte-identical files.
@@ -110,6 +115,11 @@ class SimConfig:
     ad_temperature: float = 3.0  # softmax temperature of the (less targeted) ad policy
     ad_daily_reach: float = 0.2  # share of users eligible for ads on a given day
     ad_history_days: float = 30.0  # tenure scale: ads favour users with a long history
+    # --- intermittent users (off by default, so the benchmarks' worlds stay as they were) ---
+    away_rate: float = 0.0  # daily chance a present user leaves for a while (holidays,
+    #   seasonal or lapsed shoppers); away users neither show up nor engage
+    return_rate: float = 0.05  # daily chance an away user comes back, with the long-term
+    #   tastes they left with (interest keeps its slow drift while away)
     # --- output ---
     compresslevel: int = 3  # gzip level of the written files
 
@@ -140,7 +150,7 @@ class SimConfig:
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise ValueError(f"SimConfig.{name} must be in (0, 1], got {value!r}")
-        for name in ("profile_interest_share", "drift", "hist_noise"):
+        for name in ("profile_interest_share", "drift", "hist_noise", "away_rate", "return_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"SimConfig.{name} must be in [0, 1], got {value!r}")
@@ -255,7 +265,7 @@ class World:
             "activity": np.zeros(cap), "birth": np.zeros(cap, np.int64),
             "interest_base": np.zeros((cap, d)), "interest_dev": np.zeros((cap, d)),
             "interest": np.zeros((cap, d)), "hist": np.zeros((cap, HIST_LEN), np.int64),
-            "hist_len": np.zeros(cap, np.int64),
+            "hist_len": np.zeros(cap, np.int64), "away": np.zeros(cap, bool),
         }
         for name, arr in new.items():
             if old:
@@ -350,7 +360,8 @@ class World:
         rng = _rng(c.seed, 1, self.day)
         n = self.n_users
         # yesterday's background engagements push categories into the users' recent history
-        engaged = np.flatnonzero(rng.random(n) < 1.0 - np.exp(-c.engage_rate * self.activity[:n]))
+        engaged = np.flatnonzero((rng.random(n) < 1.0 - np.exp(-c.engage_rate * self.activity[:n]))
+                                 & ~self.away[:n])
         new_cat = self._sample_categories(self.today[engaged], 1, rng)[:, 0]
         self.hist[engaged, 1:] = self.hist[engaged, :-1]
         self.hist[engaged, 0] = new_cat
@@ -362,6 +373,10 @@ class World:
             size=(n, c.latent_dim)
         )
         self.interest[:n] = self.interest_base[:n] + self.interest_dev[:n]
+        if c.away_rate > 0:  # its own stream: the other streams do not shift
+            draw = _rng(c.seed, 7, self.day).random(n)
+            away = self.away[:n]
+            self.away[:n] = np.where(away, draw >= c.return_rate, draw < c.away_rate)
         self._add_users(c.new_users_per_day, rng, birth=self.day)
         self._add_items(c.new_items_per_day, rng)
         self._start_day(rng)
@@ -378,7 +393,7 @@ class World:
         ad = source == "ad"
         rng = _rng(c.seed, 2 + SOURCES.index(source), self.day)
         nu = self.n_users
-        eligible = self.ad_eligible if ad else np.ones(nu, bool)
+        eligible = (self.ad_eligible if ad else np.ones(nu, bool)) & ~self.away[:nu]
         pools, cums = [], []
         for g in range(c.segments):
             pool = np.flatnonzero(eligible & (self.segment[:nu] == g))

@@ -183,3 +183,28 @@ def test_bad_days(tmp_path):
         simulate(str(tmp_path), START, 0, TINY, log=lambda _: None)
     with pytest.raises(ValueError, match="natural_rows_per_day"):
         SimConfig(natural_rows_per_day=5)  # 5 * 0.1 < 1 ad row per day
+
+
+def test_intermittent_users_leave_and_come_back(tmp_path):
+    """With away_rate, active users vanish for days and return; with it off, the logs are
+    the same as before the knob existed (its draws use a stream of their own)."""
+    cfg = SimConfig(users=300, items=100, new_users_per_day=0, natural_rows_per_day=3000, seed=2)
+    days = 12
+
+    def presence(config, out):
+        simulate(str(out), START, days, config, log=lambda _: None)
+        data = read_all(str(out), days)
+        return [{r["user_id"] for r in data["natural"][d]} for d in range(days)]
+
+    steady = presence(cfg, tmp_path / "steady")
+    again = presence(dataclasses.replace(cfg, away_rate=0.0, return_rate=0.9), tmp_path / "same")
+    assert steady == again  # return_rate alone changes nothing while nobody leaves
+    away = presence(dataclasses.replace(cfg, away_rate=0.15, return_rate=0.15), tmp_path / "away")
+
+    def gaps(days_seen):  # users seen on day 0 and later, but absent for 5+ days in between
+        return {u for u in days_seen[0]
+                if any(u in days_seen[d] for d in range(6, days))
+                and not any(u in days_seen[d] for d in range(1, 6))}
+
+    assert len(gaps(away)) > len(gaps(steady)) + 10
+    assert sum(map(len, away)) < sum(map(len, steady))  # fewer distinct users present a day
