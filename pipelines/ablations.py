@@ -11,9 +11,10 @@ buys what. Each ablation is a way to train the ad model from the same days:
 - `ecdctr-no_bn_reinit`: the method without the BatchNorm reset (statistics carried over).
 - `ecdctr-no_tpm`: the method without the TPM embeddings.
 - `ecdctr-no_cpm`: the TPM embeddings but no CPM: the A-CTR trains from scratch on ad data.
-- `ecdctr-daily`: the method, but the A-CTR fine-tuned day by day over the ad window (each
-  day's model starts from the previous day's), as the daily job does; with `ecdctr` it is
-  the forgetting check.
+- `ecdctr-daily`: the method as the daily job runs it from one CPM: the CPM (and TPM) of the
+  ad window's first day, the A-CTR derived from it on the first days, then updated day by day
+  over the rest of the window (each day's model starts from the previous day's); with a long
+  `actr_days` it is the forgetting check.
 - `ecdctr-no_tpm-daily`: `ecdctr-daily` without the TPM embeddings: with `ecdctr-daily`, what
   the historical embeddings do against forgetting under daily updates.
 Every run also reports its metrics on two focus groups (FOCUS_GROUPS): the users seen mostly in
@@ -57,9 +58,7 @@ class Ablations:
 
     def __init__(self, config: RunConfig, spec: Spec, date: dt.date, log: Log = print):
         self.config, self.spec, self.date, self.log = config, spec, date, log
-        w, t, work = config.windows, config.transfer, config.work
-        self.tpm_days = steps.built_days(work, "natural", *steps.tpm_window(date, w,
-                                                                            t.tpm_historical))
+        w, work = config.windows, config.work
         self.natural_days = steps.window_days(work, "natural", date, w.cpm_days)
         self.ad_days = steps.window_days(work, "ad", date, w.actr_days)
         if not (self.natural_days and self.ad_days):
@@ -91,27 +90,34 @@ class Ablations:
     def _seeded(self, mc: ModelConfig, seed: int) -> ModelConfig:
         return dataclasses.replace(mc, seed=self.config.seed + seed)
 
-    def snapshots(self, seed: int) -> list[Snapshot]:
-        """The TPM snapshot a CPM trained on date reads (none without natural days before the
-        CPM window when snapshots are historical, or with transfer.tpm_snapshots 0)."""
-        key = ("tpm", seed)
+    def snapshots(self, seed: int, date: dt.date) -> list[Snapshot]:
+        """The TPM snapshot a CPM trained on `date` reads (none without natural days before
+        the CPM window when snapshots are historical, or with transfer.tpm_snapshots 0)."""
+        key = ("tpm", seed, date)
         if key not in self._cache:
+            t, work = self.config.transfer, self.config.work
+            days = steps.built_days(work, "natural", *steps.tpm_window(date, self.config.windows,
+                                                                       t.tpm_historical))
             self._cache[key] = []
-            if self.tpm_days and self.config.transfer.tpm_snapshots:
-                trained = steps.train_tpm(self.spec, self.config.work, self.tpm_days,
+            if days and t.tpm_snapshots:
+                trained = steps.train_tpm(self.spec, work, days,
                                           self._seeded(self.config.tpm, seed), self._quiet)
-                tables = steps.tpm_tables(trained, self.config.transfer.tpm_standardize)
-                self._cache[key] = [Snapshot(f"tpm-{self.date}", tables)]
+                tables = steps.tpm_tables(trained, t.tpm_standardize)
+                self._cache[key] = [Snapshot(f"tpm-{date}", tables)]
         return self._cache[key]
 
-    def cpm(self, seed: int, with_tpm: bool) -> steps.Trained:
-        """The CPM on the short natural window (with or without the TPM embeddings)."""
-        key = ("cpm", seed, with_tpm)
+    def cpm(self, seed: int, with_tpm: bool, date: dt.date | None = None) -> steps.Trained:
+        """The CPM trained on `date` (default: the evaluation day) on the short natural window
+        before it, with or without the TPM embeddings."""
+        date = date or self.date
+        key = ("cpm", seed, with_tpm, date)
         if key not in self._cache:
+            natural = [("natural", d) for d in steps.window_days(
+                self.config.work, "natural", date, self.config.windows.cpm_days)]
             self._cache[key] = steps.train_ctr(
-                self.spec, self.config.work, self.natural, self._seeded(self.config.cpm, seed),
-                self._quiet, kind="cpm", snapshots=self.snapshots(seed) if with_tpm else (),
-                vocab_parts=self.shared, stats_parts=self.natural)
+                self.spec, self.config.work, natural, self._seeded(self.config.cpm, seed),
+                self._quiet, kind="cpm", snapshots=self.snapshots(seed, date) if with_tpm else (),
+                vocab_parts=self.shared, stats_parts=natural)
         return self._cache[key]
 
     def _quiet(self, message: str) -> None:
@@ -126,7 +132,8 @@ class Ablations:
         work, quiet = self.config.work, self._quiet
         if name in ("ad_only", "ecdctr-no_cpm"):
             trained = steps.train_ctr(self.spec, work, self.ad, mc, quiet, kind="actr",
-                                      snapshots=self.snapshots(seed) if name != "ad_only" else (),
+                                      snapshots=(self.snapshots(seed, self.date)
+                                                 if name != "ad_only" else ()),
                                       vocab_parts=self.shared, stats_parts=self.natural)
             return trained.model, trained.meta["train"]
         if name == "joint":
@@ -141,13 +148,15 @@ class Ablations:
         elif name == "ecdctr-no_bn_reinit":
             transfer = dataclasses.replace(transfer, reset_batchnorm=False,
                                            reset_batchnorm_affine=False)
-        cpm = self.cpm(seed, with_tpm=name not in ("finetune", "ecdctr-no_tpm",
-                                                   "ecdctr-no_tpm-daily"))
+        with_tpm = name not in ("finetune", "ecdctr-no_tpm", "ecdctr-no_tpm-daily")
         if not name.endswith("-daily"):
+            cpm = self.cpm(seed, with_tpm)
             trained = steps.derive_actr(cpm, self.spec, work, self.ad_days, mc, transfer, quiet,
                                         vocab_parts=self.shared)
             return trained.model, trained.meta["train"]
-        # as the daily job runs: derived on the first days, then updated one new day at a time
+        # as the daily job runs with one CPM: the CPM of the ad window's first day, the A-CTR
+        # derived from it on the first days, then updated one new day at a time
+        cpm = self.cpm(seed, with_tpm, self.ad_days[0])
         first = max(mc.validation_days + 1, 1)
         trained = steps.derive_actr(cpm, self.spec, work, self.ad_days[:first], mc, transfer,
                                     quiet, vocab_parts=self.shared)
