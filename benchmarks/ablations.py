@@ -6,6 +6,8 @@ held-out days, with several training seeds. Results: <out>/<arm>.json and .md pe
 <out>/summary.md (one row per arm and variant).
 
     .venv/bin/python benchmarks/ablations.py --sim_seed 0 --out benchmarks/results/tpm-s0
+    .venv/bin/python benchmarks/ablations.py --arms forgetting --days 112 --date 2026-04-16 \
+        --rows_per_day 20000 --away_rate 0.02 --out benchmarks/results/forgetting
     .venv/bin/python benchmarks/ablations.py --logs /tmp/real --date 2017-06-01 --out ...
 
 Arms (the TPM hypotheses of BENCHMARKS.md section 7):
@@ -15,6 +17,8 @@ Arms (the TPM hypotheses of BENCHMARKS.md section 7):
   standardize  (d) snapshot tables standardised per dimension (transfer.tpm_standardize)
   known        (e) a known-id flag beside the frozen vectors (model.tpm_known_flag)
   forgetting   the A-CTR updated day by day over a long ad window, with and without TPM
+  recipe, epochs1..3   a plain dnn on natural traffic: the training recipe against fixed
+               epoch counts (no validation)
 """
 
 from __future__ import annotations
@@ -42,7 +46,13 @@ ARMS: dict[str, tuple[dict, list[str]]] = {
     "standardize": ({"transfer": {"tpm_standardize": True}}, ["ecdctr"]),
     "known": ({"model": {"tpm_known_flag": True}}, ["ecdctr"]),
     "forgetting": ({"windows": {"actr_days": 60}}, ["ecdctr-daily", "ecdctr-no_tpm-daily"]),
+    # the recipe against fixed epoch counts: a plain dnn on natural traffic (cpm settings)
+    "recipe": ({}, ["dnn"]),
+    "epochs1": ({"cpm": {"max_epochs": 1, "validation_days": 0}}, ["dnn"]),
+    "epochs2": ({"cpm": {"max_epochs": 2, "validation_days": 0}}, ["dnn"]),
+    "epochs3": ({"cpm": {"max_epochs": 3, "validation_days": 0}}, ["dnn"]),
 }
+NATURAL_ARMS = ("recipe", "epochs1", "epochs2", "epochs3")
 
 
 def _merge(base: dict, changes: dict) -> dict:
@@ -61,16 +71,22 @@ def main() -> None:
     p.add_argument("--sim_seed", type=int, default=0)
     p.add_argument("--rows_per_day", type=int, default=30000)
     p.add_argument("--days", type=int, default=52, help="simulated days from 2026-01-01")
+    p.add_argument("--away_rate", type=float, default=0.0,
+                   help="simulator's intermittent users: daily chance to leave (default off)")
+    p.add_argument("--return_rate", type=float, default=0.05,
+                   help="simulator's daily chance an away user comes back")
     p.add_argument("--date", type=dt.date.fromisoformat, default=dt.date(2026, 2, 15),
                    help="first held-out day D")
     p.add_argument("--eval_days", type=int, default=5)
     p.add_argument("--seeds", type=int, default=3)
     args = p.parse_args()
-    data = os.path.join(HERE, ".data", f"ablations-s{args.sim_seed}-{args.rows_per_day}")
+    data = os.path.join(HERE, ".data", f"ablations-s{args.sim_seed}-{args.rows_per_day}"
+                        + (f"-away{args.away_rate}-{args.return_rate}" if args.away_rate else ""))
     logs = args.logs or os.path.join(data, "logs")
     if not args.logs and not os.path.isdir(logs):
         simulate(logs, dt.date(2026, 1, 1), args.days,
-                 SimConfig(seed=args.sim_seed, natural_rows_per_day=args.rows_per_day))
+                 SimConfig(seed=args.sim_seed, natural_rows_per_day=args.rows_per_day,
+                           away_rate=args.away_rate, return_rate=args.return_rate))
     work = os.path.join(data, "work") if not args.logs else os.path.join(
         os.path.dirname(os.path.abspath(logs)), "work")
     with open(os.path.join(HERE, "ablations.yaml"), encoding="utf-8") as f:
@@ -87,7 +103,8 @@ def main() -> None:
             yaml.safe_dump(_merge(base, changes), f)
         report = run_compare(load_config(path), args.date, variants,
                              os.path.join(args.out, f"{arm}.json"), eval_days=args.eval_days,
-                             source="ad", seeds=args.seeds, log=print)
+                             source="natural" if arm in NATURAL_ARMS else "ad",
+                             seeds=args.seeds, log=print)
         for name, r in report["results"].items():
             cells = [r["auc"], r["gauc"], r["logloss"], r["natural_users_auc"],
                      r["returning_users_auc"], r["returning_users_gauc"]]
