@@ -198,7 +198,8 @@ def train_ctr(spec: Spec, work: str, parts: Sequence[Partition], config: ModelCo
         transfer = transfer_weights(parent.model, model, reset_batchnorm=False,
                                     fresh_features=fresh_features, log=log)
     train = fit_on(model, spec, work, parts, config, label or name, log, board)
-    recalibrate_batchnorm(model, dataset(spec, work, parts, config, shuffle=True), log=log)
+    learned = split_validation(parts, config.validation_days)[0]
+    recalibrate_batchnorm(model, dataset(spec, work, learned, config, shuffle=True), log=log)
     meta = _meta(kind, parts, work, train, stats, domains,
                  parent=parent.folder if parent else None,
                  transfer=_counts(transfer) if transfer else None)
@@ -211,8 +212,9 @@ def derive_actr(cpm: Checkpoint | Trained, spec: Spec, work: str, ad_days: Seque
                 fresh_features: Sequence[str] = (), board: str | None = None) -> Trained:
     """The A-CTR from a CPM (E-CDCTR): the same structure and TPM snapshots, weights by name
     (embedding rows by token), BatchNorm reset as options say, the output prior moved to the
-    ad CTR, then fine-tuned on the ad days; BatchNorm statistics re-estimated on ad data
-    when they were reset."""
+    ad CTR, then fine-tuned on the ad days. Reset BatchNorm statistics are re-estimated on the
+    ad training days before the fit (so the held-out day is scored with ad statistics, not
+    with zeros and ones) and again after it."""
     parts = [("ad", d) for d in ad_days]
     vocab_parts = list(vocab_parts or parts)
     vocabs = build_vocabularies(spec, work, vocab_parts)
@@ -227,9 +229,12 @@ def derive_actr(cpm: Checkpoint | Trained, spec: Spec, work: str, ad_days: Seque
                                 fresh_features=fresh_features, log=log)
     shift = (shift_output_prior(model, cpm.meta["ctr"], ad_ctr, log)
              if options.shift_output_prior else 0.0)
+    learned = split_validation(parts, config.validation_days)[0]
+    if options.reset_batchnorm:  # statistics of ad data from the start: validation reads them
+        recalibrate_batchnorm(model, dataset(spec, work, learned, config, shuffle=True), log=log)
     train = fit_on(model, spec, work, parts, config, "actr", log, board)
-    if options.reset_batchnorm:
-        recalibrate_batchnorm(model, dataset(spec, work, parts, config, shuffle=True), log=log)
+    if options.reset_batchnorm:  # and again for the fine-tuned weights
+        recalibrate_batchnorm(model, dataset(spec, work, learned, config, shuffle=True), log=log)
     meta = _meta("actr", parts, work, train, stats, list(cpm.meta["domains"]),
                  parent=getattr(cpm, "folder", None), transfer=_counts(transfer),
                  prior_shift=shift, options=dataclasses.asdict(options))
