@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--users", type=int, help="initial users (default: simulator default)")
     s.add_argument("--items", type=int, help="initial items")
     s.add_argument("--rows_per_day", type=int, help="natural rows per day (ad: a tenth)")
+    s.add_argument("--away_rate", type=float,
+                   help="intermittent users: daily chance a user leaves for a while (default 0)")
+    s.add_argument("--return_rate", type=float, help="daily chance an away user returns (0.05)")
 
     b = sub.add_parser("build", help="Beam job: raw logs -> TFRecords, token counts, stats",
                        epilog="Arguments after `--` are Beam pipeline options, e.g. "
@@ -118,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _simulate(args: argparse.Namespace, _: list[str]) -> None:
     from ecdctr.simulator import SimConfig, simulate
 
-    sizes = {"users": args.users, "items": args.items, "natural_rows_per_day": args.rows_per_day}
+    sizes = {"users": args.users, "items": args.items, "natural_rows_per_day": args.rows_per_day,
+             "away_rate": args.away_rate, "return_rate": args.return_rate}
     config = SimConfig(seed=args.seed, **{k: v for k, v in sizes.items() if v is not None})
     summary = simulate(args.out, args.start, args.days, config, log=log.info)
     log.info("simulated: %s", json.dumps(summary))
