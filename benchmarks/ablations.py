@@ -16,6 +16,8 @@ Arms (the TPM hypotheses of BENCHMARKS.md section 7):
   tpm1         (c) the TPM trained one epoch, no validation (the old recipe)
   standardize  (d) snapshot tables standardised per dimension (transfer.tpm_standardize)
   known        (e) a known-id flag beside the frozen vectors (model.tpm_known_flag)
+  k1           (f) one snapshot (K = 1) instead of the last three, a month apart
+  cold         (b) every snapshot trained from scratch, not from the previous one
   forgetting   the A-CTR updated day by day over a long ad window, with and without TPM
   recipe, epochs1..3   a plain dnn on natural traffic: the training recipe against fixed
                epoch counts (no validation)
@@ -45,6 +47,8 @@ ARMS: dict[str, tuple[dict, list[str]]] = {
     "tpm1": ({"tpm": {"max_epochs": 1, "validation_days": 0}}, ["ecdctr"]),
     "standardize": ({"transfer": {"tpm_standardize": True}}, ["ecdctr"]),
     "known": ({"model": {"tpm_known_flag": True}}, ["ecdctr"]),
+    "k1": ({"transfer": {"tpm_snapshots": 1}}, ["ecdctr"]),
+    "cold": ({"transfer": {"tpm_warm_start": False}}, ["ecdctr"]),
     "forgetting": ({"windows": {"actr_days": 60}}, ["ecdctr-daily", "ecdctr-no_tpm-daily"]),
     # the recipe against fixed epoch counts: a plain dnn on natural traffic (cpm settings)
     "recipe": ({}, ["dnn"]),

@@ -40,6 +40,7 @@ from pipelines import steps
 ABLATIONS = ("ad_only", "joint", "finetune", "ecdctr", "ecdctr-no_bn_reinit", "ecdctr-no_tpm",
              "ecdctr-no_cpm", "ecdctr-daily", "ecdctr-no_tpm-daily")
 NATURAL_HEAVY = 10  # a user is natural-heavy with at least this many natural rows per ad row
+TPM_PERIOD = {"daily": 1, "weekly": 7, "monthly": 30, "once": 0}  # days between snapshots
 RETURNING_GAP = 14  # a returning user was active before, but not in the last this many days
 FOCUS_GROUPS = {
     "natural_users": f"users seen mostly in natural traffic (natural rows >= {NATURAL_HEAVY}x ad "
@@ -91,19 +92,31 @@ class Ablations:
         return dataclasses.replace(mc, seed=self.config.seed + seed)
 
     def snapshots(self, seed: int, date: dt.date) -> list[Snapshot]:
-        """The TPM snapshot a CPM trained on `date` reads (none without natural days before
-        the CPM window when snapshots are historical, or with transfer.tpm_snapshots 0)."""
+        """The TPM snapshots (oldest first) a CPM trained on `date` reads, as the daily job's
+        TPM schedule would have left them: up to transfer.tpm_snapshots TPMs trained on
+        `date`, `date` - one TPM period (30 days for monthly), ..., each on its own window
+        (historical or not), each
+        warm-started from the one before when transfer.tpm_warm_start. A TPM whose window
+        holds no built day is left out (none at all: no TPM embeddings)."""
         key = ("tpm", seed, date)
         if key not in self._cache:
             t, work = self.config.transfer, self.config.work
-            days = steps.built_days(work, "natural", *steps.tpm_window(date, self.config.windows,
-                                                                       t.tpm_historical))
-            self._cache[key] = []
-            if days and t.tpm_snapshots:
+            snapshots: list[Snapshot] = []
+            previous = None
+            period = TPM_PERIOD[self.config.schedule.tpm]
+            for k in reversed(range(t.tpm_snapshots if period else min(t.tpm_snapshots, 1))):
+                tpm_date = date - dt.timedelta(days=k * period)
+                days = steps.built_days(work, "natural", *steps.tpm_window(
+                    tpm_date, self.config.windows, t.tpm_historical))
+                if not days:
+                    continue
                 trained = steps.train_tpm(self.spec, work, days,
-                                          self._seeded(self.config.tpm, seed), self._quiet)
-                tables = steps.tpm_tables(trained, t.tpm_standardize)
-                self._cache[key] = [Snapshot(f"tpm-{date}", tables)]
+                                          self._seeded(self.config.tpm, seed), self._quiet,
+                                          parent=previous if t.tpm_warm_start else None)
+                previous = trained
+                snapshots.append(Snapshot(f"tpm-{tpm_date}",
+                                          steps.tpm_tables(trained, t.tpm_standardize)))
+            self._cache[key] = snapshots
         return self._cache[key]
 
     def cpm(self, seed: int, with_tpm: bool, date: dt.date | None = None) -> steps.Trained:

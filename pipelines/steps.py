@@ -140,7 +140,7 @@ def _meta(kind: str, parts: Sequence[Partition], work: str, train: dict, stats: 
 
 
 def train_tpm(spec: Spec, work: str, days: Sequence[dt.date], config: ModelConfig, log: Log,
-              parent: Checkpoint | None = None, board: str | None = None) -> Trained:
+              parent: Checkpoint | Trained | None = None, board: str | None = None) -> Trained:
     """The tiny pre-training model on natural days (the spec's `tpm: true` features); with a
     parent (the previous snapshot's TPM), it warm-starts from it so that successive
     snapshots share one embedding space."""
@@ -149,14 +149,14 @@ def train_tpm(spec: Spec, work: str, days: Sequence[dt.date], config: ModelConfi
     stats = numeric_stats(spec, work, parts)
     log(f"TPM on {len(days)} natural days ({traffic(work, parts)[0]:,} rows), features "
         f"{[f.name for f in spec.tpm_features]}"
-        + (f", warm start from {parent.folder}" if parent else ""))
+        + (f", warm start from {getattr(parent, 'folder', 'the previous TPM')}" if parent else ""))
     model = build_model(spec.tpm_features, vocabs, stats, config, example_batch(spec),
                         initial_ctr=traffic(work, parts)[1], name="tpm")
     if parent is not None:
         transfer_weights(parent.model, model, reset_batchnorm=False, log=log)
     train = fit_on(model, spec, work, parts, config, "tpm", log, board)
     return Trained(model, spec, vocabs, _meta("tpm", parts, work, train, stats, [], "tpm",
-                                              parent=parent.folder if parent else None))
+                                              parent=getattr(parent, "folder", None)))
 
 
 def tpm_tables(trained: Trained, standardize: bool = False

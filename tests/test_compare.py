@@ -1,5 +1,6 @@
 """Tests for the compare job: variant names, a tiny end-to-end compare, the report and plots."""
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -10,6 +11,9 @@ from ecdctr import plots
 from ecdctr.config import load_config
 from ecdctr.models import ModelConfig
 from ecdctr.simulator import SimConfig, simulate
+from ecdctr.spec import load_spec
+from pipelines.ablations import Ablations
+from pipelines.build import build
 from pipelines.compare import parse_variant, run_compare
 
 BASE = ModelConfig()
@@ -115,3 +119,30 @@ def test_ablations_need_ad_source(tmp_path):
     with pytest.raises(ValueError, match="use --source=ad"):
         run_compare(load_config(str(config)), dt.date(2026, 1, 8), ["ecdctr"],
                     str(tmp_path / "x.json"), source="natural", log=lambda _: None)
+
+
+def test_ablation_snapshots_follow_the_tpm_schedule_and_warm_start(tmp_path):
+    simulate(str(tmp_path / "logs"), dt.date(2026, 1, 1), 8,
+             SimConfig(users=300, items=100, new_users_per_day=5, new_items_per_day=5,
+                       natural_rows_per_day=600, seed=7), log=lambda _: None)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"spec: {os.path.abspath('features/default.yaml')}\nlogs: logs\nwork: work\n"
+                      "export: export\nwindows: {tpm_days: 2, cpm_days: 2, actr_days: 2}\n"
+                      "tpm: {hidden: [8], batch_size: 256, max_epochs: 1}\n"
+                      "schedule: {tpm: daily}\ntransfer: {tpm_snapshots: 3}\n")
+    cfg = load_config(str(config))
+    build(load_spec(cfg.spec), cfg.logs, cfg.work, log=lambda _: None)
+    lines: list[str] = []
+    ablations = Ablations(cfg, load_spec(cfg.spec), dt.date(2026, 1, 8), log=lines.append)
+    ablations._quiet = lines.append  # every line, not only the fits' progress
+    snapshots = ablations.snapshots(0, dt.date(2026, 1, 8))
+    # a daily TPM: the snapshots of 01-06, 01-07 and 01-08, each on the 2 days before its
+    # CPM window (historical), each warm-started from the one before
+    assert [s.name for s in snapshots] == ["tpm-2026-01-06", "tpm-2026-01-07", "tpm-2026-01-08"]
+    starts = [x for x in lines if x.startswith("TPM on")]
+    assert len(starts) == 3 and "warm start" not in starts[0]
+    assert all("warm start from the previous TPM" in x for x in starts[1:])
+    cold = dataclasses.replace(cfg, transfer=dataclasses.replace(cfg.transfer, tpm_warm_start=False,
+                                                                 tpm_snapshots=1))
+    one = Ablations(cold, load_spec(cfg.spec), dt.date(2026, 1, 8), lines.append)
+    assert [s.name for s in one.snapshots(0, dt.date(2026, 1, 8))] == ["tpm-2026-01-08"]
