@@ -152,13 +152,30 @@ def is_checkpoint(folder: str) -> bool:
     return os.path.exists(os.path.join(folder, META))
 
 
+def is_current(meta: dict) -> bool:
+    """False for a model folder written before folders described themselves (no kind or
+    model_name, TPM snapshots listed by name only): it cannot be rebuilt and is retrained."""
+    snapshots = meta.get("tpm_snapshots", [])
+    return ("kind" in meta and "model_name" in meta and isinstance(snapshots, list)
+            and all(isinstance(s, dict) for s in snapshots))
+
+
+def _read_meta(folder: str) -> dict:
+    meta = read_json(os.path.join(folder, META))
+    if not is_current(meta):
+        raise ValueError(f"{folder} was written by an ecdctr before model folders described "
+                         f"themselves and cannot be rebuilt. Fix: delete it; `ecdctr daily` "
+                         f"retrains what is missing.")
+    return meta
+
+
 def load_checkpoint(folder: str, config: ModelConfig | None = None) -> Checkpoint:
     """Rebuilds the model saved in folder as it was trained and loads its weights. config
     supplies training settings (learning rate, batch size); the structure is the folder's."""
     if not is_checkpoint(folder):
         raise FileNotFoundError(f"{folder}: no {META}, so not a whole checkpoint. Fix: point to a "
                                 f"model folder (e.g. <work>/models/actr/<date>) or retrain it.")
-    meta = read_json(os.path.join(folder, META))
+    meta = _read_meta(folder)
     spec = load_spec(os.path.join(folder, "spec.yaml"))
     config = with_structure(config or ModelConfig(), meta["model"])
     vocabs = read_vocabularies(os.path.join(folder, "vocab"))
@@ -186,7 +203,7 @@ def describe(folder: str) -> str:
         raise FileNotFoundError(f"{folder}: no {META}; not a model folder written by ecdctr. Fix: "
                                 f"point to <work>/tpm/<period>, <work>/models/cpm/<period> or "
                                 f"<work>/models/actr/<date>.")
-    meta = read_json(os.path.join(folder, META))
+    meta = _read_meta(folder)
     train = meta.get("train") or {}
     window = meta.get("window") or ["?", "?"]
     model = meta.get("model", {})
@@ -245,8 +262,8 @@ def load_snapshot(folder: str, name: str | None = None) -> Snapshot:
     """The exported tables of a TPM snapshot folder, named by the folder."""
     path = os.path.join(folder, "manifest.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"TPM snapshot {folder} has no manifest.json. Fix: rerun the "
-                                f"day with --force so the TPM retrains.")
+        raise FileNotFoundError(f"TPM snapshot {folder} has no manifest.json. Fix: delete {folder} "
+                                f"and rerun the day: the TPM of its period retrains.")
     manifest = read_json(path)
     tables = {}
     for entity, info in manifest["entities"].items():

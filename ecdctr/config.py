@@ -70,9 +70,10 @@ class Schedule:
 class TransferConfig:
     """How knowledge moves between the models (the run config's `transfer:` section).
 
-    reset_batchnorm: an A-CTR derived from a CPM starts with BatchNorm statistics reset and
-    re-estimated on ad data after its fit (false: the CPM's statistics are kept and only the
-    fine-tune's moving averages move them). reset_batchnorm_affine: also reset gamma/beta.
+    reset_batchnorm: an A-CTR derived from a CPM gets BatchNorm statistics reset and
+    re-estimated on its ad training days, before its fit and again after it (false: the CPM's
+    statistics are kept and only the fine-tune's moving averages move them).
+    reset_batchnorm_affine: also reset gamma/beta.
     shift_output_prior: move the output bias from the CPM's CTR to the ad CTR.
     tpm_snapshots: K, how many of the newest TPM snapshots a CPM reads (0: no TPM features).
     tpm_historical: a CPM reads only snapshots whose window ends before its own window starts

@@ -97,13 +97,14 @@ def fit(model: keras.Model, dataset: tf.data.Dataset, epochs: int, batch_size: i
                         validation_data=validation)
     seconds = time.perf_counter() - started
     epochs_run = len(history.history["loss"])
+    chosen = best.best_epoch if best is not None else epochs_run
     summary = {
-        "loss": float(history.history["loss"][-1]),
+        "loss": float(history.history["loss"][chosen - 1]),  # of the epoch kept
         "steps": progress.steps,
         "seconds": round(seconds, 2),
         "examples_per_second": round(progress.steps * batch_size / max(seconds, 1e-9)),
         "epochs_run": epochs_run,
-        "chosen_epoch": best.best_epoch if best is not None else epochs_run,
+        "chosen_epoch": chosen,
         **({"rows_read": rows * epochs_run} if rows is not None else {}),
     }
     if best is not None:

@@ -27,7 +27,7 @@ from ecdctr.spec import Spec, load_spec
 from ecdctr.training import predict
 from ecdctr.vocab import domain_sizes, traffic
 from pipelines import steps
-from pipelines.ablations import ABLATIONS, FOCUS_GROUPS, Ablations, focus_rows
+from pipelines.ablations import ABLATIONS, FOCUS_GROUPS, TPM_PERIOD, Ablations, focus_rows
 from pipelines.build import build, built_partitions
 
 Log = Callable[[str], None]
@@ -90,10 +90,12 @@ def run_compare(config: RunConfig, date: dt.date, variants: Sequence[str], out: 
     last = date + dt.timedelta(days=eval_days - 1)
     build(spec, config.logs, config.work, start=first, end=last, sources=[source],
           beam_args=config.beam_args, skip_built=True, log=log)
-    if ablations:  # they also read the natural windows
-        w = config.windows
-        build(spec, config.logs, config.work, start=date - dt.timedelta(days=max(w.tpm_days,
-              w.cpm_days)), end=date - dt.timedelta(days=1), sources=["natural"],
+    if ablations:  # they also read the natural windows, back to the oldest TPM snapshot's
+        w, t = config.windows, config.transfer
+        back = (w.actr_days + w.cpm_days + w.tpm_days
+                + (t.tpm_snapshots - 1) * TPM_PERIOD[config.schedule.tpm])
+        build(spec, config.logs, config.work, start=date - dt.timedelta(days=back),
+              end=date - dt.timedelta(days=1), sources=["natural", "ad"],
               beam_args=config.beam_args, skip_built=True, log=log)
     built = built_partitions(config.work, source)
     train_days = [d for d in built if first <= d < date]
@@ -232,7 +234,7 @@ def _domain_masks(model: CtrModel, data: _Data) -> dict:
             sums[int(d)] = part if int(d) not in sums else [
                 a + b for a, b in zip(sums[int(d)], part, strict=True)]
             counts[int(d)] = counts.get(int(d), 0) + int(rows.sum())
-    names = ["<unseen>", *data.domains]
+    names = ["<unseen>", *model.domains]  # the model's own domain index
     return {names[d]: {"rows": counts[d], "keep_rate": [(s / counts[d]).tolist() for s in sums[d]]}
             for d in sums}
 

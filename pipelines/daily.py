@@ -5,17 +5,20 @@ the ad traffic of D, which it never saw. The run config's `schedule` says how of
 CPM retrain: a step is due when its output for D's period (D's month for a monthly TPM, the
 week holding D for a weekly CPM, ...) is missing. A new CPM warm-starts from the previous CPM
 (weights by name, embedding rows by token, BatchNorm kept; features whose spec fingerprint
-changed start fresh). The A-CTR of D fine-tunes from the A-CTR of the day before, or is
-re-derived from the newest CPM (BatchNorm reset, output prior shifted) when there is none or
-a newer CPM landed since. Each step's outcome goes to the day's report, rewritten as steps run.
+changed start fresh) and reads the chosen TPM snapshots (`transfer:`). The A-CTR of D is
+updated from the A-CTR of the day before on the ad days it has not learned from, or is
+re-derived from the newest CPM as the `transfer:` options say when there is none or a newer
+CPM landed since. The steps themselves live in pipelines/steps.py, shared with `compare`.
+Each step's outcome goes to the day's report, rewritten as steps run.
 
 Resumable: outputs are written to `<name>.tmp` folders (exports to a staging folder) and
 renamed into place when whole; a killed run leaves only such leftovers, which the next run
 deletes under the work lock. A rerun reuses D's A-CTR checkpoint, and every export carries the
 id of the checkpoint it came from (assets.extra/actr.json), so a day is never published twice.
 
-Layout: <work>/tpm/<YYYY-MM or period start>/, <work>/models/cpm/<period start>/ and
-<work>/models/actr/<D>/ (weights/, vocab/, spec.yaml: the spec it was trained with, meta.json).
+Layout: <work>/tpm/<YYYY-MM or period start>/ (the TPM's model folder plus its exported
+<entity>.npy/.keys.json and manifest.json), <work>/models/cpm/<period start>/ and
+<work>/models/actr/<D>/: self-describing model folders (ecdctr/checkpoint.py).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from ecdctr.checkpoint import (
     META,
     Checkpoint,
     Snapshot,
+    is_current,
     load_checkpoint,
     load_snapshot,
     save_checkpoint,
@@ -158,6 +162,7 @@ class _DailyJob:
         self.tpm_root = os.path.join(self.work, "tpm")
         self.export_base = os.path.join(config.export, "actr")
         self.actr_model = None
+        self.legacy: set[tuple[str, str]] = set()  # model folders of an older format, logged once
         self.actr_meta: dict = {}
         self.actr_folder = ""
 
@@ -165,7 +170,8 @@ class _DailyJob:
         self.remove_leftovers()
         with self.step("build") as s:
             w = self.config.windows
-            start = self.date - dt.timedelta(days=max(w.tpm_days, w.cpm_days))
+            first_tpm = steps.tpm_window(self.date, w, self.config.transfer.tpm_historical)[0]
+            start = min(first_tpm, self.date - dt.timedelta(days=max(w.cpm_days, w.actr_days)))
             built = build(self.spec, self.config.logs, self.work, start=start, end=self.date,
                           beam_args=self.config.beam_args, skip_built=True, log=self.log)
             s["partitions_built"] = len(built)
@@ -205,6 +211,9 @@ class _DailyJob:
                 if name.endswith(".tmp"):
                     self.log(f"removing leftovers of an interrupted run: {os.path.join(root, name)}")
                     shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+                for leftover in _listdir(os.path.join(root, name)):  # a killed metrics update
+                    if leftover.startswith(f"{META}.tmp-"):
+                        os.remove(os.path.join(root, name, leftover))
         staging = os.path.join(self.work, STAGING)
         if _listdir(staging):
             with open(os.path.join(self.work, ".build.lock"), "w") as lock:
@@ -263,7 +272,7 @@ class _DailyJob:
                 entry.update(status="skipped", reason=f"{existing} exists (schedule once)")
                 return None
             return self.date.isoformat()
-        if os.path.exists(os.path.join(root, key, marker)):
+        if any(name == key for name, _ in self.complete(root, marker)):
             entry.update(status="skipped",
                          reason=f"{os.path.join(root, key)} exists ({frequency} period {key})")
             return None
@@ -274,6 +283,12 @@ class _DailyJob:
         were trained on, then name)."""
         found = [(name, read_json(os.path.join(root, name, marker))) for name in _listdir(root)
                  if _NAME.match(name) and os.path.exists(os.path.join(root, name, marker))]
+        for name, meta in found:
+            if not is_current(meta) and (root, name) not in self.legacy:
+                self.legacy.add((root, name))
+                self.log(f"{os.path.join(root, name)} was written by an older ecdctr and cannot "
+                         f"be rebuilt: ignored (retrained when due; delete it to free the disk)")
+        found = [(name, meta) for name, meta in found if is_current(meta)]
         return sorted(found, key=lambda item: (item[1].get("window", [item[0]] * 2)[-1], item[0]))
 
     def usable(self, root: str, marker: str) -> list[tuple[str, dict]]:
@@ -318,19 +333,22 @@ class _DailyJob:
                          f"{first}..{end - dt.timedelta(days=1)}")
             self.log(f"TPM skipped: {entry['reason']} (a CPM then reads no new snapshot)")
             return
-        earlier = [n for n, _ in self.complete(self.tpm_root, META) if n != key]
-        parent = None
+        # the parent: the newest snapshot trained on days before this one's window only
+        earlier = [n for n, m in self.usable(self.tpm_root, META)
+                   if n != key and m["window"][1] < days[0].isoformat()]
+        parent, fresh = None, []
         if t.tpm_warm_start and earlier:
             parent = load_checkpoint(os.path.join(self.tpm_root, earlier[-1]), self.config.tpm)
+            fresh, _ = self.fresh_features(parent.meta, f"TPM warm start from {parent.folder}")
         trained = steps.train_tpm(self.spec, self.work, days, self.config.tpm, self.log, parent,
-                                  self.board("tpm"))
+                                  self.board("tpm"), fresh_features=fresh)
         folder = os.path.join(self.tpm_root, key)
         save_snapshot(folder, trained.model, self.spec, trained.vocabs, trained.meta,
                       steps.tpm_tables(trained, t.tpm_standardize))
         entry.update(snapshot=folder, train=trained.meta["train"], warm_start=trained.meta["parent"])
         self.log(f"TPM snapshot {folder} of {trained.meta['window'][0]}..{trained.meta['window'][1]}")
         cpms = self.complete(self.cpm_root, META)
-        used = {s["name"] for s in cpms[-1][1].get("tpm_snapshots", [])} if cpms else set()
+        used = {s["name"] for s in cpms[-1][1]["tpm_snapshots"]} if cpms else set()
         self.prune(self.tpm_root, META, max(t.tpm_snapshots, 1), {key} | used)
 
     def snapshots_for(self, cpm_first: dt.date) -> list[Snapshot]:
@@ -371,7 +389,8 @@ class _DailyJob:
             entry["warm_start"].update(trained.meta["transfer"])
         entry["train"] = trained.meta["train"]
         save_checkpoint(folder, trained.model, self.spec, trained.vocabs,
-                        {**trained.meta, "period": key, "schedule": self.config.schedule.cpm},
+                        {**trained.meta, "period": key, "schedule": self.config.schedule.cpm,
+                         "id": f"{key}-{uuid.uuid4().hex[:12]}"},
                         trained.snapshots)
         entry["checkpoint"] = folder
         self.prune(self.cpm_root, META, CPM_KEEP, {key})
@@ -395,7 +414,7 @@ class _DailyJob:
         self.log(f"loaded CPM {cpm.folder}")
         folder = os.path.join(self.actr_root, self.date.isoformat())
         entry["checkpoint"] = folder
-        if self.resumable(folder, cpm_name):
+        if self.resumable(folder, cpm.meta.get("id")):
             actr = load_checkpoint(folder, cfg)
             model, meta = actr.model, actr.meta
             entry.update(start=meta["start"], start_reason=meta["start_reason"], resumed=True,
@@ -420,13 +439,13 @@ class _DailyJob:
         self.report["metrics"] = entry["metrics"]["actr"]
         self.actr_model, self.actr_meta, self.actr_folder = model, meta, folder
 
-    def resumable(self, folder: str, cpm_name: str) -> bool:
+    def resumable(self, folder: str, cpm_id: str | None) -> bool:
         """True when an earlier (killed) run of this day saved the A-CTR checkpoint that this
         run would train: same CPM, spec and structure; --force trains it again."""
         if self.force or not os.path.exists(os.path.join(folder, META)):
             return False
         meta = read_json(os.path.join(folder, META))
-        same = (meta.get("cpm") == cpm_name and meta.get("spec_fingerprint") == self.spec.fingerprint
+        same = (meta.get("cpm_id") == cpm_id and meta.get("spec_fingerprint") == self.spec.fingerprint
                 and meta.get("model") == structure(self.config.actr))
         if not same:
             self.log(f"A-CTR checkpoint {folder} was trained with another CPM, spec or model "
@@ -442,7 +461,7 @@ class _DailyJob:
                    if n < self.date.isoformat()]
         previous, previous_meta = earlier[-1] if earlier else (None, {})
         shared = self.shared_partitions()
-        if previous and previous_meta.get("cpm") == cpm_name:
+        if previous and previous_meta.get("cpm_id") == cpm.meta.get("id"):
             source_folder = os.path.join(self.actr_root, previous)
             yesterday = (self.date - dt.timedelta(days=1)).isoformat()
             start = (f"from yesterday's A-CTR {source_folder}" if previous == yesterday
@@ -475,7 +494,8 @@ class _DailyJob:
                                    if d.isoformat() <= trained.meta["learned_through"]],
                      train=trained.meta["train"])
         trained.meta.update(id=f"{self.date.isoformat()}-{uuid.uuid4().hex[:12]}",
-                            date=self.date.isoformat(), cpm=cpm_name, cpm_path=cpm.folder,
+                            date=self.date.isoformat(), cpm=cpm_name, cpm_id=cpm.meta.get("id"),
+                            cpm_path=cpm.folder,
                             start=start, start_reason=reason, transfer=transfer)
         return trained
 

@@ -140,7 +140,8 @@ def _meta(kind: str, parts: Sequence[Partition], work: str, train: dict, stats: 
 
 
 def train_tpm(spec: Spec, work: str, days: Sequence[dt.date], config: ModelConfig, log: Log,
-              parent: Checkpoint | Trained | None = None, board: str | None = None) -> Trained:
+              parent: Checkpoint | Trained | None = None, board: str | None = None,
+              fresh_features: Sequence[str] = ()) -> Trained:
     """The tiny pre-training model on natural days (the spec's `tpm: true` features); with a
     parent (the previous snapshot's TPM), it warm-starts from it so that successive
     snapshots share one embedding space."""
@@ -153,7 +154,8 @@ def train_tpm(spec: Spec, work: str, days: Sequence[dt.date], config: ModelConfi
     model = build_model(spec.tpm_features, vocabs, stats, config, example_batch(spec),
                         initial_ctr=traffic(work, parts)[1], name="tpm")
     if parent is not None:
-        transfer_weights(parent.model, model, reset_batchnorm=False, log=log)
+        transfer_weights(parent.model, model, reset_batchnorm=False,
+                         fresh_features=fresh_features, log=log)
     train = fit_on(model, spec, work, parts, config, "tpm", log, board)
     return Trained(model, spec, vocabs, _meta("tpm", parts, work, train, stats, [], "tpm",
                                               parent=getattr(parent, "folder", None)))

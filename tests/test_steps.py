@@ -4,6 +4,7 @@ the training recipe keeps its best epoch."""
 
 import dataclasses
 import datetime as dt
+import json
 import os
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from ecdctr.checkpoint import describe, load_checkpoint
+from ecdctr.checkpoint import describe, is_current, load_checkpoint
 from ecdctr.config import Windows, load_config
 from ecdctr.data import example_batch
 from ecdctr.simulator import SimConfig, simulate
@@ -197,3 +198,17 @@ def test_best_epoch_stops_after_patience_and_restores_the_best_weights():
     assert model.stop_training and best.best_epoch == 2
     best.on_train_end()
     assert np.all(kernel.numpy() == 1.0)  # epoch 2's weights
+
+
+def test_a_model_folder_of_the_older_format_is_refused_with_the_fix(job, tmp_path):
+    root, _, _, _ = job
+    folder = tmp_path / "old"
+    shutil.copytree(root / "work" / "models" / "cpm" / "2026-01-05", folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    del meta["kind"], meta["model_name"]
+    meta["tpm_snapshots"] = ["2026-01"]
+    (folder / "meta.json").write_text(json.dumps(meta))
+    assert not is_current(meta)
+    for read in (load_checkpoint, describe):
+        with pytest.raises(ValueError, match="older|before model folders described.*delete it"):
+            read(str(folder))
