@@ -93,6 +93,7 @@ def test_ablations_on_ad_traffic(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text(f"spec: {os.path.abspath('features/default.yaml')}\nlogs: logs\nwork: work\n"
                       "export: export\nwindows: {tpm_days: 7, cpm_days: 3, actr_days: 3}\n"
+                      "transfer: {tpm_snapshots: 3}\n"
                       "model: {hidden: [16, 8]}\ntpm: {hidden: [8], batch_size: 256, max_epochs: 2}\n"
                       "cpm: {batch_size: 256, max_epochs: 2}\nactr: {batch_size: 64, max_epochs: 2}\n")
     variants = ["ad_only", "finetune", "ecdctr", "ecdctr-daily"]

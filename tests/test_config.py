@@ -17,6 +17,7 @@ def test_demo_config_resolves_paths_against_its_folder():
     assert config.cpm.hidden == config.actr.hidden == (128, 64)  # same structure: transfer by name
     assert config.tpm.hidden == (32,)
     assert config.actr.batch_size == 512 and config.transfer.reset_batchnorm
+    assert config.transfer.tpm_snapshots == 3 and config.transfer.tpm_historical  # measured
     assert config.cpm.multi_domain == config.actr.multi_domain == "none"  # measured: BENCHMARKS 4
     assert config.actr.adasparse.form == "fusion" and config.actr.adasparse.placement == "input"
     assert config.tpm.multi_domain == "none"

@@ -24,7 +24,7 @@ from pipelines.daily import feature_diff, run_daily
 START = dt.date(2026, 1, 1)
 DAYS = 12  # 2026-01-01 (Thursday) .. 2026-01-12 (Monday)
 SPEC = os.path.abspath("features/default.yaml")
-BASE = ("windows: {tpm_days: 30, cpm_days: 5, actr_days: 5}\n"
+BASE = ("windows: {tpm_days: 30, cpm_days: 5, actr_days: 5}\ntransfer: {tpm_snapshots: 3}\n"
         "model: {hidden: [16, 8], multi_domain: adasparse}\n"
         "gate: {max_auc_drop: 0.2}\n"
         "tpm: {hidden: [8], batch_size: 256, max_epochs: 2}\ncpm: {batch_size: 256, max_epochs: 2}\n"

@@ -29,7 +29,7 @@ def run(tmp_path_factory):
     config = root / "config.yaml"
     config.write_text(
         f"spec: {os.path.abspath('features/default.yaml')}\nlogs: logs\nwork: work\nexport: export\n"
-        "windows: {tpm_days: 30, cpm_days: 5, actr_days: 5}\n"
+        "windows: {tpm_days: 30, cpm_days: 5, actr_days: 5}\ntransfer: {tpm_snapshots: 3}\n"
         "model: {hidden: [16, 8], multi_domain: adasparse}\n"
         "gate: {max_auc_drop: 0.2}\n"
         "tpm: {hidden: [8], batch_size: 256, max_epochs: 2}\ncpm: {batch_size: 256, max_epochs: 2}\n"

@@ -39,7 +39,7 @@ def job(tmp_path_factory):
                        natural_rows_per_day=800, seed=4), log=lambda _: None)
     path = root / "config.yaml"
     path.write_text(f"spec: {SPEC}\nlogs: logs\nwork: work\nexport: export\n"
-                    "windows: {tpm_days: 30, cpm_days: 4, actr_days: 4}\n"
+                    "windows: {tpm_days: 30, cpm_days: 4, actr_days: 4}\ntransfer: {tpm_snapshots: 3}\n"
                     "model: {hidden: [16, 8], multi_domain: adasparse}\n"
                     "tpm: {hidden: [8], batch_size: 256, max_epochs: 2}\n"
                     "cpm: {batch_size: 256, max_epochs: 2}\nactr: {batch_size: 128, max_epochs: 2}\n")
