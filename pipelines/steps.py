@@ -92,11 +92,22 @@ def split_validation(parts: Sequence[Partition], days: int) -> tuple[list[Partit
     return [p for p in parts if p[1] not in held], [p for p in parts if p[1] in held]
 
 
+def _files(work: str, parts: Sequence[Partition]) -> list[str]:
+    return [f for source, d in parts for f in partition_files(work, source, [d])]
+
+
 def dataset(spec: Spec, work: str, parts: Sequence[Partition], config: ModelConfig,
             shuffle: bool) -> tf.data.Dataset:
     """Batches of the given partitions (shuffled with the config's seed when asked)."""
-    files = [f for source, d in parts for f in partition_files(work, source, [d])]
-    return make_dataset(spec, files, config.batch_size, shuffle=shuffle, seed=config.seed)
+    return make_dataset(spec, _files(work, parts), config.batch_size, shuffle=shuffle,
+                        seed=config.seed)
+
+
+def _reestimate_batchnorm(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
+                          config: ModelConfig, log: Log) -> None:
+    """BatchNorm statistics re-estimated on the days a fit learns from (never its held-out ones)."""
+    learned = split_validation(parts, config.validation_days)[0]
+    recalibrate_batchnorm(model, dataset(spec, work, learned, config, shuffle=True), log=log)
 
 
 def fit_on(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
@@ -148,11 +159,12 @@ def train_tpm(spec: Spec, work: str, days: Sequence[dt.date], config: ModelConfi
     parts = [("natural", d) for d in days]
     vocabs = build_vocabularies(spec, work, parts)
     stats = numeric_stats(spec, work, parts)
-    log(f"TPM on {len(days)} natural days ({traffic(work, parts)[0]:,} rows), features "
+    rows, ctr = traffic(work, parts)
+    log(f"TPM on {len(days)} natural days ({rows:,} rows), features "
         f"{[f.name for f in spec.tpm_features]}"
         + (f", warm start from {getattr(parent, 'folder', 'the previous TPM')}" if parent else ""))
     model = build_model(spec.tpm_features, vocabs, stats, config, example_batch(spec),
-                        initial_ctr=traffic(work, parts)[1], name="tpm")
+                        initial_ctr=ctr, name="tpm")
     if parent is not None:
         transfer_weights(parent.model, model, reset_batchnorm=False,
                          fresh_features=fresh_features, log=log)
@@ -200,12 +212,25 @@ def train_ctr(spec: Spec, work: str, parts: Sequence[Partition], config: ModelCo
         transfer = transfer_weights(parent.model, model, reset_batchnorm=False,
                                     fresh_features=fresh_features, log=log)
     train = fit_on(model, spec, work, parts, config, label or name, log, board)
-    learned = split_validation(parts, config.validation_days)[0]
-    recalibrate_batchnorm(model, dataset(spec, work, learned, config, shuffle=True), log=log)
+    _reestimate_batchnorm(model, spec, work, parts, config, log)
     meta = _meta(kind, parts, work, train, stats, domains,
                  parent=parent.folder if parent else None,
                  transfer=_counts(transfer) if transfer else None)
     return Trained(model, spec, vocabs, meta, list(snapshots))
+
+
+def _actr_from(parent: Checkpoint | Trained, spec: Spec, work: str, config: ModelConfig,
+               vocab_parts: Sequence[Partition], initial_ctr: float
+               ) -> tuple[CtrModel, dict[str, list[str]], dict, list[Snapshot]]:
+    """An A-CTR with a parent's numeric stats, domains and TPM snapshots and vocabularies of
+    vocab_parts: (model, vocabularies, stats, snapshots); its weights are the caller's."""
+    vocabs = build_vocabularies(spec, work, vocab_parts)
+    stats = {k: tuple(v) for k, v in parent.meta["numeric_stats"].items()}
+    snapshots = parent.snapshots
+    model = build_model(spec.features, vocabs, stats, config, example_batch(spec),
+                        [s.tables for s in snapshots] or None, initial_ctr,
+                        parent.meta["domains"], name="actr")
+    return model, vocabs, stats, snapshots
 
 
 def derive_actr(cpm: Checkpoint | Trained, spec: Spec, work: str, ad_days: Sequence[dt.date],
@@ -218,25 +243,19 @@ def derive_actr(cpm: Checkpoint | Trained, spec: Spec, work: str, ad_days: Seque
     ad training days before the fit (so the held-out day is scored with ad statistics, not
     with zeros and ones) and again after it."""
     parts = [("ad", d) for d in ad_days]
-    vocab_parts = list(vocab_parts or parts)
-    vocabs = build_vocabularies(spec, work, vocab_parts)
-    stats = {k: tuple(v) for k, v in cpm.meta["numeric_stats"].items()}
     ad_ctr = traffic(work, parts)[1]
-    snapshots = cpm.snapshots
-    model = build_model(spec.features, vocabs, stats, config, example_batch(spec),
-                        [s.tables for s in snapshots] or None, ad_ctr, cpm.meta["domains"],
-                        name="actr")
+    model, vocabs, stats, snapshots = _actr_from(cpm, spec, work, config, vocab_parts or parts,
+                                                 ad_ctr)
     transfer = transfer_weights(cpm.model, model, reset_batchnorm=options.reset_batchnorm,
                                 reset_batchnorm_affine=options.reset_batchnorm_affine,
                                 fresh_features=fresh_features, log=log)
     shift = (shift_output_prior(model, cpm.meta["ctr"], ad_ctr, log)
              if options.shift_output_prior else 0.0)
-    learned = split_validation(parts, config.validation_days)[0]
     if options.reset_batchnorm:  # statistics of ad data from the start: validation reads them
-        recalibrate_batchnorm(model, dataset(spec, work, learned, config, shuffle=True), log=log)
+        _reestimate_batchnorm(model, spec, work, parts, config, log)
     train = fit_on(model, spec, work, parts, config, "actr", log, board)
     if options.reset_batchnorm:  # and again for the fine-tuned weights
-        recalibrate_batchnorm(model, dataset(spec, work, learned, config, shuffle=True), log=log)
+        _reestimate_batchnorm(model, spec, work, parts, config, log)
     meta = _meta("actr", parts, work, train, stats, list(cpm.meta["domains"]),
                  parent=getattr(cpm, "folder", None), transfer=_counts(transfer),
                  prior_shift=shift, options=dataclasses.asdict(options))
@@ -251,13 +270,8 @@ def update_actr(previous: Checkpoint | Trained, spec: Spec, work: str,
     trained on the ad days the previous model has not learned from, for the epoch count its
     own lineage chose on validation (one day is too little to hold out another)."""
     parts = [("ad", d) for d in new_days]
-    vocab_parts = list(vocab_parts or parts)
-    vocabs = build_vocabularies(spec, work, vocab_parts)
-    stats = {k: tuple(v) for k, v in previous.meta["numeric_stats"].items()}
-    snapshots = previous.snapshots
-    model = build_model(spec.features, vocabs, stats, config, example_batch(spec),
-                        [s.tables for s in snapshots] or None, previous.meta["ctr"],
-                        previous.meta["domains"], name="actr")
+    model, vocabs, _, snapshots = _actr_from(previous, spec, work, config, vocab_parts or parts,
+                                             previous.meta["ctr"])
     transfer = transfer_weights(previous.model, model, reset_batchnorm=False,
                                 fresh_features=fresh_features, log=log)
     epochs = int(previous.meta["train"].get("chosen_epoch") or 1)
@@ -279,8 +293,7 @@ def update_actr(previous: Checkpoint | Trained, spec: Spec, work: str,
 def evaluate(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
              batch_size: int = 4096) -> dict[str, np.ndarray]:
     """Labels, probabilities, users and domains of the model on the given partitions."""
-    files = [f for source, d in parts for f in partition_files(work, source, [d])]
-    return predict(model, spec, make_dataset(spec, files, batch_size))
+    return predict(model, spec, make_dataset(spec, _files(work, parts), batch_size))
 
 
 def summary(scored: dict[str, np.ndarray]) -> dict:
