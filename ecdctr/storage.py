@@ -1,0 +1,238 @@
+"""File access for every data path, local or a URI (s3://, gs://, hdfs://): tf.io.gfile, with
+tensorflow-io registered and given the standard AWS variables when a path needs it.
+
+Data paths (logs, work folder, exports, models) go through this module, never through
+`open`, `os.path` or `shutil`, so that the same code runs on a laptop folder and on a bucket.
+Object stores have no atomic rename and no real folders: `rename` of a folder copies then
+deletes, and folders exist only while something is inside them. Callers that need a reader
+never to see half of something write it under a name the reader ignores, then publish it
+(see ecdctr/export.py).
+
+Credentials and endpoints come from the environment, as every AWS tool reads them:
+AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+AWS_SESSION_TOKEN, AWS_REGION (or AWS_DEFAULT_REGION). `configure_s3` passes them on to
+tensorflow-io (S3_ENDPOINT, S3_USE_HTTPS, S3_VERIFY_SSL) and `beam_s3_options` to Beam.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Iterator
+
+import tensorflow as tf
+
+# Schemes TensorFlow itself does not register; importing tensorflow_io registers them.
+_TFIO_SCHEMES = frozenset({"s3", "hdfs", "viewfs", "har", "az", "http", "https"})
+_native_loaded = False
+
+
+def scheme(path: str) -> str:
+    """The URI scheme of path ('' for a local path)."""
+    head, sep, _ = path.partition("://")
+    return head.lower() if sep and head.isalnum() else ""
+
+
+def is_remote(path: str) -> bool:
+    """Whether path is a URI (object store, HDFS) rather than a local path."""
+    return scheme(path) not in ("", "file")
+
+
+def configure_s3() -> None:
+    """Passes the standard AWS variables on to tensorflow-io's S3 file system (which reads
+    S3_ENDPOINT / S3_USE_HTTPS / S3_VERIFY_SSL / AWS_REGION); an explicit S3_* wins."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        os.environ.setdefault("S3_ENDPOINT", endpoint)
+        https = not endpoint.lower().startswith("http://")
+        os.environ.setdefault("S3_USE_HTTPS", "1" if https else "0")
+        os.environ.setdefault("S3_VERIFY_SSL", "1" if https else "0")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        os.environ.setdefault("AWS_REGION", region)
+
+
+def beam_s3_options() -> list[str]:
+    """Beam pipeline arguments for its S3 file system, from the same AWS variables."""
+    env = os.environ
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    pairs = [("--s3_endpoint_url", endpoint),
+             ("--s3_access_key_id", env.get("AWS_ACCESS_KEY_ID")),
+             ("--s3_secret_access_key", env.get("AWS_SECRET_ACCESS_KEY")),
+             ("--s3_session_token", env.get("AWS_SESSION_TOKEN")),
+             ("--s3_region_name", env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"))]
+    options = [f"{flag}={value}" for flag, value in pairs if value]
+    if endpoint and endpoint.lower().startswith("http://"):
+        options.append("--s3_disable_ssl")
+    return options
+
+
+def register(path: str) -> None:
+    """Makes path's scheme usable by tf.io.gfile (imports tensorflow_io for s3/hdfs/...)."""
+    global _native_loaded
+    if scheme(path) in _TFIO_SCHEMES and not _native_loaded:
+        configure_s3()
+        import tensorflow_io  # noqa: F401  (registers the file systems)
+
+        _native_loaded = True
+
+
+def native_loaded() -> bool:
+    """Whether tensorflow-io's file systems were loaded in this process. Its S3 client aborts
+    the interpreter at exit ('pure virtual method called', status 134), so the CLI then ends
+    the process itself with the real status."""
+    return _native_loaded
+
+
+def join(path: str, *parts: str) -> str:
+    """path/part/...: os.path.join for local paths, '/' for URIs."""
+    if is_remote(path):
+        return posixpath.join(path, *parts)
+    return os.path.join(path, *parts)
+
+
+def dirname(path: str) -> str:
+    """The folder holding path."""
+    return posixpath.dirname(path.rstrip("/")) if is_remote(path) else os.path.dirname(path)
+
+
+def basename(path: str) -> str:
+    """The last component of path (a trailing '/' ignored)."""
+    return posixpath.basename(path.rstrip("/")) if is_remote(path) else os.path.basename(
+        path.rstrip(os.sep))
+
+
+def absolute(path: str) -> str:
+    """path made absolute if local; URIs unchanged."""
+    return path if is_remote(path) else os.path.abspath(path)
+
+
+def exists(path: str) -> bool:
+    """Whether a file or (non-empty, on object stores) folder exists at path."""
+    register(path)
+    return tf.io.gfile.exists(path)
+
+
+def isdir(path: str) -> bool:
+    """Whether path is a folder."""
+    register(path)
+    return tf.io.gfile.isdir(path)
+
+
+def makedirs(path: str) -> None:
+    """Creates path and its parents (a no-op on object stores, where folders are prefixes)."""
+    register(path)
+    tf.io.gfile.makedirs(path)
+
+
+def listdir(path: str) -> list[str]:
+    """Sorted names in folder path; [] if it does not exist."""
+    register(path)
+    if not tf.io.gfile.isdir(path):
+        return []
+    return sorted({name.rstrip("/") for name in tf.io.gfile.listdir(path)} - {""})
+
+
+def glob(pattern: str) -> list[str]:
+    """Sorted paths matching pattern."""
+    register(pattern)
+    return sorted(tf.io.gfile.glob(pattern))
+
+
+def walk(path: str) -> Iterator[tuple[str, list[str], list[str]]]:
+    """(folder, subfolders, files) under path, top down."""
+    register(path)
+    yield from tf.io.gfile.walk(path)
+
+
+def open(path: str, mode: str = "r") -> tf.io.gfile.GFile:  # the module's open: gfile, any scheme
+    """A file object for path ('r', 'rb', 'w', 'wb', 'a'); text modes are UTF-8."""
+    register(path)
+    return tf.io.gfile.GFile(path, mode)
+
+
+def read_text(path: str) -> str:
+    """The UTF-8 text of file path."""
+    with open(path, "r") as f:
+        return f.read()
+
+
+def read_bytes(path: str) -> bytes:
+    """The bytes of file path."""
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def write_text(path: str, text: str) -> None:
+    """Writes text to path: through a temporary file and a rename on local disks, so readers
+    never see half; one PUT on object stores, which is atomic there."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Writes data to path atomically (see write_text)."""
+    register(path)
+    if is_remote(path):
+        with tf.io.gfile.GFile(path, "wb") as f:
+            f.write(data)
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with tf.io.gfile.GFile(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def remove(path: str) -> None:
+    """Deletes file path if it exists."""
+    register(path)
+    if tf.io.gfile.exists(path):
+        tf.io.gfile.remove(path)
+
+
+def rmtree(path: str) -> None:
+    """Deletes folder path and everything in it, if it exists."""
+    register(path)
+    if tf.io.gfile.isdir(path):
+        tf.io.gfile.rmtree(path)
+    elif tf.io.gfile.exists(path):
+        tf.io.gfile.remove(path)
+
+
+def files_under(path: str) -> list[str]:
+    """Paths of every file under folder path, relative to it, sorted."""
+    found = []
+    for folder, _, files in walk(path):
+        relative = folder[len(path.rstrip("/")):].strip("/")
+        found += [posixpath.join(relative, name) if relative else name for name in files]
+    return sorted(found)
+
+
+def copy(source: str, destination: str, overwrite: bool = True) -> None:
+    """Copies file source to destination (any scheme to any scheme)."""
+    register(source)
+    register(destination)
+    parent = dirname(destination)
+    if parent and not is_remote(destination):
+        os.makedirs(parent, exist_ok=True)
+    tf.io.gfile.copy(source, destination, overwrite=overwrite)
+
+
+def copytree(source: str, destination: str, last: tuple[str, ...] = ()) -> None:
+    """Copies folder source to destination file by file; files named in `last` (relative
+    paths) are copied after every other, in that order."""
+    files = files_under(source)
+    ordered = [f for f in files if f not in last] + [f for f in last if f in files]
+    for relative in ordered:
+        copy(join(source, relative), join(destination, relative))
+
+
+def rename(source: str, destination: str) -> None:
+    """Moves source (a file or folder) to destination, which must not exist. Atomic on local
+    disks and HDFS; on object stores a copy then a delete, which readers can see half of."""
+    register(source)
+    if scheme(source) in ("s3", "gs", "az") and tf.io.gfile.isdir(source):
+        copytree(source, destination)
+        rmtree(source)
+        return
+    tf.io.gfile.rename(source, destination, overwrite=False)
