@@ -9,21 +9,24 @@ A folder (TPM snapshot, CPM, A-CTR, or a compare variant) holds:
     meta.json            written last: kind, structure, numeric stats, domains, training
                          window, rows, parent, training summary (chosen epoch), metrics
 `load_checkpoint` rebuilds the model from these alone: no TFRecords, stats or TPM folders are
-read. Writes go to `<folder>.tmp`, renamed into place when whole.
+read. Writes go to `<folder>.tmp`, renamed into place when whole; on an object store (no
+atomic rename) straight into the folder, its meta.json removed first and written last, so a
+reader (and the daily job) never takes a half-written folder for a checkpoint. Folders may be
+local paths or URIs (ecdctr.storage).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
-import os
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from ecdctr import storage
 from ecdctr.adasparse import AdaSparseConfig
 from ecdctr.aggregator import TpmAggregator
 from ecdctr.config import MODEL_KEYS
@@ -116,40 +119,43 @@ def save_checkpoint(folder: str, model: CtrModel, spec: Spec, vocabs: Mapping[st
     meta must hold kind, features ("all" or "tpm"), numeric_stats and domains; the structure,
     the snapshots' names and hashes and the spec fingerprints are added here. `extra`: more
     files, {relative path: callable(path)} writers (a TPM snapshot's exported tables)."""
-    tmp = folder + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    write_vocabularies(dict(vocabs), os.path.join(tmp, "vocab"))
-    model.save_weights(os.path.join(tmp, "weights", "ckpt"))
-    shutil.copyfile(spec.path, os.path.join(tmp, "spec.yaml"))
+    atomic = storage.renames_atomically(folder)
+    tmp = folder + ".tmp" if atomic else folder
+    if not atomic:  # no longer a checkpoint from here until meta.json lands again
+        storage.remove(storage.join(folder, META))
+    storage.rmtree(tmp)
+    write_vocabularies(dict(vocabs), storage.join(tmp, "vocab"))
+    model.save_weights(storage.join(tmp, "weights", "ckpt"))
+    storage.copy(spec.path, storage.join(tmp, "spec.yaml"))
     described = []
     for k, snapshot in enumerate(snapshots):
         for feature, (keys, _) in snapshot.tables.items():
-            path = os.path.join(tmp, "tpm", str(k), f"{feature}.keys.json")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w", encoding="utf-8") as f:
-                json.dump(list(keys), f)
+            storage.write_text(storage.join(tmp, "tpm", str(k), f"{feature}.keys.json"),
+                               json.dumps(list(keys)))
         described.append({"name": snapshot.name, "sha256": snapshot.sha256,
                           "features": {n: {"rows": len(t[0]), "dim": int(np.shape(t[1])[1])}
                                        for n, t in snapshot.tables.items()}})
     for relative, writer in (extra or {}).items():
-        writer(os.path.join(tmp, relative))
+        writer(storage.join(tmp, relative))
     meta = {**meta, "model": structure(model.config), "model_name": model.name,
             "tpm_snapshots": described, "spec_fingerprint": spec.fingerprint,
             "feature_fingerprints": {f.name: f.fingerprint for f in spec.features}}
-    write_json(os.path.join(tmp, META), meta)
-    if os.path.exists(folder):
+    write_json(storage.join(tmp, META), meta)
+    if not atomic:
+        return
+    if storage.exists(folder):
         old = folder + ".old.tmp"
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(folder, old)
-        os.rename(tmp, folder)
-        shutil.rmtree(old)
+        storage.rmtree(old)
+        storage.rename(folder, old)
+        storage.rename(tmp, folder)
+        storage.rmtree(old)
     else:
-        os.rename(tmp, folder)
+        storage.rename(tmp, folder)
 
 
 def is_checkpoint(folder: str) -> bool:
     """True when folder holds a whole checkpoint (its meta.json, written last)."""
-    return os.path.exists(os.path.join(folder, META))
+    return storage.exists(storage.join(folder, META))
 
 
 def is_current(meta: dict) -> bool:
@@ -161,7 +167,7 @@ def is_current(meta: dict) -> bool:
 
 
 def _read_meta(folder: str) -> dict:
-    meta = read_json(os.path.join(folder, META))
+    meta = read_json(storage.join(folder, META))
     if not is_current(meta):
         raise ValueError(f"{folder} was written by an ecdctr before model folders described "
                          f"themselves and cannot be rebuilt. Fix: delete it; `ecdctr daily` "
@@ -176,23 +182,22 @@ def load_checkpoint(folder: str, config: ModelConfig | None = None) -> Checkpoin
         raise FileNotFoundError(f"{folder}: no {META}, so not a whole checkpoint. Fix: point to a "
                                 f"model folder (e.g. <work>/models/actr/<date>) or retrain it.")
     meta = _read_meta(folder)
-    spec = load_spec(os.path.join(folder, "spec.yaml"))
+    spec = load_spec(storage.join(folder, "spec.yaml"))
     config = with_structure(config or ModelConfig(), meta["model"])
-    vocabs = read_vocabularies(os.path.join(folder, "vocab"))
+    vocabs = read_vocabularies(storage.join(folder, "vocab"))
     snapshots = []
     for k, info in enumerate(meta.get("tpm_snapshots", [])):
         tables = {}
         for feature, shape in info["features"].items():
-            with open(os.path.join(folder, "tpm", str(k), f"{feature}.keys.json"),
-                      encoding="utf-8") as f:
-                keys = json.load(f)
+            keys = json.loads(storage.read_text(
+                storage.join(folder, "tpm", str(k), f"{feature}.keys.json")))
             tables[feature] = (keys, np.zeros((shape["rows"], shape["dim"]), np.float32))
         snapshots.append(tables)
     features = spec.tpm_features if meta.get("features") == "tpm" else spec.features
     stats = {k: tuple(v) for k, v in meta["numeric_stats"].items()}
     model = build_model(features, vocabs, stats, config, example_batch(spec), snapshots or None,
                         domains=meta["domains"], name=meta.get("model_name", meta["kind"]))
-    model.load_weights(os.path.join(folder, "weights", "ckpt")).expect_partial()
+    model.load_weights(storage.join(folder, "weights", "ckpt")).expect_partial()
     return Checkpoint(folder, model, meta, spec, vocabs)
 
 
@@ -243,9 +248,10 @@ def save_snapshot(folder: str, model: CtrModel, spec: Spec, vocabs: Mapping[str,
     def writer(entity: str, feature: str) -> Callable[[str], None]:
         def write(path: str) -> None:
             keys, rows = tables[feature]
-            np.save(path + ".npy", np.asarray(rows, np.float32))
-            with open(path + ".keys.json", "w", encoding="utf-8") as f:
-                json.dump(list(keys), f)
+            buffer = io.BytesIO()
+            np.save(buffer, np.asarray(rows, np.float32))
+            storage.write_bytes(path + ".npy", buffer.getvalue())
+            storage.write_text(path + ".keys.json", json.dumps(list(keys)))
         return write
 
     manifest = {"window": meta["window"], "rows": meta["rows"], "train": meta["train"],
@@ -260,14 +266,14 @@ def save_snapshot(folder: str, model: CtrModel, spec: Spec, vocabs: Mapping[str,
 
 def load_snapshot(folder: str, name: str | None = None) -> Snapshot:
     """The exported tables of a TPM snapshot folder, named by the folder."""
-    path = os.path.join(folder, "manifest.json")
-    if not os.path.exists(path):
+    path = storage.join(folder, "manifest.json")
+    if not storage.exists(path):
         raise FileNotFoundError(f"TPM snapshot {folder} has no manifest.json. Fix: delete {folder} "
                                 f"and rerun the day: the TPM of its period retrains.")
     manifest = read_json(path)
     tables = {}
     for entity, info in manifest["entities"].items():
-        with open(os.path.join(folder, f"{entity}.keys.json"), encoding="utf-8") as f:
-            keys = json.load(f)
-        tables[info["feature"]] = (keys, np.load(os.path.join(folder, f"{entity}.npy")))
-    return Snapshot(name or os.path.basename(folder.rstrip("/")), tables, manifest["sha256"])
+        keys = json.loads(storage.read_text(storage.join(folder, f"{entity}.keys.json")))
+        rows = np.load(io.BytesIO(storage.read_bytes(storage.join(folder, f"{entity}.npy"))))
+        tables[info["feature"]] = (keys, rows)
+    return Snapshot(name or storage.basename(folder), tables, manifest["sha256"])

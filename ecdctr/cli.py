@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
@@ -111,11 +112,34 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr)
     log.setLevel(logging.INFO)
+    status = 1
     try:
-        sys.exit(COMMANDS[args.command](args, beam_args) or 0)
+        status = COMMANDS[args.command](args, beam_args) or 0
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"ecdctr {args.command}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        status = 2
+    except KeyboardInterrupt:
+        status = 130
+    except SystemExit as e:
+        status = e.code if isinstance(e.code, int) else int(e.code is not None)
+    except BaseException:  # a bug: its traceback, and the status of an uncaught exception
+        traceback.print_exc()
+        status = 1
+    finally:
+        _exit(status)
+
+
+def _exit(status: int) -> None:
+    """Ends the process with status. Once tensorflow-io's S3 file system was used, the
+    interpreter aborts at exit (status 134, 'pure virtual method called'): then the output
+    is flushed and the process ends here, skipping the interpreter's teardown."""
+    storage = sys.modules.get("ecdctr.storage")
+    if storage is not None and storage.native_loaded():
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
 
 
 def _simulate(args: argparse.Namespace, _: list[str]) -> None:
@@ -178,15 +202,15 @@ def _compare(args: argparse.Namespace, beam_args: list[str]) -> None:
 
 
 def _inspect(args: argparse.Namespace, _: list[str]) -> None:
+    from ecdctr import storage
     from ecdctr.checkpoint import META, describe
 
     if args.json:
-        path = os.path.join(args.folder, META)
-        if not os.path.isfile(path):
+        path = storage.join(args.folder, META)
+        if not storage.exists(path):
             raise FileNotFoundError(f"{args.folder}: no {META}; not a model folder written by "
                                     f"ecdctr")
-        with open(path, encoding="utf-8") as f:
-            print(f.read())
+        print(storage.read_text(path))
     else:
         print(describe(args.folder))
 
@@ -194,18 +218,19 @@ def _inspect(args: argparse.Namespace, _: list[str]) -> None:
 def _predict(args: argparse.Namespace, _: list[str]) -> int:
     import tensorflow as tf
 
+    from ecdctr import storage
     from ecdctr.export import INPUT_KEY, OUTPUT_KEY, SPEC_FILE, versions
     from ecdctr.rows import RowError, RowParser, features_example
     from ecdctr.spec import load_spec
 
     path = args.model
-    if not os.path.exists(os.path.join(path, "saved_model.pb")):
+    if not storage.exists(storage.join(path, "saved_model.pb")):
         found = versions(path)
         if not found:
             raise FileNotFoundError(f"{path}: neither a SavedModel nor a folder of versions. "
                                     f"Fix: pass <export>/actr or <export>/actr/<version>.")
-        path = os.path.join(path, str(found[-1]))
-    parser = RowParser(load_spec(os.path.join(path, "assets.extra", SPEC_FILE)))
+        path = storage.join(path, str(found[-1]))
+    parser = RowParser(load_spec(storage.join(path, "assets.extra", SPEC_FILE)))
     serve = tf.saved_model.load(path).signatures["serving_default"]
     opener = gzip.open if args.input.endswith(".gz") else open
     rows: list[bytes | None] = []

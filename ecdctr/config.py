@@ -13,7 +13,7 @@ from ecdctr.models import ModelConfig
 from ecdctr.validation import ConfigError, is_int, is_number, load_yaml, unknown_keys
 
 TOP_KEYS = ("spec", "logs", "work", "export", "windows", "model", "tpm", "cpm", "actr",
-            "transfer", "schedule", "gate", "seed", "beam_args")
+            "transfer", "schedule", "gate", "seed", "beam_args", "lock")
 GATE_KEYS = ("max_auc_drop", "max_calibration_error", "max_abs_diff", "keep_versions")
 WINDOW_KEYS = ("tpm_days", "cpm_days", "actr_days")
 TRAIN_KEYS = ("max_epochs", "patience", "validation_days", "batch_size", "learning_rate")
@@ -112,6 +112,7 @@ class RunConfig:
     gate: GateConfig = field(default_factory=GateConfig)
     seed: int = 0
     beam_args: tuple[str, ...] = ()
+    lock: str = ""  # a local file; <work>/.daily.lock when work is local
 
 
 def load_config(path: str) -> RunConfig:
@@ -131,6 +132,18 @@ def load_config(path: str) -> RunConfig:
             errors.append(f"'{key}' must be a path. Fix: e.g. `{key}: ../{key}`.")
             continue
         paths[key] = value if "://" in value else os.path.normpath(os.path.join(folder, value))
+    lock = doc.get("lock")
+    if lock is not None and (not isinstance(lock, str) or not lock or "://" in lock):
+        errors.append(f"'lock' must be a local file path, got {lock!r}. Fix: e.g. "
+                      "`lock: /var/lock/ecdctr-daily.lock`.")
+    elif lock:
+        lock = os.path.normpath(os.path.join(folder, lock))
+    elif "://" in paths.get("work", ""):
+        errors.append(f"work is {paths['work']}, where no file lock exists. Fix: give `lock:` a "
+                      "local file path that every scheduled run of this config shares, e.g. "
+                      "`lock: /var/lock/ecdctr-daily.lock`.")
+    else:
+        lock = os.path.join(paths.get("work", folder), ".daily.lock")
     windows = _section(doc, "windows", WINDOW_KEYS, Windows(), errors)
     base = RunConfig.__dataclass_fields__
     shared = _section(doc, "model", MODEL_KEYS, ModelConfig(), errors)
@@ -157,7 +170,7 @@ def load_config(path: str) -> RunConfig:
     models = {k: replace(v, seed=seed) for k, v in models.items()}
     return RunConfig(path=os.path.abspath(path), windows=windows, transfer=transfer,
                      schedule=schedule, gate=gate, seed=seed,
-                     beam_args=tuple(beam_args), **paths, **models)
+                     beam_args=tuple(beam_args), lock=lock, **paths, **models)
 
 
 def _section(doc: dict, key: str, allowed: tuple[str, ...], default: Any, errors: list[str]) -> Any:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Iterable, Sequence
 
 import tensorflow as tf
 
+from ecdctr import storage
 from ecdctr.spec import Spec
 
 
@@ -52,11 +52,11 @@ def partition_files(work: str, source: str, dates: Iterable[dt.date]) -> list[st
     """The TFRecord shards of the given built days; a day that is not built is an error."""
     files: list[str] = []
     for date in dates:
-        folder = os.path.join(work, "examples", source, f"date={date.isoformat()}")
-        if not tf.io.gfile.isdir(folder):
+        folder = storage.join(work, "examples", source, f"date={date.isoformat()}")
+        if not storage.isdir(folder):
             raise FileNotFoundError(f"{folder}: day not built. Fix: run `ecdctr build` for "
                                     f"{source} {date.isoformat()} first.")
-        files.extend(sorted(tf.io.gfile.glob(os.path.join(folder, "*.tfrecord.gz"))))
+        files.extend(storage.glob(storage.join(folder, "*.tfrecord.gz")))
     return files
 
 

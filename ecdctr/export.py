@@ -1,14 +1,23 @@
-"""SavedModel export for TF Serving: signatures, warmup requests and atomic versioned publishing.
+"""SavedModel export for TF Serving: signatures, warmup requests and versioned publishing
+that TF Serving never sees half of, on a local disk or an object store.
 
 `serving_default` takes serialized tf.train.Example strings (the predict API); `predict_raw`
 takes one named tensor per raw column. A version is written to a staging folder beside the
-versions, gated, then renamed to its integer name, so TF Serving never sees half a version.
+versions (`.staging-*`, a name TF Serving ignores: it only loads integer folders), gated, then
+published (`publish`):
+- on a local disk or HDFS, by one atomic rename to its integer name;
+- on an object store (s3://, gs://), where a rename is a copy and a folder appears with its
+  first file, by copying every file but `saved_model.pb`, then `saved_model.pb` (TF Serving's
+  loader refuses a folder without it, so the folder is whole once it can load), then the
+  marker `assets.extra/published.json`. Only versions with the marker count as published
+  (`versions`): the gate compares against them and the next run deletes an integer folder
+  without it (a publish killed mid-copy) before choosing the next version number.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 
@@ -16,6 +25,7 @@ import tensorflow as tf
 import tf_keras as keras
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
+from ecdctr import storage
 from ecdctr.data import feature_description, features_by_name
 from ecdctr.jsonio import write_json
 from ecdctr.spec import Spec
@@ -28,6 +38,8 @@ WARMUP_FILE = "tf_serving_warmup_requests"  # the name TF Serving looks for in a
 WARMUP_BATCH_SIZES = (1, 8, 64, 256)
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
 REJECTED = "rejected"  # <base>/rejected/<name>/: gated-out models, kept with their reason
+PUBLISHED_MARKER = "published.json"  # in assets.extra/, written last: the version is whole
+SAVED_MODEL = "saved_model.pb"
 Log = Callable[[str], None]
 
 
@@ -126,20 +138,38 @@ def choose_pruned_path(model: keras.Model, spec: Spec, examples: Sequence[bytes]
             "rows": len(examples), "chosen": chosen}
 
 
+def _integer_folders(base: str) -> list[int]:
+    return sorted(int(name) for name in storage.listdir(base) if name.isdigit())
+
+
+def _whole(folder: str) -> bool:
+    if storage.exists(storage.join(folder, "assets.extra", PUBLISHED_MARKER)):
+        return True
+    # renamed into place whole (a version published before the marker existed, or by hand)
+    return storage.renames_atomically(folder) and storage.exists(storage.join(folder, SAVED_MODEL))
+
+
 def versions(base: str) -> list[int]:
-    """Published integer versions under base, ascending."""
-    if not tf.io.gfile.isdir(base):
-        return []
-    return sorted(int(d.rstrip("/")) for d in tf.io.gfile.listdir(base) if d.rstrip("/").isdigit())
+    """Published integer versions under base, ascending: those with the publish marker (and,
+    where publishing renames, any with saved_model.pb)."""
+    return [v for v in _integer_folders(base) if _whole(storage.join(base, str(v)))]
+
+
+def unfinished_versions(base: str) -> list[str]:
+    """Integer folders under base that are not whole versions: publishes killed mid-copy."""
+    if storage.renames_atomically(base):
+        return []  # a rename publishes whole: an integer folder there is someone else's
+    return [storage.join(base, str(v)) for v in _integer_folders(base)
+            if not _whole(storage.join(base, str(v)))]
 
 
 def stage_saved_model(model: keras.Model, spec: Spec, base: str, warmup_examples: Sequence[bytes],
                       model_name: str = "actr", log: Log = print) -> str:
     """Writes the SavedModel (both signatures, the spec and warmup requests in assets.extra/)
     into a staging folder under base that TF Serving ignores; returns its path."""
-    os.makedirs(base, exist_ok=True)
-    staging = os.path.join(base, f".staging-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
+    storage.makedirs(base)
+    staging = storage.join(base, f".staging-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    storage.rmtree(staging)
     started = time.perf_counter()
     path_choice = choose_pruned_path(model, spec, warmup_examples[:256])
     if path_choice:
@@ -148,11 +178,11 @@ def stage_saved_model(model: keras.Model, spec: Spec, base: str, warmup_examples
     tf.saved_model.save(model, staging, signatures={
         "serving_default": serving_function(model, spec),
         RAW_SIGNATURE: raw_function(model, spec)})
-    extra = os.path.join(staging, "assets.extra")
-    os.makedirs(extra, exist_ok=True)
-    shutil.copyfile(spec.path, os.path.join(extra, SPEC_FILE))
+    extra = storage.join(staging, "assets.extra")
+    storage.makedirs(extra)
+    storage.copy(spec.path, storage.join(extra, SPEC_FILE))
     records = warmup_records(warmup_examples, model_name)
-    with tf.io.TFRecordWriter(os.path.join(extra, WARMUP_FILE)) as writer:
+    with tf.io.TFRecordWriter(storage.join(extra, WARMUP_FILE)) as writer:
         for record in records:
             writer.write(record)
     log(f"staged SavedModel in {staging} ({len(records)} warmup requests) "
@@ -161,24 +191,42 @@ def stage_saved_model(model: keras.Model, spec: Spec, base: str, warmup_examples
 
 
 def publish(staging: str, base: str, keep: int = 5, log: Log = print) -> str:
-    """Renames a staged SavedModel to base/<next integer version> (atomic: TF Serving sees
-    the whole version or nothing) and removes all but the newest `keep` versions."""
-    version = max([*versions(base), 0]) + 1
-    final = os.path.join(base, str(version))
-    os.rename(staging, final)
+    """Publishes a staged SavedModel as base/<next integer version> so that TF Serving never
+    loads half of it (see the module's docstring for the protocol on each kind of storage)
+    and removes all but the newest `keep` versions."""
+    version = max([*_integer_folders(base), 0]) + 1
+    final = storage.join(base, str(version))
+    marker = storage.join("assets.extra", PUBLISHED_MARKER)
+    body = json.dumps({"version": version, "published_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                       "files": len(storage.files_under(staging)) + 1})
+    if not storage.renames_atomically(base):
+        storage.copytree(staging, final, last=(SAVED_MODEL,))
+        storage.write_text(storage.join(final, marker), body)
+        storage.rmtree(staging)
+    else:
+        storage.write_text(storage.join(staging, marker), body)
+        storage.rename(staging, final)
     for old in versions(base)[:-keep]:
-        shutil.rmtree(os.path.join(base, str(old)))
+        remove_version(storage.join(base, str(old)))
         log(f"removed old version {old}")
     log(f"published version {version} at {final}")
     return final
 
 
+def remove_version(folder: str) -> None:
+    """Deletes a version folder, the marker and saved_model.pb first: a reader never finds a
+    loadable version with files missing, even on an object store that deletes file by file."""
+    storage.remove(storage.join(folder, "assets.extra", PUBLISHED_MARKER))
+    storage.remove(storage.join(folder, SAVED_MODEL))
+    storage.rmtree(folder)
+
+
 def reject(staging: str, base: str, reasons: list[str], log: Log = print) -> str:
     """Moves a gated-out SavedModel to base/rejected/<staging name> with reason.json."""
-    folder = os.path.join(base, REJECTED, os.path.basename(staging).lstrip("."))
-    os.makedirs(os.path.dirname(folder), exist_ok=True)
-    os.rename(staging, folder)
-    write_json(os.path.join(folder, "reason.json"), {"reasons": reasons})
+    folder = storage.join(base, REJECTED, storage.basename(staging).lstrip("."))
+    storage.makedirs(storage.dirname(folder))
+    storage.rename(staging, folder)
+    write_json(storage.join(folder, "reason.json"), {"reasons": reasons})
     log(f"REJECTED, not published: {'; '.join(reasons)} (kept in {folder})")
     return folder
 

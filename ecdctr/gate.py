@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from ecdctr import metrics
+from ecdctr import metrics, storage
 from ecdctr.data import parse_batch
 from ecdctr.export import INPUT_KEY, OUTPUT_KEY, WARMUP_FILE, read_warmup
 from ecdctr.spec import Spec
@@ -34,6 +34,8 @@ class _NoProject:
 sys.meta_path.insert(0, _NoProject())
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
+if sys.argv[1].split("://")[0] in ("s3", "hdfs", "viewfs", "az"):
+    import tensorflow_io  # registers the file system, as TF Serving has it built in
 model = tf.saved_model.load(sys.argv[1])
 out = []
 for record in tf.data.TFRecordDataset(sys.argv[1] + "/assets.extra/" + sys.argv[2]):
@@ -42,7 +44,8 @@ for record in tf.data.TFRecordDataset(sys.argv[1] + "/assets.extra/" + sys.argv[
     inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
     result = signature(**{k: tf.constant(v) for k, v in inputs.items()})
     out.append(result[sys.argv[3]].numpy().tolist())
-print(json.dumps(out))
+print(json.dumps(out), flush=True)
+import os; os._exit(0)  # tensorflow-io's S3 client aborts at interpreter exit
 """
 
 
@@ -101,7 +104,7 @@ def replay_in_fresh_process(staging: str, timeout: float = 300) -> list[list[flo
 def infra_gate(model: keras.Model, spec: Spec, staging: str, config: GateConfig) -> tuple[list[str], dict]:
     """Replays the warmup records in a fresh process and compares them with the training
     model's own predictions on the same Examples. Returns (reasons, details)."""
-    requests = read_warmup(os.path.join(staging, "assets.extra", WARMUP_FILE))
+    requests = read_warmup(storage.join(staging, "assets.extra", WARMUP_FILE))
     if not requests:
         return ["no warmup requests to replay"], {}
     try:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Any
+
+from ecdctr import storage
 
 
 def json_safe(obj: Any) -> Any:
@@ -22,15 +23,11 @@ def json_safe(obj: Any) -> Any:
 
 
 def write_json(path: str, obj: Any) -> None:
-    """Writes obj to path through a temporary file and a rename: readers never see half."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(json_safe(obj), f, indent=2, sort_keys=True, default=str, allow_nan=False)
-    os.replace(tmp, path)
+    """Writes obj to path (local or a URI) so that readers never see half (storage.write_text)."""
+    storage.write_text(path, json.dumps(json_safe(obj), indent=2, sort_keys=True, default=str,
+                                        allow_nan=False))
 
 
 def read_json(path: str) -> Any:
     """Reads a JSON file."""
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return json.loads(storage.read_text(path))

@@ -84,6 +84,12 @@ def native_loaded() -> bool:
     return _native_loaded
 
 
+def renames_atomically(path: str) -> bool:
+    """Whether a folder rename at path is one atomic step (local disks, HDFS) rather than a
+    copy and a delete that readers can see half of (object stores)."""
+    return scheme(path) not in ("s3", "gs", "az")
+
+
 def join(path: str, *parts: str) -> str:
     """path/part/...: os.path.join for local paths, '/' for URIs."""
     if is_remote(path):
@@ -231,7 +237,7 @@ def rename(source: str, destination: str) -> None:
     """Moves source (a file or folder) to destination, which must not exist. Atomic on local
     disks and HDFS; on object stores a copy then a delete, which readers can see half of."""
     register(source)
-    if scheme(source) in ("s3", "gs", "az") and tf.io.gfile.isdir(source):
+    if not renames_atomically(source) and tf.io.gfile.isdir(source):
         copytree(source, destination)
         rmtree(source)
         return

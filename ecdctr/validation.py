@@ -14,9 +14,12 @@ class ConfigError(ValueError):
 
 def load_yaml(path: str) -> Any:
     """Reads a YAML file, turning I/O and syntax problems into ConfigError."""
+    from ecdctr import storage  # TensorFlow's file layer, imported only when a file is read
+
     try:
-        with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f)
+        if not storage.exists(path):
+            raise FileNotFoundError(path)
+        return yaml.safe_load(storage.read_text(path))
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found. Fix: pass the path of an existing file.") from None
     except yaml.YAMLError as e:

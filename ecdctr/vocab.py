@@ -6,11 +6,9 @@ import collections
 import datetime as dt
 import json
 import math
-import os
 from collections.abc import Iterable
 
-import tensorflow as tf
-
+from ecdctr import storage
 from ecdctr.spec import Spec
 
 Partition = tuple[str, dt.date]  # (source, date)
@@ -19,18 +17,17 @@ OOV_PLACEHOLDER = "<no-vocabulary>"  # keeps lookups valid when a window has no 
 
 def counts_path(work: str, source: str, date: dt.date, feature: str) -> str:
     """Where the Beam job writes one day's token counts of a vocabulary feature."""
-    return os.path.join(work, "counts", source, f"date={date.isoformat()}", f"{feature}.tsv")
+    return storage.join(work, "counts", source, f"date={date.isoformat()}", f"{feature}.tsv")
 
 
 def stats_path(work: str, source: str, date: dt.date) -> str:
     """Where the Beam job writes one day's statistics."""
-    return os.path.join(work, "stats", source, f"{date.isoformat()}.json")
+    return storage.join(work, "stats", source, f"{date.isoformat()}.json")
 
 
 def read_stats(work: str, source: str, date: dt.date) -> dict:
     """One built day's statistics."""
-    with tf.io.gfile.GFile(stats_path(work, source, date)) as f:
-        return json.load(f)
+    return json.loads(storage.read_text(stats_path(work, source, date)))
 
 
 def traffic(work: str, partitions: Iterable[Partition]) -> tuple[int, float]:
@@ -45,9 +42,9 @@ def merge_counts(work: str, feature: str, partitions: Iterable[Partition]) -> co
     total: collections.Counter = collections.Counter()
     for source, date in partitions:
         path = counts_path(work, source, date, feature)
-        if not tf.io.gfile.exists(path):
+        if not storage.exists(path):
             continue
-        with tf.io.gfile.GFile(path) as f:
+        with storage.open(path) as f:
             for line in f:
                 token, _, count = line.rstrip("\n").rpartition("\t")
                 total[token] += int(count)
@@ -91,22 +88,15 @@ def numeric_stats(spec: Spec, work: str, partitions: Iterable[Partition]) -> dic
 
 def write_vocabularies(vocabs: dict[str, list[str]], folder: str) -> None:
     """Writes <folder>/<feature>.txt, one token per line, each file atomically."""
-    tf.io.gfile.makedirs(folder)
+    storage.makedirs(folder)
     for name, tokens in vocabs.items():
-        path = os.path.join(folder, f"{name}.txt")
-        with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-            f.write("".join(t + "\n" for t in tokens))
-        tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+        storage.write_text(storage.join(folder, f"{name}.txt"), "".join(t + "\n" for t in tokens))
 
 
 def read_vocabularies(folder: str) -> dict[str, list[str]]:
     """Reads what write_vocabularies wrote."""
-    vocabs = {}
-    for name in sorted(tf.io.gfile.listdir(folder)):
-        if name.endswith(".txt"):
-            with tf.io.gfile.GFile(os.path.join(folder, name)) as f:
-                vocabs[name[:-4]] = f.read().splitlines()
-    return vocabs
+    return {name[:-4]: storage.read_text(storage.join(folder, name)).splitlines()
+            for name in storage.listdir(folder) if name.endswith(".txt")}
 
 
 def domain_sizes(work: str, partitions: Iterable[Partition]) -> dict[str, int]:

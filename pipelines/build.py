@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import collections
+import contextlib
 import csv
 import datetime as dt
 import fcntl
@@ -632,6 +633,25 @@ def _find_partitions(logs: str, sources: Sequence[str], start: dt.date | None,
     return found
 
 
+@contextlib.contextmanager
+def build_lock(work: str) -> Iterator[bool]:
+    """Holds the build lock of a local work folder if no other build does (yields whether it
+    got it): a flock on <work>/.build.lock, released by the kernel if the process dies. A work
+    folder on an object store has no file lock: there the daily job's `lock` serialises the
+    runs, and the operator keeps separate `ecdctr build` runs from overlapping."""
+    if "://" in work:
+        yield True
+        return
+    os.makedirs(work, exist_ok=True)
+    with open(os.path.join(work, ".build.lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
 def _clean_staging(work: str, log: Callable[[str], None]) -> None:
     root = os.path.join(work, STAGING)
     if os.path.isdir(root):
@@ -768,13 +788,10 @@ def build(spec: Spec, logs: str, work: str, start: dt.date | None = None,
     per_source = collections.Counter(s for s, _ in partitions)
     log(f"found {len(files)} log files in {len(partitions)} partitions ("
         + ", ".join(f"{s}: {n} days" for s, n in sorted(per_source.items())) + ")")
-    os.makedirs(work, exist_ok=True)
-    with open(os.path.join(work, ".build.lock"), "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(f"another build is running in {work} (it holds {lock.name}); "
-                               f"wait for it to finish") from None
+    with build_lock(work) as held:
+        if not held:
+            raise RuntimeError(f"another build is running in {work} (it holds "
+                               f"{os.path.join(work, '.build.lock')}); wait for it to finish")
         _clean_staging(work, log)
         run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
         run_dir = os.path.join(work, STAGING, run_id)

@@ -28,13 +28,13 @@ import datetime as dt
 import fcntl
 import os
 import re
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
 
 import tensorflow as tf
 
+from ecdctr import storage
 from ecdctr.checkpoint import (
     META,
     Checkpoint,
@@ -48,14 +48,22 @@ from ecdctr.checkpoint import (
 )
 from ecdctr.config import RunConfig
 from ecdctr.data import partition_files
-from ecdctr.export import REJECTED, publish, reject, stage_saved_model, versions
+from ecdctr.export import (
+    REJECTED,
+    publish,
+    reject,
+    remove_version,
+    stage_saved_model,
+    unfinished_versions,
+    versions,
+)
 from ecdctr.gate import run_gate
 from ecdctr.jsonio import read_json, write_json
 from ecdctr.models import merged_tpm
 from ecdctr.spec import Spec, load_spec
 from ecdctr.vocab import Partition
 from pipelines import steps
-from pipelines.build import STAGING, build, built_partitions
+from pipelines.build import STAGING, build, build_lock, built_partitions
 
 Log = Callable[[str], None]
 CPM_KEEP = 4  # newest CPM checkpoints kept
@@ -70,15 +78,16 @@ class DailyError(RuntimeError):
 
 def report_path(config: RunConfig, date: dt.date) -> str:
     """Where the report of day `date` lives."""
-    return os.path.join(config.work, "reports", f"{date.isoformat()}.json")
+    return storage.join(config.work, "reports", f"{date.isoformat()}.json")
 
 
 @contextlib.contextmanager
-def work_lock(work: str) -> Iterator[None]:
-    """Refuses a second daily run on the same work folder while one runs (a flock, released
-    by the kernel if the process dies)."""
-    os.makedirs(work, exist_ok=True)
-    with open(os.path.join(work, ".daily.lock"), "w") as lock:
+def work_lock(path: str) -> Iterator[None]:
+    """Refuses a second daily run of the same work folder while one runs: a flock on the
+    local file `path` (the config's `lock`, <work>/.daily.lock for a local work folder),
+    released by the kernel if the process dies."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as lock:  # a local lock file, not a data path
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -90,7 +99,7 @@ def run_daily(config: RunConfig, date: dt.date, log: Log = print, force: bool = 
     """Runs every step due for `date` and writes <work>/reports/<date>.json. A day whose
     report says ok is not run again unless `force`; a day whose run was killed resumes."""
     path = report_path(config, date)
-    if not force and os.path.exists(path) and read_json(path).get("status") == "ok":
+    if not force and storage.exists(path) and read_json(path).get("status") == "ok":
         log(f"{date} is done (report {path} says ok); nothing to do. Use --force to run it again.")
         return read_json(path)
     spec = load_spec(config.spec)
@@ -100,7 +109,7 @@ def run_daily(config: RunConfig, date: dt.date, log: Log = print, force: bool = 
         write_json(path, report)
         log(f"report written to {path}")
 
-    with work_lock(config.work), tracked(report, written):
+    with work_lock(config.lock or storage.join(config.work, ".daily.lock")), tracked(report, written):
         _DailyJob(config, spec, date, report, log, force).run()
     return report
 
@@ -157,10 +166,10 @@ class _DailyJob:
                  force: bool = False):
         self.config, self.spec, self.date, self.report, self.log = config, spec, date, report, log
         self.work, self.force = config.work, force
-        self.cpm_root = os.path.join(self.work, "models", "cpm")
-        self.actr_root = os.path.join(self.work, "models", "actr")
-        self.tpm_root = os.path.join(self.work, "tpm")
-        self.export_base = os.path.join(config.export, "actr")
+        self.cpm_root = storage.join(self.work, "models", "cpm")
+        self.actr_root = storage.join(self.work, "models", "actr")
+        self.tpm_root = storage.join(self.work, "tpm")
+        self.export_base = storage.join(config.export, "actr")
         self.actr_model = None
         self.legacy: set[tuple[str, str]] = set()  # model folders of an older format, logged once
         self.actr_meta: dict = {}
@@ -207,34 +216,33 @@ class _DailyJob:
         (when no build runs), export staging folders and report temp files of dead processes.
         Runs under the work lock, so no other daily run is writing them."""
         for root in (self.tpm_root, self.cpm_root, self.actr_root):
-            for name in _listdir(root):
+            for name in storage.listdir(root):
                 if name.endswith(".tmp"):
-                    self.log(f"removing leftovers of an interrupted run: {os.path.join(root, name)}")
-                    shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-                for leftover in _listdir(os.path.join(root, name)):  # a killed metrics update
+                    self.log(f"removing leftovers of an interrupted run: {storage.join(root, name)}")
+                    storage.rmtree(storage.join(root, name))
+                for leftover in storage.listdir(storage.join(root, name)):  # a killed metrics update
                     if leftover.startswith(f"{META}.tmp-"):
-                        os.remove(os.path.join(root, name, leftover))
-        staging = os.path.join(self.work, STAGING)
-        if _listdir(staging):
-            with open(os.path.join(self.work, ".build.lock"), "w") as lock:
-                with contextlib.suppress(BlockingIOError):  # a build runs: its staging is live
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    for name in _listdir(staging):
+                        storage.remove(storage.join(root, name, leftover))
+        staging = storage.join(self.work, STAGING)
+        if storage.listdir(staging):
+            with build_lock(self.work) as held:
+                if held:  # else a build runs: its staging is live
+                    for name in storage.listdir(staging):
                         self.log(f"removing leftovers of an interrupted build: "
-                                 f"{os.path.join(staging, name)}")
-                        shutil.rmtree(os.path.join(staging, name), ignore_errors=True)
+                                 f"{storage.join(staging, name)}")
+                        storage.rmtree(storage.join(staging, name))
+        for path in unfinished_versions(self.export_base):
+            self.log(f"removing a version whose publish was interrupted: {path}")
+            remove_version(path)
         for folder, prefix in ((self.export_base, ".staging-"),
-                               (os.path.join(self.work, "reports"), "")):
-            for name in _listdir(folder):
+                               (storage.join(self.work, "reports"), "")):
+            for name in storage.listdir(folder):
                 if name.startswith(prefix) and re.search(r"[.-]tmp-\d+$|^\.staging-.*-\d+$", name):
                     pid = int(name.rsplit("-", 1)[1])
                     if pid != os.getpid() and not _alive(pid):
-                        path = os.path.join(folder, name)
+                        path = storage.join(folder, name)
                         self.log(f"removing leftovers of an interrupted run: {path}")
-                        if os.path.isdir(path):
-                            shutil.rmtree(path, ignore_errors=True)
-                        else:
-                            os.remove(path)
+                        storage.rmtree(path)
 
     # -- data -----------------------------------------------------------------------------
     def window(self, source: str, days: int) -> list[dt.date]:
@@ -245,7 +253,7 @@ class _DailyJob:
         return steps.shared_parts(self.work, self.date, self.config.windows)
 
     def board(self, name: str) -> str:
-        return os.path.join(self.work, "tensorboard", name, self.date.isoformat())
+        return storage.join(self.work, "tensorboard", name, self.date.isoformat())
 
     # -- schedule and stored outputs ------------------------------------------------------
     def period(self, step: str) -> str | None:
@@ -268,25 +276,25 @@ class _DailyJob:
         if key is None:
             usable = self.usable(root, marker)
             if usable:
-                existing = os.path.join(root, usable[-1][0])
+                existing = storage.join(root, usable[-1][0])
                 entry.update(status="skipped", reason=f"{existing} exists (schedule once)")
                 return None
             return self.date.isoformat()
         if any(name == key for name, _ in self.complete(root, marker)):
             entry.update(status="skipped",
-                         reason=f"{os.path.join(root, key)} exists ({frequency} period {key})")
+                         reason=f"{storage.join(root, key)} exists ({frequency} period {key})")
             return None
         return key
 
     def complete(self, root: str, marker: str) -> list[tuple[str, dict]]:
         """(name, meta) of the whole outputs under root, oldest first (by the last day they
         were trained on, then name)."""
-        found = [(name, read_json(os.path.join(root, name, marker))) for name in _listdir(root)
-                 if _NAME.match(name) and os.path.exists(os.path.join(root, name, marker))]
+        found = [(name, read_json(storage.join(root, name, marker))) for name in storage.listdir(root)
+                 if _NAME.match(name) and storage.exists(storage.join(root, name, marker))]
         for name, meta in found:
             if not is_current(meta) and (root, name) not in self.legacy:
                 self.legacy.add((root, name))
-                self.log(f"{os.path.join(root, name)} was written by an older ecdctr and cannot "
+                self.log(f"{storage.join(root, name)} was written by an older ecdctr and cannot "
                          f"be rebuilt: ignored (retrained when due; delete it to free the disk)")
         found = [(name, meta) for name, meta in found if is_current(meta)]
         return sorted(found, key=lambda item: (item[1].get("window", [item[0]] * 2)[-1], item[0]))
@@ -302,11 +310,16 @@ class _DailyJob:
         for name, _ in self.complete(root, marker)[:-keep]:
             if name in protect:
                 continue
-            trash = os.path.join(root, name + ".tmp")
-            shutil.rmtree(trash, ignore_errors=True)
-            os.rename(os.path.join(root, name), trash)
-            shutil.rmtree(trash)
-            self.log(f"removed old {os.path.join(root, name)}")
+            folder = storage.join(root, name)
+            if storage.renames_atomically(folder):
+                trash = folder + ".tmp"
+                storage.rmtree(trash)
+                storage.rename(folder, trash)
+                storage.rmtree(trash)
+            else:  # without its meta.json first, nothing reads it as whole while it goes
+                storage.remove(storage.join(folder, META))
+                storage.rmtree(folder)
+            self.log(f"removed old {storage.join(root, name)}")
 
     def fresh_features(self, source_meta: dict, what: str) -> tuple[list[str], dict]:
         """Features new or changed since a checkpoint was trained (they start fresh in a warm
@@ -338,11 +351,11 @@ class _DailyJob:
                    if n != key and m["window"][1] < days[0].isoformat()]
         parent, fresh = None, []
         if t.tpm_warm_start and earlier:
-            parent = load_checkpoint(os.path.join(self.tpm_root, earlier[-1]), self.config.tpm)
+            parent = load_checkpoint(storage.join(self.tpm_root, earlier[-1]), self.config.tpm)
             fresh, _ = self.fresh_features(parent.meta, f"TPM warm start from {parent.folder}")
         trained = steps.train_tpm(self.spec, self.work, days, self.config.tpm, self.log, parent,
                                   self.board("tpm"), fresh_features=fresh)
-        folder = os.path.join(self.tpm_root, key)
+        folder = storage.join(self.tpm_root, key)
         save_snapshot(folder, trained.model, self.spec, trained.vocabs, trained.meta,
                       steps.tpm_tables(trained, t.tpm_standardize))
         entry.update(snapshot=folder, train=trained.meta["train"], warm_start=trained.meta["parent"])
@@ -356,14 +369,14 @@ class _DailyJob:
         t = self.config.transfer
         names = steps.choose_snapshots(self.usable(self.tpm_root, META), cpm_first,
                                        t.tpm_snapshots, t.tpm_historical)
-        return [load_snapshot(os.path.join(self.tpm_root, n)) for n in names]
+        return [load_snapshot(storage.join(self.tpm_root, n)) for n in names]
 
     # -- CPM ------------------------------------------------------------------------------
     def cpm(self, entry: dict) -> None:
         key = self.due("cpm", self.cpm_root, META, entry)
         if key is None:
             return
-        folder = os.path.join(self.cpm_root, key)
+        folder = storage.join(self.cpm_root, key)
         days = self.window("natural", self.config.windows.cpm_days)
         if not days:
             raise DailyError(f"no built natural days before {self.date} in the CPM window. Fix: "
@@ -374,7 +387,7 @@ class _DailyJob:
         previous = [name for name, _ in self.usable(self.cpm_root, META) if name != key]
         parent, fresh = None, []
         if previous:
-            parent = load_checkpoint(os.path.join(self.cpm_root, previous[-1]), self.config.cpm)
+            parent = load_checkpoint(storage.join(self.cpm_root, previous[-1]), self.config.cpm)
             fresh, diff = self.fresh_features(parent.meta, f"CPM warm start from {parent.folder}")
             entry["warm_start"] = {"from": parent.folder, **diff}
         else:
@@ -410,9 +423,9 @@ class _DailyJob:
             raise DailyError(f"no CPM checkpoint trained before {self.date} in {self.cpm_root}. "
                              f"Fix: let the cpm step run first.")
         cpm_name = cpms[-1][0]
-        cpm = load_checkpoint(os.path.join(self.cpm_root, cpm_name), self.config.cpm)
+        cpm = load_checkpoint(storage.join(self.cpm_root, cpm_name), self.config.cpm)
         self.log(f"loaded CPM {cpm.folder}")
-        folder = os.path.join(self.actr_root, self.date.isoformat())
+        folder = storage.join(self.actr_root, self.date.isoformat())
         entry["checkpoint"] = folder
         if self.resumable(folder, cpm.meta.get("id")):
             actr = load_checkpoint(folder, cfg)
@@ -433,18 +446,18 @@ class _DailyJob:
             self.log(f"{name} on ad {self.date} ({r['rows']:,} rows): logloss {r['logloss']:.4f} "
                      f"AUC {r['auc']:.4f} GAUC {r['gauc']:.4f} over {r['gauc_groups']} users "
                      f"(CTR {r['ctr']:.4f}, mean prediction {r['mean_prediction']:.4f})")
-        saved = read_json(os.path.join(folder, META))
+        saved = read_json(storage.join(folder, META))
         saved["metrics"] = {f"{name} on ad {self.date}": r for name, r in entry["metrics"].items()}
-        write_json(os.path.join(folder, META), saved)
+        write_json(storage.join(folder, META), saved)
         self.report["metrics"] = entry["metrics"]["actr"]
         self.actr_model, self.actr_meta, self.actr_folder = model, meta, folder
 
     def resumable(self, folder: str, cpm_id: str | None) -> bool:
         """True when an earlier (killed) run of this day saved the A-CTR checkpoint that this
         run would train: same CPM, spec and structure; --force trains it again."""
-        if self.force or not os.path.exists(os.path.join(folder, META)):
+        if self.force or not storage.exists(storage.join(folder, META)):
             return False
-        meta = read_json(os.path.join(folder, META))
+        meta = read_json(storage.join(folder, META))
         same = (meta.get("cpm_id") == cpm_id and meta.get("spec_fingerprint") == self.spec.fingerprint
                 and meta.get("model") == structure(self.config.actr))
         if not same:
@@ -456,13 +469,13 @@ class _DailyJob:
         """A-CTR of D: updated from the previous day's A-CTR on the ad days it has not learned
         from when it descends from the same CPM, else re-derived from the CPM."""
         cfg = self.config.actr
-        cpm_name = os.path.basename(cpm.folder)
+        cpm_name = storage.basename(cpm.folder)
         earlier = [(n, m) for n, m in self.complete(self.actr_root, META)
                    if n < self.date.isoformat()]
         previous, previous_meta = earlier[-1] if earlier else (None, {})
         shared = self.shared_partitions()
         if previous and previous_meta.get("cpm_id") == cpm.meta.get("id"):
-            source_folder = os.path.join(self.actr_root, previous)
+            source_folder = storage.join(self.actr_root, previous)
             yesterday = (self.date - dt.timedelta(days=1)).isoformat()
             start = (f"from yesterday's A-CTR {source_folder}" if previous == yesterday
                      else f"from the A-CTR of {previous} {source_folder} (the newest earlier one)")
@@ -507,7 +520,7 @@ class _DailyJob:
         done = _exported(base, meta["id"])
         if done:
             path, marker = done
-            published = os.path.dirname(path) == base
+            published = storage.dirname(path) == base
             self.log(f"{path} was already exported from checkpoint {self.actr_folder} by an "
                      f"interrupted run of this day; not exporting again")
             entry["reused"] = path
@@ -521,11 +534,11 @@ class _DailyJob:
             staging = stage_saved_model(self.actr_model, self.spec, base, held_out, log=self.log)
         serving = versions(base)
         gate = run_gate(self.actr_model, self.spec, staging,
-                        os.path.join(base, str(serving[-1])) if serving else None, held_out,
+                        storage.join(base, str(serving[-1])) if serving else None, held_out,
                         self.report["steps"]["actr"]["metrics"]["actr"], self.config.gate,
                         self.log)
         self.report["gate"] = entry["gate"] = gate
-        write_json(os.path.join(staging, "assets.extra", EXPORT_MARKER),
+        write_json(storage.join(staging, "assets.extra", EXPORT_MARKER),
                    {"date": self.date.isoformat(), "checkpoint": self.actr_folder,
                     "checkpoint_id": meta["id"], "gate": gate})
         if gate["passed"]:
@@ -537,19 +550,15 @@ class _DailyJob:
 
 def _exported(base: str, checkpoint_id: str) -> tuple[str, dict] | None:
     """(path, marker) of the published or rejected export of a checkpoint, if there is one."""
-    candidates = [os.path.join(base, str(v)) for v in versions(base)]
-    candidates += [os.path.join(base, REJECTED, n) for n in _listdir(os.path.join(base, REJECTED))]
+    candidates = [storage.join(base, str(v)) for v in versions(base)]
+    candidates += [storage.join(base, REJECTED, n) for n in storage.listdir(storage.join(base, REJECTED))]
     for path in candidates:
-        marker = os.path.join(path, "assets.extra", EXPORT_MARKER)
-        if os.path.exists(marker):
+        marker = storage.join(path, "assets.extra", EXPORT_MARKER)
+        if storage.exists(marker):
             body = read_json(marker)
             if body.get("checkpoint_id") == checkpoint_id:
                 return path, body
     return None
-
-
-def _listdir(folder: str) -> list[str]:
-    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
 
 
 def _alive(pid: int) -> bool:

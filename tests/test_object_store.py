@@ -1,0 +1,124 @@
+"""Model folders and published versions on an object store (a local moto S3 server): what
+TF Serving can load is always whole, and checkpoints round-trip."""
+
+import threading
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from ecdctr import export, storage
+from ecdctr.checkpoint import META, load_checkpoint, save_checkpoint
+from ecdctr.data import parse_batch
+from ecdctr.export import (
+    INPUT_KEY,
+    OUTPUT_KEY,
+    publish,
+    remove_version,
+    stage_saved_model,
+    unfinished_versions,
+    versions,
+)
+from ecdctr.models import ModelConfig, build_model
+from ecdctr.rows import RowParser, to_example
+from ecdctr.spec import load_spec
+
+SPEC = load_spec("features/default.yaml")
+ROWS = [{"request_id": str(i), "ts": 1, "click": i % 2, "user_id": f"u{i % 3}", "item_id": "i1",
+         "scenario": "s1", "position": "p0", "user_segment": "g1", "price": 3.0 + i,
+         "hist_categories": ["c1", "c2"][: i % 3]} for i in range(8)]
+VOCABS = {f.name: ["u0", "u1", "i1", "s1", "p0", "g1", "c1"] for f in SPEC.features if f.uses_vocab}
+
+
+def _examples():
+    parser = RowParser(SPEC)
+    return [to_example(SPEC, parser.parse(r)).SerializeToString() for r in ROWS]
+
+
+def _model(seed=0):
+    features, _ = parse_batch(SPEC, tf.constant(_examples()))
+    return build_model(SPEC.features, VOCABS, {}, ModelConfig(hidden=(8, 4), seed=seed), features,
+                       initial_ctr=0.3, domains=["s1|p0|g1"])
+
+
+class _Poller(threading.Thread):
+    """Stands in for TF Serving's file-system poller: lists the integer folders under base
+    and loads every one its loader would accept (saved_model.pb present), as fast as it can."""
+
+    def __init__(self, base):
+        super().__init__(daemon=True)
+        self.base, self.stop = base, threading.Event()
+        self.loaded, self.failed, self.partial = set(), [], 0
+
+    def run(self):
+        while not self.stop.is_set():
+            for name in storage.listdir(self.base):
+                if not name.isdigit():
+                    continue
+                folder = storage.join(self.base, name)
+                if not tf.saved_model.contains_saved_model(folder):
+                    self.partial += 1  # visible but not loadable yet: TF Serving retries it
+                    continue
+                try:
+                    serve = tf.saved_model.load(folder).signatures["serving_default"]
+                    serve(**{INPUT_KEY: tf.constant(_examples()[:2])})[OUTPUT_KEY].numpy()
+                    self.loaded.add(int(name))
+                except Exception as e:  # noqa: BLE001  (any failure to load is the finding)
+                    if storage.exists(folder):  # not merely deleted while loading
+                        self.failed.append(f"{name}: {type(e).__name__}: {e}"[:300])
+
+
+def test_publishing_on_s3_never_shows_a_loadable_partial_version(bucket, monkeypatch):
+    base = bucket + "/export/actr"
+    stagings = [stage_saved_model(_model(seed), SPEC, base, _examples(), log=lambda _: None)
+                for seed in (0, 1)]
+    assert all(s.split("/")[-1].startswith(".staging-") for s in stagings)
+    copy = storage.copy
+
+    def slow_copy(source, destination, overwrite=True):  # widen the window a poller can hit
+        time.sleep(0.6)
+        copy(source, destination, overwrite)
+
+    monkeypatch.setattr(storage, "copy", slow_copy)
+    poller = _Poller(base)
+    poller.start()
+    try:
+        first = publish(stagings[0], base, keep=1, log=lambda _: None)
+        while 1 not in poller.loaded and not poller.failed:
+            time.sleep(0.05)
+        publish(stagings[1], base, keep=1, log=lambda _: None)  # and removes version 1
+        time.sleep(1.0)
+    finally:
+        poller.stop.set()
+        poller.join(timeout=60)
+    assert poller.failed == []
+    assert poller.loaded == {1, 2} and poller.partial > 0  # it did look mid-publish
+    assert versions(base) == [2] and not storage.exists(first)
+    assert [n for n in storage.listdir(base)] == ["2"]  # the stagings are gone
+
+
+def test_an_interrupted_publish_is_not_a_version_and_is_removed(bucket):
+    base = bucket + "/export/actr"
+    staging = stage_saved_model(_model(), SPEC, base, _examples(), log=lambda _: None)
+    publish(staging, base, log=lambda _: None)
+    # a publish killed mid-copy: files of version 2, no saved_model.pb, no marker
+    storage.copy(storage.join(base, "1", "variables", "variables.index"),
+                 storage.join(base, "2", "variables", "variables.index"))
+    assert versions(base) == [1] and unfinished_versions(base) == [storage.join(base, "2")]
+    for path in unfinished_versions(base):
+        remove_version(path)
+    assert storage.listdir(base) == ["1"]
+    assert export.unfinished_versions(storage.join(bucket, "nothing")) == []
+
+
+def test_checkpoints_round_trip_on_s3(bucket):
+    model = _model(seed=3)
+    folder = bucket + "/work/models/actr/2026-01-02"
+    meta = {"kind": "actr", "features": "all", "numeric_stats": {}, "domains": ["s1|p0|g1"]}
+    save_checkpoint(folder, model, SPEC, VOCABS, meta)
+    save_checkpoint(folder, model, SPEC, VOCABS, meta)  # overwriting keeps one whole folder
+    assert storage.exists(storage.join(folder, META))
+    assert not any(name.endswith(".tmp") for name in storage.listdir(storage.dirname(folder)))
+    loaded = load_checkpoint(folder)
+    features, _ = parse_batch(SPEC, tf.constant(_examples()))
+    np.testing.assert_allclose(loaded.model(features).numpy(), model(features).numpy(), atol=1e-6)
