@@ -97,3 +97,18 @@ def test_every_schedule_error_is_listed_at_once(tmp_path):
 def test_period_start(schedule, step, date, start):
     got = schedule.period_start(step, dt.date.fromisoformat(date))
     assert (got and got.isoformat()) == start
+
+
+def test_a_work_folder_on_an_object_store_needs_a_local_lock(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("spec: s.yaml\nlogs: s3://b/logs\nwork: s3://b/work\nexport: gs://b/export\n")
+    with pytest.raises(ConfigError, match="give `lock:` a local file path"):
+        load_config(str(path))
+    path.write_text(path.read_text() + "lock: locks/daily.lock\n")
+    config = load_config(str(path))
+    assert (config.logs, config.work, config.export) == ("s3://b/logs", "s3://b/work", "gs://b/export")
+    assert config.lock == str(tmp_path / "locks" / "daily.lock")
+    path.write_text(path.read_text().replace("lock: locks/daily.lock", "lock: s3://b/lock"))
+    with pytest.raises(ConfigError, match="'lock' must be a local file path"):
+        load_config(str(path))
+    assert load_config(_write(tmp_path, "")).lock == str(tmp_path / "w" / ".daily.lock")
