@@ -122,3 +122,54 @@ def test_checkpoints_round_trip_on_s3(bucket):
     loaded = load_checkpoint(folder)
     features, _ = parse_batch(SPEC, tf.constant(_examples()))
     np.testing.assert_allclose(loaded.model(features).numpy(), model(features).numpy(), atol=1e-6)
+
+
+def _cli(*args, timeout=900):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "ecdctr", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_the_daily_job_runs_on_s3_from_logs_to_a_served_version(bucket, tmp_path):
+    import datetime as dt
+    import gzip
+    import json
+    import os
+
+    from ecdctr.simulator import SimConfig, simulate
+
+    local_logs = tmp_path / "logs"
+    simulate(str(local_logs), dt.date(2026, 1, 1), 8,
+             SimConfig(users=300, items=120, new_users_per_day=10, new_items_per_day=3,
+                       natural_rows_per_day=600, seed=5), log=lambda _: None)
+    storage.copytree(str(local_logs), bucket + "/logs")
+    config = tmp_path / "s3.yaml"
+    config.write_text(
+        f"spec: {os.path.abspath('features/default.yaml')}\nlogs: {bucket}/logs\n"
+        f"work: {bucket}/work\nexport: {bucket}/export\nlock: {tmp_path / 'daily.lock'}\n"
+        "windows: {tpm_days: 4, cpm_days: 3, actr_days: 3}\ntransfer: {tpm_snapshots: 1}\n"
+        "model: {hidden: [8]}\ngate: {max_auc_drop: 0.5}\n"
+        "tpm: {hidden: [8], batch_size: 256, max_epochs: 1}\ncpm: {batch_size: 256, max_epochs: 1}\n"
+        "actr: {batch_size: 64, max_epochs: 1}\n")
+    done = _cli("daily", f"--config={config}", "--date=2026-01-08")
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(storage.read_text(bucket + "/work/reports/2026-01-08.json"))
+    assert report["status"] == "ok" and report["published"], report
+    assert report["steps"]["tpm"]["status"] == "ok" and report["steps"]["cpm"]["status"] == "ok"
+    assert versions(bucket + "/export/actr") == [1]
+    assert storage.listdir(bucket + "/work/models/actr") == ["2026-01-08"]
+    assert not list(tmp_path.glob("**/*.tfrecord.gz"))  # nothing was built on the local disk
+
+    sample = tmp_path / "sample.jsonl"
+    with gzip.open(local_logs / "ad" / "date=2026-01-08" / "part-00000.jsonl.gz", "rt") as f:
+        sample.write_text("".join(f.readline() for _ in range(3)))
+    served = _cli("predict", f"--model={bucket}/export/actr", f"--input={sample}", timeout=300)
+    assert served.returncode == 0, served.stderr[-3000:]  # its own status, not tensorflow-io's 134
+    probabilities = [float(x) for x in served.stdout.split()]
+    assert len(probabilities) == 3 and all(0 < p < 1 for p in probabilities)
+    again = _cli("daily", f"--config={config}", "--date=2026-01-08")
+    assert again.returncode == 0 and "is done" in again.stderr + again.stdout
+    failed = _cli("inspect", f"{bucket}/work/models/nothing")
+    assert failed.returncode == 2 and "error:" in failed.stderr
