@@ -112,3 +112,49 @@ def test_a_work_folder_on_an_object_store_needs_a_local_lock(tmp_path):
     with pytest.raises(ConfigError, match="'lock' must be a local file path"):
         load_config(str(path))
     assert load_config(_write(tmp_path, "")).lock == str(tmp_path / "w" / ".daily.lock")
+
+
+def test_duplicate_keys_are_errors_that_name_the_file_line_and_key(tmp_path):
+    path = _write(tmp_path, "gate: {max_auc_drop: 0.2}\nseed: 1\ngate: {keep_versions: 2}\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: line 7, column 1: .*duplicate key 'gate' "
+                                          r"\(first on line 5\)"):
+        load_config(path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(open("features/default.yaml").read()
+                    + "  user_id:\n    kind: categorical\n    dim: 4\n")
+    from ecdctr.spec import load_spec
+
+    with pytest.raises(ConfigError, match="duplicate key 'user_id'"):
+        load_spec(str(spec))
+
+
+def test_an_alias_bomb_is_refused_fast_and_small(tmp_path):
+    import time
+
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    for level in "bcdefghi":
+        previous = chr(ord(level) - 1)
+        lines.append(f"{level}: &{level} [" + ", ".join([f"*{previous}"] * 9) + "]")
+    path = _write(tmp_path, "\n".join(lines) + "\nseed: *i\n")
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match="aliases expand to more than"):
+        load_config(path)
+    assert time.perf_counter() - started < 2
+    small = _write(tmp_path, "x: &w {max_auc_drop: 0.2}\ngate: *w\n")  # a plain alias still works
+    with pytest.raises(ConfigError, match="unknown key 'x'"):
+        load_config(small)
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "not a UTF-8 text file"),
+    (b"spec: [unclosed\n", "line 2, column 1: invalid YAML"),
+    (None, "is a folder, not a YAML file"),
+])
+def test_unreadable_files_name_the_file(tmp_path, content, expected):
+    path = tmp_path / "c.yaml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError, match=f"c.yaml: .*{expected}"):
+        load_config(str(path))
