@@ -22,7 +22,8 @@ FEATURE_KEYS = (
     "domain", "tpm", "entity", "normalize", "boundaries",
 )
 VOCAB_KEYS = ("min_count", "max_size")
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # fullmatch: `$` would let a final "\n" in
+MAX_NAME = 64  # feature names become file names (counts/<day>/<name>.tsv) and Keras layer names
 
 
 @dataclass(frozen=True)
@@ -150,9 +151,10 @@ def parse_spec(doc: Any, path: str = "<spec>") -> Spec:
 
 
 def _parse_feature(name: str, body: Any, errors: list[str]) -> Feature | None:
-    where = f"feature {name!r}"
-    if not _NAME.match(name):
-        errors.append(f"{where}: names must be identifiers (letters, digits, _). Fix: rename it.")
+    where = f"feature {name[:MAX_NAME]!r}" + ("..." if len(name) > MAX_NAME else "")
+    if not _NAME.fullmatch(name) or len(name) > MAX_NAME:
+        errors.append(f"{where}: names must be identifiers (letters, digits, _) of at most "
+                      f"{MAX_NAME} characters. Fix: rename it.")
         return None
     if not isinstance(body, dict):
         errors.append(f"{where}: settings must be a mapping. Fix: e.g. `{name}: {{kind: categorical, "

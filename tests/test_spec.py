@@ -58,6 +58,10 @@ def test_fingerprint_is_stable_and_content_based(tmp_path):
     (lambda d: d["features"]["gender"].update(column="click"), "is the label, timestamp"),
     (lambda d: d["features"]["gender"].update(tpm="yes please"), "'tpm' must be true or false"),
     (lambda d: d["features"]["hist_categories"].update(default=["x"]), "has no 'default'"),
+    (lambda d: d["features"].update({"evil\n": {"kind": "categorical", "hash_buckets": 9, "dim": 2}}),
+     "feature 'evil\\n': names must be identifiers"),
+    (lambda d: d["features"].update({"x" * 5000: {"kind": "categorical", "hash_buckets": 9, "dim": 2}}),
+     "feature 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'...: names must be"),
 ])
 def test_errors_name_the_feature_and_the_fix(mutate, expected):
     doc = copy.deepcopy(_doc())
