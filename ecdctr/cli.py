@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import gzip
+import errno
 import json
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -25,6 +26,16 @@ def _date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date; use YYYY-MM-DD") from None
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ecdctr", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -32,11 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("simulate", help="write simulated natural and ad logs")
     s.add_argument("--out", required=True, help="logs folder to write")
     s.add_argument("--start", type=_date, required=True, help="first day, YYYY-MM-DD")
-    s.add_argument("--days", type=int, required=True, help="number of days")
+    s.add_argument("--days", type=_positive_int, required=True, help="number of days")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--users", type=int, help="initial users (default: simulator default)")
-    s.add_argument("--items", type=int, help="initial items")
-    s.add_argument("--rows_per_day", type=int, help="natural rows per day (ad: a tenth)")
+    s.add_argument("--users", type=_positive_int, help="initial users (default: simulator default)")
+    s.add_argument("--items", type=_positive_int, help="initial items")
+    s.add_argument("--rows_per_day", type=_positive_int, help="natural rows per day (ad: a tenth)")
     s.add_argument("--away_rate", type=float,
                    help="intermittent users: daily chance a user leaves for a while (default 0)")
     s.add_argument("--return_rate", type=float, help="daily chance an away user returns (0.05)")
@@ -69,9 +80,9 @@ def _parser() -> argparse.ArgumentParser:
                         "--source=ad also the E-CDCTR ablations ad_only, joint, finetune, ecdctr, "
                         "ecdctr-no_bn_reinit, ecdctr-no_tpm, ecdctr-no_cpm, ecdctr-daily")
     c.add_argument("--out", required=True, help="report JSON (a .md table is written beside it)")
-    c.add_argument("--eval_days", type=int, default=1, help="held-out days from D (default 1)")
+    c.add_argument("--eval_days", type=_positive_int, default=1, help="held-out days from D (default 1)")
     c.add_argument("--source", choices=("natural", "ad"), default="natural")
-    c.add_argument("--seeds", type=int, default=1, help="repeat with N seeds: mean ± std")
+    c.add_argument("--seeds", type=_positive_int, default=1, help="repeat with N seeds: mean ± std")
     c.add_argument("--plots", help="folder for PNG figures (masks, AUC by bin, sparsity band)")
 
     i = sub.add_parser("inspect", help="say what a model folder is (reads its meta.json only)")
@@ -82,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--model", required=True,
                    help="a SavedModel version folder, or its parent (newest version is used)")
     r.add_argument("--input", required=True, help="JSON Lines file of raw-log rows (.jsonl[.gz])")
-    r.add_argument("--batch_size", type=int, default=1024)
+    r.add_argument("--batch_size", type=_positive_int, default=1024, help="rows per call (default 1024)")
 
     q = sub.add_parser("query", help="score raw-log rows through a running TF Serving")
     q.add_argument("--target", required=True,
@@ -96,7 +107,8 @@ def _parser() -> argparse.ArgumentParser:
                         "model's (its assets.extra/spec.yaml). Default: features/default.yaml, "
                         "relative to the current directory")
     q.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
-    q.add_argument("--batch_size", type=int, default=256, help="examples per request (default 256)")
+    q.add_argument("--batch_size", type=_positive_int, default=256,
+                   help="examples per request (default 256)")
     return p
 
 
@@ -115,9 +127,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     status = 1
     try:
         status = COMMANDS[args.command](args, beam_args) or 0
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"ecdctr {args.command}: error: {e}", file=sys.stderr)
-        status = 2
+    except Exception as e:  # noqa: BLE001  (known kinds become one line; others a traceback)
+        message = error_line(e)
+        if message is None:
+            traceback.print_exc()
+            status = 1
+        else:
+            print(f"ecdctr {args.command}: error: {message}", file=sys.stderr)
+            status = 2
     except KeyboardInterrupt:
         status = 130
     except SystemExit as e:
@@ -127,6 +144,44 @@ def main(argv: Sequence[str] | None = None) -> None:
         status = 1
     finally:
         _exit(status)
+
+
+_FIXES = {  # errno / TensorFlow error class -> what to do
+    errno.ENOSPC: "free space on the disk or bucket that holds it",
+    errno.EDQUOT: "free space or raise the quota of the disk that holds it",
+    errno.EACCES: "give the user running ecdctr permission to it",
+    errno.EPERM: "give the user running ecdctr permission to it",
+    errno.EROFS: "point to a writable location",
+    errno.EISDIR: "pass a file, not a folder",
+    errno.ENOTDIR: "pass a folder, not a file",
+    "ResourceExhaustedError": "free space on the disk or bucket that holds it",
+    "PermissionDeniedError": "give the user running ecdctr permission to it",
+    "NotFoundError": "check the path",
+    "DataLossError": "the file is corrupt: delete it and rerun the step that writes it",
+}
+
+
+def error_line(e: BaseException) -> str | None:
+    """One line saying what went wrong, where, and the fix, for the errors a user can act on
+    (bad input, a missing or unwritable path, a full disk, TensorFlow file errors); None for
+    anything else, which is a bug and keeps its traceback."""
+    if isinstance(e, ConfigError | ValueError):
+        return str(e)
+    if isinstance(e, OSError):
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        fix = _FIXES.get(e.errno or -1)
+        return f"{e.strerror or e}{where}" + (f". Fix: {fix}." if fix else "")
+    kind = type(e).__name__
+    if type(e).__module__.startswith("tensorflow") and hasattr(e, "message"):
+        text = " ".join(str(e.message).split())[:500]
+        return f"{kind}: {text}" + (f". Fix: {_FIXES[kind]}." if kind in _FIXES else "")
+    if isinstance(e, RuntimeError):
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        if any(line.startswith("Traceback") for line in lines):  # a wrapped worker failure
+            causes = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b", line)]
+            return causes[-1] if causes else lines[-1]
+        return str(e)
+    return None
 
 
 def _exit(status: int) -> None:
@@ -171,6 +226,7 @@ def _daily(args: argparse.Namespace, beam_args: list[str]) -> None:
     from dataclasses import replace
 
     from ecdctr.config import load_config
+    from ecdctr.jsonio import json_safe
     from pipelines.daily import run_backfill, run_daily
 
     config = load_config(args.config)
@@ -181,9 +237,10 @@ def _daily(args: argparse.Namespace, beam_args: list[str]) -> None:
     else:
         reports = [run_daily(config, args.date, log=log.info, force=args.force)]
     for report in reports:
-        print(json.dumps({"date": report["date"], "status": report["status"],
-                          "metrics": report.get("metrics"), "published": report.get("published"),
-                          "export": report.get("export") or report.get("rejected")}, indent=2))
+        print(json.dumps(json_safe({
+            "date": report["date"], "status": report["status"], "metrics": report.get("metrics"),
+            "published": report.get("published"),
+            "export": report.get("export") or report.get("rejected")}), indent=2, allow_nan=False))
 
 
 def _compare(args: argparse.Namespace, beam_args: list[str]) -> None:
@@ -219,8 +276,9 @@ def _predict(args: argparse.Namespace, _: list[str]) -> int:
     import tensorflow as tf
 
     from ecdctr import storage
+    from ecdctr.client import read_examples
     from ecdctr.export import INPUT_KEY, OUTPUT_KEY, SPEC_FILE, versions
-    from ecdctr.rows import RowError, RowParser, features_example
+    from ecdctr.rows import RowParser
     from ecdctr.spec import load_spec
 
     path = args.model
@@ -231,21 +289,15 @@ def _predict(args: argparse.Namespace, _: list[str]) -> int:
                                     f"Fix: pass <export>/actr or <export>/actr/<version>.")
         path = storage.join(path, str(found[-1]))
     parser = RowParser(load_spec(storage.join(path, "assets.extra", SPEC_FILE)))
-    serve = tf.saved_model.load(path).signatures["serving_default"]
-    opener = gzip.open if args.input.endswith(".gz") else open
-    rows: list[bytes | None] = []
-    bad = 0
-    with opener(args.input, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                values, _ = parser.parse_features(json.loads(line))
-                rows.append(features_example(values).SerializeToString())
-            except (json.JSONDecodeError, RowError) as e:
-                print(f"{args.input}:{n}: skipped: {e}", file=sys.stderr)
-                rows.append(None)
-                bad += 1
+    try:
+        serve = tf.saved_model.load(path).signatures["serving_default"]
+    except (tf.errors.OpError, OSError, ValueError) as e:
+        raise RuntimeError(f"{path}: the SavedModel cannot be loaded ({str(e).splitlines()[0]}). "
+                           f"Fix: pass another version, e.g. the previous one.") from None
+    rows, problems = read_examples(args.input, parser)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    bad = len(problems)
     good = [r for r in rows if r is not None]
     probs: list[float] = []
     for i in range(0, len(good), args.batch_size):

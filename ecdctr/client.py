@@ -144,11 +144,16 @@ def read_examples(path: str, parser: RowParser) -> tuple[list[bytes | None], lis
     opener = gzip.open if path.endswith(".gz") else open
     rows: list[bytes | None] = []
     problems: list[str] = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
+    with opener(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if not raw.strip():
                 continue
             try:
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise RowError("not_utf8", f"byte {e.start} is not UTF-8 ({raw[e.start:e.start + 1]!r})"
+                                   ) from None
                 row = json.loads(line)
                 if not isinstance(row, dict):
                     raise RowError("not_an_object",

@@ -95,7 +95,7 @@ def test_rerun_of_a_finished_day_does_nothing_and_force_reuses_what_exists(run):
 def test_a_second_run_on_the_same_work_folder_is_refused(run):
     _, config, _, _ = run
     cfg = load_config(str(config))
-    with work_lock(cfg.work), pytest.raises(DailyError, match="another daily run"):
+    with work_lock(cfg.lock), pytest.raises(DailyError, match="another daily run"):
         run_daily(cfg, DATE + dt.timedelta(days=1), log=lambda _: None)
 
 
@@ -105,15 +105,40 @@ def test_predict_prints_one_probability_per_row(run, tmp_path, capsys):
         rows = [json.loads(line) for _, line in zip(range(3), f, strict=False)]
     rows.append({"user_id": "never-seen", "price": "not a number"})
     path = tmp_path / "rows.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = "".join(json.dumps(r) + "\n" for r in rows) + '[1, 2]\n"a string"\n'
+    path.write_bytes(text.encode() + b'{"user_id": "caf\xe9"}\n' + (json.dumps(rows[0]) + "\n").encode())
     with pytest.raises(SystemExit) as e:
         main(["predict", f"--model={root / 'export' / 'actr'}", f"--input={path}"])
     out = capsys.readouterr()
     values = out.out.split()
-    assert len(values) == 4 and values[3] == "nan"
+    assert len(values) == 8 and values[3:7] == ["nan"] * 4 and values[7] == values[0]
     assert all(0 < float(v) < 1 for v in values[:3])
     assert "rows.jsonl:4: skipped" in out.err and "'price'" in out.err
+    assert "rows.jsonl:5: skipped: expected an object of columns, got list" in out.err
+    assert "rows.jsonl:6: skipped" in out.err and "rows.jsonl:7: skipped: byte 16 is not UTF-8" in out.err
     assert e.value.code == 1
+    with pytest.raises(SystemExit) as e:
+        main(["predict", f"--model={root / 'export' / 'actr'}", f"--input={path}", "--batch_size=0"])
+    assert e.value.code == 2 and "'0' is not a positive integer" in capsys.readouterr().err
+
+
+def test_predict_on_a_corrupt_version_says_so_in_one_line(run, tmp_path, capsys):
+    import shutil
+
+    root, _, _, _ = run
+    version = tmp_path / "actr" / "1"
+    shutil.copytree(root / "export" / "actr" / "1", version)
+    data = next((version / "variables").glob("variables.data-*"))
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2: len(raw) // 2 + 64] = bytes(b ^ 0xFF for b in raw[len(raw) // 2: len(raw) // 2 + 64])
+    data.write_bytes(bytes(raw))
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"user_id": "u1"}\n')
+    with pytest.raises(SystemExit) as e:
+        main(["predict", f"--model={version}", f"--input={path}"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err, err
+    assert f"error: {version}: the SavedModel cannot be loaded" in err and "Fix:" in err
 
 
 def test_python_dash_m_entry_point():
