@@ -30,8 +30,17 @@ def feature_description(spec: Spec, with_label: bool = True) -> dict:
 
 
 def features_by_name(spec: Spec, parsed: dict) -> dict[str, tf.Tensor]:
-    """Maps parsed columns to the spec's feature names (two features may read one column)."""
-    return {f.name: parsed[f.column] for f in spec.features}
+    """Maps parsed columns to the spec's feature names (two features may read one column). A
+    NaN or infinite number takes the feature's default, as a missing one does: the build
+    quarantines such rows, so a model never learned what they mean, and serving must not
+    answer NaN for them."""
+    out = {}
+    for f in spec.features:
+        value = parsed[f.column]
+        if f.kind == "numeric":
+            value = tf.where(tf.math.is_finite(value), value, tf.cast(f.default, value.dtype))
+        out[f.name] = value
+    return out
 
 
 def parse_batch(spec: Spec, serialized: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor]:

@@ -15,6 +15,7 @@ from ecdctr.export import (
     RAW_SIGNATURE,
     WARMUP_FILE,
     publish,
+    raw_input_specs,
     read_warmup,
     reject,
     stage_saved_model,
@@ -141,3 +142,29 @@ def test_infra_gate_replays_warmup_in_a_fresh_process(staged):
     reasons, details = infra_gate(other, SPEC, path, GateConfig())
     assert reasons and "differ from training" in reasons[0] and details["max_abs_diff"] > 1e-5
     assert not math.isnan(details["max_abs_diff"])
+
+
+def test_nan_and_inf_numbers_are_served_as_the_default_not_nan(staged):
+    _, _, path = staged
+    loaded = tf.saved_model.load(path)
+    serve = loaded.signatures["serving_default"]
+    price = next(f for f in SPEC.features if f.column == "price")
+
+    def example(value):
+        e = tf.train.Example()
+        e.features.feature["user_id"].bytes_list.value.append(b"u1")
+        if value is not None:
+            e.features.feature["price"].float_list.value.append(value)
+        return e.SerializeToString()
+
+    batch = [example(v) for v in (float("nan"), float("inf"), float("-inf"), None, price.default)]
+    probs = serve(examples=tf.constant(batch))[OUTPUT_KEY].numpy()
+    assert np.isfinite(probs).all()
+    np.testing.assert_allclose(probs, probs[3], atol=1e-6)  # all as if price were missing
+    raw = {c: tf.constant(["u1"] * 3) for c, s in
+           raw_input_specs(SPEC).items()
+           if s.dtype == tf.string and s.shape.rank == 1}
+    raw["price"] = tf.constant([float("nan"), float("inf"), price.default])
+    raw["hist_categories"] = tf.constant([[""]] * 3)
+    out = loaded.signatures[RAW_SIGNATURE](**raw)[OUTPUT_KEY].numpy()
+    assert np.isfinite(out).all() and abs(out[0] - out[2]) < 1e-6 and abs(out[1] - out[2]) < 1e-6
