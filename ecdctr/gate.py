@@ -4,9 +4,11 @@ same in a fresh process that cannot import this project as during training (infr
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -89,13 +91,37 @@ def metric_gate(candidate: dict, serving: dict | None, config: GateConfig) -> li
     return reasons
 
 
+def _die_with_parent() -> None:
+    """Runs in the child before exec: Linux kills it when the process that started it dies
+    (prctl PR_SET_PDEATHSIG), so a killed daily run leaves no replay running."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the timeout still bounds it
+        pass
+
+
+def run_child(argv: Sequence[str], timeout: float, env: dict | None = None,
+              cwd: str | None = None) -> subprocess.CompletedProcess:
+    """subprocess.run(capture_output, text) whose child dies with this process and is killed
+    at the timeout."""
+    with subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env, cwd=cwd, preexec_fn=_die_with_parent) as child:
+        try:
+            out, err = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            raise
+    return subprocess.CompletedProcess(child.args, child.returncode, out, err)
+
+
 def replay_in_fresh_process(staging: str, timeout: float = 300) -> list[list[float]]:
     """Serving predictions of the warmup records, computed by a new Python process in which
     only TensorFlow (and TF Serving's protos) can be imported."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TF_USE_LEGACY_KERAS")}
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    done = subprocess.run([sys.executable, "-c", _REPLAY, staging, WARMUP_FILE, OUTPUT_KEY],
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd="/")
+    done = run_child([sys.executable, "-c", _REPLAY, staging, WARMUP_FILE, OUTPUT_KEY],
+                     timeout=timeout, env=env, cwd="/")
     if done.returncode != 0:
         raise RuntimeError(f"the SavedModel failed in a fresh process: {done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -133,15 +159,24 @@ def run_gate(model: keras.Model, spec: Spec, staging: str, serving_path: str | N
     if serving_path:
         labels = tf.io.parse_example(tf.constant(list(examples)),
                                      {spec.label: tf.io.FixedLenFeature([], tf.int64)})[spec.label]
-        probs = score_saved_model(serving_path, examples)
-        serving = {"path": serving_path, "auc": metrics.auc(labels.numpy(), probs)}
-    reasons = metric_gate(candidate, serving, config)
+        try:
+            probs = score_saved_model(serving_path, examples)
+            serving = {"path": serving_path, "auc": metrics.auc(labels.numpy(), probs)}
+        except (tf.errors.OpError, OSError, ValueError, KeyError) as e:
+            # A broken serving version must not block a good candidate: judged on its own.
+            problem = " ".join(str(e).split())[:300]
+            log(f"WARNING: the serving version {serving_path} cannot be scored ({problem}); "
+                f"the candidate is judged without it")
+            serving = {"path": serving_path, "auc": None, "unloadable": problem}
+    reasons = metric_gate(candidate, serving if serving and serving["auc"] is not None else None,
+                          config)
     infra_reasons, infra = infra_gate(model, spec, staging, config)
     reasons += infra_reasons
     report = {"passed": not reasons, "reasons": reasons, "serving": serving, "infra": infra,
               "candidate_auc": candidate.get("auc")}
     log(f"gate: {'PASSED' if not reasons else 'REJECTED'}"
-        + (f" vs serving AUC {serving['auc']:.4f}" if serving else " (no serving version yet)")
+        + (f" vs serving AUC {serving['auc']:.4f}" if serving and serving["auc"] is not None
+           else " (serving version unloadable)" if serving else " (no serving version yet)")
         + (f", warmup replay max diff {infra['max_abs_diff']:.1e}" if infra else "")
         + ("" if not reasons else ": " + "; ".join(reasons)))
     return report

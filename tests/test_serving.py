@@ -168,3 +168,53 @@ def test_nan_and_inf_numbers_are_served_as_the_default_not_nan(staged):
     raw["hist_categories"] = tf.constant([[""]] * 3)
     out = loaded.signatures[RAW_SIGNATURE](**raw)[OUTPUT_KEY].numpy()
     assert np.isfinite(out).all() and abs(out[0] - out[2]) < 1e-6 and abs(out[1] - out[2]) < 1e-6
+
+
+def test_the_replay_child_dies_with_a_killed_parent(tmp_path):
+    import signal
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    parent = subprocess.Popen([sys.executable, "-c", "import sys; from ecdctr.gate import run_child; "
+                               f"run_child([sys.executable, '-c', {child!r}], timeout=300)"])
+    try:
+        deadline = time.monotonic() + 120
+        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pid = int(pid_file.read_text())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            raise AssertionError("the replay child outlived its killed parent")
+    finally:
+        parent.kill()
+
+
+def test_an_unloadable_serving_version_does_not_block_a_good_candidate(staged, tmp_path):
+    import shutil
+
+    from ecdctr.gate import run_gate
+
+    model, _, path = staged
+    broken = tmp_path / "7"
+    shutil.copytree(path, broken)
+    data = next((broken / "variables").glob("variables.data-*"))
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2:len(raw) // 2 + 32] = bytes(b ^ 0xFF for b in raw[len(raw) // 2:len(raw) // 2 + 32])
+    data.write_bytes(bytes(raw))
+    lines = []
+    candidate = {"auc": 0.7, "logloss": 0.6, "mean_prediction": 0.5, "ctr": 0.5, "rows": 12}
+    report = run_gate(model, SPEC, path, str(broken), _examples(), candidate, GateConfig(),
+                      lines.append)
+    assert report["passed"], report
+    assert report["serving"]["auc"] is None and report["serving"]["unloadable"]
+    assert any("cannot be scored" in line for line in lines)
