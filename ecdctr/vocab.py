@@ -13,6 +13,8 @@ from ecdctr.spec import Spec
 
 Partition = tuple[str, dt.date]  # (source, date)
 OOV_PLACEHOLDER = "<no-vocabulary>"  # keeps lookups valid when a window has no tokens
+OOV_TOKEN = "[UNK]"  # tf_keras StringLookup's OOV token: it drops it from the head of a
+# vocabulary, which would shift every row by one, so an id spelled "[UNK]" is left out (OOV)
 
 
 def counts_path(work: str, source: str, date: dt.date, feature: str) -> str:
@@ -60,7 +62,8 @@ def build_vocabularies(spec: Spec, work: str, partitions: Iterable[Partition]) -
         if not feature.uses_vocab:
             continue
         counts = merge_counts(work, feature.name, partitions)
-        ranked = sorted((t for t, c in counts.items() if c >= feature.vocab_min_count),
+        ranked = sorted((t for t, c in counts.items()
+                         if c >= feature.vocab_min_count and t != OOV_TOKEN),
                         key=lambda t: (-counts[t], t))
         vocabs[feature.name] = ranked[: feature.vocab_max_size] or [OOV_PLACEHOLDER]
     return vocabs
@@ -94,8 +97,10 @@ def write_vocabularies(vocabs: dict[str, list[str]], folder: str) -> None:
 
 
 def read_vocabularies(folder: str) -> dict[str, list[str]]:
-    """Reads what write_vocabularies wrote."""
-    return {name[:-4]: storage.read_text(storage.join(folder, name)).splitlines()
+    """Reads what write_vocabularies wrote. Lines end at "\n" only (the build leaves tokens
+    with "\n" or "\r" out): str.splitlines would also cut tokens at \x0b, \x0c, \x1c-\x1e,
+    \x85, \u2028 and \u2029, which ids may hold."""
+    return {name[:-4]: storage.read_text(storage.join(folder, name)).split("\n")[:-1]
             for name in storage.listdir(folder) if name.endswith(".txt")}
 
 
