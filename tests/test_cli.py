@@ -1,0 +1,44 @@
+"""The CLI's error lines: errors a user can act on are one line with the path and the fix."""
+
+import errno
+
+import pytest
+import tensorflow as tf
+
+from ecdctr.cli import error_line, main
+from ecdctr.validation import ConfigError
+
+
+@pytest.mark.parametrize("error, expected", [
+    (OSError(errno.ENOSPC, "No space left on device", "/data/export/actr/.staging-1"),
+     "No space left on device: /data/export/actr/.staging-1. Fix: free space"),
+    (PermissionError(errno.EACCES, "Permission denied", "/data/export"),
+     "Permission denied: /data/export. Fix: give the user running ecdctr permission"),
+    (IsADirectoryError(errno.EISDIR, "Is a directory", "features"),
+     "Is a directory: features. Fix: pass a file"),
+    (tf.errors.ResourceExhaustedError(None, None, "/data/export/actr/.staging-1/variables; No space left"),
+     "ResourceExhaustedError: /data/export/actr/.staging-1/variables; No space left. Fix: free space"),
+    (tf.errors.PermissionDeniedError(None, None, "/ro/export; Read-only file system"),
+     "PermissionDeniedError: /ro/export; Read-only file system. Fix: give the user"),
+    (RuntimeError("Pipeline failed:\nTraceback (most recent call last):\n  File \"x.py\", line 1\n"
+                  "OSError: [Errno 28] No space left on device: '/work/.staging/x'\n"
+                  "[while running 'write shards']"),
+     "OSError: [Errno 28] No space left on device: '/work/.staging/x'"),
+    (ConfigError("c.yaml: bad. Fix: good."), "c.yaml: bad. Fix: good."),
+])
+def test_known_errors_become_one_line_with_the_fix(error, expected):
+    line = error_line(error)
+    assert line is not None and line.startswith(expected) and "\n" not in line
+
+
+def test_bugs_keep_their_traceback():
+    assert error_line(KeyError("x")) is None and error_line(AttributeError("y")) is None
+
+
+def test_a_spec_path_that_is_a_folder_is_one_error_line(tmp_path, capsys):
+    (tmp_path / "spec.yaml").mkdir()
+    with pytest.raises(SystemExit) as e:
+        main(["build", f"--spec={tmp_path / 'spec.yaml'}", f"--logs={tmp_path}", f"--work={tmp_path / 'w'}"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    assert "spec.yaml: is a folder, not a YAML file" in err
