@@ -114,15 +114,22 @@ def _write_bytes(path: str, data: bytes, sync: bool = False) -> None:
             os.fsync(f.fileno())
 
 
+_S3_CLIENTS: dict[int, tuple[Any, Any]] = {}  # id(options) -> (options, boto3 client)
+
+
 def _put_empty_s3_object(path: str) -> None:
     """Beam's S3 writer always uploads in parts and S3 refuses a multipart upload without
-    parts, so an empty object is one plain PUT, through the boto3 client Beam configures."""
+    parts, so an empty object is one plain PUT, through a boto3 client made from the options
+    Beam's S3 file system holds (kept: making one takes ~50 ms)."""
     from apache_beam.io.aws.clients.s3.boto3_client import Client
 
     options = getattr(FileSystems.get_filesystem(path), "_options", None)
+    if options is None:
+        options = PipelineOptions(storage.beam_s3_options())
+    if id(options) not in _S3_CLIENTS:
+        _S3_CLIENTS[id(options)] = (options, Client(options).client)
     bucket, _, key = path[len("s3://"):].partition("/")
-    Client(options or PipelineOptions(storage.beam_s3_options())).client.put_object(
-        Bucket=bucket, Key=key, Body=b"")
+    _S3_CLIENTS[id(options)][1].put_object(Bucket=bucket, Key=key, Body=b"")
 
 
 def _read_bytes(path: str) -> bytes:
@@ -140,10 +147,15 @@ def _makedirs(path: str) -> None:
         FileSystems.mkdirs(path)
 
 
+def _match(patterns: list[str]) -> list[str]:
+    """Paths matching any of the patterns (`**` crosses folders), sorted."""
+    results = FileSystems.match(patterns) if patterns else []
+    return sorted({m.path for result in results for m in result.metadata_list})
+
+
 def _files_under(folder: str) -> list[str]:
     """Every file below folder, at any depth (none if it does not exist)."""
-    pattern = storage.join(folder, "**")
-    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    return _match([storage.join(folder, "**")])
 
 
 def _delete_tree(folder: str) -> None:
@@ -712,23 +724,26 @@ def _clean_staging(work: str, log: Callable[[str], None]) -> None:
         _delete_tree(storage.join(root, name))
 
 
-def _complete_day(spec: Spec, run_dir: str, source: str, date: str, shards: int) -> None:
-    """Fills what the pipeline writes only when there is data: empty shards, quarantine, counts."""
+def _complete_day(spec: Spec, run_dir: str, staged: set[str], source: str, date: str,
+                  shards: int) -> None:
+    """Fills what the pipeline writes only when there is data: empty shards, quarantine, counts.
+    staged: the files the pipeline wrote (one listing, not one request per file)."""
     examples = _day_dir(run_dir, "examples", source, date)
     _makedirs(examples)
     for shard in range(shards):
         path = storage.join(examples, _shard_name(shard, shards))
-        if not FileSystems.exists(path):
+        if path not in staged:
             with _create(path) as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0):
                 pass
+    _makedirs(_day_dir(run_dir, "quarantine", source, date))
     quarantine = storage.join(_day_dir(run_dir, "quarantine", source, date), "part-00000.jsonl")
-    if not FileSystems.exists(quarantine):
+    if quarantine not in staged:
         _write_bytes(quarantine, b"")
     counts = _day_dir(run_dir, "counts", source, date)
     _makedirs(counts)
     for f in spec.features:
         path = storage.join(counts, f"{f.name}.tsv")
-        if f.uses_vocab and not FileSystems.exists(path):
+        if f.uses_vocab and path not in staged:
             _write_bytes(path, b"")
 
 
@@ -767,33 +782,58 @@ def _final_stats(spec: Spec, partial: dict, source: str, date: str, shards: int,
     return stats
 
 
-def _publish(work: str, run_dir: str, source: str, date: str, stats: dict) -> None:
-    """Puts the day's folders in place; the stats file goes last, so it marks a whole day.
-    Where folders exist (local, HDFS) each folder is swapped in by one rename; on object
-    stores the old objects are deleted and the new ones copied in, which a reader can see
-    half of, but never with the day's stats file present."""
+def _publish(work: str, run_dir: str, days: list[dict]) -> None:
+    """Puts the built days in place. A day's stats file lands after all its data, so it marks
+    a whole day: readers (built_partitions) take a day without it as not built."""
+    if _has_dirs(work):
+        for stats in days:
+            _publish_day(work, run_dir, stats)
+    else:
+        _publish_objects(work, run_dir, days)
+
+
+def _publish_day(work: str, run_dir: str, stats: dict) -> None:
+    """Where folders exist (local, HDFS): each folder of the day swapped in by renames."""
+    source, date = stats["source"], stats["date"]
     final_stats = _stats_file(work, source, date)
     if FileSystems.exists(final_stats):
         FileSystems.delete([final_stats])  # the day counts as unbuilt until its new stats land
     replaced = storage.join(run_dir, "replaced")
     for kind in PUBLISHED:
-        new = _day_dir(run_dir, kind, source, date)
         final = _day_dir(work, kind, source, date)
-        if _has_dirs(final):
-            if FileSystems.exists(final):
-                _move_tree(final, _day_dir(replaced, kind, source, date))
-        else:
-            _delete_tree(final)
-        _move_tree(new, final)
-    data = json.dumps(stats, indent=1).encode("utf-8")
-    if _has_dirs(final_stats):  # a reader sees the whole file or none: write aside, rename
-        _makedirs(storage.dirname(final_stats))
-        tmp = f"{final_stats}.tmp-{os.getpid()}"
-        _write_bytes(tmp, data, sync=True)
-        FileSystems.rename([tmp], [final_stats])
-    else:  # an object appears whole when its upload completes
-        _write_bytes(final_stats, data)
+        if FileSystems.exists(final):
+            _move_tree(final, _day_dir(replaced, kind, source, date))
+        _move_tree(_day_dir(run_dir, kind, source, date), final)
+    _makedirs(storage.dirname(final_stats))
+    tmp = f"{final_stats}.tmp-{os.getpid()}"  # a reader sees the whole file or none
+    _write_bytes(tmp, json.dumps(stats, indent=1).encode("utf-8"), sync=True)
+    FileSystems.rename([tmp], [final_stats])
     _delete_tree(replaced)
+
+
+def _publish_objects(work: str, run_dir: str, days: list[dict]) -> None:
+    """Object stores (no folders, no atomic rename), all days at once, since every request
+    costs: their old stats go, then their old objects, the new ones are moved in (copy, then
+    delete) and the stats files are written last, each one PUT that appears whole."""
+    keys = [(s["source"], s["date"]) for s in days]
+    sources = sorted({source for source, _ in keys})
+    wanted = {_stats_file(work, source, date) for source, date in keys}
+    old_stats = [p for p in _match([_stats_file(work, s, "*") for s in sources]) if p in wanted]
+    if old_stats:
+        FileSystems.delete(old_stats)
+    folders = tuple(_day_dir(work, kind, source, date) + "/"
+                    for kind in PUBLISHED for source, date in keys)
+    trees = [storage.join(work, kind, source, "**") for kind in PUBLISHED for source in sources]
+    old = [p for p in _match(trees) if p.startswith(folders)]
+    if old:
+        FileSystems.delete(old)
+    prefix = run_dir.rstrip("/") + "/"
+    new = [p for p in _files_under(run_dir) if p[len(prefix):].split("/", 1)[0] in PUBLISHED]
+    if new:
+        FileSystems.rename(new, [storage.join(work, p[len(prefix):]) for p in new])
+    for stats in days:
+        _write_bytes(_stats_file(work, stats["source"], stats["date"]),
+                     json.dumps(stats, indent=1).encode("utf-8"))
 
 
 def _pipeline_args(beam_args: Sequence[str], paths: Sequence[str]) -> list[str]:
@@ -887,10 +927,10 @@ def build(spec: Spec, logs: str, work: str, start: dt.date | None = None,
         run_dir = storage.join(work, STAGING, run_id)
         _makedirs(run_dir)
         seconds = _run_pipeline(spec, files, run_dir, options, rows_per_shard, log)
-        results = [_finish_day(spec, run_dir, source, date, rows_per_shard, seconds)
+        staged = set(_files_under(run_dir))
+        results = [_finish_day(spec, run_dir, staged, source, date, rows_per_shard, seconds)
                    for source, date in sorted(partitions)]
-        for stats in results:
-            _publish(work, run_dir, stats["source"], stats["date"], stats)
+        _publish(work, run_dir, results)
         _delete_tree(run_dir)
     _report(results, seconds, log)
     return results
@@ -909,8 +949,8 @@ def _run_pipeline(spec: Spec, files: list[FileRef], run_dir: str, options: Pipel
     return seconds
 
 
-def _finish_day(spec: Spec, run_dir: str, source: str, date: str, rows_per_shard: int,
-                seconds: float) -> dict:
+def _finish_day(spec: Spec, run_dir: str, staged: set[str], source: str, date: str,
+                rows_per_shard: int, seconds: float) -> dict:
     """The day's final stats from the pipeline's partial ones; checks that every row is counted."""
     partial = json.loads(_read_bytes(_stats_file(run_dir, source, date)))
     shards = _shard_count(partial.get("rows_read", 0), rows_per_shard)
@@ -920,7 +960,7 @@ def _finish_day(spec: Spec, run_dir: str, source: str, date: str, rows_per_shard
             f"{source} {date}: rows_read {stats['rows_read']} != rows_written "
             f"{stats['rows_written']} + rows_quarantined {stats['rows_quarantined']}; "
             f"nothing was published (staging left in {run_dir})")
-    _complete_day(spec, run_dir, source, date, shards)
+    _complete_day(spec, run_dir, staged, source, date, shards)
     return stats
 
 
