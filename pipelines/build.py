@@ -109,9 +109,10 @@ def _write_bytes(path: str, data: bytes, sync: bool = False) -> None:
         return
     with _create(path) as f:
         f.write(data)
-        if sync and hasattr(f, "fileno"):  # a local file: make it durable before a rename
-            f.flush()
-            os.fsync(f.fileno())
+        if sync:  # a local file: durable before it is renamed into place
+            with contextlib.suppress(AttributeError, OSError, ValueError):  # no file descriptor
+                f.flush()
+                os.fsync(f.fileno())
 
 
 _S3_CLIENTS: dict[int, tuple[Any, Any]] = {}  # id(options) -> (options, boto3 client)
