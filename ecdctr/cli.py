@@ -56,8 +56,12 @@ def _parser() -> argparse.ArgumentParser:
                        epilog="Arguments after `--` are Beam pipeline options, e.g. "
                               "-- --direct_num_workers=2 --direct_running_mode=multi_processing")
     b.add_argument("--spec", required=True, help="feature spec YAML")
-    b.add_argument("--logs", required=True, help="raw logs folder (<logs>/<source>/date=D/)")
-    b.add_argument("--work", required=True, help="work folder for examples, counts, stats")
+    b.add_argument("--logs", required=True,
+                   help="raw logs folder (<logs>/<source>/date=D/): a path, s3://, gs://, hdfs://")
+    b.add_argument("--work", required=True,
+                   help="work folder for examples, counts, stats: a path, s3://, gs://, hdfs://")
+    b.add_argument("--lock", help="local lock file against concurrent builds (default: "
+                                  "<work>/.build.lock for a local --work, none for a remote one)")
     b.add_argument("--start", type=_date, help="first day to build (default: all)")
     b.add_argument("--end", type=_date, help="last day to build (default: all)")
     b.add_argument("--sources", default="natural,ad", help="comma-separated sources")
@@ -215,7 +219,7 @@ def _build(args: argparse.Namespace, beam_args: list[str]) -> None:
     spec = load_spec(args.spec)
     sources = [s for s in args.sources.split(",") if s]
     build(spec, args.logs, args.work, start=args.start, end=args.end, sources=sources,
-          beam_args=beam_args, skip_built=args.skip_built, log=log.info)
+          beam_args=beam_args, skip_built=args.skip_built, log=log.info, lock=args.lock)
     parts = [(s, d) for s in sources for d in built_partitions(args.work, s)]
     vocabs = build_vocabularies(spec, args.work, parts)  # each model folder keeps its own
     log.info("vocabulary sizes over %d built days (min_count/max_size applied): %s", len(parts),

@@ -13,7 +13,6 @@ import io
 import json
 import math
 import os
-import shutil
 import struct
 import time
 import uuid
@@ -29,6 +28,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from ecdctr import storage
 from ecdctr.rows import RowError, RowParser, domain_key, to_example
 from ecdctr.spec import Spec
 
@@ -50,11 +50,11 @@ TEXT, VALUE, ERROR = "text", "value", "error"
 # ---------------------------------------------------------------- layout and small helpers
 
 def _day_dir(root: str, kind: str, source: str, date: str) -> str:
-    return os.path.join(root, kind, source, f"date={date}")
+    return storage.join(root, kind, source, f"date={date}")
 
 
 def _stats_file(root: str, source: str, date: str) -> str:
-    return os.path.join(root, "stats", source, f"{date}.json")
+    return storage.join(root, "stats", source, f"{date}.json")
 
 
 def _shard_name(shard: int, shards: int) -> str:
@@ -94,9 +94,87 @@ def _jsonable(value: Any) -> Any:
     return str(value)[:MAX_RAW_CHARS]
 
 
-def _write_bytes(path: str, data: bytes) -> None:
-    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+# ---------------------------------------------------------------- files, through Beam's FileSystems
+# Workers and driver reach every data path through FileSystems (local, s3 via boto3, gs, hdfs),
+# so workers never load tensorflow-io. Object stores have no folders and no atomic rename.
+
+def _create(path: str) -> Any:
+    return FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def _write_bytes(path: str, data: bytes, sync: bool = False) -> None:
+    """Writes a whole file; sync=True also fsyncs it where the file system allows."""
+    if not data and storage.scheme(path) == "s3":
+        _put_empty_s3_object(path)
+        return
+    with _create(path) as f:
         f.write(data)
+        if sync:  # a local file: durable before it is renamed into place
+            with contextlib.suppress(AttributeError, OSError, ValueError):  # no file descriptor
+                f.flush()
+                os.fsync(f.fileno())
+
+
+_S3_CLIENTS: dict[int, tuple[Any, Any]] = {}  # id(options) -> (options, boto3 client)
+
+
+def _put_empty_s3_object(path: str) -> None:
+    """Beam's S3 writer always uploads in parts and S3 refuses a multipart upload without
+    parts, so an empty object is one plain PUT, through a boto3 client made from the options
+    Beam's S3 file system holds (kept: making one takes 50-200 ms here)."""
+    from apache_beam.io.aws.clients.s3.boto3_client import Client
+
+    options = getattr(FileSystems.get_filesystem(path), "_options", None)
+    if options is None:
+        options = PipelineOptions(storage.beam_s3_options())
+    if id(options) not in _S3_CLIENTS:
+        _S3_CLIENTS[id(options)] = (options, Client(options).client)
+    bucket, _, key = path[len("s3://"):].partition("/")
+    _S3_CLIENTS[id(options)][1].put_object(Bucket=bucket, Key=key, Body=b"")
+
+
+def _read_bytes(path: str) -> bytes:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return f.read()
+
+
+def _has_dirs(path: str) -> bool:
+    """Whether path's file system has real folders (local, HDFS) rather than key prefixes."""
+    return FileSystems.get_filesystem(path).has_dirs()
+
+
+def _makedirs(path: str) -> None:
+    if _has_dirs(path) and not FileSystems.exists(path):
+        FileSystems.mkdirs(path)
+
+
+def _match(patterns: list[str]) -> list[str]:
+    """Paths matching any of the patterns (`**` crosses folders), sorted."""
+    results = FileSystems.match(patterns) if patterns else []
+    return sorted({m.path for result in results for m in result.metadata_list})
+
+
+def _files_under(folder: str) -> list[str]:
+    """Every file below folder, at any depth (none if it does not exist)."""
+    return _match([storage.join(folder, "**")])
+
+
+def _delete_tree(folder: str) -> None:
+    """Deletes folder and everything below it, if it exists."""
+    if _has_dirs(folder):
+        if FileSystems.exists(folder):
+            FileSystems.delete([folder])
+        return
+    files = _files_under(folder)
+    if files:
+        FileSystems.delete(files)
+
+
+def _move_folder(source: str, destination: str) -> None:
+    """Renames folder source to destination, which must not exist (file systems with folders:
+    local, HDFS; object stores are handled by _publish_objects)."""
+    _makedirs(storage.dirname(destination))
+    FileSystems.rename([source], [destination])
 
 
 # ---------------------------------------------------------------- readers (one file -> rows)
@@ -214,7 +292,7 @@ def _read_parquet(handle: Any, path: str) -> Iterator[tuple[int, str, Any]]:
 
 def read_log_file(path: str, counters: _FileCounters) -> Iterator[tuple[int, str, Any]]:
     """Rows of one log file as (line, kind, payload); a truncated gzip ends with one error row."""
-    name = os.path.basename(path).lower()
+    name = storage.basename(path).lower()
     gz = name.endswith(".gz")
     fmt = (name[:-3] if gz else name).rsplit(".", 1)[-1]
     handle = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
@@ -427,9 +505,9 @@ class _WriteShard(beam.DoFn):
         dropped: collections.Counter = collections.Counter()
         numeric = [[0, 0.0, 0.0, math.inf, -math.inf] for _ in self.numeric_columns]
         counts = [collections.Counter() for _ in self.vocab_features]
-        path = os.path.join(_day_dir(self.staging, "examples", source, date),
+        path = storage.join(_day_dir(self.staging, "examples", source, date),
                             _shard_name(shard, shards))
-        with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw, \
+        with _create(path) as raw, \
                 gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as out:
             buffer: list[bytes] = []
             size = 0
@@ -509,7 +587,7 @@ class _WriteQuarantine(beam.DoFn):
     def process(self, element: tuple) -> Iterator[Any]:
         (source, date), records = element
         records = sorted(records, key=lambda r: (r[0], r[1], r[2]))
-        path = os.path.join(_day_dir(self.staging, "quarantine", source, date), "part-00000.jsonl")
+        path = storage.join(_day_dir(self.staging, "quarantine", source, date), "part-00000.jsonl")
         _write_bytes(path, "".join(r[3] + "\n" for r in records).encode("utf-8"))
         reasons = collections.Counter(r[2] for r in records)
         yield (source, date), {"rows_quarantined": len(records),
@@ -527,7 +605,7 @@ class _WriteCounts(beam.DoFn):
         # a token with a line break cannot be a vocabulary line; it stays out of the counts
         ranked = sorted(((t, n) for t, n in counts.items() if "\n" not in t and "\r" not in t),
                         key=lambda kv: (-kv[1], kv[0]))
-        path = os.path.join(_day_dir(self.staging, "counts", source, date), f"{feature}.tsv")
+        path = storage.join(_day_dir(self.staging, "counts", source, date), f"{feature}.tsv")
         _write_bytes(path, "".join(f"{t}\t{n}\n" for t, n in ranked).encode("utf-8"))
         skipped = len(counts) - len(ranked)
         if skipped:
@@ -582,16 +660,12 @@ def _pipeline(p: beam.Pipeline, spec: Spec, files: list[FileRef], staging: str,
 
 def built_partitions(work: str, source: str) -> list[dt.date]:
     """Dates whose stats file exists (= the day was built completely)."""
-    folder = os.path.join(work, "stats", source)
-    if not os.path.isdir(folder):
-        return []
     dates = []
-    for name in os.listdir(folder):
-        if name.endswith(".json"):
-            try:
-                dates.append(dt.date.fromisoformat(name[:-5]))
-            except ValueError:
-                continue
+    for path in storage.glob(_stats_file(work, source, "*")):
+        try:
+            dates.append(dt.date.fromisoformat(storage.basename(path)[:-len(".json")]))
+        except ValueError:
+            continue
     return sorted(dates)
 
 
@@ -601,19 +675,19 @@ def _find_partitions(logs: str, sources: Sequence[str], start: dt.date | None,
     """(source, date) -> its log files, for partition folders within [start, end]."""
     found: dict[tuple[str, str], list[str]] = {}
     for source in sources:
-        pattern = FileSystems.join(logs, source, "date=*", "*")
+        pattern = storage.join(logs, source, "date=*", "*")
         folders: dict[str, list[str]] = collections.defaultdict(list)
         for m in FileSystems.match([pattern])[0].metadata_list:
-            folders[os.path.dirname(m.path)].append(m.path)
-        local = os.path.join(logs, source)
-        if "://" not in logs and os.path.isdir(local):  # folders without files are invisible
-            for entry in os.scandir(local):          # to FileSystems.match
-                if entry.is_dir() and entry.name.startswith("date="):
-                    folders.setdefault(entry.path, [])
+            folders[storage.dirname(m.path)].append(m.path)
+        local = storage.join(logs, source)
+        if not storage.is_remote(logs):  # folders without files are invisible to FileSystems.match
+            for name in storage.listdir(local):
+                if name.startswith("date=") and storage.isdir(storage.join(local, name)):
+                    folders.setdefault(storage.join(local, name), [])
         if not folders:
             log(f"no partitions for source {source!r}: nothing matches {pattern}")
         for folder in sorted(folders):
-            name = os.path.basename(folder)
+            name = storage.basename(folder)
             try:
                 date = dt.date.fromisoformat(name[len("date="):])
             except ValueError:
@@ -622,7 +696,7 @@ def _find_partitions(logs: str, sources: Sequence[str], start: dt.date | None,
             if (start and date < start) or (end and date > end):
                 continue
             paths = sorted(folders[folder])
-            logs_here = [p for p in paths if os.path.basename(p).lower().endswith(LOG_SUFFIXES)]
+            logs_here = [p for p in paths if storage.basename(p).lower().endswith(LOG_SUFFIXES)]
             for p in paths:
                 if p not in logs_here:
                     log(f"skipping {p}: not a log file (expected one of {', '.join(LOG_SUFFIXES)})")
@@ -633,52 +707,39 @@ def _find_partitions(logs: str, sources: Sequence[str], start: dt.date | None,
     return found
 
 
-@contextlib.contextmanager
-def build_lock(work: str) -> Iterator[bool]:
-    """Holds the build lock of a local work folder if no other build does (yields whether it
-    got it): a flock on <work>/.build.lock, released by the kernel if the process dies. A work
-    folder on an object store has no file lock: there the daily job's `lock` serialises the
-    runs, and the operator keeps separate `ecdctr build` runs from overlapping."""
-    if "://" in work:
-        yield True
-        return
-    os.makedirs(work, exist_ok=True)
-    with open(os.path.join(work, ".build.lock"), "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-
-
 def _clean_staging(work: str, log: Callable[[str], None]) -> None:
-    root = os.path.join(work, STAGING)
-    if os.path.isdir(root):
-        for name in os.listdir(root):
-            log(f"deleting leftovers of an unfinished build: {os.path.join(root, name)}")
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    root = storage.join(work, STAGING)
+    if storage.is_remote(root):  # object stores: the runs that left files behind
+        prefix = root.rstrip("/") + "/"
+        names = {path[len(prefix):].split("/", 1)[0] for path in _files_under(root)}
+    else:
+        names = set(storage.listdir(root))
+    for name in sorted(names):
+        log(f"deleting leftovers of an unfinished build: {storage.join(root, name)}")
+        _delete_tree(storage.join(root, name))
 
 
-def _complete_day(spec: Spec, run_dir: str, source: str, date: str, shards: int) -> None:
-    """Fills what the pipeline writes only when there is data: empty shards, quarantine, counts."""
+def _complete_day(spec: Spec, run_dir: str, staged: set[str], source: str, date: str,
+                  shards: int) -> None:
+    """Fills what the pipeline writes only when there is data: empty shards, quarantine, counts.
+    staged: the files the pipeline wrote (one listing, not one request per file)."""
     examples = _day_dir(run_dir, "examples", source, date)
-    os.makedirs(examples, exist_ok=True)
+    _makedirs(examples)
     for shard in range(shards):
-        path = os.path.join(examples, _shard_name(shard, shards))
-        if not os.path.exists(path):
-            with gzip.GzipFile(path, mode="wb", mtime=0):
+        path = storage.join(examples, _shard_name(shard, shards))
+        if path not in staged:
+            with _create(path) as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0):
                 pass
-    quarantine = _day_dir(run_dir, "quarantine", source, date)
-    os.makedirs(quarantine, exist_ok=True)
-    if not os.path.exists(os.path.join(quarantine, "part-00000.jsonl")):
-        open(os.path.join(quarantine, "part-00000.jsonl"), "w").close()
+    _makedirs(_day_dir(run_dir, "quarantine", source, date))
+    quarantine = storage.join(_day_dir(run_dir, "quarantine", source, date), "part-00000.jsonl")
+    if quarantine not in staged:
+        _write_bytes(quarantine, b"")
     counts = _day_dir(run_dir, "counts", source, date)
-    os.makedirs(counts, exist_ok=True)
+    _makedirs(counts)
     for f in spec.features:
-        path = os.path.join(counts, f"{f.name}.tsv")
-        if f.uses_vocab and not os.path.exists(path):
-            open(path, "w").close()
+        path = storage.join(counts, f"{f.name}.tsv")
+        if f.uses_vocab and path not in staged:
+            _write_bytes(path, b"")
 
 
 def _final_stats(spec: Spec, partial: dict, source: str, date: str, shards: int,
@@ -716,28 +777,90 @@ def _final_stats(spec: Spec, partial: dict, source: str, date: str, shards: int,
     return stats
 
 
-def _publish(work: str, run_dir: str, source: str, date: str, stats: dict) -> None:
-    """Swaps the day's folders in by renames; the stats file goes last, so it marks a whole day."""
+def _publish(work: str, run_dir: str, days: list[dict]) -> None:
+    """Puts the built days in place. A day's stats file lands after all its data, so it marks
+    a whole day: readers (built_partitions) take a day without it as not built."""
+    if _has_dirs(work):
+        for stats in days:
+            _publish_day(work, run_dir, stats)
+    else:
+        _publish_objects(work, run_dir, days)
+
+
+def _publish_day(work: str, run_dir: str, stats: dict) -> None:
+    """Where folders exist (local, HDFS): each folder of the day swapped in by renames."""
+    source, date = stats["source"], stats["date"]
     final_stats = _stats_file(work, source, date)
-    if os.path.exists(final_stats):
-        os.remove(final_stats)  # the day counts as unbuilt until its new stats land
+    if FileSystems.exists(final_stats):
+        FileSystems.delete([final_stats])  # the day counts as unbuilt until its new stats land
+    replaced = storage.join(run_dir, "replaced")
     for kind in PUBLISHED:
-        new = _day_dir(run_dir, kind, source, date)
         final = _day_dir(work, kind, source, date)
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        if os.path.exists(final):
-            aside = _day_dir(os.path.join(run_dir, "replaced"), kind, source, date)
-            os.makedirs(os.path.dirname(aside), exist_ok=True)
-            os.rename(final, aside)
-        os.rename(new, final)
-    os.makedirs(os.path.dirname(final_stats), exist_ok=True)
-    tmp = f"{final_stats}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(stats, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final_stats)
-    shutil.rmtree(os.path.join(run_dir, "replaced"), ignore_errors=True)
+        if FileSystems.exists(final):
+            _move_folder(final, _day_dir(replaced, kind, source, date))
+        _move_folder(_day_dir(run_dir, kind, source, date), final)
+    _makedirs(storage.dirname(final_stats))
+    tmp = f"{final_stats}.tmp-{os.getpid()}"  # a reader sees the whole file or none
+    _write_bytes(tmp, json.dumps(stats, indent=1).encode("utf-8"), sync=True)
+    FileSystems.rename([tmp], [final_stats])
+    _delete_tree(replaced)
+
+
+def _publish_objects(work: str, run_dir: str, days: list[dict]) -> None:
+    """Object stores (no folders, no atomic rename), all days at once, since every request
+    costs: their old stats go, then their old objects, the new ones are moved in (copy, then
+    delete) and the stats files are written last, each one PUT that appears whole."""
+    keys = [(s["source"], s["date"]) for s in days]
+    sources = sorted({source for source, _ in keys})
+    wanted = {_stats_file(work, source, date) for source, date in keys}
+    old_stats = [p for p in _match([_stats_file(work, s, "*") for s in sources]) if p in wanted]
+    if old_stats:
+        FileSystems.delete(old_stats)
+    folders = tuple(_day_dir(work, kind, source, date) + "/"
+                    for kind in PUBLISHED for source, date in keys)
+    trees = [storage.join(work, kind, source, "**") for kind in PUBLISHED for source in sources]
+    old = [p for p in _match(trees) if p.startswith(folders)]
+    if old:
+        FileSystems.delete(old)
+    prefix = run_dir.rstrip("/") + "/"
+    new = [p for p in _files_under(run_dir) if p[len(prefix):].split("/", 1)[0] in PUBLISHED]
+    if new:
+        FileSystems.rename(new, [storage.join(work, p[len(prefix):]) for p in new])
+    for stats in days:
+        _write_bytes(_stats_file(work, stats["source"], stats["date"]),
+                     json.dumps(stats, indent=1).encode("utf-8"))
+
+
+def _pipeline_args(beam_args: Sequence[str], paths: Sequence[str]) -> list[str]:
+    """beam_args, plus Beam's S3 options from the standard AWS variables when a path is on
+    s3:// (each only if beam_args does not set it already)."""
+    args = list(beam_args)
+    if any(storage.scheme(p) == "s3" for p in paths):
+        given = {a.split("=", 1)[0] for a in args if a.startswith("--")}
+        args += [o for o in storage.beam_s3_options() if o.split("=", 1)[0] not in given]
+    return args
+
+
+@contextlib.contextmanager
+def build_lock(work: str, lock: str | None, log: Callable[[str], None]) -> Iterator[None]:
+    """Refuses a second build on the same work folder while one runs: a flock on `lock` (a
+    local file) or, if None and work is local, on <work>/.build.lock. A remote work folder
+    without `lock` is not locked (object stores have no flock): a warning says so."""
+    if lock is None and storage.is_remote(work):
+        log(f"warning: {work} is not a local folder and no lock file was given, so this build "
+            f"takes no lock; running one build at a time on it is the operator's job")
+        yield
+        return
+    path = lock or storage.join(work, ".build.lock")
+    if lock is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(lock)), exist_ok=True)  # a local lock file
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"another build is running in {work} (it holds {path}); "
+                               f"wait for it to finish") from None
+        yield
 
 
 def _pipeline_runner(options: PipelineOptions) -> tuple[Any, str]:
@@ -754,22 +877,26 @@ def _pipeline_runner(options: PipelineOptions) -> tuple[Any, str]:
 def build(spec: Spec, logs: str, work: str, start: dt.date | None = None,
           end: dt.date | None = None, sources: Sequence[str] = SOURCES,
           beam_args: Sequence[str] = (), skip_built: bool = False,
-          log: Callable[[str], None] = print, rows_per_shard: int = ROWS_PER_SHARD) -> list[dict]:
+          log: Callable[[str], None] = print, rows_per_shard: int = ROWS_PER_SHARD,
+          lock: str | None = None) -> list[dict]:
     """Runs ONE Apache Beam pipeline over all (source, date) partitions of raw logs found under
     logs/<source>/date=YYYY-MM-DD/ within [start, end] (inclusive; None = unbounded), returns the
     per-partition stats dicts (also written to disk). skip_built=True leaves partitions whose stats
     file already exists alone. A day's examples are split by hash of request_id into
     ceil(rows read / rows_per_shard) shards (at least 1).
 
-    `work` must be a local (POSIX) folder: days are published by directory renames. `logs` may
-    be on any Beam filesystem."""
+    `logs` and `work` may be local folders or URIs on any Beam file system (s3://, gs://,
+    hdfs://); on a cluster both must be reachable from the workers. The workers write into
+    <work>/.staging/<run id>/; the driver then publishes each day (see _publish). Beam's S3
+    options are added from the AWS variables when a path is on s3://. `lock`: a local lock
+    file (see build_lock)."""
     if start and end and start > end:
         raise ValueError(f"start {start} is after end {end}")
     if rows_per_shard < 1:
         raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
-    if "://" not in logs:
-        logs = os.path.abspath(logs)
-    work = os.path.abspath(work)
+    logs, work = storage.absolute(logs), storage.absolute(work)
+    options = PipelineOptions(_pipeline_args(beam_args, (logs, work)))
+    FileSystems.set_options(options)  # the driver's own FileSystems calls reach the same stores
     partitions = _find_partitions(logs, sources, start, end, log)
     if not partitions:
         window = f" between {start or '-inf'} and {end or '+inf'}" if start or end else ""
@@ -788,28 +915,24 @@ def build(spec: Spec, logs: str, work: str, start: dt.date | None = None,
     per_source = collections.Counter(s for s, _ in partitions)
     log(f"found {len(files)} log files in {len(partitions)} partitions ("
         + ", ".join(f"{s}: {n} days" for s, n in sorted(per_source.items())) + ")")
-    with build_lock(work) as held:
-        if not held:
-            raise RuntimeError(f"another build is running in {work} (it holds "
-                               f"{os.path.join(work, '.build.lock')}); wait for it to finish")
+    _makedirs(work)
+    with build_lock(work, lock, log):
         _clean_staging(work, log)
         run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
-        run_dir = os.path.join(work, STAGING, run_id)
-        os.makedirs(run_dir)
-        seconds = _run_pipeline(spec, files, run_dir, beam_args, rows_per_shard, log)
-        results = [_finish_day(spec, run_dir, source, date, rows_per_shard, seconds)
+        run_dir = storage.join(work, STAGING, run_id)
+        _makedirs(run_dir)
+        seconds = _run_pipeline(spec, files, run_dir, options, rows_per_shard, log)
+        staged = set(_files_under(run_dir))
+        results = [_finish_day(spec, run_dir, staged, source, date, rows_per_shard, seconds)
                    for source, date in sorted(partitions)]
-        for stats in results:
-            _publish(work, run_dir, stats["source"], stats["date"], stats)
-        shutil.rmtree(run_dir, ignore_errors=True)
+        _publish(work, run_dir, results)
+        _delete_tree(run_dir)
     _report(results, seconds, log)
     return results
 
 
-def _run_pipeline(spec: Spec, files: list[FileRef], run_dir: str,
-                  beam_args: Sequence[str], rows_per_shard: int,
-                  log: Callable[[str], None]) -> float:
-    options = PipelineOptions(list(beam_args))
+def _run_pipeline(spec: Spec, files: list[FileRef], run_dir: str, options: PipelineOptions,
+                  rows_per_shard: int, log: Callable[[str], None]) -> float:
     runner, runner_name = _pipeline_runner(options)
     log(f"pipeline starting ({runner_name}), staging in {run_dir}")
     began = time.monotonic()
@@ -821,11 +944,10 @@ def _run_pipeline(spec: Spec, files: list[FileRef], run_dir: str,
     return seconds
 
 
-def _finish_day(spec: Spec, run_dir: str, source: str, date: str, rows_per_shard: int,
-                seconds: float) -> dict:
+def _finish_day(spec: Spec, run_dir: str, staged: set[str], source: str, date: str,
+                rows_per_shard: int, seconds: float) -> dict:
     """The day's final stats from the pipeline's partial ones; checks that every row is counted."""
-    with open(_stats_file(run_dir, source, date)) as f:
-        partial = json.load(f)
+    partial = json.loads(_read_bytes(_stats_file(run_dir, source, date)))
     shards = _shard_count(partial.get("rows_read", 0), rows_per_shard)
     stats = _final_stats(spec, partial, source, date, shards, seconds)
     if stats["rows_read"] != stats["rows_written"] + stats["rows_quarantined"]:
@@ -833,7 +955,7 @@ def _finish_day(spec: Spec, run_dir: str, source: str, date: str, rows_per_shard
             f"{source} {date}: rows_read {stats['rows_read']} != rows_written "
             f"{stats['rows_written']} + rows_quarantined {stats['rows_quarantined']}; "
             f"nothing was published (staging left in {run_dir})")
-    _complete_day(spec, run_dir, source, date, shards)
+    _complete_day(spec, run_dir, staged, source, date, shards)
     return stats
 
 

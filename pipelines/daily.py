@@ -63,7 +63,7 @@ from ecdctr.models import merged_tpm
 from ecdctr.spec import Spec, load_spec
 from ecdctr.vocab import Partition
 from pipelines import steps
-from pipelines.build import STAGING, build, build_lock, built_partitions
+from pipelines.build import build, built_partitions
 
 Log = Callable[[str], None]
 CPM_KEEP = 4  # newest CPM checkpoints kept
@@ -182,7 +182,8 @@ class _DailyJob:
             first_tpm = steps.tpm_window(self.date, w, self.config.transfer.tpm_historical)[0]
             start = min(first_tpm, self.date - dt.timedelta(days=max(w.cpm_days, w.actr_days)))
             built = build(self.spec, self.config.logs, self.work, start=start, end=self.date,
-                          beam_args=self.config.beam_args, skip_built=True, log=self.log)
+                          beam_args=self.config.beam_args, skip_built=True, log=self.log,
+                          lock=self.build_lock())
             s["partitions_built"] = len(built)
         with self.step("tpm") as s:
             self.tpm(s)
@@ -223,14 +224,8 @@ class _DailyJob:
                 for leftover in storage.listdir(storage.join(root, name)):  # a killed metrics update
                     if leftover.startswith(f"{META}.tmp-"):
                         storage.remove(storage.join(root, name, leftover))
-        staging = storage.join(self.work, STAGING)
-        if storage.listdir(staging):
-            with build_lock(self.work) as held:
-                if held:  # else a build runs: its staging is live
-                    for name in storage.listdir(staging):
-                        self.log(f"removing leftovers of an interrupted build: "
-                                 f"{storage.join(staging, name)}")
-                        storage.rmtree(storage.join(staging, name))
+        # (a Beam build deletes its own unfinished staging under <work>/.staging when it
+        # starts, under the build lock: see pipelines/build.py)
         for path in unfinished_versions(self.export_base):
             self.log(f"removing a version whose publish was interrupted: {path}")
             remove_version(path)
@@ -243,6 +238,11 @@ class _DailyJob:
                         path = storage.join(folder, name)
                         self.log(f"removing leftovers of an interrupted run: {path}")
                         storage.rmtree(path)
+
+    def build_lock(self) -> str | None:
+        """The build's lock file: <work>/.build.lock for a local work folder (the one a
+        standalone `ecdctr build` takes too), else beside the config's `lock`."""
+        return self.config.lock + ".build" if storage.is_remote(self.work) else None
 
     # -- data -----------------------------------------------------------------------------
     def window(self, source: str, days: int) -> list[dt.date]:
