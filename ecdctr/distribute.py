@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -272,33 +273,43 @@ def serve(distribution: Distribution, log: Callable[[str], None] = print) -> Non
     server.join()
 
 
-def sharded_variables(model: keras.Model) -> list[tuple[str, int]]:
-    """(name, shards) of the model's variables that are partitioned (parameter_server)."""
-    found = []
-    for v in model.variables:
-        if isinstance(v, tf.__internal__.distribute.ShardedVariable):
-            found.append((v.name, len(v.variables)))
-    return found
-
-
-def _weights(model: keras.Model) -> dict[str, tf.Variable]:
-    """{name without the model's: variable} of a model (a partitioned variable once, whole)."""
+def _weights(model: keras.Model) -> dict[str, list[tf.Variable]]:
+    """{name without the model's: its variables}: one, or the shards of a partitioned one in
+    order (parameter_server lists `<name>/part_<k>`)."""
     prefix = model.name + "/"
-    found: dict[str, tf.Variable] = {}
+    found: dict[str, dict[int, tf.Variable]] = {}
     for v in model.variables:
         name = v.name.split(":")[0]
-        found[name[len(prefix):] if name.startswith(prefix) else name] = v
-    return found
+        name = name[len(prefix):] if name.startswith(prefix) else name
+        part = _PART.match(name)
+        name, k = (part.group(1), int(part.group(2))) if part else (name, 0)
+        found.setdefault(name, {})[k] = v
+    return {name: [parts[k] for k in sorted(parts)] for name, parts in found.items()}
+
+
+_PART = re.compile(r"^(.*)/part_(\d+)$")
+
+
+def sharded_variables(model: keras.Model) -> dict[str, int]:
+    """{name: shards} of the model's variables that are partitioned (parameter_server)."""
+    return {name: len(parts) for name, parts in _weights(model).items() if len(parts) > 1}
 
 
 def copy_weights(source: keras.Model, target: keras.Model) -> None:
     """Copies every variable of source into the same-named one of target (two builds of one
     model: a plain one and its replica under a strategy, either way). A partitioned variable
-    is read whole and written back in its shards."""
+    is read whole (its shards concatenated) and written back in its shards."""
     sources, targets = _weights(source), _weights(target)
     if sorted(sources) != sorted(targets):
-        missing = sorted(set(sources) ^ set(targets))
+        differ = sorted(set(sources) ^ set(targets))
         raise ValueError(f"{source.name} and {target.name} do not have the same variables: "
-                         f"{missing[:5]} differ")
-    for key, variable in targets.items():
-        variable.assign(tf.convert_to_tensor(sources[key]))
+                         f"{differ[:5]} differ")
+    for name, parts in targets.items():
+        read = [tf.convert_to_tensor(v) for v in sources[name]]
+        value = read[0] if len(read) == 1 else tf.concat(read, axis=0)
+        if len(parts) == 1:
+            parts[0].assign(value)
+            continue
+        for part, piece in zip(parts, tf.split(value, [int(p.shape[0]) for p in parts]),
+                               strict=True):
+            part.assign(piece)

@@ -15,11 +15,14 @@ Log = Callable[[str], None]
 
 
 class ProgressLog(keras.callbacks.Callback):
-    """Logs loss and throughput every few seconds and at each epoch's end."""
+    """Logs loss and throughput every few seconds and at each epoch's end (batches=False: at
+    each epoch's end only; parameter_server runs no batch-level callbacks)."""
 
-    def __init__(self, name: str, batch_size: int, log: Log, every_seconds: float = 10.0):
+    def __init__(self, name: str, batch_size: int, log: Log, every_seconds: float = 10.0,
+                 batches: bool = True):
         super().__init__()
         self.name, self.batch_size, self.log, self.every = name, batch_size, log, every_seconds
+        self.batches = batches
         self.steps = 0
         self.started = self.last = 0.0
         self.first_epoch: int | None = None  # > 0 when a fit resumed from its backup
@@ -34,6 +37,9 @@ class ProgressLog(keras.callbacks.Callback):
                 self.log(f"[{self.name}] resumed from its backup: {epoch} epoch(s) were done, "
                          f"training from epoch {epoch + 1}")
 
+    def _implements_train_batch_hooks(self) -> bool:
+        return self.batches
+
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self.steps += 1
         now = time.perf_counter()
@@ -45,6 +51,8 @@ class ProgressLog(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
+        if not self.batches:
+            self.steps += int(self.params.get("steps") or 0)
         self.log(f"[{self.name}] epoch {epoch + 1} done after {self.steps} steps: "
                  f"loss {_number(logs.get('loss')):.4f}, auc {_number(logs.get('auc')):.4f}")
 
@@ -110,7 +118,9 @@ def fit(model: keras.Model, dataset: tf.data.Dataset, epochs: int, batch_size: i
     folder is deleted when the fit ends); steps_per_epoch and validation_steps bound the
     repeated inputs of parameter_server. After a resume, early stopping knows the epochs run
     since (the backup holds the weights, not the earlier epochs' validation AUCs)."""
-    progress = ProgressLog(name, batch_size, log)
+    coordinated = isinstance(model.distribute_strategy,
+                             tf.distribute.experimental.ParameterServerStrategy)
+    progress = ProgressLog(name, batch_size, log, batches=not coordinated)
     callbacks: list[keras.callbacks.Callback] = [progress]
     if backup_dir:  # first, so that the state is restored before the others begin
         callbacks.insert(0, keras.callbacks.BackupAndRestore(backup_dir))
@@ -118,7 +128,8 @@ def fit(model: keras.Model, dataset: tf.data.Dataset, epochs: int, batch_size: i
     if best is not None:
         callbacks.append(best)
     if tensorboard_dir:
-        callbacks.append(keras.callbacks.TensorBoard(tensorboard_dir, update_freq=50,
+        callbacks.append(keras.callbacks.TensorBoard(tensorboard_dir,
+                                                     update_freq="epoch" if coordinated else 50,
                                                      write_graph=False, profile_batch=0))
     started = time.perf_counter()
     history = model.fit(dataset, epochs=epochs, verbose=0, callbacks=callbacks,

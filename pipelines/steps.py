@@ -168,7 +168,7 @@ def _fit_distributed(model: CtrModel, build: Callable[[], CtrModel], spec: Spec,
     sharded = sharded_variables(replica)
     if sharded:
         log(f"[{name}] {len(sharded)} variable(s) partitioned over the parameter servers: "
-            + ", ".join(f"{n} in {k} shards" for n, k in sharded))
+            + ", ".join(f"{n} in {k} shards" for n, k in sharded.items()))
     def source(files: list[str], shuffle: bool) -> Callable[..., tf.data.Dataset]:
         def make(batch: int, parts: int, indices: tuple[int, ...]) -> tf.data.Dataset:
             return make_dataset(spec, files, batch, shuffle=shuffle, seed=config.seed,
@@ -190,7 +190,7 @@ def _fit_distributed(model: CtrModel, build: Callable[[], CtrModel], spec: Spec,
     copy_weights(replica, model)
     summary.update(strategy=distribution.config.strategy, replicas=distribution.replicas,
                    global_batch=global_batch,
-                   **({"sharded_variables": dict(sharded)} if sharded else {}))
+                   **({"sharded_variables": sharded} if sharded else {}))
     return summary
 
 
