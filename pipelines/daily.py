@@ -210,6 +210,8 @@ class _DailyJob:
         if self.chief:  # the others trained with it; the chief alone exports
             with self.step("export") as s:
                 self.export(s)
+            if self.distribution is not None:  # each fit deleted its own backup when it ended
+                shutil.rmtree(self.distribution.backup, ignore_errors=True)
         else:  # a worker that leaves first looks like a crash to the cluster's health checks
             self.wait(f"finish {self.date}", self.chief_done)
 
