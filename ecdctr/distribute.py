@@ -37,7 +37,7 @@ class DistributeConfig:
     batch_size: what the models' `batch_size` means: the global batch of one step, split over
     the replicas (global), or each replica's batch (per_replica: global = it x replicas).
     backup: BackupAndRestore folder (default <work>/backup); a fit backs up to
-    <backup>/<step>/<date>/ after every epoch and deletes it when it ends.
+    <backup>/<date>/<step>/ after every epoch and deletes it when it ends.
     max_shards: parameter_server: the most shards a variable is cut into (0: one per ps task).
     min_shard_bytes: parameter_server: no shard smaller than this (small variables stay whole).
     wait_seconds: how long a worker waits for the chief's build or saved model.
