@@ -8,12 +8,13 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from ecdctr.adasparse import AdaSparseConfig
+from ecdctr.distribute import BATCH_SIZES, DISTRIBUTE_KEYS, STRATEGIES, DistributeConfig
 from ecdctr.gate import GateConfig
 from ecdctr.models import ModelConfig
 from ecdctr.validation import ConfigError, is_int, is_number, load_yaml, unknown_keys
 
 TOP_KEYS = ("spec", "logs", "work", "export", "windows", "model", "tpm", "cpm", "actr",
-            "transfer", "schedule", "gate", "seed", "beam_args", "lock")
+            "transfer", "schedule", "gate", "seed", "beam_args", "lock", "distribute")
 GATE_KEYS = ("max_auc_drop", "max_calibration_error", "max_abs_diff", "keep_versions")
 WINDOW_KEYS = ("tpm_days", "cpm_days", "actr_days")
 TRAIN_KEYS = ("max_epochs", "patience", "validation_days", "batch_size", "learning_rate")
@@ -113,6 +114,7 @@ class RunConfig:
     seed: int = 0
     beam_args: tuple[str, ...] = ()
     lock: str = ""  # a local file; <work>/.daily.lock when work is local
+    distribute: DistributeConfig = field(default_factory=DistributeConfig)
 
 
 def load_config(path: str) -> RunConfig:
@@ -158,6 +160,7 @@ def load_config(path: str) -> RunConfig:
     transfer = _transfer(doc.get("transfer") or {}, errors)
     schedule = _schedule(doc.get("schedule") or {}, errors)
     gate = _gate(doc.get("gate") or {}, errors)
+    distribute = _distribute(doc.get("distribute") or {}, folder, errors)
     seed = doc.get("seed", 0)
     if not is_int(seed):
         errors.append(f"'seed' must be an integer, got {seed!r}.")
@@ -169,7 +172,7 @@ def load_config(path: str) -> RunConfig:
         raise ConfigError(f"{path}: invalid config:\n  - " + "\n  - ".join(errors))
     models = {k: replace(v, seed=seed) for k, v in models.items()}
     return RunConfig(path=os.path.abspath(path), windows=windows, transfer=transfer,
-                     schedule=schedule, gate=gate, seed=seed,
+                     schedule=schedule, gate=gate, seed=seed, distribute=distribute,
                      beam_args=tuple(beam_args), lock=lock, **paths, **models)
 
 
@@ -310,3 +313,35 @@ def _gate(body: Any, errors: list[str]) -> GateConfig:
             continue
         values[key] = value
     return replace(GateConfig(), **values)
+
+
+def _distribute(body: Any, folder: str, errors: list[str]) -> DistributeConfig:
+    if not isinstance(body, dict):
+        errors.append(f"'distribute' must be a mapping of {list(DISTRIBUTE_KEYS)}, "
+                      f"e.g. {{strategy: multi_worker_mirrored}}.")
+        return DistributeConfig()
+    errors += [f"distribute: unknown key {k!r}. Fix: use one of {list(DISTRIBUTE_KEYS)}."
+               for k in unknown_keys(body, DISTRIBUTE_KEYS)]
+    values = {}
+    for key, allowed in (("strategy", STRATEGIES), ("batch_size", BATCH_SIZES)):
+        if key in body:
+            if body[key] not in allowed:
+                errors.append(f"distribute.{key} is {body[key]!r}; it must be one of "
+                              f"{list(allowed)}.")
+                continue
+            values[key] = body[key]
+    if "backup" in body:
+        value = body["backup"]
+        if not isinstance(value, str) or not value:
+            errors.append("distribute.backup must be a folder path (default <work>/backup).")
+        else:
+            values["backup"] = value if "://" in value else os.path.normpath(
+                os.path.join(folder, value))
+    for key, low in (("max_shards", 0), ("min_shard_bytes", 1), ("wait_seconds", 1)):
+        if key in body:
+            value = body[key]
+            if not is_int(value) or value < low:
+                errors.append(f"distribute.{key} must be an integer >= {low}, got {value!r}.")
+                continue
+            values[key] = value
+    return replace(DistributeConfig(), **values)

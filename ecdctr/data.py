@@ -70,8 +70,13 @@ def partition_files(work: str, source: str, dates: Iterable[dt.date]) -> list[st
 
 
 def make_dataset(spec: Spec, files: Sequence[str], batch_size: int, shuffle: bool = False,
-                 seed: int = 0, shuffle_buffer: int = 50_000) -> tf.data.Dataset:
-    """A dataset of (features, labels) batches; shuffling is seeded so runs repeat."""
+                 seed: int = 0, shuffle_buffer: int = 50_000,
+                 shard: tuple[int, Sequence[int]] | None = None) -> tf.data.Dataset:
+    """A dataset of (features, labels) batches; shuffling is seeded so runs repeat.
+    shard=(count, indices): each batch of batch_size rows is cut into `count` strided parts
+    (rows i, i + count, ...) and only parts `indices` are yielded, one batch each: the
+    replicas of a distributed step together read the batch one process reads (each worker
+    decompresses every file, parses only its rows)."""
     if not files:
         raise ValueError("no input files: the requested days hold no examples.")
     ds = tf.data.Dataset.from_tensor_slices(list(files))
@@ -82,5 +87,11 @@ def make_dataset(spec: Spec, files: Sequence[str], batch_size: int, shuffle: boo
     ds = tf.data.TFRecordDataset(ds, compression_type="GZIP")
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(lambda s: parse_batch(spec, s), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size)
+    if shard is not None:
+        count, indices = shard
+        parts = tf.constant(list(indices), tf.int64)
+        ds = ds.flat_map(lambda rows: tf.data.Dataset.from_tensor_slices(parts).map(
+            lambda i: tf.strided_slice(rows, [i], [tf.shape(rows, tf.int64)[0]], [count])))
+    ds = ds.map(lambda s: parse_batch(spec, s), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

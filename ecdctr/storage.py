@@ -125,6 +125,12 @@ def isdir(path: str) -> bool:
     return tf.io.gfile.isdir(path)
 
 
+def mtime(path: str) -> float:
+    """When file path was last written, in seconds since the epoch."""
+    register(path)
+    return tf.io.gfile.stat(path).mtime_nsec / 1e9
+
+
 def makedirs(path: str) -> None:
     """Creates path and its parents (a no-op on object stores, where folders are prefixes)."""
     register(path)

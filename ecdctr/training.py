@@ -15,16 +15,30 @@ Log = Callable[[str], None]
 
 
 class ProgressLog(keras.callbacks.Callback):
-    """Logs loss and throughput every few seconds and at each epoch's end."""
+    """Logs loss and throughput every few seconds and at each epoch's end (batches=False: at
+    each epoch's end only; parameter_server runs no batch-level callbacks)."""
 
-    def __init__(self, name: str, batch_size: int, log: Log, every_seconds: float = 10.0):
+    def __init__(self, name: str, batch_size: int, log: Log, every_seconds: float = 10.0,
+                 batches: bool = True):
         super().__init__()
         self.name, self.batch_size, self.log, self.every = name, batch_size, log, every_seconds
+        self.batches = batches
         self.steps = 0
         self.started = self.last = 0.0
+        self.first_epoch: int | None = None  # > 0 when a fit resumed from its backup
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self.started = self.last = time.perf_counter()
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if self.first_epoch is None:
+            self.first_epoch = epoch
+            if epoch:
+                self.log(f"[{self.name}] resumed from its backup: {epoch} epoch(s) were done, "
+                         f"training from epoch {epoch + 1}")
+
+    def _implements_train_batch_hooks(self) -> bool:
+        return self.batches
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self.steps += 1
@@ -32,13 +46,23 @@ class ProgressLog(keras.callbacks.Callback):
         if now - self.last >= self.every:
             self.last = now
             rate = self.steps * self.batch_size / (now - self.started)
-            self.log(f"[{self.name}] step {self.steps}: loss {logs.get('loss', float('nan')):.4f}, "
+            self.log(f"[{self.name}] step {self.steps}: loss {_number((logs or {}).get('loss')):.4f}, "
                      f"{rate:,.0f} examples/s")
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
+        if not self.batches:
+            self.steps += int(self.params.get("steps") or 0)
         self.log(f"[{self.name}] epoch {epoch + 1} done after {self.steps} steps: "
-                 f"loss {logs.get('loss', float('nan')):.4f}, auc {logs.get('auc', float('nan')):.4f}")
+                 f"loss {_number(logs.get('loss')):.4f}, auc {_number(logs.get('auc')):.4f}")
+
+
+def _number(value: object) -> float:
+    """A logged metric as a float (a parameter-server step's result is fetched first)."""
+    if value is None:
+        return float("nan")
+    fetch = getattr(value, "fetch", None)
+    return float(fetch() if callable(fetch) else value)
 
 
 class BestEpoch(keras.callbacks.Callback):
@@ -50,6 +74,7 @@ class BestEpoch(keras.callbacks.Callback):
         super().__init__()
         self.patience, self.log, self.name = patience, log, name
         self.best_auc, self.best_epoch, self.history = -np.inf, 0, []
+        self.last_epoch = 0
         self._best: list[np.ndarray] | None = None
 
     def _variables(self) -> list[tf.Variable]:
@@ -59,6 +84,7 @@ class BestEpoch(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         auc = float((logs or {}).get("val_auc", np.nan))
         self.history.append(round(auc, 5))
+        self.last_epoch = epoch + 1
         if auc > self.best_auc:
             self.best_auc, self.best_epoch = auc, epoch + 1
             self._best = [v.numpy() for v in self._variables()]
@@ -68,7 +94,7 @@ class BestEpoch(keras.callbacks.Callback):
                  f"(best {self.best_auc:.4f} at epoch {self.best_epoch})")
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        if self._best is not None and self.best_epoch != len(self.history):
+        if self._best is not None and self.best_epoch != self.last_epoch:
             for variable, value in zip(self._variables(), self._best, strict=True):
                 variable.assign(value)
             self.log(f"[{self.name}] restored the weights of epoch {self.best_epoch} "
@@ -77,29 +103,44 @@ class BestEpoch(keras.callbacks.Callback):
 
 def fit(model: keras.Model, dataset: tf.data.Dataset, epochs: int, batch_size: int, name: str,
         log: Log = print, tensorboard_dir: str | None = None, rows: int | None = None,
-        validation: tf.data.Dataset | None = None, patience: int = 1) -> dict:
+        validation: tf.data.Dataset | None = None, patience: int = 1,
+        backup_dir: str | None = None, steps_per_epoch: int | None = None,
+        validation_steps: int | None = None) -> dict:
     """Trains up to `epochs` passes; returns loss, steps, seconds, examples/s and the epochs
     run. With `validation`, stops once the validation AUC has not improved for `patience`
     epochs and restores the best epoch's weights (reported as chosen_epoch, with the AUC of
     every epoch); without it, runs all `epochs`. `rows` (the dataset's size, when known) is
     reported as rows_read. With tensorboard_dir, the loss and the metrics (AdaSparse's
-    per-layer sparsity among them) go to TensorBoard every 50 steps."""
-    progress = ProgressLog(name, batch_size, log)
+    per-layer sparsity among them) go to TensorBoard every 50 steps.
+    Distributed fits (ecdctr.distribute): `dataset` and `validation` are per-worker inputs,
+    batch_size the global batch; with backup_dir the training state is backed up there after
+    every epoch (keras BackupAndRestore: a rerun resumes from the last whole epoch, the
+    folder is deleted when the fit ends); steps_per_epoch and validation_steps bound the
+    repeated inputs of parameter_server. After a resume, early stopping knows the epochs run
+    since (the backup holds the weights, not the earlier epochs' validation AUCs)."""
+    coordinated = isinstance(model.distribute_strategy,
+                             tf.distribute.experimental.ParameterServerStrategy)
+    progress = ProgressLog(name, batch_size, log, batches=not coordinated)
     callbacks: list[keras.callbacks.Callback] = [progress]
+    if backup_dir:  # first, so that the state is restored before the others begin
+        callbacks.insert(0, keras.callbacks.BackupAndRestore(backup_dir))
     best = BestEpoch(patience, log, name) if validation is not None else None
     if best is not None:
         callbacks.append(best)
     if tensorboard_dir:
-        callbacks.append(keras.callbacks.TensorBoard(tensorboard_dir, update_freq=50,
+        callbacks.append(keras.callbacks.TensorBoard(tensorboard_dir,
+                                                     update_freq="epoch" if coordinated else 50,
                                                      write_graph=False, profile_batch=0))
     started = time.perf_counter()
     history = model.fit(dataset, epochs=epochs, verbose=0, callbacks=callbacks,
-                        validation_data=validation)
+                        validation_data=validation, steps_per_epoch=steps_per_epoch,
+                        validation_steps=validation_steps)
     seconds = time.perf_counter() - started
-    epochs_run = len(history.history["loss"])
+    first = progress.first_epoch or 0
+    epochs_run = first + len(history.history["loss"])
     chosen = best.best_epoch if best is not None else epochs_run
     summary = {
-        "loss": float(history.history["loss"][chosen - 1]),  # of the epoch kept
+        "loss": float(history.history["loss"][chosen - 1 - first]),  # of the epoch kept
         "steps": progress.steps,
         "seconds": round(seconds, 2),
         "examples_per_second": round(progress.steps * batch_size / max(seconds, 1e-9)),
@@ -109,6 +150,8 @@ def fit(model: keras.Model, dataset: tf.data.Dataset, epochs: int, batch_size: i
     }
     if best is not None:
         summary.update(validation_auc=best.history, best_validation_auc=round(best.best_auc, 5))
+    if first:
+        summary["resumed_after_epoch"] = first
     return summary
 
 

@@ -16,6 +16,12 @@ renamed into place when whole; a killed run leaves only such leftovers, which th
 deletes under the work lock. A rerun reuses D's A-CTR checkpoint, and every export carries the
 id of the checkpoint it came from (assets.extra/actr.json), so a day is never published twice.
 
+Distributed (the config's `distribute:`, ecdctr/distribute.py): every task of the cluster
+runs this same job. The chief alone takes the work lock, builds, saves checkpoints, evaluates,
+exports, gates, publishes, prunes and writes the report; the other workers wait for its build,
+train every fit with it, and wait for each model it saves before reading it. With
+parameter_server the chief coordinates and the `worker` and `ps` tasks only serve it.
+
 Layout: <work>/tpm/<YYYY-MM or period start>/ (the TPM's model folder plus its exported
 <entity>.npy/.keys.json and manifest.json), <work>/models/cpm/<period start>/ and
 <work>/models/actr/<D>/: self-describing model folders (ecdctr/checkpoint.py).
@@ -48,6 +54,7 @@ from ecdctr.checkpoint import (
 )
 from ecdctr.config import RunConfig
 from ecdctr.data import partition_files
+from ecdctr.distribute import Distribution, create, serve
 from ecdctr.export import (
     REJECTED,
     publish,
@@ -98,6 +105,10 @@ def work_lock(path: str) -> Iterator[None]:
 def run_daily(config: RunConfig, date: dt.date, log: Log = print, force: bool = False) -> dict:
     """Runs every step due for `date` and writes <work>/reports/<date>.json. A day whose
     report says ok is not run again unless `force`; a day whose run was killed resumes."""
+    distribution = create(config.distribute, config.work, log)  # first: before any TF op
+    if distribution is not None and not distribution.runs_pipeline:
+        serve(distribution, log)  # a parameter_server worker or ps task: until it is stopped
+        return {"date": date.isoformat(), "status": "served", "task": str(distribution.task)}
     path = report_path(config, date)
     if not force and storage.exists(path) and read_json(path).get("status") == "ok":
         log(f"{date} is done (report {path} says ok); nothing to do. Use --force to run it again.")
@@ -105,12 +116,18 @@ def run_daily(config: RunConfig, date: dt.date, log: Log = print, force: bool = 
     spec = load_spec(config.spec)
     report: dict = {"date": date.isoformat(), "config": config.path, "status": "running",
                     "spec_fingerprint": spec.fingerprint, "steps": {}}
+    if distribution is not None and not distribution.is_chief:
+        report["task"] = str(distribution.task)
+        with tracked(report, lambda: log(f"{distribution.task}: {report['status']}")):
+            _DailyJob(config, spec, date, report, log, force, distribution).run()
+        return report
+
     def written() -> None:
         write_json(path, report)
         log(f"report written to {path}")
 
     with work_lock(config.lock or storage.join(config.work, ".daily.lock")), tracked(report, written):
-        _DailyJob(config, spec, date, report, log, force).run()
+        _DailyJob(config, spec, date, report, log, force, distribution).run()
     return report
 
 
@@ -163,9 +180,13 @@ def feature_fingerprints(spec: Spec) -> dict[str, str]:
 
 class _DailyJob:
     def __init__(self, config: RunConfig, spec: Spec, date: dt.date, report: dict, log: Log,
-                 force: bool = False):
+                 force: bool = False, distribution: Distribution | None = None):
         self.config, self.spec, self.date, self.report, self.log = config, spec, date, report, log
         self.work, self.force = config.work, force
+        # a fit's backups go to <backup>/<D>/<step>, so no other day's can be restored into it
+        self.distribution = distribution.for_run(date.isoformat()) if distribution else None
+        self.chief = distribution is None or distribution.is_chief
+        self.started = time.time()
         self.cpm_root = storage.join(self.work, "models", "cpm")
         self.actr_root = storage.join(self.work, "models", "actr")
         self.tpm_root = storage.join(self.work, "tpm")
@@ -176,23 +197,33 @@ class _DailyJob:
         self.actr_folder = ""
 
     def run(self) -> None:
-        self.remove_leftovers()
+        if self.chief:
+            self.remove_leftovers()
         with self.step("build") as s:
-            w = self.config.windows
-            first_tpm = steps.tpm_window(self.date, w, self.config.transfer.tpm_historical)[0]
-            start = min(first_tpm, self.date - dt.timedelta(days=max(w.cpm_days, w.actr_days)))
-            built = build(self.spec, self.config.logs, self.work, start=start, end=self.date,
-                          beam_args=self.config.beam_args, skip_built=True, log=self.log,
-                          lock=self.build_lock())
-            s["partitions_built"] = len(built)
+            if not self.chief:
+                self.wait_for_build(s)
+            else:
+                w = self.config.windows
+                first_tpm = steps.tpm_window(self.date, w, self.config.transfer.tpm_historical)[0]
+                start = min(first_tpm,
+                            self.date - dt.timedelta(days=max(w.cpm_days, w.actr_days)))
+                built = build(self.spec, self.config.logs, self.work, start=start, end=self.date,
+                              beam_args=self.config.beam_args, skip_built=True, log=self.log,
+                              lock=self.build_lock())
+                s["partitions_built"] = len(built)
         with self.step("tpm") as s:
             self.tpm(s)
         with self.step("cpm") as s:
             self.cpm(s)
         with self.step("actr") as s:
             self.actr(s)
-        with self.step("export") as s:
-            self.export(s)
+        if self.chief:  # the others trained with it; the chief alone exports
+            with self.step("export") as s:
+                self.export(s)
+            if self.distribution is not None:  # each fit deleted its own backup when it ended
+                storage.rmtree(self.distribution.backup)
+        else:  # a worker that leaves first looks like a crash to the cluster's health checks
+            self.wait(f"finish {self.date}", self.chief_done)
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[dict]:
@@ -209,8 +240,53 @@ class _DailyJob:
             yield entry
 
     def save_report(self) -> None:
-        """The report so far (status "running"): shows how far a killed run got."""
-        write_json(report_path(self.config, self.date), self.report)
+        """The report so far (status "running"): shows how far a killed run got (the chief's)."""
+        if self.chief:
+            write_json(report_path(self.config, self.date), self.report)
+
+    # -- a worker that is not the chief ---------------------------------------------------
+    def wait(self, what: str, ready: Callable[[], bool]) -> None:
+        """Polls until ready() (a non-chief worker waiting for the chief), at most
+        distribute.wait_seconds; a chief's report that says failed ends the wait."""
+        limit = self.config.distribute.wait_seconds
+        started = time.perf_counter()
+        self.log(f"{self.distribution.task}: waiting for the chief to {what}")
+        while not ready():
+            path = report_path(self.config, self.date)
+            if storage.exists(path) and storage.mtime(path) >= self.started:
+                status = read_json(path).get("status")
+                if status == "failed":
+                    raise DailyError(f"the chief's run of {self.date} failed ({path}) while "
+                                     f"this worker waited for it to {what}")
+            if time.perf_counter() - started > limit:
+                raise DailyError(f"{self.distribution.task} waited {limit}s for the chief to "
+                                 f"{what}. Fix: check the chief's log (task chief, or worker 0 "
+                                 f"without one); raise distribute.wait_seconds if it is slow.")
+            time.sleep(1.0)
+
+    def chief_done(self) -> bool:
+        """True when the chief's report of D, written since this run began, says ok."""
+        path = report_path(self.config, self.date)
+        return (storage.exists(path) and storage.mtime(path) >= self.started
+                and read_json(path).get("status") == "ok")
+
+    def wait_for_build(self, entry: dict) -> None:
+        """A worker's build step: the chief's report of D says its build is done."""
+        path = report_path(self.config, self.date)
+
+        def built() -> bool:
+            try:
+                return read_json(path)["steps"]["build"]["status"] == "ok"
+            except (OSError, ValueError, KeyError, TypeError):
+                return False
+
+        self.wait(f"build the days before {self.date} ({path} says build ok)", built)
+        entry.update(status="skipped", reason="the chief builds")
+
+    def saved_by_chief(self, folder: str) -> None:
+        """A non-chief worker reads the chief's copy of a model it trained with it."""
+        if not self.chief:
+            self.wait(f"save {folder}", lambda: storage.exists(storage.join(folder, META)))
 
     def remove_leftovers(self) -> None:
         """Deletes what killed runs left: unfinished `.tmp` folders, the Beam build's staging
@@ -229,6 +305,13 @@ class _DailyJob:
         for path in unfinished_versions(self.export_base):
             self.log(f"removing a version whose publish was interrupted: {path}")
             remove_version(path)
+        if self.distribution is not None:  # backups of other days' fits cannot be resumed
+            backups = storage.dirname(self.distribution.backup)
+            for name in storage.listdir(backups):
+                if name != self.date.isoformat():
+                    self.log(f"removing the backup of an interrupted run of {name}: "
+                             f"{storage.join(backups, name)}")
+                    storage.rmtree(storage.join(backups, name))
         for folder, prefix in ((self.export_base, ".staging-"),
                                (storage.join(self.work, "reports"), "")):
             for name in storage.listdir(folder):
@@ -354,8 +437,11 @@ class _DailyJob:
             parent = load_checkpoint(storage.join(self.tpm_root, earlier[-1]), self.config.tpm)
             fresh, _ = self.fresh_features(parent.meta, f"TPM warm start from {parent.folder}")
         trained = steps.train_tpm(self.spec, self.work, days, self.config.tpm, self.log, parent,
-                                  self.board("tpm"), fresh_features=fresh)
+                                  self.board("tpm"), fresh_features=fresh,
+                                  distribution=self.distribution)
         folder = storage.join(self.tpm_root, key)
+        if not self.chief:
+            return self.saved_by_chief(folder)
         save_snapshot(folder, trained.model, self.spec, trained.vocabs, trained.meta,
                       steps.tpm_tables(trained, t.tpm_standardize))
         entry.update(snapshot=folder, train=trained.meta["train"], warm_start=trained.meta["parent"])
@@ -397,7 +483,10 @@ class _DailyJob:
         trained = steps.train_ctr(self.spec, self.work, natural, self.config.cpm, self.log,
                                   kind="cpm", snapshots=snapshots,
                                   vocab_parts=self.shared_partitions(), stats_parts=natural,
-                                  parent=parent, fresh_features=fresh, board=self.board("cpm"))
+                                  parent=parent, fresh_features=fresh, board=self.board("cpm"),
+                                  distribution=self.distribution)
+        if not self.chief:
+            return self.saved_by_chief(folder)
         if entry["warm_start"]:
             entry["warm_start"].update(trained.meta["transfer"])
         entry["train"] = trained.meta["train"]
@@ -427,6 +516,10 @@ class _DailyJob:
         self.log(f"loaded CPM {cpm.folder}")
         folder = storage.join(self.actr_root, self.date.isoformat())
         entry["checkpoint"] = folder
+        if not self.chief:  # trains with the chief; the chief saves, evaluates and exports
+            if not self.resumable(folder, cpm.meta.get("id")):
+                self.fine_tune(entry, cpm, days)
+            return
         if self.resumable(folder, cpm.meta.get("id")):
             actr = load_checkpoint(folder, cfg)
             model, meta = actr.model, actr.meta
@@ -489,7 +582,8 @@ class _DailyJob:
             self.log(f"A-CTR starts {start} ({reason})")
             trained = steps.update_actr(source, self.spec, self.work, train_days, cfg, self.log,
                                         vocab_parts=shared, fresh_features=fresh,
-                                        board=self.board("actr"))
+                                        board=self.board("actr"),
+                                        distribution=self.distribution)
         else:
             start = f"re-derived from CPM {cpm.folder}"
             reason = (f"CPM {cpm_name} landed after CPM {previous_meta.get('cpm')} that the "
@@ -499,7 +593,8 @@ class _DailyJob:
             self.log(f"A-CTR starts {start} ({reason})")
             trained = steps.derive_actr(cpm, self.spec, self.work, days, cfg,
                                         self.config.transfer, self.log, vocab_parts=shared,
-                                        fresh_features=fresh, board=self.board("actr"))
+                                        fresh_features=fresh, board=self.board("actr"),
+                                        distribution=self.distribution)
             train_days = days
         transfer = {**diff, **trained.meta["transfer"]}
         entry.update(start=start, start_reason=reason, transfer=transfer,

@@ -7,12 +7,18 @@ parent checkpoint, TPM snapshots) and knows nothing of the schedule. Every fit f
 recipe (`fit_on`): the last `validation_days` days of its window are held out, training
 stops when their AUC stops improving, and the best epoch's weights are kept. A step returns
 a `Trained` (model, vocabularies, self-describing meta); saving it is the caller's choice.
+
+With a `distribution` (ecdctr.distribute) the fit itself runs under its strategy on a replica
+of the model built in the strategy's scope (its weights copied in before, out after); every
+other part of a step runs on the plain model, so what a step returns never depends on the
+cluster and loads in one process.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -23,6 +29,7 @@ from ecdctr import metrics
 from ecdctr.checkpoint import Checkpoint, Snapshot
 from ecdctr.config import TransferConfig, Windows
 from ecdctr.data import example_batch, make_dataset, partition_files
+from ecdctr.distribute import Distribution, copy_weights, sharded_variables
 from ecdctr.models import (
     CtrModel,
     ModelConfig,
@@ -112,11 +119,13 @@ def _reestimate_batchnorm(model: CtrModel, spec: Spec, work: str, parts: Sequenc
 
 def fit_on(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
            config: ModelConfig, name: str, log: Log, board: str | None = None,
-           epochs: int | None = None) -> dict:
+           epochs: int | None = None, distribution: Distribution | None = None,
+           build: Callable[[], CtrModel] | None = None) -> dict:
     """The training recipe every step uses: holds out the window's last config.validation_days
     days, trains up to config.max_epochs epochs, stops after config.patience epochs without a
     better validation AUC and keeps the best epoch. `epochs` (an incremental update) trains
-    exactly that many epochs on all of parts, without validation."""
+    exactly that many epochs on all of parts, without validation. With a distribution,
+    `build` makes another model like `model` (the replica trained under the strategy)."""
     if not parts:
         raise ValueError(f"{name}: no days to train on")
     if epochs is None:
@@ -128,13 +137,60 @@ def fit_on(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
     log(f"[{name}] training on {len(train)} partitions ({rows:,} rows), "
         + (f"validating on {sorted({d.isoformat() for _, d in valid})}, up to {epochs} epochs"
            if valid else f"{epochs} epoch(s), no validation"))
-    summary = fit(model, dataset(spec, work, train, config, shuffle=True), epochs,
-                  config.batch_size, name, log, board, rows,
-                  validation=dataset(spec, work, valid, config, shuffle=False) if valid else None,
-                  patience=config.patience)
+    if distribution is None:
+        summary = fit(model, dataset(spec, work, train, config, shuffle=True), epochs,
+                      config.batch_size, name, log, board, rows,
+                      validation=dataset(spec, work, valid, config, shuffle=False) if valid
+                      else None, patience=config.patience)
+    else:
+        if build is None:
+            raise ValueError(f"{name}: a distributed fit needs `build`, the model's builder")
+        summary = _fit_distributed(model, build, spec, work, train, valid, config, name, log,
+                                   board, epochs, rows, distribution)
     dates = sorted({d for _, d in train})
     summary.update(train_days=[dates[0].isoformat(), dates[-1].isoformat()],
                    validation_days=sorted({d.isoformat() for _, d in valid}))
+    return summary
+
+
+def _fit_distributed(model: CtrModel, build: Callable[[], CtrModel], spec: Spec, work: str,
+                     train: Sequence[Partition], valid: Sequence[Partition], config: ModelConfig,
+                     name: str, log: Log, board: str | None, epochs: int, rows: int,
+                     distribution: Distribution) -> dict:
+    """fit_on's fit under a strategy: a replica of model built in its scope starts from the
+    model's weights, reads its share of the rows on each worker (the global batch is the
+    config's batch_size unless distribute.batch_size says per_replica), backs up every epoch,
+    and its trained weights go back into model (every worker copies them: reading
+    synchronised variables takes all of them)."""
+    with distribution.scope():
+        replica = build()
+    copy_weights(model, replica)
+    sharded = sharded_variables(replica)
+    if sharded:
+        log(f"[{name}] {len(sharded)} variable(s) partitioned over the parameter servers: "
+            + ", ".join(f"{n} in {k} shards" for n, k in sharded.items()))
+    def source(files: list[str], shuffle: bool) -> Callable[..., tf.data.Dataset]:
+        def make(batch: int, parts: int, indices: tuple[int, ...]) -> tf.data.Dataset:
+            return make_dataset(spec, files, batch, shuffle=shuffle, seed=config.seed,
+                                shard=(parts, indices))
+        return make
+
+    train_input, steps = distribution.input(source(_files(work, train), True),
+                                            config.batch_size, rows)
+    valid_input, valid_steps = (distribution.input(source(_files(work, valid), False),
+                                                   config.batch_size, traffic(work, valid)[0])
+                                if valid else (None, None))
+    global_batch = distribution.global_batch(config.batch_size)
+    log(f"[{name}] distributed: {distribution.describe()}, global batch {global_batch}, "
+        f"{steps} steps an epoch")
+    summary = fit(replica, train_input, epochs, global_batch, name, log, board, rows,
+                  validation=valid_input, patience=config.patience,
+                  backup_dir=distribution.backup_dir(name), steps_per_epoch=steps,
+                  validation_steps=valid_steps)
+    copy_weights(replica, model)
+    summary.update(strategy=distribution.config.strategy, replicas=distribution.replicas,
+                   global_batch=global_batch,
+                   **({"sharded_variables": sharded} if sharded else {}))
     return summary
 
 
@@ -152,7 +208,8 @@ def _meta(kind: str, parts: Sequence[Partition], work: str, train: dict, stats: 
 
 def train_tpm(spec: Spec, work: str, days: Sequence[dt.date], config: ModelConfig, log: Log,
               parent: Checkpoint | Trained | None = None, board: str | None = None,
-              fresh_features: Sequence[str] = ()) -> Trained:
+              fresh_features: Sequence[str] = (),
+              distribution: Distribution | None = None) -> Trained:
     """The tiny pre-training model on natural days (the spec's `tpm: true` features); with a
     parent (the previous snapshot's TPM), it warm-starts from it so that successive
     snapshots share one embedding space."""
@@ -163,12 +220,14 @@ def train_tpm(spec: Spec, work: str, days: Sequence[dt.date], config: ModelConfi
     log(f"TPM on {len(days)} natural days ({rows:,} rows), features "
         f"{[f.name for f in spec.tpm_features]}"
         + (f", warm start from {getattr(parent, 'folder', 'the previous TPM')}" if parent else ""))
-    model = build_model(spec.tpm_features, vocabs, stats, config, example_batch(spec),
-                        initial_ctr=ctr, name="tpm")
+    make = functools.partial(build_model, spec.tpm_features, vocabs, stats, config,
+                             example_batch(spec), initial_ctr=ctr, name="tpm")
+    model = make()
     if parent is not None:
         transfer_weights(parent.model, model, reset_batchnorm=False,
                          fresh_features=fresh_features, log=log)
-    train = fit_on(model, spec, work, parts, config, "tpm", log, board)
+    train = fit_on(model, spec, work, parts, config, "tpm", log, board,
+                   distribution=distribution, build=make)
     return Trained(model, spec, vocabs, _meta("tpm", parts, work, train, stats, [], "tpm",
                                               parent=getattr(parent, "folder", None)))
 
@@ -192,7 +251,7 @@ def train_ctr(spec: Spec, work: str, parts: Sequence[Partition], config: ModelCo
               stats_parts: Sequence[Partition] | None = None,
               parent: Checkpoint | None = None, fresh_features: Sequence[str] = (),
               board: str | None = None, name: str | None = None,
-              label: str | None = None) -> Trained:
+              label: str | None = None, distribution: Distribution | None = None) -> Trained:
     """A CTR model (the CPM, or any compare variant) trained on parts, reading the given TPM
     snapshots (none: no TPM embeddings). Vocabularies and domains come from vocab_parts
     (default parts), numeric statistics from stats_parts (default parts). With a parent
@@ -204,14 +263,16 @@ def train_ctr(spec: Spec, work: str, parts: Sequence[Partition], config: ModelCo
     domains = list(domain_sizes(work, vocab_parts))
     stats = numeric_stats(spec, work, list(stats_parts or parts))
     name = name or kind
-    model = build_model(spec.features, vocabs, stats, config, example_batch(spec),
-                        [s.tables for s in snapshots] or None, traffic(work, parts)[1], domains,
-                        name=name)
+    make = functools.partial(build_model, spec.features, vocabs, stats, config,
+                             example_batch(spec), [s.tables for s in snapshots] or None,
+                             traffic(work, parts)[1], domains, name=name)
+    model = make()
     transfer = None
     if parent is not None:
         transfer = transfer_weights(parent.model, model, reset_batchnorm=False,
                                     fresh_features=fresh_features, log=log)
-    train = fit_on(model, spec, work, parts, config, label or name, log, board)
+    train = fit_on(model, spec, work, parts, config, label or name, log, board,
+                   distribution=distribution, build=make)
     _reestimate_batchnorm(model, spec, work, parts, config, log)
     meta = _meta(kind, parts, work, train, stats, domains,
                  parent=parent.folder if parent else None,
@@ -221,22 +282,25 @@ def train_ctr(spec: Spec, work: str, parts: Sequence[Partition], config: ModelCo
 
 def _actr_from(parent: Checkpoint | Trained, spec: Spec, work: str, config: ModelConfig,
                vocab_parts: Sequence[Partition], initial_ctr: float
-               ) -> tuple[CtrModel, dict[str, list[str]], dict, list[Snapshot]]:
+               ) -> tuple[CtrModel, dict[str, list[str]], dict, list[Snapshot],
+                          Callable[[], CtrModel]]:
     """An A-CTR with a parent's numeric stats, domains and TPM snapshots and vocabularies of
-    vocab_parts: (model, vocabularies, stats, snapshots); its weights are the caller's."""
+    vocab_parts: (model, vocabularies, stats, snapshots, its builder); its weights are the
+    caller's."""
     vocabs = build_vocabularies(spec, work, vocab_parts)
     stats = {k: tuple(v) for k, v in parent.meta["numeric_stats"].items()}
     snapshots = parent.snapshots
-    model = build_model(spec.features, vocabs, stats, config, example_batch(spec),
-                        [s.tables for s in snapshots] or None, initial_ctr,
-                        parent.meta["domains"], name="actr")
-    return model, vocabs, stats, snapshots
+    make = functools.partial(build_model, spec.features, vocabs, stats, config,
+                             example_batch(spec), [s.tables for s in snapshots] or None,
+                             initial_ctr, parent.meta["domains"], name="actr")
+    return make(), vocabs, stats, snapshots, make
 
 
 def derive_actr(cpm: Checkpoint | Trained, spec: Spec, work: str, ad_days: Sequence[dt.date],
                 config: ModelConfig, options: TransferConfig, log: Log,
                 vocab_parts: Sequence[Partition] | None = None,
-                fresh_features: Sequence[str] = (), board: str | None = None) -> Trained:
+                fresh_features: Sequence[str] = (), board: str | None = None,
+                distribution: Distribution | None = None) -> Trained:
     """The A-CTR from a CPM (E-CDCTR): the same structure and TPM snapshots, weights by name
     (embedding rows by token), BatchNorm reset as options say, the output prior moved to the
     ad CTR, then fine-tuned on the ad days. Reset BatchNorm statistics are re-estimated on the
@@ -244,8 +308,8 @@ def derive_actr(cpm: Checkpoint | Trained, spec: Spec, work: str, ad_days: Seque
     with zeros and ones) and again after it."""
     parts = [("ad", d) for d in ad_days]
     ad_ctr = traffic(work, parts)[1]
-    model, vocabs, stats, snapshots = _actr_from(cpm, spec, work, config, vocab_parts or parts,
-                                                 ad_ctr)
+    model, vocabs, stats, snapshots, make = _actr_from(cpm, spec, work, config,
+                                                       vocab_parts or parts, ad_ctr)
     transfer = transfer_weights(cpm.model, model, reset_batchnorm=options.reset_batchnorm,
                                 reset_batchnorm_affine=options.reset_batchnorm_affine,
                                 fresh_features=fresh_features, log=log)
@@ -253,7 +317,8 @@ def derive_actr(cpm: Checkpoint | Trained, spec: Spec, work: str, ad_days: Seque
              if options.shift_output_prior else 0.0)
     if options.reset_batchnorm:  # statistics of ad data from the start: validation reads them
         _reestimate_batchnorm(model, spec, work, parts, config, log)
-    train = fit_on(model, spec, work, parts, config, "actr", log, board)
+    train = fit_on(model, spec, work, parts, config, "actr", log, board,
+                   distribution=distribution, build=make)
     if options.reset_batchnorm:  # and again for the fine-tuned weights
         _reestimate_batchnorm(model, spec, work, parts, config, log)
     meta = _meta("actr", parts, work, train, stats, list(cpm.meta["domains"]),
@@ -265,18 +330,20 @@ def derive_actr(cpm: Checkpoint | Trained, spec: Spec, work: str, ad_days: Seque
 def update_actr(previous: Checkpoint | Trained, spec: Spec, work: str,
                 new_days: Sequence[dt.date], config: ModelConfig, log: Log,
                 vocab_parts: Sequence[Partition] | None = None,
-                fresh_features: Sequence[str] = (), board: str | None = None) -> Trained:
+                fresh_features: Sequence[str] = (), board: str | None = None,
+                distribution: Distribution | None = None) -> Trained:
     """The A-CTR of a new day from the previous one: weights by name (BatchNorm kept), then
     trained on the ad days the previous model has not learned from, for the epoch count its
     own lineage chose on validation (one day is too little to hold out another)."""
     parts = [("ad", d) for d in new_days]
-    model, vocabs, _, snapshots = _actr_from(previous, spec, work, config, vocab_parts or parts,
-                                             previous.meta["ctr"])
+    model, vocabs, _, snapshots, make = _actr_from(previous, spec, work, config,
+                                                   vocab_parts or parts, previous.meta["ctr"])
     transfer = transfer_weights(previous.model, model, reset_batchnorm=False,
                                 fresh_features=fresh_features, log=log)
     epochs = int(previous.meta["train"].get("chosen_epoch") or 1)
     if parts:
-        train = fit_on(model, spec, work, parts, config, "actr", log, board, epochs=epochs)
+        train = fit_on(model, spec, work, parts, config, "actr", log, board, epochs=epochs,
+                       distribution=distribution, build=make)
     else:
         log("A-CTR: no ad day it has not learned from yet; kept as it is")
         train = {"rows_read": 0, "steps": 0, "epochs_run": 0,
