@@ -40,11 +40,10 @@ FIXED = ("windows: {tpm_days: 30, cpm_days: 4, actr_days: 3}\ntransfer: {tpm_sna
 # Predictions of the 2-worker models vs the one-process ones on the held-out day's rows. Both
 # start from the same weights and read the same rows in every step (each global batch is cut
 # into one part per replica), so the gradients agree up to float summation order, but they
-# are not the same computation: each replica's BatchNorm normalises its half batch, and the
-# one-process fit applies gradients twice in the first step of its first fit (apply_gradients
-# runs twice, optimizer.iterations is 2 after one batch; the replica's 1), which Adam carries
-# along on sparse embedding rows. Measured on this set (2 runs): mean |dp| 0.005 (CPM, mean p
-# 0.06), max |dp| 0.046-0.071 (CPM) and 0.004-0.006 (A-CTR); the bounds leave ~3-4x.
+# are not the same computation: each replica's BatchNorm normalises its half batch, and Adam
+# carries small differences along on sparse embedding rows. Measured on this set (2 runs):
+# mean |dp| 0.005 (CPM, mean p 0.06), max |dp| 0.046-0.071 (CPM) and 0.004-0.006 (A-CTR); the
+# bounds leave ~3-4x.
 MEAN_TOLERANCE = 0.02
 MAX_TOLERANCE = 0.2
 
