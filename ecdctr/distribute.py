@@ -245,10 +245,32 @@ def create(config: DistributeConfig, work: str, log: Callable[[str], None] = pri
     return distribution
 
 
+HEARTBEAT_SECONDS = 30  # a peer silent this long is dead (TensorFlow's default, 10 s, also
+# fails a run whose worker is merely starved of CPU for a while)
+
+
+def _coordination_service(heartbeat_seconds: int) -> None:
+    """What MultiWorkerMirroredStrategy sets up itself when nothing is configured (TF 2.17,
+    collective_all_reduce_strategy.py), with a longer heartbeat timeout."""
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.eager import context
+    from tensorflow.tsl.protobuf import coordination_config_pb2
+
+    spec = tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec()
+    if context.context().coordination_service is not None:
+        return
+    jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=spec.num_tasks(job))
+            for job in ("chief", "worker") if job in spec.jobs]
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader=multi_worker_util.coordination_leader(spec),
+        coordinated_jobs=jobs, heartbeat_timeout_in_ms=heartbeat_seconds * 1000)
+
+
 def _strategy(config: DistributeConfig, task: Task) -> tf.distribute.Strategy:
     if config.strategy == "mirrored":
         return tf.distribute.MirroredStrategy()
     if config.strategy == "multi_worker_mirrored":
+        _coordination_service(HEARTBEAT_SECONDS)
         return tf.distribute.MultiWorkerMirroredStrategy(
             communication_options=tf.distribute.experimental.CommunicationOptions(
                 implementation=tf.distribute.experimental.CommunicationImplementation.RING))

@@ -16,6 +16,7 @@ tensorflow-io (S3_ENDPOINT, S3_USE_HTTPS, S3_VERIFY_SSL) and `beam_s3_options` t
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 from collections.abc import Iterator
@@ -128,7 +129,10 @@ def isdir(path: str) -> bool:
 def mtime(path: str) -> float:
     """When file path was last written, in seconds since the epoch."""
     register(path)
-    return tf.io.gfile.stat(path).mtime_nsec / 1e9
+    try:
+        return tf.io.gfile.stat(path).mtime_nsec / 1e9
+    except tf.errors.NotFoundError:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", path) from None
 
 
 def makedirs(path: str) -> None:
@@ -164,15 +168,17 @@ def open(path: str, mode: str = "r") -> tf.io.gfile.GFile:  # the module's open:
 
 
 def read_text(path: str) -> str:
-    """The UTF-8 text of file path."""
-    with open(path, "r") as f:
-        return f.read()
+    """The UTF-8 text of file path (FileNotFoundError if there is none, as open() says)."""
+    return read_bytes(path).decode("utf-8")
 
 
 def read_bytes(path: str) -> bytes:
-    """The bytes of file path."""
-    with open(path, "rb") as f:
-        return f.read()
+    """The bytes of file path (FileNotFoundError if there is none, as open() says)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except tf.errors.NotFoundError:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", path) from None
 
 
 def write_text(path: str, text: str) -> None:

@@ -57,3 +57,9 @@ def test_aws_variables_reach_tensorflow_io_and_beam(monkeypatch):
     assert storage.beam_s3_options() == [
         "--s3_endpoint_url=http://127.0.0.1:9000", "--s3_access_key_id=id",
         "--s3_secret_access_key=secret", "--s3_region_name=eu-west-1", "--s3_disable_ssl"]
+
+
+def test_a_missing_file_is_file_not_found_as_with_open(root):
+    for read in (storage.read_text, storage.read_bytes, storage.mtime):
+        with pytest.raises(FileNotFoundError):
+            read(storage.join(root, "nothing.json"))
