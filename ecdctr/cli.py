@@ -118,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `ecdctr` console script."""
+    from_command_line = argv is None  # else called in-process (tests, tools): sys.exit only
     argv = list(sys.argv[1:] if argv is None else argv)
     beam_args: list[str] = []
     if "--" in argv:
@@ -147,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         traceback.print_exc()
         status = 1
     finally:
-        _exit(status)
+        _exit(status, whole_process=from_command_line)
 
 
 _FIXES = {  # errno / TensorFlow error class -> what to do
@@ -188,12 +189,12 @@ def error_line(e: BaseException) -> str | None:
     return None
 
 
-def _exit(status: int) -> None:
+def _exit(status: int, whole_process: bool) -> None:
     """Ends the process with status. Once tensorflow-io's S3 file system was used, the
     interpreter aborts at exit (status 134, 'pure virtual method called'): then the output
     is flushed and the process ends here, skipping the interpreter's teardown."""
     storage = sys.modules.get("ecdctr.storage")
-    if storage is not None and storage.native_loaded():
+    if whole_process and storage is not None and storage.native_loaded():
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
