@@ -7,12 +7,14 @@ import collections
 import contextlib
 import csv
 import datetime as dt
+import errno
 import fcntl
 import gzip
 import io
 import json
 import math
 import os
+import stat
 import struct
 import time
 import uuid
@@ -671,8 +673,10 @@ def built_partitions(work: str, source: str) -> list[dt.date]:
 
 def _find_partitions(logs: str, sources: Sequence[str], start: dt.date | None,
                      end: dt.date | None, log: Callable[[str], None],
+                     unreadable: dict[tuple[str, str], list[dict]],
                      ) -> dict[tuple[str, str], list[str]]:
-    """(source, date) -> its log files, for partition folders within [start, end]."""
+    """(source, date) -> its log files, for partition folders within [start, end]. Log files
+    that cannot be read (see _unreadable) are left out and recorded in `unreadable`."""
     found: dict[tuple[str, str], list[str]] = {}
     for source in sources:
         pattern = storage.join(logs, source, "date=*", "*")
@@ -695,16 +699,59 @@ def _find_partitions(logs: str, sources: Sequence[str], start: dt.date | None,
                 continue
             if (start and date < start) or (end and date > end):
                 continue
-            paths = sorted(folders[folder])
+            paths = sorted(set(folders[folder]) | set(_local_entries(folder)))
             logs_here = [p for p in paths if storage.basename(p).lower().endswith(LOG_SUFFIXES)]
+            bad = [(p, reason) for p in logs_here if (reason := _unreadable(p))]
+            for p, reason in bad:
+                log(f"error: {p} is not a readable log file ({reason}); it is left out of "
+                    f"{source} {date} and listed in the day's stats as unreadable_files. Fix: "
+                    f"replace it with the log file, then rebuild the day")
+            if bad:
+                unreadable[(source, date.isoformat())] = [{"path": p, "reason": r} for p, r in bad]
+                logs_here = [p for p in logs_here if p not in dict(bad)]
             for p in paths:
                 if p not in logs_here:
                     log(f"skipping {p}: not a log file (expected one of {', '.join(LOG_SUFFIXES)})")
             if not logs_here:
-                log(f"skipping partition {folder}: it holds no log files")
+                log(f"{'error: ' if bad else ''}skipping partition {folder}: it holds no "
+                    f"{'readable ' if bad else ''}log files")
                 continue
             found[(source, date.isoformat())] = logs_here
     return found
+
+
+def _local_entries(folder: str) -> list[str]:
+    """Every entry of a local partition folder, files or not (FileSystems.match leaves out
+    what it cannot stat: dangling symlinks, symlink loops)."""
+    if storage.is_remote(folder):
+        return []
+    try:
+        return [os.path.join(folder, name) for name in os.listdir(folder)]
+    except OSError:
+        return []
+
+
+def _unreadable(path: str) -> str | None:
+    """Why a local log path cannot be read as a file (None: it can, or it is remote): a
+    dangling symlink, a symlink loop, a folder, a FIFO (reading it would block the build
+    forever), a device or socket, or no read permission."""
+    if storage.is_remote(path):
+        return None
+    try:
+        mode = os.stat(path).st_mode  # follows symlinks
+    except OSError as e:
+        kind = "a symlink loop" if e.errno == errno.ELOOP else (
+            "a dangling symlink" if os.path.islink(path) else e.strerror)
+        return f"{kind}: {e.strerror}"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a device or socket)"
+    if not os.access(path, os.R_OK):
+        return "no read permission"
+    return None
 
 
 def _clean_staging(work: str, log: Callable[[str], None]) -> None:
@@ -897,7 +944,8 @@ def build(spec: Spec, logs: str, work: str, start: dt.date | None = None,
     logs, work = storage.absolute(logs), storage.absolute(work)
     options = PipelineOptions(_pipeline_args(beam_args, (logs, work)))
     FileSystems.set_options(options)  # the driver's own FileSystems calls reach the same stores
-    partitions = _find_partitions(logs, sources, start, end, log)
+    unreadable: dict[tuple[str, str], list[dict]] = {}
+    partitions = _find_partitions(logs, sources, start, end, log, unreadable)
     if not partitions:
         window = f" between {start or '-inf'} and {end or '+inf'}" if start or end else ""
         raise ValueError(f"no log partitions found under {logs!r} for sources {list(sources)}"
@@ -925,6 +973,8 @@ def build(spec: Spec, logs: str, work: str, start: dt.date | None = None,
         staged = set(_files_under(run_dir))
         results = [_finish_day(spec, run_dir, staged, source, date, rows_per_shard, seconds)
                    for source, date in sorted(partitions)]
+        for stats in results:
+            stats["unreadable_files"] = unreadable.get((stats["source"], stats["date"]), [])
         _publish(work, run_dir, results)
         _delete_tree(run_dir)
     _report(results, seconds, log)

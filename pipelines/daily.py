@@ -211,6 +211,9 @@ class _DailyJob:
                               beam_args=self.config.beam_args, skip_built=True, log=self.log,
                               lock=self.build_lock())
                 s["partitions_built"] = len(built)
+                unreadable = [f for stats in built for f in stats.get("unreadable_files", [])]
+                if unreadable:  # built without them; each is named in the log and the stats
+                    s["unreadable_files"] = unreadable
         with self.step("tpm") as s:
             self.tpm(s)
         with self.step("cpm") as s:

@@ -349,3 +349,40 @@ def test_default_runner_runs_in_process_without_prism(built):
     runner, _ = _pipeline_runner(PipelineOptions([]))
     assert isinstance(runner, FnApiRunner)
     assert _pipeline_runner(PipelineOptions(["--runner=FlinkRunner"])) == (None, "FlinkRunner")
+
+
+def test_unreadable_log_files_are_reported_never_silently_dropped(tmp_path):
+    import signal
+
+    logs, work = tmp_path / "logs", tmp_path / "work"
+    folder = partition(logs, "natural", D1)
+    write_jsonl(folder / "good.jsonl", [row("r1", D1), row("r2", D1)])
+    (folder / "dangling.jsonl").symlink_to(folder / "gone.jsonl")
+    (folder / "loop.jsonl").symlink_to(folder / "loop.jsonl")
+    (folder / "folder.jsonl").mkdir()
+    os.mkfifo(folder / "pipe.jsonl")  # reading it would block the build forever
+    only_bad = partition(logs, "natural", D2)
+    (only_bad / "dangling.jsonl.gz").symlink_to(only_bad / "gone.jsonl.gz")
+
+    def hung(*_):
+        raise TimeoutError("the build hung on an unreadable log file")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(300)
+    messages: list[str] = []
+    try:
+        results = build(SPEC, str(logs), str(work), log=messages.append)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert [(r["source"], r["date"]) for r in results] == [("natural", D1.isoformat())]
+    stats = read_stats(work, "natural", D1)
+    assert stats["rows_read"] == stats["rows_written"] == 2
+    reasons = {os.path.basename(f["path"]): f["reason"] for f in stats["unreadable_files"]}
+    assert set(reasons) == {"dangling.jsonl", "loop.jsonl", "folder.jsonl", "pipe.jsonl"}
+    assert reasons["dangling.jsonl"].startswith("a dangling symlink")
+    assert reasons["loop.jsonl"].startswith("a symlink loop")
+    assert reasons["folder.jsonl"] == "a folder" and reasons["pipe.jsonl"].startswith("a FIFO")
+    text = "\n".join(messages)
+    assert text.count("is not a readable log file") == 5
+    assert f"error: skipping partition {only_bad}: it holds no readable log files" in text
