@@ -227,25 +227,46 @@ def _build(args: argparse.Namespace, beam_args: list[str]) -> None:
              ", ".join(f"{k} {len(v):,}" for k, v in vocabs.items()))
 
 
-def _daily(args: argparse.Namespace, beam_args: list[str]) -> None:
+def _daily(args: argparse.Namespace, beam_args: list[str]) -> int:
     from dataclasses import replace
 
     from ecdctr.config import load_config
     from ecdctr.jsonio import json_safe
-    from pipelines.daily import run_backfill, run_daily
+    from pipelines.daily import OUTCOMES, run_daily
 
     config = load_config(args.config)
     if beam_args:
         config = replace(config, beam_args=tuple(beam_args))
+    days = [args.date]
     if args.backfill:
-        reports = run_backfill(config, *args.backfill, log=log.info, force=args.force)
-    else:
-        reports = [run_daily(config, args.date, log=log.info, force=args.force)]
-    for report in reports:
+        start, end = args.backfill
+        if start > end:
+            raise ValueError(f"backfill start {start} is after end {end}")
+        days = [start + dt.timedelta(days=n) for n in range((end - start).days + 1)]
+    codes = []
+    for day in days:
+        if len(days) > 1:
+            log.info("=== backfill %s ===", day)
+        try:
+            report = run_daily(config, day, log=log.info, force=args.force)
+        except Exception as e:  # noqa: BLE001  (the report says failed; the exit code too)
+            if isinstance(e, ConfigError):
+                raise
+            message = error_line(e)
+            if message is None:
+                traceback.print_exc()
+            print(f"ecdctr daily: {day} failed: {message or type(e).__name__}", file=sys.stderr)
+            codes.append(OUTCOMES["failed"])
+            break  # later days build on this one
+        outcome = report.get("outcome", "published" if report.get("published") else "rejected")
         print(json.dumps(json_safe({
-            "date": report["date"], "status": report["status"], "metrics": report.get("metrics"),
-            "published": report.get("published"),
+            "date": report["date"], "status": report["status"], "outcome": outcome,
+            "metrics": report.get("metrics"), "published": report.get("published"),
             "export": report.get("export") or report.get("rejected")}), indent=2, allow_nan=False))
+        codes.append(OUTCOMES.get(outcome, OUTCOMES["failed"]))
+    # the most urgent outcome of the days run: failed, then rejected, then published, then done
+    urgency = [OUTCOMES[k] for k in ("failed", "rejected", "published", "done")]
+    return min(codes, key=lambda code: urgency.index(code) if code in urgency else len(urgency))
 
 
 def _compare(args: argparse.Namespace, beam_args: list[str]) -> None:

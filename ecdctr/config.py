@@ -14,7 +14,7 @@ from ecdctr.models import ModelConfig
 from ecdctr.validation import ConfigError, is_int, is_number, load_yaml, unknown_keys
 
 TOP_KEYS = ("spec", "logs", "work", "export", "windows", "model", "tpm", "cpm", "actr",
-            "transfer", "schedule", "gate", "seed", "beam_args", "lock", "distribute")
+            "transfer", "schedule", "gate", "seed", "beam_args", "lock", "distribute", "alert")
 GATE_KEYS = ("max_auc_drop", "max_calibration_error", "max_abs_diff", "keep_versions")
 WINDOW_KEYS = ("tpm_days", "cpm_days", "actr_days")
 TRAIN_KEYS = ("max_epochs", "patience", "validation_days", "batch_size", "learning_rate")
@@ -114,6 +114,7 @@ class RunConfig:
     seed: int = 0
     beam_args: tuple[str, ...] = ()
     lock: str = ""  # a local file; <work>/.daily.lock when work is local
+    alert: str = ""  # a shell command run for a failed or rejected day (README "Exit codes")
     distribute: DistributeConfig = field(default_factory=DistributeConfig)
 
 
@@ -164,6 +165,10 @@ def load_config(path: str) -> RunConfig:
     seed = doc.get("seed", 0)
     if not is_int(seed):
         errors.append(f"'seed' must be an integer, got {seed!r}.")
+    alert = doc.get("alert") or ""
+    if not isinstance(alert, str):
+        errors.append(f"'alert' must be a shell command line (a string), got {type(alert).__name__}. "
+                      "Fix: e.g. `alert: mail -s \"ecdctr $ECDCTR_OUTCOME\" oncall@example.com`.")
     beam_args = doc.get("beam_args", [])
     if not isinstance(beam_args, list) or not all(isinstance(a, str) for a in beam_args):
         errors.append("'beam_args' must be a list of pipeline option strings, "
@@ -173,7 +178,7 @@ def load_config(path: str) -> RunConfig:
     models = {k: replace(v, seed=seed) for k, v in models.items()}
     return RunConfig(path=os.path.abspath(path), windows=windows, transfer=transfer,
                      schedule=schedule, gate=gate, seed=seed, distribute=distribute,
-                     beam_args=tuple(beam_args), lock=lock, **paths, **models)
+                     beam_args=tuple(beam_args), lock=lock, alert=alert, **paths, **models)
 
 
 def _section(doc: dict, key: str, allowed: tuple[str, ...], default: Any, errors: list[str]) -> Any:

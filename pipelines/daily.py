@@ -32,8 +32,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import json
 import os
 import re
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -65,7 +67,7 @@ from ecdctr.export import (
     versions,
 )
 from ecdctr.gate import run_gate
-from ecdctr.jsonio import read_json, write_json
+from ecdctr.jsonio import json_safe, read_json, write_json
 from ecdctr.models import merged_tpm
 from ecdctr.spec import Spec, load_spec
 from ecdctr.vocab import Partition
@@ -108,11 +110,12 @@ def run_daily(config: RunConfig, date: dt.date, log: Log = print, force: bool = 
     distribution = create(config.distribute, config.work, log)  # first: before any TF op
     if distribution is not None and not distribution.runs_pipeline:
         serve(distribution, log)  # a parameter_server worker or ps task: until it is stopped
-        return {"date": date.isoformat(), "status": "served", "task": str(distribution.task)}
+        return {"date": date.isoformat(), "status": "served", "task": str(distribution.task),
+                "outcome": "worker"}
     path = report_path(config, date)
     if not force and storage.exists(path) and read_json(path).get("status") == "ok":
         log(f"{date} is done (report {path} says ok); nothing to do. Use --force to run it again.")
-        return read_json(path)
+        return {**read_json(path), "outcome": "done"}
     spec = load_spec(config.spec)
     report: dict = {"date": date.isoformat(), "config": config.path, "status": "running",
                     "spec_fingerprint": spec.fingerprint, "steps": {}}
@@ -120,15 +123,66 @@ def run_daily(config: RunConfig, date: dt.date, log: Log = print, force: bool = 
         report["task"] = str(distribution.task)
         with tracked(report, lambda: log(f"{distribution.task}: {report['status']}")):
             _DailyJob(config, spec, date, report, log, force, distribution).run()
+        report["outcome"] = "worker"  # the chief's report and exit code say how the day went
         return report
 
     def written() -> None:
+        report["outcome"] = outcome(report)
         write_json(path, report)
         log(f"report written to {path}")
 
-    with work_lock(config.lock or storage.join(config.work, ".daily.lock")), tracked(report, written):
-        _DailyJob(config, spec, date, report, log, force, distribution).run()
+    with work_lock(config.lock or storage.join(config.work, ".daily.lock")):
+        try:
+            with tracked(report, written):
+                _DailyJob(config, spec, date, report, log, force, distribution).run()
+        finally:
+            if report["outcome"] in ALERT_ON:
+                send_alert(config, report, path, log)
     return report
+
+
+# What a day's run came to, and the exit code `ecdctr daily` gives it (README "Exit codes").
+OUTCOMES = {"published": 0, "failed": 1, "rejected": 3, "done": 4, "worker": 0}
+ALERT_ON = ("failed", "rejected")
+ALERT_SECONDS = 120
+
+
+def outcome(report: dict) -> str:
+    """published (a new version is served), rejected (the gate kept the candidate out),
+    failed (a step failed: see the report) or done (nothing was left to do)."""
+    if report.get("status") == "failed":
+        return "failed"
+    if report.get("status") == "ok":
+        return "published" if report.get("published") else "rejected"
+    return report.get("outcome", "failed")
+
+
+def send_alert(config: RunConfig, report: dict, path: str, log: Log) -> None:
+    """Runs the config's `alert` command (a shell command line) for a failed or rejected day:
+    the report on its standard input and ECDCTR_DATE, ECDCTR_OUTCOME, ECDCTR_REPORT (the
+    report's path), ECDCTR_ERROR in its environment. Its own failure is logged, never raised:
+    the day's outcome stands."""
+    if not config.alert:
+        return
+    env = {**os.environ, "ECDCTR_DATE": report["date"], "ECDCTR_OUTCOME": report["outcome"],
+           "ECDCTR_REPORT": path, "ECDCTR_ERROR": _first_error(report)}
+    try:
+        done = subprocess.run(["/bin/sh", "-c", config.alert], input=json.dumps(json_safe(report)),
+                              text=True, env=env, capture_output=True, timeout=ALERT_SECONDS)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log(f"error: the alert command failed to run ({e})")
+        return
+    if done.returncode != 0:
+        log(f"error: the alert command exited {done.returncode}: {done.stderr.strip()[-500:]}")
+    else:
+        log(f"alert sent ({report['outcome']}) by: {config.alert}")
+
+
+def _first_error(report: dict) -> str:
+    for name, step in report.get("steps", {}).items():
+        if step.get("status") == "failed":
+            return f"{name}: {step.get('error', '')}"[:1000]
+    return report.get("error", "")[:1000] or "; ".join(report.get("gate", {}).get("reasons", []))
 
 
 @contextlib.contextmanager
@@ -148,20 +202,6 @@ def tracked(entry: dict, done: Callable[[], None]) -> Iterator[None]:
     finally:
         entry["seconds"] = round(time.perf_counter() - started, 1)
         done()
-
-
-def run_backfill(config: RunConfig, start: dt.date, end: dt.date, log: Log = print,
-                 force: bool = False) -> list[dict]:
-    """run_daily for every day from start to end, in order; stops at the first failure."""
-    if start > end:
-        raise ValueError(f"backfill start {start} is after end {end}")
-    reports = []
-    day = start
-    while day <= end:
-        log(f"=== backfill {day} ===")
-        reports.append(run_daily(config, day, log, force))
-        day += dt.timedelta(days=1)
-    return reports
 
 
 def feature_diff(old: dict[str, str], new: dict[str, str]) -> dict[str, list[str]]:

@@ -158,3 +158,12 @@ def test_unreadable_files_name_the_file(tmp_path, content, expected):
         path.write_bytes(content)
     with pytest.raises(ConfigError, match=f"c.yaml: .*{expected}"):
         load_config(str(path))
+
+
+def test_the_production_config_loads_and_says_what_production_needs():
+    config = load_config("configs/prod.yaml")
+    assert config.work.startswith("s3://") and config.export.startswith("s3://")
+    assert config.lock == "/var/lock/ecdctr-daily.lock" and config.alert
+    demo = load_config("configs/demo.yaml")
+    assert config.cpm == demo.cpm and config.actr == demo.actr and config.tpm == demo.tpm
+    assert config.transfer == demo.transfer and config.schedule == demo.schedule

@@ -141,6 +141,40 @@ def test_predict_on_a_corrupt_version_says_so_in_one_line(run, tmp_path, capsys)
     assert f"error: {version}: the SavedModel cannot be loaded" in err and "Fix:" in err
 
 
+def test_exit_codes_and_the_alert_command(run, tmp_path, capsys):
+    root, config, _, _ = run
+    alerted = tmp_path / "alert.json"
+    with_alert = root / "alerting.yaml"
+    with_alert.write_text(config.read_text() + f"alert: cat > {alerted} && echo $ECDCTR_OUTCOME "
+                          f"$ECDCTR_DATE $ECDCTR_REPORT > {alerted}.env\n")
+    with pytest.raises(SystemExit) as e:  # the day is done: nothing to do, no alert
+        main(["daily", f"--config={with_alert}", f"--date={DATE}"])
+    assert e.value.code == 4 and not alerted.exists()
+    assert json.loads(capsys.readouterr().out)["outcome"] == "done"
+    later = DATE + dt.timedelta(days=1)  # no ad logs of that day: the run fails
+    with pytest.raises(SystemExit) as e:
+        main(["daily", f"--config={with_alert}", f"--date={later}"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1, err
+    assert f"ecdctr daily: {later} failed: " in err and "evaluation day" in err
+    sent = json.loads(alerted.read_text())
+    assert sent["outcome"] == "failed" and sent["date"] == later.isoformat()
+    assert sent["steps"]["actr"]["status"] == "failed"
+    report = root / "work" / "reports" / f"{later}.json"
+    assert alerted.with_suffix(".json.env").read_text().split() == ["failed", later.isoformat(),
+                                                                   str(report)]
+    assert json.loads(report.read_text())["outcome"] == "failed"
+
+
+def test_outcomes_map_to_exit_codes():
+    from pipelines.daily import OUTCOMES, outcome
+
+    assert outcome({"status": "ok", "published": True}) == "published"
+    assert outcome({"status": "ok", "published": False}) == "rejected"
+    assert outcome({"status": "failed"}) == "failed"
+    assert OUTCOMES == {"published": 0, "failed": 1, "rejected": 3, "done": 4, "worker": 0}
+
+
 def test_python_dash_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "ecdctr", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "daily" in out.stdout

@@ -170,6 +170,6 @@ def test_the_daily_job_runs_on_s3_from_logs_to_a_served_version(bucket, tmp_path
     probabilities = [float(x) for x in served.stdout.split()]
     assert len(probabilities) == 3 and all(0 < p < 1 for p in probabilities)
     again = _cli("daily", f"--config={config}", "--date=2026-01-08")
-    assert again.returncode == 0 and "is done" in again.stderr + again.stdout
+    assert again.returncode == 4 and "is done" in again.stderr + again.stdout  # nothing to do
     failed = _cli("inspect", f"{bucket}/work/models/nothing")
     assert failed.returncode == 2 and "error:" in failed.stderr
