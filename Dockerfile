@@ -23,5 +23,10 @@ COPY --from=apache/beam_python3.11_sdk:2.77.0 /opt/apache/beam /opt/apache/beam
 ENTRYPOINT ["/opt/apache/beam/boot"]
 
 FROM base
+# Not root: a training job needs no privileges; mount the work folder writable for uid 10001
+# (or use object storage, README "Object storage").
+RUN useradd --system --uid 10001 --create-home --home-dir /home/ecdctr ecdctr
+USER 10001:10001
+WORKDIR /home/ecdctr
 ENTRYPOINT ["ecdctr"]
 CMD ["--help"]
