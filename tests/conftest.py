@@ -72,9 +72,8 @@ def pytest_sessionfinish(session, exitstatus):
 def pytest_unconfigure(config):
     """tensorflow-io's S3 client aborts the interpreter at exit (status 134): once it was
     loaded, end the process with pytest's own status instead."""
-    from ecdctr import storage
-
-    if storage.native_loaded() and _exit_status:
+    storage = sys.modules.get("ecdctr.storage")
+    if storage is not None and storage.native_loaded() and _exit_status:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(_exit_status[-1])
