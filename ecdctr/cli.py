@@ -93,6 +93,18 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("folder", help="a TPM snapshot, CPM or A-CTR folder, e.g. work/models/actr/D")
     i.add_argument("--json", action="store_true", help="print the whole meta.json instead")
 
+    v = sub.add_parser("versions", help="list the published versions: day, metrics, gate")
+    v.add_argument("--export", required=True,
+                   help="the run config's export folder (or its actr/ folder), local or a URI")
+    v.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    b2 = sub.add_parser("rollback", help="serve an earlier version again, and hold new ones")
+    b2.add_argument("--export", required=True, help="the export folder (or its actr/ folder)")
+    which = b2.add_mutually_exclusive_group(required=True)
+    which.add_argument("--to", type=_positive_int, help="the version to serve again")
+    which.add_argument("--release", action="store_true",
+                       help="end the hold: the next daily run publishes through the gate again")
+
     r = sub.add_parser("predict", help="score raw-log rows with an exported SavedModel")
     r.add_argument("--model", required=True,
                    help="a SavedModel version folder, or its parent (newest version is used)")
@@ -336,6 +348,51 @@ def _predict(args: argparse.Namespace, _: list[str]) -> int:
     return 1 if bad else 0
 
 
+def _export_base(folder: str) -> str:
+    from ecdctr import storage
+
+    nested = storage.join(folder, "actr")
+    return nested if storage.isdir(nested) else folder
+
+
+def _versions(args: argparse.Namespace, _: list[str]) -> None:
+    from ecdctr.export import describe_versions, held
+
+    base = _export_base(args.export)
+    rows, hold = describe_versions(base), held(base)
+    if args.json:
+        print(json.dumps({"base": base, "versions": rows, "hold": hold}, indent=2))
+        return
+    if not rows:
+        raise FileNotFoundError(f"{base}: no published version. Fix: pass the run config's "
+                                f"export folder.")
+    print(f"{'version':>7}  {'day':10}  {'AUC':>6}  {'gate':8}  {'vs serving':>10}  published at"
+          f"{'':14}note")
+    for row in rows:
+        auc = f"{row['auc']:.4f}" if isinstance(row["auc"], float) else "-"
+        vs = f"{row['serving_auc']:.4f}" if isinstance(row["serving_auc"], float) else "-"
+        note = f"rollback to {row['rollback_of']}" if row["rollback_of"] else ""
+        if row is rows[-1]:
+            note = ("served (highest); " + note).strip("; ")
+        print(f"{row['version']:>7}  {row['date'] or '-':10}  {auc:>6}  {row['gate'] or '-':8}  "
+              f"{vs:>10}  {row['published_at'] or '-':26}{note}")
+    if hold:
+        print(f"rollback in force since {hold['at']}: version {hold['version']} serves version "
+              f"{hold['to']}; new candidates are held (`ecdctr rollback --release` ends it)")
+
+
+def _rollback(args: argparse.Namespace, _: list[str]) -> None:
+    from ecdctr.export import release, rollback
+
+    base = _export_base(args.export)
+    if args.release:
+        hold = release(base)
+        log.info("%s", f"released the rollback to version {hold['to']}: the next daily run "
+                       f"publishes through the gate" if hold else "no rollback was in force")
+        return
+    rollback(base, args.to, log=log.info)
+
+
 def _query(args: argparse.Namespace, _: list[str]) -> int:
     from ecdctr.client import query, read_examples
     from ecdctr.rows import RowParser
@@ -356,4 +413,5 @@ def _query(args: argparse.Namespace, _: list[str]) -> int:
 
 
 COMMANDS = {"simulate": _simulate, "build": _build, "daily": _daily, "compare": _compare,
-            "inspect": _inspect, "predict": _predict, "query": _query}
+            "inspect": _inspect, "predict": _predict, "query": _query, "versions": _versions,
+            "rollback": _rollback}

@@ -39,6 +39,9 @@ WARMUP_BATCH_SIZES = (1, 8, 64, 256)
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
 REJECTED = "rejected"  # <base>/rejected/<name>/: gated-out models, kept with their reason
 PUBLISHED_MARKER = "published.json"  # in assets.extra/, written last: the version is whole
+EXPORT_MARKER = "actr.json"  # in assets.extra/: the checkpoint an export came from, its gate
+ROLLBACK_MARKER = "rollback.json"  # in assets.extra/ of a version that re-serves an older one
+HOLD_FILE = "rollback.json"  # in the base: a rollback is in force, new candidates wait
 SAVED_MODEL = "saved_model.pb"
 Log = Callable[[str], None]
 
@@ -235,3 +238,65 @@ def export_saved_model(model: keras.Model, spec: Spec, base: str,
                        warmup_examples: Sequence[bytes] = (), log: Log = print) -> str:
     """Stages and publishes without a gate (tests, tools); the daily job gates in between."""
     return publish(stage_saved_model(model, spec, base, warmup_examples, log=log), base, log=log)
+
+
+def describe_versions(base: str) -> list[dict]:
+    """The published versions under base, oldest first: day, checkpoint, metrics, gate result,
+    when published, and which older version a rollback version re-serves."""
+    rows = []
+    for v in versions(base):
+        extra = storage.join(base, str(v), "assets.extra")
+        marker = _read_optional(storage.join(extra, EXPORT_MARKER))
+        gate = marker.get("gate") or {}
+        rows.append({
+            "version": v, "date": marker.get("date"), "checkpoint": marker.get("checkpoint"),
+            "auc": gate.get("candidate_auc"), "gate": "passed" if gate.get("passed") else
+            ("rejected" if gate else None), "serving_auc": (gate.get("serving") or {}).get("auc"),
+            "published_at": _read_optional(storage.join(extra, PUBLISHED_MARKER)).get("published_at"),
+            "rollback_of": _read_optional(storage.join(extra, ROLLBACK_MARKER)).get("to")})
+    return rows
+
+
+def _read_optional(path: str) -> dict:
+    try:
+        return json.loads(storage.read_text(path))
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def rollback(base: str, to: int, keep: int = 5, log: Log = print) -> dict:
+    """Makes version `to` the served one. TF Serving serves the highest version, so `to` is
+    published again as the next version (a copy, with assets.extra/rollback.json), and a hold
+    file in the base stops the daily job from publishing new candidates over it until
+    `release`: they are gated and kept in rejected/ with the reason."""
+    if to not in versions(base):
+        raise ValueError(f"{base}: no published version {to} (published: {versions(base)}). "
+                         f"Fix: pick one that `ecdctr versions` lists.")
+    source = storage.join(base, str(to))
+    staging = storage.join(base, f".staging-rollback-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    storage.rmtree(staging)
+    skip = {storage.join("assets.extra", PUBLISHED_MARKER)}
+    for relative in storage.files_under(source):
+        if relative not in skip:
+            storage.copy(storage.join(source, relative), storage.join(staging, relative))
+    at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    storage.write_text(storage.join(staging, "assets.extra", ROLLBACK_MARKER),
+                       json.dumps({"to": to, "at": at}))
+    final = publish(staging, base, max(keep, 2), log)
+    hold = {"to": to, "version": int(storage.basename(final)), "at": at}
+    storage.write_text(storage.join(base, HOLD_FILE), json.dumps(hold))
+    log(f"rolled back: version {hold['version']} serves the model of version {to}; the daily job "
+        f"publishes nothing new until `ecdctr rollback --release`")
+    return hold
+
+
+def held(base: str) -> dict | None:
+    """The rollback in force under base, if any (see rollback)."""
+    return _read_optional(storage.join(base, HOLD_FILE)) or None
+
+
+def release(base: str) -> dict | None:
+    """Ends a rollback hold: the next daily run publishes through the gate again."""
+    hold = held(base)
+    storage.remove(storage.join(base, HOLD_FILE))
+    return hold

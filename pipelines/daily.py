@@ -58,7 +58,9 @@ from ecdctr.config import RunConfig
 from ecdctr.data import partition_files
 from ecdctr.distribute import Distribution, create, serve
 from ecdctr.export import (
+    EXPORT_MARKER,
     REJECTED,
+    held,
     publish,
     reject,
     remove_version,
@@ -77,7 +79,6 @@ from pipelines.build import build, built_partitions
 Log = Callable[[str], None]
 CPM_KEEP = 4  # newest CPM checkpoints kept
 ACTR_KEEP = 7  # newest A-CTR checkpoints kept
-EXPORT_MARKER = "actr.json"  # in an export's assets.extra/: the checkpoint it came from, its gate
 _NAME = re.compile(r"^\d{4}-\d{2}(-\d{2})?$")  # snapshot / checkpoint folder names
 
 
@@ -675,6 +676,14 @@ class _DailyJob:
                         storage.join(base, str(serving[-1])) if serving else None, held_out,
                         self.report["steps"]["actr"]["metrics"]["actr"], self.config.gate,
                         self.log)
+        hold = held(base)
+        if hold:  # an operator rolled back: nothing new is served until they release it
+            gate["passed"] = False
+            gate["reasons"].append(
+                f"a rollback to version {hold['to']} (served as version {hold['version']}) is in "
+                f"force since {hold['at']}. Fix: once the cause is fixed, `ecdctr rollback "
+                f"--export={self.config.export} --release`, and the next run publishes again")
+            self.log(f"not publishing: {gate['reasons'][-1]}")
         self.report["gate"] = entry["gate"] = gate
         write_json(storage.join(staging, "assets.extra", EXPORT_MARKER),
                    {"date": self.date.isoformat(), "checkpoint": self.actr_folder,

@@ -184,3 +184,36 @@ def test_daily_without_ad_logs_on_the_date_says_what_is_missing(run):
     _, config, _, _ = run
     with pytest.raises(Exception, match="evaluation day"):
         run_daily(load_config(str(config)), DATE + dt.timedelta(days=1), log=lambda _: None)
+
+
+def test_versions_rollback_and_the_hold_on_the_next_run(run, capsys):
+    root, config, _, _ = run
+    export = root / "export"
+    with pytest.raises(SystemExit) as e:
+        main(["versions", f"--export={export}"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and f"{DATE}" in out and "served (highest)" in out
+    with pytest.raises(SystemExit) as e:
+        main(["rollback", f"--export={export}", "--to=7"])
+    assert e.value.code == 2 and "no published version 7" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["rollback", f"--export={export}", "--to=1"])
+    assert e.value.code == 0
+    with pytest.raises(SystemExit):
+        main(["versions", f"--export={export}", "--json"])
+    listed = json.loads(capsys.readouterr().out)
+    newest = listed["versions"][-1]
+    assert newest["rollback_of"] == 1 and newest["date"] == DATE.isoformat()
+    assert listed["hold"]["to"] == 1 and listed["hold"]["version"] == newest["version"]
+    # the next run trains and gates, but publishes nothing over the rollback: rejected, exit 3
+    with pytest.raises(SystemExit) as e:
+        main(["daily", f"--config={config}", f"--date={DATE}", "--force"])
+    assert e.value.code == 3
+    report = json.loads((root / "work" / "reports" / f"{DATE}.json").read_text())
+    assert report["outcome"] == "rejected" and not report["published"]
+    assert any("a rollback to version 1" in r and "--release" in r for r in report["gate"]["reasons"])
+    served = json.loads(capsys.readouterr().out)
+    assert served["outcome"] == "rejected"
+    with pytest.raises(SystemExit) as e:
+        main(["rollback", f"--export={export}", "--release"])
+    assert e.value.code == 0 and not (export / "actr" / "rollback.json").exists()
