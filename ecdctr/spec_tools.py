@@ -183,7 +183,8 @@ def format_check(report: dict) -> str:
         for f in r["unreadable_files"]:
             out.append(f"  unreadable file (the build leaves it out): {f['path']} ({f['reason']})")
         if r["missing_columns"]:
-            out.append("  spec columns missing (share of rows; the feature's default is used): "
+            out.append("  spec columns missing (share of the rows that parse as objects; a "
+                       "feature's default is used): "
                        + ", ".join(f"{c} {rate:.1%}" + (" (absent)" if rate == 1 else "")
                                    for c, rate in r["missing_columns"].items()))
         if r["unread_columns"]:
