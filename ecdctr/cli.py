@@ -125,6 +125,28 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
     q.add_argument("--batch_size", type=_positive_int, default=256,
                    help="examples per request (default 256)")
+
+    sp = sub.add_parser("spec", help="check a feature spec (and its logs); say what a spec change does")
+    spec_sub = sp.add_subparsers(dest="spec_command", required=True)
+    sc = spec_sub.add_parser(
+        "check", help="validate a spec; with --logs, run the build's row checks on a sample",
+        epilog="Exit status: 0 valid (and no sampled row would be quarantined), 1 valid but "
+               "sampled rows would be quarantined or log files are unreadable, 2 invalid spec.")
+    sc.add_argument("file", help="feature spec YAML")
+    sc.add_argument("--logs", help="raw logs folder (<logs>/<source>/date=D/) to sample")
+    sc.add_argument("--days", type=_positive_int, default=3,
+                    help="newest days per source to sample (default 3)")
+    sc.add_argument("--rows", type=_positive_int, default=1000,
+                    help="rows to sample per day (default 1000)")
+    sc.add_argument("--json", action="store_true", help="print the report as JSON")
+    sd = spec_sub.add_parser(
+        "diff", help="what changes from OLD to NEW: features, warm starts, TPM snapshots, "
+                     "retraining, rebuilding",
+        epilog="Exit status: 0 identical in effect (same fingerprint), 1 they differ, 2 an "
+               "invalid spec.")
+    sd.add_argument("old", help="the spec in use (e.g. a model folder's spec.yaml)")
+    sd.add_argument("new", help="the edited spec")
+    sd.add_argument("--json", action="store_true", help="print the report as JSON")
     return p
 
 
@@ -412,6 +434,18 @@ def _query(args: argparse.Namespace, _: list[str]) -> int:
     return 1 if problems else 0
 
 
+def _spec(args: argparse.Namespace, _: list[str]) -> int:
+    from ecdctr import spec_tools
+
+    if args.spec_command == "check":
+        report, status = spec_tools.check(args.file, args.logs, args.days, args.rows)
+        print(spec_tools.as_json(report) if args.json else spec_tools.format_check(report))
+    else:
+        report, status = spec_tools.diff(args.old, args.new)
+        print(spec_tools.as_json(report) if args.json else spec_tools.format_diff(report))
+    return status
+
+
 COMMANDS = {"simulate": _simulate, "build": _build, "daily": _daily, "compare": _compare,
             "inspect": _inspect, "predict": _predict, "query": _query, "versions": _versions,
-            "rollback": _rollback}
+            "rollback": _rollback, "spec": _spec}
