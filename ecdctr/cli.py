@@ -299,7 +299,7 @@ def _daily(args: argparse.Namespace, beam_args: list[str]) -> int:
             "export": report.get("export") or report.get("rejected")}), indent=2, allow_nan=False))
         codes.append(OUTCOMES.get(outcome, OUTCOMES["failed"]))
     # the most urgent outcome of the days run: failed, then rejected, then published, then done
-    urgency = [OUTCOMES[k] for k in ("failed", "rejected", "published", "done")]
+    urgency = [OUTCOMES[k] for k in ("failed", "rejected", "degraded", "published", "done")]
     return min(codes, key=lambda code: urgency.index(code) if code in urgency else len(urgency))
 
 

@@ -143,18 +143,21 @@ def run_daily(config: RunConfig, date: dt.date, log: Log = print, force: bool = 
 
 
 # What a day's run came to, and the exit code `ecdctr daily` gives it (README "Exit codes").
-OUTCOMES = {"published": 0, "failed": 1, "rejected": 3, "done": 4, "worker": 0}
-ALERT_ON = ("failed", "rejected")
+OUTCOMES = {"published": 0, "failed": 1, "rejected": 3, "done": 4, "degraded": 5, "worker": 0}
+ALERT_ON = ("failed", "rejected", "degraded")
 ALERT_SECONDS = 120
 
 
 def outcome(report: dict) -> str:
-    """published (a new version is served), rejected (the gate kept the candidate out),
+    """published (a new version is served), degraded (published, but the TPM or CPM step
+    failed and the A-CTR used earlier outputs), rejected (the gate kept the candidate out),
     failed (a step failed: see the report) or done (nothing was left to do)."""
     if report.get("status") == "failed":
         return "failed"
     if report.get("status") == "ok":
-        return "published" if report.get("published") else "rejected"
+        if not report.get("published"):
+            return "rejected"
+        return "degraded" if report.get("degraded") else "published"
     return report.get("outcome", "failed")
 
 
@@ -183,7 +186,8 @@ def _first_error(report: dict) -> str:
     for name, step in report.get("steps", {}).items():
         if step.get("status") == "failed":
             return f"{name}: {step.get('error', '')}"[:1000]
-    return report.get("error", "")[:1000] or "; ".join(report.get("gate", {}).get("reasons", []))
+    return (report.get("error", "")[:1000] or "; ".join(report.get("degraded", []))[:1000]
+            or "; ".join(report.get("gate", {}).get("reasons", [])))
 
 
 @contextlib.contextmanager
@@ -255,9 +259,11 @@ class _DailyJob:
                 unreadable = [f for stats in built for f in stats.get("unreadable_files", [])]
                 if unreadable:  # built without them; each is named in the log and the stats
                     s["unreadable_files"] = unreadable
-        with self.step("tpm") as s:
+        # A failed TPM or CPM degrades the day instead of failing it (one process only; a
+        # cluster fails together): the A-CTR fine-tunes from the newest CPM there is.
+        with self.degradable("tpm") as s:
             self.tpm(s)
-        with self.step("cpm") as s:
+        with self.degradable("cpm") as s:
             self.cpm(s)
         with self.step("actr") as s:
             self.actr(s)
@@ -282,6 +288,21 @@ class _DailyJob:
 
         with tracked(entry, done):
             yield entry
+
+    @contextlib.contextmanager
+    def degradable(self, name: str) -> Iterator[dict]:
+        """A step whose failure is logged and recorded in report["degraded"] rather than
+        raised, so the day goes on with the outputs of earlier days."""
+        try:
+            with self.step(name) as entry:
+                yield entry
+        except Exception as e:  # noqa: BLE001  (recorded in the report, the day goes on)
+            if self.distribution is not None:
+                raise
+            reason = f"{name} failed ({type(e).__name__}: {e}); the A-CTR uses the newest earlier output"
+            self.report.setdefault("degraded", []).append(reason)
+            self.log(f"error: {reason}")
+            self.save_report()
 
     def save_report(self) -> None:
         """The report so far (status "running"): shows how far a killed run got (the chief's)."""

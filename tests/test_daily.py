@@ -272,6 +272,25 @@ def test_killed_runs_resume_to_the_same_result(logs, tmp_path):
             (tmp_path / "work" / "stats" / "ad" / f"{date}.json").read_text())["rows_read"]
     # a rerun of a finished day does nothing
     lines = []
-    assert run_daily(load_config(config), dt.date.fromisoformat(date), log=lines.append) == report
+    assert run_daily(load_config(config), dt.date.fromisoformat(date), log=lines.append) == {
+        **report, "outcome": "done"}
     assert "nothing to do" in lines[0]
     assert sorted(os.listdir(tmp_path / "export" / "actr")) == ["1"]
+
+
+def test_a_failed_cpm_degrades_the_day_and_the_actr_uses_the_newest_cpm(logs, tmp_path):
+    config = load_config(_config(tmp_path, logs, extra="schedule: {tpm: monthly, cpm: weekly}\n"))
+    first = run_daily(config, dt.date(2026, 1, 9), log=lambda _: None)
+    assert first["outcome"] == "published"
+    # a bad artifact: the TPM snapshot the next CPM reads is corrupt
+    snapshot = tmp_path / "work" / "tpm" / "2026-01"
+    (snapshot / "manifest.json").write_text("{not json")
+    lines: list[str] = []
+    report = run_daily(config, dt.date(2026, 1, 12), log=lines.append)  # a new week: CPM due
+    assert report["steps"]["cpm"]["status"] == "failed"
+    assert report["status"] == "ok" and report["published"] and report["outcome"] == "degraded"
+    assert report["degraded"] and report["degraded"][0].startswith("cpm failed")
+    actr = report["steps"]["actr"]  # from yesterday's A-CTR, which descends from the newest CPM
+    assert actr["status"] == "ok" and "newest CPM 2026-01-05" in actr["start_reason"]
+    assert daily.OUTCOMES["degraded"] == 5
+    assert any(line.startswith("error: cpm failed") for line in lines)

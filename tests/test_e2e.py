@@ -172,7 +172,9 @@ def test_outcomes_map_to_exit_codes():
     assert outcome({"status": "ok", "published": True}) == "published"
     assert outcome({"status": "ok", "published": False}) == "rejected"
     assert outcome({"status": "failed"}) == "failed"
-    assert OUTCOMES == {"published": 0, "failed": 1, "rejected": 3, "done": 4, "worker": 0}
+    assert outcome({"status": "ok", "published": True, "degraded": ["cpm failed"]}) == "degraded"
+    assert OUTCOMES == {"published": 0, "failed": 1, "rejected": 3, "done": 4, "degraded": 5,
+                        "worker": 0}
 
 
 def test_python_dash_m_entry_point():
