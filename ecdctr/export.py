@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import tensorflow as tf
 import tf_keras as keras
@@ -28,6 +29,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 from ecdctr import storage
 from ecdctr.data import feature_description, features_by_name
 from ecdctr.jsonio import write_json
+from ecdctr.rows import features_example
 from ecdctr.spec import Spec
 
 OUTPUT_KEY = "click_probability"
@@ -37,6 +39,9 @@ SPEC_FILE = "spec.yaml"  # in assets.extra/: lets clients build Examples without
 WARMUP_FILE = "tf_serving_warmup_requests"  # the name TF Serving looks for in assets.extra/
 WARMUP_BATCH_SIZES = (1, 8, 64, 256)
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
+WARMUP_ROWS = 256  # distinct synthetic rows; the warmup batches cycle over them
+WARMUP_SEED = 0  # the synthetic rows are seeded: the same model exports the same warmup file
+MAX_SAFE_VOCAB = 100  # a vocabulary with more tokens is taken for an id (see safe_vocab_tokens)
 REJECTED = "rejected"  # <base>/rejected/<name>/: gated-out models, kept with their reason
 PUBLISHED_MARKER = "published.json"  # in assets.extra/, written last: the version is whole
 EXPORT_MARKER = "actr.json"  # in assets.extra/: the checkpoint an export came from, its gate
@@ -91,9 +96,104 @@ def raw_function(model: keras.Model, spec: Spec) -> tf.types.experimental.Concre
     return serve_raw.get_concrete_function()
 
 
+def safe_vocab_tokens(spec: Spec, vocabs: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """The one privacy rule of the warmup file: per raw column, the vocabulary tokens a
+    synthetic warmup row may carry (an empty list: synthetic out-of-vocabulary tokens only).
+
+    A column is identifying, and gets no real token, when any feature reading it is an entity
+    (`entity: user|item`), a TPM id (`tpm: true`), the GAUC `group_by` feature, or has a
+    vocabulary of more than MAX_SAFE_VOCAB tokens (likely an id); the request id column is
+    never a feature (the spec forbids it) and never appears. Other columns (gender, age level,
+    scenario, position...) are low-cardinality and not personal: their tokens are used, less
+    any token that is also in an identifying column's vocabulary. Hashed features have no
+    vocabulary and get synthetic tokens."""
+    group = {f.column for f in spec.features if f.name == spec.group_by}
+    identifying = {f.column for f in spec.features
+                   if f.entity or f.tpm or f.column in group or f.column == spec.request_id
+                   or len(vocabs.get(f.name, ())) > MAX_SAFE_VOCAB}
+    ids = {t for f in spec.features if f.column in identifying for t in vocabs.get(f.name, ())}
+    out: dict[str, list[str]] = {}
+    for f in spec.features:
+        if f.kind == "numeric":
+            continue
+        tokens = out.setdefault(f.column, [])
+        if f.column not in identifying:
+            tokens.extend(t for t in vocabs.get(f.name, ()) if t not in ids and t not in tokens)
+    return out
+
+
+def warmup_examples(model: keras.Model, spec: Spec, rows: int = WARMUP_ROWS,
+                    seed: int = WARMUP_SEED) -> list[bytes]:
+    """Synthetic serialized Examples for TF Serving's warmup, built from the spec and the
+    model's own vocabularies and statistics, never from logs: no user or request id of the
+    data is written into the export.
+
+    Every feature column has a value in every row. Categorical columns alternate between a
+    token of safe_vocab_tokens and a synthetic one ("warmup-oov-<row>"); identifying columns
+    (user and item ids...) only ever get synthetic tokens. That leaves known ids unlooked-up,
+    which warmup does not need: it is there to trigger lazy initialization and tracing for each
+    batch shape, and any string, known or not, goes through the same StringLookup / Hashing
+    op. Every 4th row has a known domain when the model has one made of safe tokens. Lists
+    have 0 to 3 tokens (ragged shapes, the empty list included). Numbers cycle
+    through every bucket of a bucketized column, else are drawn in mean ± std of the training
+    statistics, else around the spec default. Seeded: reproducible exports."""
+    encoder = getattr(model, "encoder", None)
+    vocabs: Mapping[str, Sequence[str]] = getattr(encoder, "vocabs", {})
+    stats: Mapping[str, tuple[float, float]] = getattr(encoder, "numeric_stats", {})
+    tokens = safe_vocab_tokens(spec, vocabs)
+    kinds: dict[str, str] = {}
+    for f in spec.features:
+        kinds.setdefault(f.column, f.kind)  # the first feature's kind, as feature_description
+    # known domains (the domain features' tokens joined by "|") made of safe tokens only:
+    # every 4th row is one of them, so the multi-domain towers also see a known domain index
+    domain_columns = [f.column for f in spec.domain_features]
+    combos = [parts for parts in (d.split("|") for d in getattr(model, "domains", ()))
+              if len(parts) == len(domain_columns)
+              and all(t in tokens.get(c, ()) for c, t in zip(domain_columns, parts, strict=True))]
+    rng = random.Random(seed)
+    out = []
+    for r in range(rows):
+        values: dict = {}
+        if combos and r % 4 == 0:
+            values.update(zip(domain_columns, combos[(r // 4) % len(combos)], strict=True))
+        for c, (column, kind) in enumerate(kinds.items()):
+            if kind == "numeric":
+                values[column] = _warmup_number(spec, column, stats, r + c, rng)
+                continue
+            pool = tokens.get(column, [])
+            if kind == "categorical":
+                values.setdefault(column, _warmup_token(pool, r + c, f"warmup-oov-{r}"))
+            else:
+                values[column] = [_warmup_token(pool, r + c + j, f"warmup-oov-{r}-{j}")
+                                  for j in range((r + c) % 4)]
+        out.append(features_example(values).SerializeToString())
+    return out
+
+
+def _warmup_token(pool: Sequence[str], i: int, oov: str) -> str:
+    """Every other i a safe vocabulary token (cycling through the pool), else the OOV token."""
+    return pool[(i // 2) % len(pool)] if pool and i % 2 == 0 else oov
+
+
+def _warmup_number(spec: Spec, column: str, stats: Mapping[str, tuple[float, float]], i: int,
+                   rng: random.Random) -> float:
+    features = [f for f in spec.features if f.column == column]
+    bounds = next((list(f.boundaries) for f in features if f.boundaries), None)
+    if bounds:  # bucket i % (len + 1), from below the first boundary to above the last
+        lows = [bounds[0] - max(1.0, abs(bounds[0])), *bounds]
+        highs = [*bounds, bounds[-1] + max(1.0, abs(bounds[-1]))]
+        k = i % len(lows)
+        return rng.uniform(lows[k], highs[k])
+    if column in stats:
+        mean, std = stats[column]
+        return rng.uniform(mean - std, mean + std)
+    return rng.uniform(features[0].default - 1.0, features[0].default + 1.0)
+
+
 def warmup_records(examples: Sequence[bytes], model_name: str) -> list[bytes]:
-    """PredictionLog records (TF Serving's warmup format) replaying batches of real examples
-    through serving_default, batch sizes cycling over WARMUP_BATCH_SIZES."""
+    """PredictionLog records (TF Serving's warmup format) replaying batches of the given
+    examples (warmup_examples: synthetic rows) through serving_default, batch sizes cycling
+    over WARMUP_BATCH_SIZES."""
     records: list[bytes] = []
     start = 0
     while examples and len(records) < min(MAX_WARMUP_RECORDS, 4 * len(WARMUP_BATCH_SIZES)):
@@ -166,15 +266,19 @@ def unfinished_versions(base: str) -> list[str]:
             if not _whole(storage.join(base, str(v)))]
 
 
-def stage_saved_model(model: keras.Model, spec: Spec, base: str, warmup_examples: Sequence[bytes],
-                      model_name: str = "actr", log: Log = print) -> str:
-    """Writes the SavedModel (both signatures, the spec and warmup requests in assets.extra/)
-    into a staging folder under base that TF Serving ignores; returns its path."""
+def stage_saved_model(model: keras.Model, spec: Spec, base: str,
+                      timing_examples: Sequence[bytes] = (), model_name: str = "actr",
+                      log: Log = print) -> str:
+    """Writes the SavedModel (both signatures, the spec and synthetic warmup requests in
+    assets.extra/) into a staging folder under base that TF Serving ignores; returns its path.
+    timing_examples (real held-out rows) only time the pruned inference path in memory
+    (choose_pruned_path; the synthetic rows when there are none): nothing of them is written."""
     storage.makedirs(base)
     staging = storage.join(base, f".staging-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
     storage.rmtree(staging)
     started = time.perf_counter()
-    path_choice = choose_pruned_path(model, spec, warmup_examples[:256])
+    warmup = warmup_examples(model, spec)
+    path_choice = choose_pruned_path(model, spec, list(timing_examples[:256]) or warmup)
     if path_choice:
         log(f"pruned MLP inference: dense {path_choice['dense_ms']} ms vs tf.sparse "
             f"{path_choice['sparse_ms']} ms on {path_choice['rows']} rows -> {path_choice['chosen']}")
@@ -184,7 +288,7 @@ def stage_saved_model(model: keras.Model, spec: Spec, base: str, warmup_examples
     extra = storage.join(staging, "assets.extra")
     storage.makedirs(extra)
     storage.copy(spec.path, storage.join(extra, SPEC_FILE))
-    records = warmup_records(warmup_examples, model_name)
+    records = warmup_records(warmup, model_name)
     with tf.io.TFRecordWriter(storage.join(extra, WARMUP_FILE)) as writer:
         for record in records:
             writer.write(record)
@@ -235,9 +339,10 @@ def reject(staging: str, base: str, reasons: list[str], log: Log = print) -> str
 
 
 def export_saved_model(model: keras.Model, spec: Spec, base: str,
-                       warmup_examples: Sequence[bytes] = (), log: Log = print) -> str:
+                       timing_examples: Sequence[bytes] = (), log: Log = print) -> str:
     """Stages and publishes without a gate (tests, tools); the daily job gates in between."""
-    return publish(stage_saved_model(model, spec, base, warmup_examples, log=log), base, log=log)
+    return publish(stage_saved_model(model, spec, base, timing_examples, log=log), base, log=log)
+
 
 
 def describe_versions(base: str) -> list[dict]:

@@ -19,7 +19,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ecdctr import metrics, storage
-from ecdctr.data import parse_batch
+from ecdctr.data import feature_description, features_by_name
 from ecdctr.export import INPUT_KEY, OUTPUT_KEY, WARMUP_FILE, read_warmup
 from ecdctr.spec import Spec
 
@@ -140,7 +140,9 @@ def infra_gate(model: keras.Model, spec: Spec, staging: str, config: GateConfig)
     diff = 0.0
     for request, answer in zip(requests, served, strict=True):
         examples = tf.make_ndarray(request.predict_log.request.inputs[INPUT_KEY])
-        features, _ = parse_batch(spec, tf.constant(examples))
+        # requests carry features only (no label), as serving's do
+        parsed = tf.io.parse_example(tf.constant(examples), feature_description(spec, False))
+        features = features_by_name(spec, parsed)
         expected = model(features, training=False).numpy().ravel()
         diff = max(diff, float(np.max(np.abs(expected - np.asarray(answer)))))
     details = {"warmup_requests": len(requests), "max_abs_diff": diff}

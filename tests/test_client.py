@@ -82,7 +82,7 @@ def served(tmp_path_factory):
                         _batch(), None)
     examples = _examples(_rows())
     base = tmp_path_factory.mktemp("export") / MODEL
-    path = export_saved_model(model, SPEC, str(base), warmup_examples=examples[:4],
+    path = export_saved_model(model, SPEC, str(base), timing_examples=examples[:4],
                               log=lambda _: None)
     signature = tf.saved_model.load(path).signatures["serving_default"]
     direct = signature(**{INPUT_KEY: tf.constant(examples)})[OUTPUT_KEY].numpy()

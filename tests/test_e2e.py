@@ -5,6 +5,7 @@ import gzip
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ import tensorflow as tf
 
 from ecdctr.cli import main
 from ecdctr.config import load_config
+from ecdctr.export import WARMUP_FILE, read_warmup
 from ecdctr.simulator import SimConfig, simulate
 from pipelines.daily import DailyError, run_daily, work_lock
 
@@ -75,6 +77,28 @@ def test_export_is_a_versioned_savedmodel_on_serialized_examples(run):
     assert probs.shape == (5,) and ((probs > 0) & (probs < 1)).all()
     empty = tf.train.Example().SerializeToString()  # every feature missing -> spec defaults
     assert math.isfinite(serve(examples=tf.constant([empty]))["click_probability"].numpy()[0])
+
+
+def test_no_request_or_user_id_of_the_logs_is_in_the_exports_warmup(run):
+    root, _, report, _ = run
+    ids = {"request_id": set(), "user_id": set(), "item_id": set()}
+    for path in (root / "logs").glob("*/date=*/*.jsonl.gz"):
+        with gzip.open(path, "rt") as f:
+            for line in f:
+                row = json.loads(line)
+                for column, seen in ids.items():
+                    seen.add(str(row[column]))
+    pattern = re.compile(rb"[a-z]2026\d{4}-\d{6}")  # the simulator's request ids
+    for path in (root / "export" / "actr" / "1").rglob("*"):
+        if path.is_file():
+            found = {m.decode() for m in pattern.findall(path.read_bytes())} & ids["request_id"]
+            assert not found, f"request ids {sorted(found)[:3]} in {path}"
+    warmup = read_warmup(os.path.join(report["export"], "assets.extra", WARMUP_FILE))
+    values = {v.decode() for r in warmup
+              for e in tf.make_ndarray(r.predict_log.request.inputs["examples"])
+              for f in tf.train.Example.FromString(e).features.feature.values()
+              for v in f.bytes_list.value}
+    assert values and not values & (ids["request_id"] | ids["user_id"] | ids["item_id"])
 
 
 def test_rerun_of_a_finished_day_does_nothing_and_force_reuses_what_exists(run):

@@ -20,6 +20,7 @@ from ecdctr.export import (
     reject,
     stage_saved_model,
     versions,
+    warmup_examples,
 )
 from ecdctr.gate import GateConfig, infra_gate, metric_gate
 from ecdctr.models import ModelConfig, build_model
@@ -64,13 +65,13 @@ def test_saved_model_cli_lists_both_signatures(staged):
     assert "examples" in out and OUTPUT_KEY in out
 
 
-def test_warmup_file_holds_prediction_logs_of_real_rows(staged):
-    _, _, path = staged
+def test_warmup_file_holds_prediction_logs_of_synthetic_rows(staged):
+    model, _, path = staged
     records = read_warmup(os.path.join(path, "assets.extra", WARMUP_FILE))
     assert 0 < len(records) <= 1000
     request = records[0].predict_log.request
     assert request.model_spec.signature_name == "serving_default"
-    assert list(tf.make_ndarray(request.inputs["examples"])) == _examples()[:1]
+    assert list(tf.make_ndarray(request.inputs["examples"])) == warmup_examples(model, SPEC)[:1]
     assert os.path.exists(os.path.join(path, "assets.extra", "spec.yaml"))
 
 
