@@ -674,15 +674,19 @@ def built_partitions(work: str, source: str) -> list[dt.date]:
 def _find_partitions(logs: str, sources: Sequence[str], start: dt.date | None,
                      end: dt.date | None, log: Callable[[str], None],
                      unreadable: dict[tuple[str, str], list[dict]],
+                     inputs: dict[tuple[str, str], list],
                      ) -> dict[tuple[str, str], list[str]]:
     """(source, date) -> its log files, for partition folders within [start, end]. Log files
-    that cannot be read (see _unreadable) are left out and recorded in `unreadable`."""
+    that cannot be read (see _unreadable) are left out and recorded in `unreadable`; `inputs`
+    gets each partition's [path, size, modification time] list."""
     found: dict[tuple[str, str], list[str]] = {}
+    metadata: dict[str, list] = {}
     for source in sources:
         pattern = storage.join(logs, source, "date=*", "*")
         folders: dict[str, list[str]] = collections.defaultdict(list)
         for m in FileSystems.match([pattern])[0].metadata_list:
             folders[storage.dirname(m.path)].append(m.path)
+            metadata[m.path] = [m.size_in_bytes, round(m.last_updated_in_seconds or 0, 3)]
         local = storage.join(logs, source)
         if not storage.is_remote(logs):  # folders without files are invisible to FileSystems.match
             for name in storage.listdir(local):
@@ -717,7 +721,21 @@ def _find_partitions(logs: str, sources: Sequence[str], start: dt.date | None,
                     f"{'readable ' if bad else ''}log files")
                 continue
             found[(source, date.isoformat())] = logs_here
+            inputs[(source, date.isoformat())] = [[p, *metadata.get(p, [None, None])]
+                                                  for p in logs_here]
     return found
+
+
+def _changed_inputs(before: list, now: list) -> str:
+    """What changed between the inputs a day was built from and those there now ('' if none):
+    files added, removed, or with another size or modification time (late data)."""
+    old = {p: (size, mtime) for p, size, mtime in before}
+    new = {p: (size, mtime) for p, size, mtime in now}
+    parts = [f"{label} {', '.join(storage.basename(p) for p in sorted(paths))}"
+             for label, paths in (("added", set(new) - set(old)), ("removed", set(old) - set(new)),
+                                  ("changed", {p for p in set(old) & set(new) if old[p] != new[p]}))
+             if paths]
+    return "; ".join(parts)
 
 
 def _local_entries(folder: str) -> list[str]:
@@ -945,7 +963,8 @@ def build(spec: Spec, logs: str, work: str, start: dt.date | None = None,
     options = PipelineOptions(_pipeline_args(beam_args, (logs, work)))
     FileSystems.set_options(options)  # the driver's own FileSystems calls reach the same stores
     unreadable: dict[tuple[str, str], list[dict]] = {}
-    partitions = _find_partitions(logs, sources, start, end, log, unreadable)
+    inputs: dict[tuple[str, str], list] = {}
+    partitions = _find_partitions(logs, sources, start, end, log, unreadable, inputs)
     if not partitions:
         window = f" between {start or '-inf'} and {end or '+inf'}" if start or end else ""
         raise ValueError(f"no log partitions found under {logs!r} for sources {list(sources)}"
@@ -953,6 +972,11 @@ def build(spec: Spec, logs: str, work: str, start: dt.date | None = None,
     if skip_built:
         built = {(s, d.isoformat()) for s in sources for d in built_partitions(work, s)}
         for key in sorted(set(partitions) & built):
+            before = json.loads(_read_bytes(_stats_file(work, *key))).get("inputs")
+            changed = _changed_inputs(before, inputs[key]) if before is not None else ""
+            if changed:  # late data: logs arrived or changed after the day was built
+                log(f"rebuilding {key[0]} {key[1]}: its logs changed since it was built ({changed})")
+                continue
             log(f"skipping {key[0]} {key[1]}: already built (stats file exists)")
             del partitions[key]
         if not partitions:
@@ -975,6 +999,7 @@ def build(spec: Spec, logs: str, work: str, start: dt.date | None = None,
                    for source, date in sorted(partitions)]
         for stats in results:
             stats["unreadable_files"] = unreadable.get((stats["source"], stats["date"]), [])
+            stats["inputs"] = inputs.get((stats["source"], stats["date"]), [])
         _publish(work, run_dir, results)
         _delete_tree(run_dir)
     _report(results, seconds, log)

@@ -386,3 +386,28 @@ def test_unreadable_log_files_are_reported_never_silently_dropped(tmp_path):
     text = "\n".join(messages)
     assert text.count("is not a readable log file") == 5
     assert f"error: skipping partition {only_bad}: it holds no readable log files" in text
+
+
+def test_late_logs_rebuild_their_day_and_say_so(tmp_path):
+    logs, work = tmp_path / "logs", tmp_path / "work"
+    folder = partition(logs, "ad", D1)
+    write_jsonl(folder / "a.jsonl", [row("r1", D1), row("r2", D1)])
+    build(SPEC, str(logs), str(work), log=lambda _: None)
+    stats = read_stats(work, "ad", D1)
+    assert [os.path.basename(p) for p, _, _ in stats["inputs"]] == ["a.jsonl"]
+    messages: list[str] = []
+    assert build(SPEC, str(logs), str(work), skip_built=True, log=messages.append) == []
+    assert any("skipping ad 2024-03-01: already built" in m for m in messages)
+    write_jsonl(folder / "late.jsonl", [row("r3", D1, click=1)])  # arrives after the build
+    messages.clear()
+    results = build(SPEC, str(logs), str(work), skip_built=True, log=messages.append)
+    assert [(r["source"], r["date"]) for r in results] == [("ad", D1.isoformat())]
+    assert any("rebuilding ad 2024-03-01: its logs changed since it was built (added late.jsonl)"
+               in m for m in messages)
+    assert read_stats(work, "ad", D1)["rows_written"] == 3 and len(read_examples(work, "ad", D1)) == 3
+    write_jsonl(folder / "a.jsonl", [row("r1", D1), row("r2", D1), row("r4", D1)])  # rewritten
+    os.utime(folder / "a.jsonl", (1, 1))
+    messages.clear()
+    build(SPEC, str(logs), str(work), skip_built=True, log=messages.append)
+    assert any("(changed a.jsonl)" in m for m in messages)
+    assert read_stats(work, "ad", D1)["rows_written"] == 4
