@@ -15,7 +15,8 @@ from ecdctr.validation import ConfigError, is_int, is_number, load_yaml, unknown
 
 TOP_KEYS = ("spec", "logs", "work", "export", "windows", "model", "tpm", "cpm", "actr",
             "transfer", "schedule", "gate", "seed", "beam_args", "lock", "distribute", "alert")
-GATE_KEYS = ("max_auc_drop", "max_calibration_error", "max_abs_diff", "keep_versions")
+GATE_KEYS = ("max_auc_drop", "max_calibration_error", "max_abs_diff", "keep_versions",
+             "max_drift")
 WINDOW_KEYS = ("tpm_days", "cpm_days", "actr_days")
 TRAIN_KEYS = ("max_epochs", "patience", "validation_days", "batch_size", "learning_rate")
 MODEL_KEYS = ("hidden", "dropout", "backbone", "cross_layers", "cross_structure", "multi_domain",
@@ -311,6 +312,8 @@ def _gate(body: Any, errors: list[str]) -> GateConfig:
             continue
         if key == "keep_versions":
             ok, need = is_int(value) and value >= 1, "a positive integer"
+        elif key == "max_drift":
+            ok, need = is_int(value) and value >= 0, "an integer >= 0"
         else:
             ok, need = is_number(value) and value >= 0, "a number >= 0"
         if not ok:

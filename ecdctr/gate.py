@@ -59,6 +59,7 @@ class GateConfig:
     max_calibration_error: float = 0.5  # |mean prediction / observed CTR - 1|
     max_abs_diff: float = 1e-5  # serving vs in-training predictions on the warmup requests
     keep_versions: int = 5  # published versions kept
+    max_drift: int = 0  # drift warnings allowed on the ad days the A-CTR learned in the run
 
 
 def score_saved_model(path: str, examples: Sequence[bytes], batch_size: int = 4096) -> np.ndarray:

@@ -30,7 +30,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from ecdctr import storage
+from ecdctr import drift, storage
 from ecdctr.rows import RowError, RowParser, domain_key, to_example
 from ecdctr.spec import Spec
 
@@ -1003,6 +1003,12 @@ def build(spec: Spec, logs: str, work: str, start: dt.date | None = None,
         _publish(work, run_dir, results)
         _delete_tree(run_dir)
     _report(results, seconds, log)
+    for source in sorted({r["source"] for r in results}):  # each new day vs the days before it
+        days = [dt.date.fromisoformat(r["date"]) for r in results if r["source"] == source]
+        found = drift.check_days(work, spec, source, days, built_partitions(work, source), log)
+        for stats in results:
+            if stats["source"] == source:
+                stats["drift"] = found[stats["date"]]
     return results
 
 

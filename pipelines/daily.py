@@ -57,6 +57,7 @@ from ecdctr.checkpoint import (
 from ecdctr.config import RunConfig
 from ecdctr.data import partition_files
 from ecdctr.distribute import Distribution, create, serve
+from ecdctr.drift import read_drift
 from ecdctr.export import (
     EXPORT_MARKER,
     REJECTED,
@@ -259,6 +260,9 @@ class _DailyJob:
                 unreadable = [f for stats in built for f in stats.get("unreadable_files", [])]
                 if unreadable:  # built without them; each is named in the log and the stats
                     s["unreadable_files"] = unreadable
+                drifted = {f"{r['source']} {r['date']}": r["drift"] for r in built if r.get("drift")}
+                if drifted:
+                    s["drift"] = drifted
         # A failed TPM or CPM degrades the day instead of failing it (one process only; a
         # cluster fails together): the A-CTR fine-tunes from the newest CPM there is.
         with self.degradable("tpm") as s:
@@ -697,6 +701,15 @@ class _DailyJob:
                         storage.join(base, str(serving[-1])) if serving else None, held_out,
                         self.report["steps"]["actr"]["metrics"]["actr"], self.config.gate,
                         self.log)
+        learned = self.report["steps"]["actr"].get("trained_days", [])
+        drifted = {d: w for d in learned if (w := read_drift(self.work, "ad", dt.date.fromisoformat(d)))}
+        if sum(len(w) for w in drifted.values()) > self.config.gate.max_drift:
+            gate["passed"] = False
+            gate["reasons"].append(
+                f"the A-CTR learned from days with data drift ({drifted}); gate.max_drift is "
+                f"{self.config.gate.max_drift}. Fix: check those days' logs; rebuild them once "
+                f"fixed, or raise gate.max_drift if the change is real")
+            self.log(f"not publishing: {gate['reasons'][-1]}")
         hold = held(base)
         if hold:  # an operator rolled back: nothing new is served until they release it
             gate["passed"] = False

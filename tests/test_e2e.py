@@ -243,3 +243,27 @@ def test_versions_rollback_and_the_hold_on_the_next_run(run, capsys):
     with pytest.raises(SystemExit) as e:
         main(["rollback", f"--export={export}", "--release"])
     assert e.value.code == 0 and not (export / "actr" / "rollback.json").exists()
+
+
+def test_a_model_that_learned_from_a_drifted_day_is_not_published(run, capsys):
+    from ecdctr.drift import drift_path
+
+    root, config, _, _ = run
+    drifted = DATE - dt.timedelta(days=1)
+    path = drift_path(str(root / "work"), "ad", drifted)
+    saved = open(path).read()
+    try:
+        with open(path, "w") as f:
+            json.dump({"warnings": ["gender: collapsed, one token holds 100% of the rows"]}, f)
+        with pytest.raises(SystemExit) as e:
+            main(["daily", f"--config={config}", f"--date={DATE}", "--force"])
+        assert e.value.code == 3
+        report = json.loads((root / "work" / "reports" / f"{DATE}.json").read_text())
+        assert drifted.isoformat() in report["steps"]["actr"]["trained_days"]
+        reason = next(r for r in report["gate"]["reasons"] if "data drift" in r)
+        assert "gender: collapsed" in reason and "gate.max_drift is 0" in reason
+        assert not report["published"]
+    finally:
+        with open(path, "w") as f:
+            f.write(saved)
+        capsys.readouterr()

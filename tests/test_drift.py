@@ -1,0 +1,57 @@
+"""Data drift: a day with a collapsed feature and half the rows is flagged against the days
+before it, and the gate keeps a model that learned from it out of serving."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+
+from ecdctr.drift import compare, read_drift
+from ecdctr.spec import load_spec
+from pipelines.build import build
+
+SPEC = load_spec("features/default.yaml")
+START = dt.date(2024, 3, 1)
+
+
+def _rows(day: dt.date, n: int, collapsed: bool, rng: random.Random) -> list[dict]:
+    ts = int(dt.datetime(day.year, day.month, day.day, 12, tzinfo=dt.UTC).timestamp())
+    return [{"request_id": f"{day}-{i}", "ts": ts, "click": int(rng.random() < 0.1),
+             "user_id": f"u{rng.randrange(50)}", "item_id": f"i{rng.randrange(30)}",
+             "gender": "f" if collapsed else rng.choice("fmu"),
+             "age_level": "1" if collapsed else str(rng.randrange(1, 7)), "city_tier": "1",
+             "scenario": "feed", "position": "1", "user_segment": "new", "category": "c1",
+             "brand": "b1", "price": rng.uniform(5, 15), "hist_categories": ["c1"]}
+            for i in range(n)]
+
+
+def test_a_collapsed_feature_and_half_the_rows_are_flagged(tmp_path):
+    rng = random.Random(0)
+    for k in range(6):
+        day = START + dt.timedelta(days=k)
+        folder = tmp_path / "logs" / "ad" / f"date={day}"
+        folder.mkdir(parents=True)
+        rows = _rows(day, 200 if k == 5 else 400, collapsed=k == 5, rng=rng)
+        (folder / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines: list[str] = []
+    results = build(SPEC, str(tmp_path / "logs"), str(tmp_path / "work"), log=lines.append)
+    flagged = {r["date"]: r["drift"] for r in results}
+    assert all(not flagged[(START + dt.timedelta(days=k)).isoformat()] for k in range(5))
+    broken = flagged[(START + dt.timedelta(days=5)).isoformat()]
+    assert any(w.startswith("rows 200") for w in broken)
+    assert any(w.startswith("age_level: collapsed") for w in broken)
+    assert read_drift(str(tmp_path / "work"), "ad", START + dt.timedelta(days=5)) == broken
+    assert sum("warning: drift in ad 2024-03-06" in line for line in lines) == len(broken)
+
+
+def test_too_few_days_are_not_compared_and_a_ctr_jump_is():
+    usual = {"rows": 1000, "clicks": 50, "ctr": 0.05, "means": {"price": {"mean": 10.0, "stderr": 0.1}},
+             "tokens": {"gender": {"distinct": 3, "top_share": 0.4}}}
+    assert compare({**usual, "clicks": 500, "ctr": 0.5}, [usual, usual]) == []
+    warnings = compare({**usual, "clicks": 150, "ctr": 0.15,
+                        "means": {"price": {"mean": 30.0, "stderr": 1.0}}}, [usual] * 3)
+    assert [w.split()[0] for w in warnings] == ["CTR", "price:"]
+    assert compare(usual, [usual] * 7) == []
+    noisy = {**usual, "means": {"price": {"mean": 16.0, "stderr": 4.0}}}  # a small, heavy-tailed day
+    assert compare(noisy, [usual] * 3) == []
