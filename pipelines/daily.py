@@ -260,7 +260,8 @@ class _DailyJob:
                 unreadable = [f for stats in built for f in stats.get("unreadable_files", [])]
                 if unreadable:  # built without them; each is named in the log and the stats
                     s["unreadable_files"] = unreadable
-                drifted = {f"{r['source']} {r['date']}": r["drift"] for r in built if r.get("drift")}
+                drifted = {f"{r['source']} {r['date']}": w for r in built if (w := read_drift(
+                    self.work, r["source"], dt.date.fromisoformat(r["date"])))}
                 if drifted:
                     s["drift"] = drifted
         # A failed TPM or CPM degrades the day instead of failing it (one process only; a

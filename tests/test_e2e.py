@@ -249,7 +249,7 @@ def test_a_model_that_learned_from_a_drifted_day_is_not_published(run, capsys):
     from ecdctr.drift import drift_path
 
     root, config, _, _ = run
-    drifted = DATE - dt.timedelta(days=1)
+    drifted = DATE - dt.timedelta(days=2)  # learned (the day before D is held out for validation)
     path = drift_path(str(root / "work"), "ad", drifted)
     saved = open(path).read()
     try:
