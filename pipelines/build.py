@@ -674,7 +674,7 @@ def built_partitions(work: str, source: str) -> list[dt.date]:
 def _find_partitions(logs: str, sources: Sequence[str], start: dt.date | None,
                      end: dt.date | None, log: Callable[[str], None],
                      unreadable: dict[tuple[str, str], list[dict]],
-                     inputs: dict[tuple[str, str], list],
+                     inputs: dict[tuple[str, str], list] | None = None,
                      ) -> dict[tuple[str, str], list[str]]:
     """(source, date) -> its log files, for partition folders within [start, end]. Log files
     that cannot be read (see _unreadable) are left out and recorded in `unreadable`; `inputs`
@@ -721,8 +721,9 @@ def _find_partitions(logs: str, sources: Sequence[str], start: dt.date | None,
                     f"{'readable ' if bad else ''}log files")
                 continue
             found[(source, date.isoformat())] = logs_here
-            inputs[(source, date.isoformat())] = [[p, *metadata.get(p, [None, None])]
-                                                  for p in logs_here]
+            if inputs is not None:
+                inputs[(source, date.isoformat())] = [[p, *metadata.get(p, [None, None])]
+                                                      for p in logs_here]
     return found
 
 
