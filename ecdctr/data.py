@@ -30,16 +30,19 @@ def feature_description(spec: Spec, with_label: bool = True) -> dict:
 
 
 def features_by_name(spec: Spec, parsed: dict) -> dict[str, tf.Tensor]:
-    """Maps parsed columns to the spec's feature names (two features may read one column). A
-    NaN or infinite number takes the feature's default, as a missing one does: the build
-    quarantines such rows, so a model never learned what they mean, and serving must not
-    answer NaN for them."""
-    out = {}
+    """Maps parsed columns to the spec's feature names (two features may read one column)."""
+    return {f.name: parsed[f.column] for f in spec.features}
+
+
+def serving_features(spec: Spec, parsed: dict) -> dict[str, tf.Tensor]:
+    """features_by_name for the serving signatures: a NaN or infinite number takes the
+    feature's default, as a missing one does. The build quarantines such rows, so a model never
+    learned what they mean (and training input never holds one: no cost on that path)."""
+    out = features_by_name(spec, parsed)
     for f in spec.features:
-        value = parsed[f.column]
         if f.kind == "numeric":
-            value = tf.where(tf.math.is_finite(value), value, tf.cast(f.default, value.dtype))
-        out[f.name] = value
+            value = out[f.name]
+            out[f.name] = tf.where(tf.math.is_finite(value), value, tf.cast(f.default, value.dtype))
     return out
 
 

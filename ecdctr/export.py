@@ -27,7 +27,7 @@ import tf_keras as keras
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from ecdctr import storage
-from ecdctr.data import feature_description, features_by_name
+from ecdctr.data import feature_description, features_by_name, serving_features
 from ecdctr.jsonio import write_json
 from ecdctr.rows import features_example
 from ecdctr.spec import Spec
@@ -59,7 +59,7 @@ def serving_function(model: keras.Model, spec: Spec) -> tf.types.experimental.Co
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_KEY)])
     def serve(examples: tf.Tensor) -> dict[str, tf.Tensor]:
         parsed = tf.io.parse_example(examples, description)
-        probs = model(features_by_name(spec, parsed), training=False)
+        probs = model(serving_features(spec, parsed), training=False)
         return {OUTPUT_KEY: tf.reshape(probs, [-1])}
 
     return serve.get_concrete_function()
@@ -90,7 +90,7 @@ def raw_function(model: keras.Model, spec: Spec) -> tf.types.experimental.Concre
     def serve_raw(columns: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         parsed = {c: tf.RaggedTensor.from_tensor(v, padding="", row_splits_dtype=tf.int64)
                   if c in lists else v for c, v in columns.items()}
-        probs = model(features_by_name(spec, parsed), training=False)
+        probs = model(serving_features(spec, parsed), training=False)
         return {OUTPUT_KEY: tf.reshape(probs, [-1])}
 
     return serve_raw.get_concrete_function()
