@@ -702,23 +702,10 @@ class _DailyJob:
                         storage.join(base, str(serving[-1])) if serving else None, held_out,
                         self.report["steps"]["actr"]["metrics"]["actr"], self.config.gate,
                         self.log)
-        learned = self.report["steps"]["actr"].get("trained_days", [])
-        drifted = {d: w for d in learned if (w := read_drift(self.work, "ad", dt.date.fromisoformat(d)))}
-        if sum(len(w) for w in drifted.values()) > self.config.gate.max_drift:
+        for reason in self.operational_reasons():
             gate["passed"] = False
-            gate["reasons"].append(
-                f"the A-CTR learned from days with data drift ({drifted}); gate.max_drift is "
-                f"{self.config.gate.max_drift}. Fix: check those days' logs; rebuild them once "
-                f"fixed, or raise gate.max_drift if the change is real")
-            self.log(f"not publishing: {gate['reasons'][-1]}")
-        hold = held(base)
-        if hold:  # an operator rolled back: nothing new is served until they release it
-            gate["passed"] = False
-            gate["reasons"].append(
-                f"a rollback to version {hold['to']} (served as version {hold['version']}) is in "
-                f"force since {hold['at']}. Fix: once the cause is fixed, `ecdctr rollback "
-                f"--export={self.config.export} --release`, and the next run publishes again")
-            self.log(f"not publishing: {gate['reasons'][-1]}")
+            gate["reasons"].append(reason)
+            self.log(f"not publishing: {reason}")
         self.report["gate"] = entry["gate"] = gate
         write_json(storage.join(staging, "assets.extra", EXPORT_MARKER),
                    {"date": self.date.isoformat(), "checkpoint": self.actr_folder,
@@ -728,6 +715,26 @@ class _DailyJob:
         else:
             self.report["rejected"] = reject(staging, base, gate["reasons"], self.log)
         self.report["published"] = gate["passed"]
+
+
+    def operational_reasons(self) -> list[str]:
+        """Reasons beyond the model gate not to publish today's candidate: data drift on the ad
+        days the A-CTR learned in this run, and a rollback an operator put in force."""
+        reasons = []
+        learned = self.report["steps"]["actr"].get("trained_days", [])
+        drifted = {d: w for d in learned if (w := read_drift(self.work, "ad", dt.date.fromisoformat(d)))}
+        if sum(len(w) for w in drifted.values()) > self.config.gate.max_drift:
+            reasons.append(
+                f"the A-CTR learned from days with data drift ({drifted}); gate.max_drift is "
+                f"{self.config.gate.max_drift}. Fix: check those days' logs; rebuild them once "
+                f"fixed, or raise gate.max_drift if the change is real")
+        hold = held(self.export_base)
+        if hold:  # an operator rolled back: nothing new is served until they release it
+            reasons.append(
+                f"a rollback to version {hold['to']} (served as version {hold['version']}) is in "
+                f"force since {hold['at']}. Fix: once the cause is fixed, `ecdctr rollback "
+                f"--export={self.config.export} --release`, and the next run publishes again")
+        return reasons
 
 
 def _exported(base: str, checkpoint_id: str) -> tuple[str, dict] | None:
