@@ -1,4 +1,6 @@
-"""The `ecdctr` command line: simulate, build, daily, compare, predict, query."""
+"""The `ecdctr` command line: simulate, build, daily, compare, predict, query, and the tools
+around them (inspect, versions, rollback, spec). absl runs it (absl.app, absl's logging flags
+on every subcommand through absl.flags.argparse_flags)."""
 
 from __future__ import annotations
 
@@ -13,10 +15,14 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from absl import app
+from absl.flags import argparse_flags
+
 import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from ecdctr import logs
 from ecdctr.validation import ConfigError
 
-log = logging.getLogger("ecdctr")
+log = logging.getLogger(logs.LOGGER)
 
 
 def _date(text: str) -> dt.date:
@@ -36,8 +42,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _Parser(argparse_flags.ArgumentParser):
+    """argparse with absl's logging flags (--verbosity/-v, --log_dir, --logtostderr,
+    --alsologtostderr, --stderrthreshold, --logger_levels) on the command and each
+    subcommand, listed in their help; absl's other flags stay hidden."""
+
+    def _define_absl_flag(self, flag_instance, suppress):  # noqa: ANN001, ANN202
+        super()._define_absl_flag(flag_instance, suppress and flag_instance.name not in
+                                  logs.FLAG_NAMES)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ecdctr", description=__doc__)
+    p = _Parser(prog="ecdctr", description=__doc__,
+                epilog="Logging: ecdctr's progress at info on stderr; libraries' warnings. "
+                       "-v 0 adds libraries' info and TensorFlow's native start-up lines, "
+                       "-v 1 debug, --verbosity=-2 errors only; --log_dir=DIR writes absl log "
+                       "files (add --alsologtostderr to keep stderr).")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("simulate", help="write simulated natural and ad logs")
@@ -151,20 +171,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the `ecdctr` console script."""
+    """Entry point of the `ecdctr` console script: absl.app runs the command."""
     from_command_line = argv is None  # else called in-process (tests, tools): sys.exit only
     argv = list(sys.argv[1:] if argv is None else argv)
     beam_args: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
         argv, beam_args = argv[:cut], argv[cut + 1:]
-    args = _parser().parse_args(argv)
-    # Our progress at INFO; libraries (Beam, TensorFlow) only when they warn.
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stderr)
-    log.setLevel(logging.INFO)
+    logs.reset_flags()
+    app.run(lambda args: _run(args, beam_args, from_command_line),
+            argv=["ecdctr", *argv], flags_parser=lambda a: _parser().parse_args(a[1:]))
+
+
+def _run(args: argparse.Namespace, beam_args: list[str], from_command_line: bool) -> None:
     status = 1
     try:
+        logs.configure()
+        if args.command != "simulate":  # the one command that does not use TensorFlow
+            logs.import_tensorflow()
         status = COMMANDS[args.command](args, beam_args) or 0
     except Exception as e:  # noqa: BLE001  (known kinds become one line; others a traceback)
         message = error_line(e)
@@ -183,7 +207,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         status = 1
     finally:
         _exit(status, whole_process=from_command_line)
-
 
 _FIXES = {  # errno / TensorFlow error class -> what to do
     errno.ENOSPC: "free space on the disk or bucket that holds it",
@@ -214,12 +237,15 @@ def error_line(e: BaseException) -> str | None:
     if type(e).__module__.startswith("tensorflow") and hasattr(e, "message"):
         text = " ".join(str(e.message).split())[:500]
         return f"{kind}: {text}" + (f". Fix: {_FIXES[kind]}." if kind in _FIXES else "")
-    if isinstance(e, RuntimeError):
+    if isinstance(e, RuntimeError):  # Beam's wrapping of a failed DoFn, traceback or not
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        if any(line.startswith("Traceback") for line in lines):  # a wrapped worker failure
+        cause = str(e)
+        if any(line.startswith("Traceback") for line in lines):
             causes = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b", line)]
-            return causes[-1] if causes else lines[-1]
-        return str(e)
+            cause = causes[-1] if causes else lines[-1]
+        code = re.search(r"\[Errno (\d+)\]", cause)
+        fix = _FIXES.get(int(code.group(1))) if code else None
+        return cause + (f". Fix: {fix}." if fix else "")
     return None
 
 

@@ -1,11 +1,16 @@
 """The CLI's error lines: errors a user can act on are one line with the path and the fix."""
 
+import datetime as dt
 import errno
+import os
+import subprocess
+import sys
 
 import pytest
 import tensorflow as tf
 
 from ecdctr.cli import error_line, main
+from ecdctr.simulator import SimConfig, simulate
 from ecdctr.validation import ConfigError
 
 
@@ -23,7 +28,7 @@ from ecdctr.validation import ConfigError
     (RuntimeError("Pipeline failed:\nTraceback (most recent call last):\n  File \"x.py\", line 1\n"
                   "OSError: [Errno 28] No space left on device: '/work/.staging/x'\n"
                   "[while running 'write shards']"),
-     "OSError: [Errno 28] No space left on device: '/work/.staging/x'"),
+     "OSError: [Errno 28] No space left on device: '/work/.staging/x'. Fix: free space"),
     (ConfigError("c.yaml: bad. Fix: good."), "c.yaml: bad. Fix: good."),
 ])
 def test_known_errors_become_one_line_with_the_fix(error, expected):
@@ -42,3 +47,28 @@ def test_a_spec_path_that_is_a_folder_is_one_error_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and "Traceback" not in err
     assert "spec.yaml: is a folder, not a YAML file" in err
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 KiB tmpfs (needs root and a kernel that lets it mount: CI's machine does)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_build_into_a_full_disk_is_one_error_line_with_the_fix(tmp_path, full_disk):
+    spec = os.path.join(os.path.dirname(__file__), "..", "features", "default.yaml")
+    simulate(str(tmp_path / "logs"), dt.date(2026, 1, 1), 1, SimConfig(natural_rows_per_day=3000))
+    out = subprocess.run([sys.executable, "-m", "ecdctr", "build", f"--spec={spec}",
+                          f"--logs={tmp_path / 'logs'}", f"--work={full_disk / 'work'}"],
+                         capture_output=True, text=True, timeout=300)
+    errors = [line for line in out.stderr.splitlines() if not line.startswith("I")]
+    assert out.returncode == 2, out.stderr
+    assert len(errors) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "No space left on device" in errors[0] and "Fix: free space" in errors[0]
