@@ -202,11 +202,13 @@ _REBUILD_RULE = ("built days are not rebuilt for a spec change: `build --skip_bu
                  "the stats record is not compared; only `ecdctr build` without --skip_built, "
                  "over the days to redo, rebuilds them")
 _SNAPSHOT_RULE = ("a CPM reads the newest transfer.tpm_snapshots TPM snapshots chosen by "
-                  "training window alone (steps.choose_snapshots): nothing compares their spec "
-                  "with the current one. Each snapshot's tables are keyed by the name of its "
-                  "entity features; the CPM and the A-CTR look them up by that name in the "
-                  "current spec's inputs, and every snapshot read together must have the same "
-                  "entity features with the same dim (TpmAggregator)")
+                  "training window (steps.choose_snapshots). Each snapshot's tables are keyed "
+                  "by the name of its entity features; the CPM and the A-CTR look them up by "
+                  "that name in the current spec's inputs, and every snapshot read together "
+                  "must have the same entity features with the same dim (TpmAggregator). "
+                  "Snapshots that break this with the current spec are left out, with a log "
+                  "line (steps.readable_snapshots): the models train with fewer snapshots, or "
+                  "none, until newer ones arrive")
 
 
 def _plain(value: Any) -> Any:
@@ -247,20 +249,20 @@ def _tpm_verdict(old: Spec, new: Spec, fresh: list[str]) -> dict:
         g = new_by_name.get(f.name)
         if g is None:
             blockers.append(f"existing snapshots hold a table keyed by {f.name!r}, which the new "
-                            f"spec has no feature for: a CPM or A-CTR reading them fails "
-                            f"(KeyError {f.name!r} in the TPM aggregator)")
+                            f"spec has no feature for: a CPM or A-CTR leaves them out "
+                            f"(logged) and trains without them")
         elif g.kind != "categorical":
             blockers.append(f"existing snapshots look up {f.name!r} as one id per row; the new "
-                            f"spec makes it {g.kind}: a CPM or A-CTR reading them fails")
+                            f"spec makes it {g.kind}: a CPM or A-CTR leaves them out (logged)")
         elif g.column != f.column:
             warnings.append(f"{f.name!r} now reads column {g.column!r} (was {f.column!r}): the "
                             f"existing snapshots' vectors are looked up with another column's "
                             f"values; nothing fails")
     if old_tables != new_tables:
         later.append(f"the next TPM snapshot will hold tables {new_tables}, the existing ones "
-                     f"{old_tables}: once the TPM retrains, a CPM reading old and new snapshots "
-                     f"together fails (TpmAggregator: entity features or dims differ) until "
-                     f"the old ones leave the newest transfer.tpm_snapshots or are deleted")
+                     f"{old_tables}: once the TPM retrains, a CPM reads the new snapshot and leaves "
+                     f"the old ones out (entity features or dims differ; logged) until they "
+                     f"leave the newest transfer.tpm_snapshots")
     for name in sorted(set(old_tables) & set(new_tables) & set(fresh)):
         if old_tables[name] == new_tables[name]:
             warnings.append(f"entity feature {name!r} changed fingerprint: the next TPM starts "
@@ -338,21 +340,19 @@ def _retrain(old: Spec, new: Spec, warm: dict, fresh: list[str], tpm: dict) -> d
                  "descends from the newest CPM (a spec change does not re-derive it), with "
                  + (f"{', '.join(fresh)} fresh" if fresh else "nothing fresh")
                  + "; it is re-derived from the CPM when a new CPM lands")
-    blockers = []
     old_numeric = {f.column for f in old.features if f.kind == "numeric"}
     zscore = sorted({f.column for f in new.features
                      if f.normalize == "zscore" and f.column not in old_numeric})
     if zscore:
-        blockers.append(f"A-CTR: the z-score column(s) {', '.join(zscore)} have no statistics "
-                        f"in the CPM or A-CTR it starts from (their meta's numeric_stats): the "
-                        f"A-CTR step fails (KeyError) until a CPM trained with the new spec lands")
+        actr_line += (f"; the z-score column(s) {', '.join(zscore)} take their mean and std "
+                      f"from the A-CTR's ad days until a CPM trained with the new spec lands")
     if not tpm["until_tpm_retrains"]:
-        blockers.append("CPM and A-CTR: the existing TPM snapshots are not usable with the new "
-                        "spec (see TPM snapshots)")
+        cpm_line += ("; the existing TPM snapshots are left out (see TPM snapshots): the CPM "
+                     "and A-CTR train without TPM until the TPM retrains")
     elif not tpm["usable"]:
-        blockers.append("CPM: once the TPM retrains, the existing and the new TPM snapshots "
-                        "cannot be read together (see TPM snapshots)")
-    return {"tpm": tpm_line, "cpm": cpm_line, "actr": actr_line, "blockers": blockers}
+        cpm_line += ("; once the TPM retrains, the existing snapshots are left out next to "
+                     "the new one (see TPM snapshots)")
+    return {"tpm": tpm_line, "cpm": cpm_line, "actr": actr_line}
 
 
 def diff(old_path: str, new_path: str) -> tuple[dict, int]:
@@ -432,7 +432,6 @@ def format_diff(report: dict) -> str:
     out += [f"  - {b}" for b in t["blockers"]] + [f"  - warning: {x}" for x in t["warnings"]]
     r = report["retrain"]
     out += ["what retrains:", f"  TPM: {r['tpm']}", f"  CPM: {r['cpm']}", f"  A-CTR: {r['actr']}"]
-    out += [f"  blocker: {b}" for b in r["blockers"]]
     b = report["build"]
     out.append("built days: " + ("rebuild the days the models read (`ecdctr build` without "
                                  "--skip_built):" if b["rebuild"] else

@@ -525,7 +525,8 @@ class _DailyJob:
         t = self.config.transfer
         names = steps.choose_snapshots(self.usable(self.tpm_root, META), cpm_first,
                                        t.tpm_snapshots, t.tpm_historical)
-        return [load_snapshot(storage.join(self.tpm_root, n)) for n in names]
+        return steps.readable_snapshots([load_snapshot(storage.join(self.tpm_root, n))
+                                         for n in names], self.spec, self.log)
 
     # -- CPM ------------------------------------------------------------------------------
     def cpm(self, entry: dict) -> None:

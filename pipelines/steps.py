@@ -91,6 +91,39 @@ def choose_snapshots(snapshots: Sequence[tuple[str, dict]], cpm_first: dt.date, 
     return usable[-keep:] if keep else []
 
 
+def snapshot_problem(snapshot: Snapshot, spec: Spec) -> str | None:
+    """Why a model of spec cannot read a TPM snapshot (None when it can): each of its tables is
+    looked up by the name of a categorical feature of the spec, one id per row."""
+    kinds = {f.name: f.kind for f in spec.features}
+    for name in sorted(snapshot.tables):
+        if name not in kinds:
+            return f"it holds a table keyed by {name!r}, a feature the spec no longer has"
+        if kinds[name] != "categorical":
+            return f"it looks up {name!r} as one id per row; the spec makes it {kinds[name]}"
+    return None
+
+
+def readable_snapshots(snapshots: Sequence[Snapshot], spec: Spec, log: Log) -> list[Snapshot]:
+    """The snapshots (oldest first) a model of spec reads together: the newest it can read and
+    the older ones with the same tables and dims. The others, left behind by a spec change
+    (an entity feature renamed, removed or resized), are left out with a log line instead of
+    failing every CPM and A-CTR until they age out."""
+    kept: list[Snapshot] = []
+    for snapshot in reversed(snapshots):
+        problem = snapshot_problem(snapshot, spec)
+        layout = {name: np.shape(rows)[1] for name, (_, rows) in sorted(snapshot.tables.items())}
+        newer = ({name: np.shape(rows)[1] for name, (_, rows) in sorted(kept[0].tables.items())}
+                 if kept else layout)
+        if problem is None and layout != newer:
+            problem = f"its tables {layout} differ from the newer snapshots' {newer}"
+        if problem:
+            log(f"TPM snapshot {snapshot.name} left out: {problem} (the spec changed since it "
+                f"trained; it leaves the choice as newer snapshots arrive)")
+            continue
+        kept.append(snapshot)
+    return kept[::-1]
+
+
 def split_validation(parts: Sequence[Partition], days: int) -> tuple[list[Partition], list[Partition]]:
     """(training, validation) partitions: the last `days` dates of the window are validation,
     as long as at least one date is left to train on; else no validation."""
@@ -281,15 +314,19 @@ def train_ctr(spec: Spec, work: str, parts: Sequence[Partition], config: ModelCo
 
 
 def _actr_from(parent: Checkpoint | Trained, spec: Spec, work: str, config: ModelConfig,
-               vocab_parts: Sequence[Partition], initial_ctr: float
+               vocab_parts: Sequence[Partition], initial_ctr: float, log: Log
                ) -> tuple[CtrModel, dict[str, list[str]], dict, list[Snapshot],
                           Callable[[], CtrModel]]:
     """An A-CTR with a parent's numeric stats, domains and TPM snapshots and vocabularies of
     vocab_parts: (model, vocabularies, stats, snapshots, its builder); its weights are the
-    caller's."""
+    caller's. A numeric column the parent has no statistics for (a feature added to the spec
+    since the parent trained) takes them from vocab_parts until a CPM with it lands."""
     vocabs = build_vocabularies(spec, work, vocab_parts)
     stats = {k: tuple(v) for k, v in parent.meta["numeric_stats"].items()}
-    snapshots = parent.snapshots
+    if any(f.kind == "numeric" and f.column not in stats for f in spec.features):
+        own = numeric_stats(spec, work, vocab_parts)
+        stats.update({k: v for k, v in own.items() if k not in stats})
+    snapshots = readable_snapshots(parent.snapshots, spec, log)
     make = functools.partial(build_model, spec.features, vocabs, stats, config,
                              example_batch(spec), [s.tables for s in snapshots] or None,
                              initial_ctr, parent.meta["domains"], name="actr")
@@ -309,7 +346,7 @@ def derive_actr(cpm: Checkpoint | Trained, spec: Spec, work: str, ad_days: Seque
     parts = [("ad", d) for d in ad_days]
     ad_ctr = traffic(work, parts)[1]
     model, vocabs, stats, snapshots, make = _actr_from(cpm, spec, work, config,
-                                                       vocab_parts or parts, ad_ctr)
+                                                       vocab_parts or parts, ad_ctr, log)
     transfer = transfer_weights(cpm.model, model, reset_batchnorm=options.reset_batchnorm,
                                 reset_batchnorm_affine=options.reset_batchnorm_affine,
                                 fresh_features=fresh_features, log=log)
@@ -337,7 +374,8 @@ def update_actr(previous: Checkpoint | Trained, spec: Spec, work: str,
     own lineage chose on validation (one day is too little to hold out another)."""
     parts = [("ad", d) for d in new_days]
     model, vocabs, _, snapshots, make = _actr_from(previous, spec, work, config,
-                                                   vocab_parts or parts, previous.meta["ctr"])
+                                                   vocab_parts or parts, previous.meta["ctr"],
+                                                   log)
     transfer = transfer_weights(previous.model, model, reset_batchnorm=False,
                                 fresh_features=fresh_features, log=log)
     epochs = int(previous.meta["train"].get("chosen_epoch") or 1)

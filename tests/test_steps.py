@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from ecdctr.checkpoint import describe, is_current, load_checkpoint
+from ecdctr.checkpoint import Snapshot, describe, is_current, load_checkpoint
 from ecdctr.config import Windows, load_config
 from ecdctr.data import example_batch
 from ecdctr.simulator import SimConfig, simulate
@@ -135,6 +135,54 @@ def test_each_transfer_key_does_what_it_says(job, options, reset, reestimated, s
     assert (trained.meta["prior_shift"] != 0) == shifted
     assert any("output bias shifted" in x for x in lines) == shifted
     assert any("scale/offset reset" in x for x in lines) == affine
+
+
+def test_a_numeric_feature_added_since_the_cpm_takes_its_statistics_from_the_ad_days(job, tmp_path):
+    """A z-score feature added to the spec after the CPM trained: the A-CTR is derived (its
+    statistics from its own ad days) instead of failing every day until a new CPM lands."""
+    root, config, _, _ = job
+    cpm = load_checkpoint(str(next((root / "work" / "models" / "cpm").iterdir())))
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(open(SPEC).read().replace(
+        "features:\n", "features:\n  ctr7: {kind: numeric, normalize: zscore}\n", 1))
+    spec = load_spec(str(spec_file))
+    assert "ctr7" in {f.name for f in spec.features} and "ctr7" not in cpm.meta["numeric_stats"]
+    days = steps.window_days(config.work, "ad", DATE, 2)
+    trained = steps.derive_actr(cpm, spec, config.work, days,
+                                dataclasses.replace(config.actr, max_epochs=1), config.transfer,
+                                lambda _: None)
+    assert trained.meta["numeric_stats"]["ctr7"] == [0.0, 1.0]  # no such column in these logs
+    assert trained.meta["numeric_stats"]["price"] == cpm.meta["numeric_stats"]["price"]
+
+
+def test_snapshots_a_spec_change_left_behind_are_left_out_with_a_log_line(job, tmp_path):
+    """An entity feature renamed or resized: the old snapshots are left out (logged) and the
+    CPM and A-CTR go on with those they can read, instead of failing until they age out."""
+    root, config, _, _ = job
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(open(SPEC).read().replace("  user_id:\n", "  uid:\n    column: user_id\n", 1)
+                         .replace("group_by: user_id", "group_by: uid"))
+    renamed = load_spec(str(spec_file))
+    old = Snapshot("2025-12", {"user_id": (["a"], np.ones((1, 16), "float32")),
+                               "item_id": (["b"], np.ones((1, 16), "float32"))})
+    new = Snapshot("2026-01", {"uid": (["a"], np.ones((1, 16), "float32")),
+                               "item_id": (["b"], np.ones((1, 16), "float32"))})
+    wide = Snapshot("2026-02", {"uid": (["a"], np.ones((1, 8), "float32")),
+                                "item_id": (["b"], np.ones((1, 16), "float32"))})
+    lines: list[str] = []
+    assert steps.readable_snapshots([old, new], renamed, lines.append) == [new]
+    assert lines == ["TPM snapshot 2025-12 left out: it holds a table keyed by 'user_id', a feature "
+                     "the spec no longer has (the spec changed since it trained; it leaves the "
+                     "choice as newer snapshots arrive)"]
+    assert steps.readable_snapshots([new, wide], renamed, lines.append) == [wide]  # newest wins
+    cpm = load_checkpoint(str(next((root / "work" / "models" / "cpm").iterdir())))
+    assert cpm.snapshots  # all keyed by user_id: none readable with the renamed spec
+    lines.clear()
+    trained = steps.derive_actr(cpm, renamed, config.work, steps.window_days(config.work, "ad", DATE, 2),
+                                dataclasses.replace(config.actr, max_epochs=1), config.transfer,
+                                lines.append)
+    assert trained.snapshots == [] and trained.model.tpm is None
+    assert sum("left out" in line for line in lines) == len(cpm.snapshots)
 
 
 def test_tpm_window_and_snapshot_choice():
