@@ -249,13 +249,22 @@ def _adasparse(key: str, body: Any, errors: list[str]) -> AdaSparseConfig | None
         return None
 
 
-def _transfer(body: Any, errors: list[str]) -> TransferConfig:
+def _mapping(body: Any, key: str, allowed: tuple[str, ...], example: str,
+             errors: list[str]) -> bool:
+    """Whether a section's body is a mapping; errors get what is wrong with it (not a mapping,
+    or its unknown keys)."""
     if not isinstance(body, dict):
-        errors.append(f"'transfer' must be a mapping of {list(TRANSFER_KEYS)}, "
-                      f"e.g. {{reset_batchnorm: true}}.")
+        errors.append(f"'{key}' must be a mapping of {list(allowed)}"
+                      + (f", e.g. {example}." if example else "."))
+        return False
+    errors += [f"{key}: unknown key {k!r}. Fix: use one of {list(allowed)}."
+               for k in unknown_keys(body, allowed)]
+    return True
+
+
+def _transfer(body: Any, errors: list[str]) -> TransferConfig:
+    if not _mapping(body, "transfer", TRANSFER_KEYS, "{reset_batchnorm: true}", errors):
         return TransferConfig()
-    errors += [f"transfer: unknown key {k!r}. Fix: use one of {list(TRANSFER_KEYS)}."
-               for k in unknown_keys(body, TRANSFER_KEYS)]
     values = {}
     for key in TRANSFER_KEYS:
         if key not in body:
@@ -274,12 +283,8 @@ def _transfer(body: Any, errors: list[str]) -> TransferConfig:
 
 
 def _schedule(body: Any, errors: list[str]) -> Schedule:
-    if not isinstance(body, dict):
-        errors.append(f"'schedule' must be a mapping of {list(SCHEDULE_KEYS)}, "
-                      f"e.g. {{tpm: monthly, cpm: weekly}}.")
+    if not _mapping(body, "schedule", SCHEDULE_KEYS, "{tpm: monthly, cpm: weekly}", errors):
         return Schedule()
-    errors += [f"schedule: unknown key {k!r}. Fix: use one of {list(SCHEDULE_KEYS)}."
-               for k in unknown_keys(body, SCHEDULE_KEYS)]
     values = {}
     for key in ("tpm", "cpm"):
         if key in body:
@@ -301,12 +306,9 @@ def _schedule(body: Any, errors: list[str]) -> Schedule:
 
 
 def _gate(body: Any, errors: list[str]) -> GateConfig:
-    if not isinstance(body, dict):
-        errors.append(f"'gate' must be a mapping of {list(GATE_KEYS)}.")
+    if not _mapping(body, "gate", GATE_KEYS, "", errors):
         return GateConfig()
     values = {}
-    for key in unknown_keys(body, GATE_KEYS):
-        errors.append(f"gate: unknown key {key!r}. Fix: use one of {list(GATE_KEYS)}.")
     for key, value in body.items():
         if key not in GATE_KEYS:
             continue
@@ -324,12 +326,9 @@ def _gate(body: Any, errors: list[str]) -> GateConfig:
 
 
 def _distribute(body: Any, folder: str, errors: list[str]) -> DistributeConfig:
-    if not isinstance(body, dict):
-        errors.append(f"'distribute' must be a mapping of {list(DISTRIBUTE_KEYS)}, "
-                      f"e.g. {{strategy: multi_worker_mirrored}}.")
+    if not _mapping(body, "distribute", DISTRIBUTE_KEYS, "{strategy: multi_worker_mirrored}",
+                    errors):
         return DistributeConfig()
-    errors += [f"distribute: unknown key {k!r}. Fix: use one of {list(DISTRIBUTE_KEYS)}."
-               for k in unknown_keys(body, DISTRIBUTE_KEYS)]
     values = {}
     for key, allowed in (("strategy", STRATEGIES), ("batch_size", BATCH_SIZES)):
         if key in body:
