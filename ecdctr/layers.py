@@ -10,6 +10,9 @@ import tf_keras as keras
 
 from ecdctr.spec import Feature
 
+# Key of a list feature's mean weights in FeatureEncoder.preprocess (a name never holds "/").
+LIST_WEIGHTS = "/weights"
+
 
 class FeatureEncoder(keras.layers.Layer):
     """Raw feature tensors -> one dense vector: vocabulary/hash/bucket ids through embeddings,
@@ -51,12 +54,20 @@ class FeatureEncoder(keras.layers.Layer):
 
     def preprocess(self, inputs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """The part of encode that reads no weight, per feature: the ids of an embedded one
-        (vocabulary, hash or bucket; ragged for a list) or the normalised value [B, 1] of a
-        plain number. Training runs it in the input pipeline, serving inside the model."""
+        (vocabulary, hash or bucket; for a list, ids [B, L] padded with 0 and, under
+        `<name>/weights`, 1/length where an id is, 0 in the padding) or the normalised value
+        [B, 1] of a plain number. Training runs it in the input pipeline, serving inside the
+        model."""
         out = {}
         for f in self.features:
             value = inputs[f.name]
-            if f.name in self.embeddings:
+            if f.kind == "categorical_list":  # padded ids [B, L] and their mean's weights
+                ids = self.ids(f.name, value)
+                out[f.name] = ids.to_tensor(0)
+                mask = tf.sequence_mask(ids.row_lengths(), tf.shape(out[f.name])[1], tf.float32)
+                lengths = tf.cast(tf.maximum(ids.row_lengths(), 1), tf.float32)
+                out[f.name + LIST_WEIGHTS] = mask / lengths[:, None]
+            elif f.name in self.embeddings:
                 out[f.name] = self.ids(f.name, value)
             else:
                 out[f.name] = self._normalize(f, tf.cast(value, tf.float32))[:, None]
@@ -73,9 +84,8 @@ class FeatureEncoder(keras.layers.Layer):
             value = ids[f.name]
             if f.name in self.embeddings:
                 vectors = self.embeddings[f.name](value)
-                if f.kind == "categorical_list":
-                    lengths = tf.cast(tf.maximum(vectors.row_lengths(), 1), vectors.dtype)
-                    vectors = tf.reduce_sum(vectors, axis=1) / lengths[:, None]
+                if f.kind == "categorical_list":  # the mean of the row's embeddings (0 if none)
+                    vectors = tf.reduce_sum(vectors * ids[f.name + LIST_WEIGHTS][..., None], axis=1)
                 parts.append(vectors)
                 if f.domain:
                     domain_parts.append(vectors)
