@@ -126,7 +126,7 @@ def fit(model: keras.Model, dataset: tf.data.Dataset, epochs: int, batch_size: i
     repeated inputs of parameter_server. After a resume, early stopping knows the epochs run
     since (the backup holds the weights, not the earlier epochs' validation AUCs).
     When `dataset` (and `validation`) have a known number of batches (tf.data cardinality,
-    e.g. make_dataset's `batches`), each call of the train function runs
+    e.g. make_dataset given `rows`), each call of the train function runs
     steps_per_execution steps; otherwise one."""
     coordinated = isinstance(model.distribute_strategy,
                              tf.distribute.experimental.ParameterServerStrategy)
