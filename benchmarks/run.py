@@ -51,14 +51,25 @@ train
     plain tf_keras functional model with the same embedding tables (same sizes and dims), the
     same frozen TPM tables and the same MLP (Dense+BatchNorm+ReLU 128, 64, sigmoid output),
     fed integer ids and floats computed beforehand by the ecdctr model's own lookup layers (no
-    string lookup, hashing, bucketing or domain key in the step). Both get the same batches
-    (the first `--train-steps` full batches of (a)'s output, cached in memory), the same
-    optimizer, and are timed by `ecdctr.training.fit` over `--train-epochs` epochs after a
-    warm-up epoch (tracing, cache fill). Vocabularies come from
-    `ecdctr.vocab.build_vocabularies` over the counts the build wrote, numeric stats from
-    `ecdctr.vocab.numeric_stats`. The TPM tables are RANDOM matrices (normal, std 0.1, dim 16)
-    keyed by the user_id and item_id vocabulary tokens: only their shape matters for speed.
-    Ratio ecdctr/plain.
+    string lookup, hashing, bucketing or domain key in the step). Every arm gets the same
+    batches (the first `--train-steps` full batches of (a)'s output, cached in memory) and the
+    same optimizer, and is timed by `ecdctr.training.fit` over `--train-epochs` epochs after a
+    warm-up epoch (tracing, cache fill). The arms:
+      ecdctr: as `pipelines.steps.fit_on` trains: `make_dataset(..., preprocess=
+        model.preprocess)` (the lookups in the input pipeline, cached here as the parse is, so
+        they run once per row as the plain model's did), the step on ids,
+        `ecdctr.training.STEPS_PER_EXECUTION` steps per call of the train function;
+      ecdctr_preprocess_every_epoch: the same, but preprocess mapped (parallel calls) over the
+        cached parsed batches on every epoch, its CPU time counted;
+      ecdctr_one_step_per_call: ecdctr with one step per call;
+      ecdctr_lookups_in_step: the model on raw parsed features, one step per call (the arm
+        before the input pipeline took the lookups);
+      plain: the baseline, one step per call (tf_keras' default);
+      plain_multi_step: the baseline with STEPS_PER_EXECUTION steps per call (for reference).
+    Vocabularies come from `ecdctr.vocab.build_vocabularies` over the counts the build wrote,
+    numeric stats from `ecdctr.vocab.numeric_stats`. The TPM tables are RANDOM matrices
+    (normal, std 0.1, dim 16) keyed by the user_id and item_id vocabulary tokens: only their
+    shape matters for speed. Ratios: every arm / plain, and ecdctr / plain_multi_step.
 
 Results: a Markdown table per benchmark on stdout, all figures in benchmarks/results.json
 (a run with --only updates only that benchmark's entry). Scratch data: benchmarks/.data/
@@ -449,7 +460,7 @@ def plain_model(spec: Spec, model: keras.Model, tpm: dict, hist_len: int, config
 
 def bench_train(spec: Spec, args: argparse.Namespace) -> dict:
     from ecdctr.models import ModelConfig, build_model  # here: the other benchmarks need no model code
-    from ecdctr.training import fit
+    from ecdctr.training import STEPS_PER_EXECUTION, fit
 
     work = ensure_built(spec, args.rows)
     files = built_files(work)
@@ -463,30 +474,59 @@ def bench_train(spec: Spec, args: argparse.Namespace) -> dict:
            for f in spec.features if f.entity}
     config = ModelConfig(hidden=(128, 64), batch_size=BATCH)
 
-    # the same batches for both models, parsed once and kept in memory; full batches only
+    # the same batches for every arm, parsed once and kept in memory; full batches only
     parsed = make_dataset(spec, files, BATCH).take(args.train_steps).cache()
     batches = [b for b in parsed if int(b[1].shape[0]) == BATCH]
     steps = len(batches)
-    parsed = parsed.take(steps)
+    sized = tf.data.experimental.assert_cardinality(steps)  # as fit_on's datasets (rows known)
+    parsed = parsed.take(steps).apply(sized)
     hist = next(f for f in spec.features if f.kind == "categorical_list")
     hist_len = max(int(tf.reduce_max(b[0][hist.name].row_lengths())) for b in batches)
-    model = build_model(spec.features, vocabs, stats, config, batches[0][0], tpm_tables=tpm,
-                        initial_ctr=ctr, name="actr")
+
+    def ecdctr_model() -> keras.Model:
+        return build_model(spec.features, vocabs, stats, config, batches[0][0], tpm_tables=tpm,
+                           initial_ctr=ctr, name="actr")
+
+    model, one_step = ecdctr_model(), ecdctr_model()  # STEPS_PER_EXECUTION / 1 step per call
+    # fit_on's input: make_dataset maps CtrModel.preprocess over each parsed batch; cached here
+    # as the parse is, so this arm's lookups run once per row, like the plain model's
+    preprocessed = make_dataset(spec, files, BATCH, preprocess=model.preprocess
+                                ).take(args.train_steps).cache()
+    for _ in preprocessed:  # fills the cache: a fit of known length stops short of the end
+        pass
+    preprocessed = preprocessed.take(steps).apply(sized)
+    every_epoch = parsed.map(lambda x, y: (model.preprocess(x), y),
+                             num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE).apply(sized)
     id_batches = [(precomputed_ids(model, spec, x, hist_len), y) for x, y in batches]
     ids = tf.data.Dataset.from_generator(
         lambda: iter(id_batches),
         output_signature=tf.nest.map_structure(tf.TensorSpec.from_tensor, id_batches[0])).cache()
     plain = plain_model(spec, model, tpm, hist_len, config, ctr)
+    plain_multi = plain_model(spec, model, tpm, hist_len, config, ctr)
     say(f"train: {steps} batches of {BATCH}; ecdctr {model.count_params():,} params, "
         f"plain {plain.count_params():,} params")
-    for m, ds in ((model, parsed), (plain, ids)):  # warm-up epoch: tracing and cache fill
-        fit(m, ds, 1, BATCH, m.name, quiet)
+    runs_of = {  # arm -> (model, dataset, steps per call)
+        "ecdctr": (model, preprocessed, STEPS_PER_EXECUTION),
+        "ecdctr_preprocess_every_epoch": (model, every_epoch, STEPS_PER_EXECUTION),
+        "ecdctr_one_step_per_call": (one_step, preprocessed, 1),
+        "ecdctr_lookups_in_step": (one_step, parsed, 1),
+        "plain": (plain, ids, 1),
+        "plain_multi_step": (plain_multi, ids.apply(sized), STEPS_PER_EXECUTION)}
+    for m, ds, per_call in runs_of.values():  # warm-up epoch: tracing and cache fill
+        fit(m, ds, 1, BATCH, m.name, quiet, steps_per_execution=per_call)
     epochs = args.train_epochs
-    arms = {"ecdctr": lambda: fit(model, parsed, epochs, BATCH, "actr", quiet)["steps"] * BATCH,
-            "plain": lambda: fit(plain, ids, epochs, BATCH, "plain", quiet)["steps"] * BATCH}
+
+    def arm(m: keras.Model, ds: tf.data.Dataset, per_call: int) -> Callable[[], int]:
+        return lambda: fit(m, ds, epochs, BATCH, m.name, quiet,
+                           steps_per_execution=per_call)["steps"] * BATCH
+
+    arms = {name: arm(*run) for name, run in runs_of.items()}
     runs = measure(arms, args.repeats, "train", sweeps=2)
-    return summarize(runs, "examples/s", {"ecdctr/plain": ("ecdctr", "plain")},
+    ratios = {f"{name}/plain": (name, "plain") for name in runs_of if name != "plain"}
+    ratios["ecdctr/plain_multi_step"] = ("ecdctr", "plain_multi_step")
+    return summarize(runs, "examples/s", ratios,
                      {"steps": steps, "epochs_per_measurement": epochs, "batch_size": BATCH,
+                      "steps_per_execution": STEPS_PER_EXECUTION,
                       "params": {"ecdctr": model.count_params(), "plain": plain.count_params()},
                       "vocab_sizes": {k: len(v) for k, v in vocabs.items()}})
 

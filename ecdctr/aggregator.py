@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from ecdctr.layers import TpmLookup
+from ecdctr.layers import TpmLookup, known_from_rows
 
 # The serving form of a TpmAggregator: one StringLookup + gather per entity feature over
 # `TpmAggregator.merged_tables()`, features in name order, a zero vector for unseen ids, tables
@@ -120,13 +120,19 @@ class TpmAggregator(keras.layers.Layer):
         return self.attentions[name](*self.snapshot_vectors(name, rows))
 
     def call(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
-        return tf.concat([self.pooled(n, self.lookups[n](inputs[n])) for n in self.feature_names],
-                         axis=-1)
+        return self.from_rows(self.rows(inputs))
+
+    def rows(self, inputs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """Per feature, the union row of each raw id (0: in no snapshot)."""
+        return {n: self.lookups[n](inputs[n]) for n in self.feature_names}
+
+    def from_rows(self, rows: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        """call on the output of rows: the pooled vectors, concatenated in feature-name order."""
+        return tf.concat([self.pooled(n, rows[n]) for n in self.feature_names], axis=-1)
 
     def known(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
         """[B, features] 1.0 where the id is in some snapshot, 0.0 where it gets zeros."""
-        return tf.stack([tf.cast(self.lookups[n](inputs[n]) > 0, tf.float32)
-                         for n in self.feature_names], axis=-1)
+        return known_from_rows(self.rows(inputs), self.feature_names)
 
     def merged_tables(self) -> dict[str, tuple[list[str], np.ndarray]]:
         """Per feature: (every id of any snapshot, its call() output [ids, d]) with the current

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import tensorflow as tf
 
@@ -74,12 +74,18 @@ def partition_files(work: str, source: str, dates: Iterable[dt.date]) -> list[st
 
 def make_dataset(spec: Spec, files: Sequence[str], batch_size: int, shuffle: bool = False,
                  seed: int = 0, shuffle_buffer: int = 50_000,
-                 shard: tuple[int, Sequence[int]] | None = None) -> tf.data.Dataset:
+                 shard: tuple[int, Sequence[int]] | None = None,
+                 preprocess: Callable[[dict], dict] | None = None,
+                 rows: int | None = None) -> tf.data.Dataset:
     """A dataset of (features, labels) batches; shuffling is seeded so runs repeat.
     shard=(count, indices): each batch of batch_size rows is cut into `count` strided parts
     (rows i, i + count, ...) and only parts `indices` are yielded, one batch each: the
     replicas of a distributed step together read the batch one process reads (each worker
-    decompresses every file, parses only its rows)."""
+    decompresses every file, parses only its rows). preprocess (e.g. CtrModel.preprocess)
+    runs on each parsed batch in the same parallel map, so its lookups leave the train step.
+    rows (the files' Example count, from the build's stats) gives the dataset its number of
+    batches (tf.data raises if the files hold another count), which lets training run several
+    steps per call (ecdctr.training.fit)."""
     if not files:
         raise ValueError("no input files: the requested days hold no examples.")
     ds = tf.data.Dataset.from_tensor_slices(list(files))
@@ -96,5 +102,16 @@ def make_dataset(spec: Spec, files: Sequence[str], batch_size: int, shuffle: boo
         parts = tf.constant(list(indices), tf.int64)
         ds = ds.flat_map(lambda rows: tf.data.Dataset.from_tensor_slices(parts).map(
             lambda i: tf.strided_slice(rows, [i], [tf.shape(rows, tf.int64)[0]], [count])))
-    ds = ds.map(lambda s: parse_batch(spec, s), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    ds = ds.map(lambda s: preprocessed_batch(spec, s, preprocess), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    if rows is not None:
+        batches = -(-rows // batch_size) * (len(shard[1]) if shard is not None else 1)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
+    return ds
+
+
+def preprocessed_batch(spec: Spec, serialized: tf.Tensor, preprocess: Callable[[dict], dict] | None
+                       ) -> tuple[dict, tf.Tensor]:
+    """parse_batch, then preprocess on the features when given."""
+    features, label = parse_batch(spec, serialized)
+    return (preprocess(features) if preprocess is not None else features), label

@@ -10,6 +10,9 @@ import tf_keras as keras
 
 from ecdctr.spec import Feature
 
+# Key of a list feature's mean weights in FeatureEncoder.preprocess (a name never holds "/").
+LIST_WEIGHTS = "/weights"
+
 
 class FeatureEncoder(keras.layers.Layer):
     """Raw feature tensors -> one dense vector: vocabulary/hash/bucket ids through embeddings,
@@ -49,21 +52,45 @@ class FeatureEncoder(keras.layers.Layer):
     def call(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
         return self.encode(inputs)[0]
 
-    def encode(self, inputs: Mapping[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor | None]:
-        """(all features as one vector [B, F], domain-aware features' embeddings [B, E] or None)."""
-        parts, domain_parts = [], []
+    def preprocess(self, inputs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """The part of encode that reads no weight, per feature: the ids of an embedded one
+        (vocabulary, hash or bucket; for a list, ids [B, L] padded with 0 and, under
+        `<name>/weights`, 1/length where an id is, 0 in the padding) or the normalised value
+        [B, 1] of a plain number. Training runs it in the input pipeline, serving inside the
+        model."""
+        out = {}
         for f in self.features:
             value = inputs[f.name]
+            if f.kind == "categorical_list":  # padded ids [B, L] and their mean's weights
+                ids = self.ids(f.name, value)
+                out[f.name] = ids.to_tensor(0)
+                mask = tf.sequence_mask(ids.row_lengths(), tf.shape(out[f.name])[1], tf.float32)
+                lengths = tf.cast(tf.maximum(ids.row_lengths(), 1), tf.float32)
+                out[f.name + LIST_WEIGHTS] = mask / lengths[:, None]
+            elif f.name in self.embeddings:
+                out[f.name] = self.ids(f.name, value)
+            else:
+                out[f.name] = self._normalize(f, tf.cast(value, tf.float32))[:, None]
+        return out
+
+    def encode(self, inputs: Mapping[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor | None]:
+        """(all features as one vector [B, F], domain-aware features' embeddings [B, E] or None)."""
+        return self.encode_preprocessed(self.preprocess(inputs))
+
+    def encode_preprocessed(self, ids: Mapping[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor | None]:
+        """encode on the output of preprocess: embeddings looked up, lists averaged."""
+        parts, domain_parts = [], []
+        for f in self.features:
+            value = ids[f.name]
             if f.name in self.embeddings:
-                vectors = self.embeddings[f.name](self.ids(f.name, value))
-                if f.kind == "categorical_list":
-                    lengths = tf.cast(tf.maximum(vectors.row_lengths(), 1), vectors.dtype)
-                    vectors = tf.reduce_sum(vectors, axis=1) / lengths[:, None]
+                vectors = self.embeddings[f.name](value)
+                if f.kind == "categorical_list":  # the mean of the row's embeddings (0 if none)
+                    vectors = tf.reduce_sum(vectors * ids[f.name + LIST_WEIGHTS][..., None], axis=1)
                 parts.append(vectors)
                 if f.domain:
                     domain_parts.append(vectors)
             else:
-                parts.append(self._normalize(f, tf.cast(value, tf.float32))[:, None])
+                parts.append(value)
         domain = tf.concat(domain_parts, axis=-1) if domain_parts else None
         return tf.concat(parts, axis=-1), domain
 
@@ -94,13 +121,24 @@ class TpmLookup(keras.layers.Layer):
                 initializer=keras.initializers.Constant(padded))
 
     def call(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
-        return tf.concat([tf.gather(self.tables[n], self.lookups[n](inputs[n]))
-                          for n in self.feature_names], axis=-1)
+        return self.from_rows(self.rows(inputs))
+
+    def rows(self, inputs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """Per feature, the table row of each raw id (0: unseen, the zero vector)."""
+        return {n: self.lookups[n](inputs[n]) for n in self.feature_names}
+
+    def from_rows(self, rows: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        """call on the output of rows: the vectors, concatenated in feature-name order."""
+        return tf.concat([tf.gather(self.tables[n], rows[n]) for n in self.feature_names], axis=-1)
 
     def known(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
         """[B, features] 1.0 where the id has a vector, 0.0 where it gets the zero vector."""
-        return tf.stack([tf.cast(self.lookups[n](inputs[n]) > 0, tf.float32)
-                         for n in self.feature_names], axis=-1)
+        return known_from_rows(self.rows(inputs), self.feature_names)
+
+
+def known_from_rows(rows: Mapping[str, tf.Tensor], names: Sequence[str]) -> tf.Tensor:
+    """[B, len(names)] 1.0 where a TPM row is a known id's (> 0), else 0.0."""
+    return tf.stack([tf.cast(rows[n] > 0, tf.float32) for n in names], axis=-1)
 
 
 class Mlp(keras.layers.Layer):

@@ -18,7 +18,7 @@ import tf_keras as keras
 from ecdctr.adasparse import AdaSparseConfig, AdaSparseMlp
 from ecdctr.aggregator import MergedTpmLookup, TpmAggregator
 from ecdctr.apg import ApgMlp
-from ecdctr.layers import FeatureEncoder, Mlp
+from ecdctr.layers import FeatureEncoder, Mlp, known_from_rows
 from ecdctr.spec import Feature
 from ecdctr.star import StarMlp
 
@@ -26,6 +26,8 @@ BACKBONES = ("dnn", "dcnv2")
 MULTI_DOMAIN = ("none", "adasparse", "star", "apg")
 CROSS_STRUCTURES = ("parallel", "stacked")
 NO_DOMAIN = "<no-domain>"  # domain list placeholder when no domains are known
+# Keys of CtrModel.preprocess's output; a feature name never starts with "." (ecdctr.spec).
+IDS, TPM_ROWS, DOMAIN_INDEX = ".ids", ".tpm_rows", ".domain_index"
 TpmSnapshot = Mapping[str, tuple[Sequence[str], np.ndarray]]  # entity feature -> (ids, vectors)
 TpmSnapshots = TpmSnapshot | Sequence[TpmSnapshot]
 
@@ -109,17 +111,39 @@ class CtrModel(keras.Model):
         key = tf.strings.join([inputs[n] for n in self.domain_features], separator="|")
         return tf.cast(self.domain_lookup(key), tf.int32)
 
+    def preprocess(self, inputs: Mapping[str, tf.Tensor], with_index: bool | None = None
+                   ) -> dict[str, dict[str, tf.Tensor] | tf.Tensor]:
+        """The per-row work on raw features that reads no trained weight: string lookups,
+        hashing, bucketing, normalisation, TPM id lookups and (with_index; default: for STAR,
+        whose routing needs it) the domain index. call() takes raw features or this output and
+        gives the same predictions for both: training maps it over batches in the input
+        pipeline (make_dataset's preprocess) so the step starts from ids, while the exported
+        signatures run it inside the model on raw values."""
+        if with_index is None:
+            with_index = self.config.multi_domain == "star"
+        out: dict = {IDS: self.encoder.preprocess(inputs)}
+        if self.tpm is not None:
+            out[TPM_ROWS] = self.tpm.rows(inputs)
+        if self.domain_features and with_index:
+            out[DOMAIN_INDEX] = self.domain_index(inputs)
+        return out
+
     def tower_inputs(self, inputs: Mapping[str, tf.Tensor], with_index: bool = True
                      ) -> tuple[tf.Tensor, tf.Tensor | None, tf.Tensor, tf.Tensor]:
-        """(tower input, domain embedding, domain index, cross output) of a batch; without
-        with_index the domain index is left zero (only STAR's routing needs it per step)."""
-        x, domain_embedding = self.encoder.encode(inputs)
+        """(tower input, domain embedding, domain index, cross output) of a batch of raw or
+        preprocessed features; without with_index the domain index is left zero (only STAR's
+        routing needs it per step)."""
+        ids = inputs if is_preprocessed(inputs) else self.preprocess(inputs, with_index)
+        x, domain_embedding = self.encoder.encode_preprocessed(ids[IDS])
         if self.tpm is not None:
-            x = tf.concat([x, self.tpm(inputs)], axis=-1)
+            x = tf.concat([x, self.tpm.from_rows(ids[TPM_ROWS])], axis=-1)
             if self.config.tpm_known_flag:  # unseen ids get exact zeros: say so explicitly
-                x = tf.concat([x, self.tpm.known(inputs)], axis=-1)
+                x = tf.concat([x, known_from_rows(ids[TPM_ROWS], self.tpm.feature_names)], axis=-1)
         if self.domain_features and with_index:
-            domain_index = self.domain_index(inputs)
+            if DOMAIN_INDEX not in ids:
+                raise ValueError("these preprocessed features have no domain index: "
+                                 "preprocess them with with_index=True")
+            domain_index = ids[DOMAIN_INDEX]
         else:
             domain_index = tf.zeros([tf.shape(x)[0]], tf.int32)
         crossed = x
@@ -145,6 +169,11 @@ class CtrModel(keras.Model):
         """Tells schedules inside the tower (AdaSparse's alpha) how long training will run."""
         if hasattr(self.mlp, "set_ramp_steps"):
             self.mlp.set_ramp_steps(max(int(steps), 1))
+
+
+def is_preprocessed(inputs: Mapping[str, object]) -> bool:
+    """True for the output of CtrModel.preprocess, False for raw features by name."""
+    return IDS in inputs
 
 
 def build_model(features: Sequence[Feature], vocabs: Mapping[str, Sequence[str]],

@@ -12,6 +12,10 @@ import tf_keras as keras
 from ecdctr.spec import Spec
 
 Log = Callable[[str], None]
+# Train steps per call of the compiled train function when the input's size is known: the
+# per-call overhead of Keras' fit loop (callbacks, function call, logs) is paid once for
+# this many steps (benchmarks/BENCHMARKS.md, section 3).
+STEPS_PER_EXECUTION = 8
 
 
 class ProgressLog(keras.callbacks.Callback):
@@ -24,6 +28,7 @@ class ProgressLog(keras.callbacks.Callback):
         self.name, self.batch_size, self.log, self.every = name, batch_size, log, every_seconds
         self.batches = batches
         self.steps = 0
+        self.epoch_start = 0  # steps done before this epoch
         self.started = self.last = 0.0
         self.first_epoch: int | None = None  # > 0 when a fit resumed from its backup
 
@@ -31,6 +36,7 @@ class ProgressLog(keras.callbacks.Callback):
         self.started = self.last = time.perf_counter()
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch_start = self.steps
         if self.first_epoch is None:
             self.first_epoch = epoch
             if epoch:
@@ -41,7 +47,7 @@ class ProgressLog(keras.callbacks.Callback):
         return self.batches
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        self.steps += 1
+        self.steps = self.epoch_start + batch + 1  # batch: the last step of the execution
         now = time.perf_counter()
         if now - self.last >= self.every:
             self.last = now
@@ -105,7 +111,8 @@ def fit(model: keras.Model, dataset: tf.data.Dataset, epochs: int, batch_size: i
         log: Log = print, tensorboard_dir: str | None = None, rows: int | None = None,
         validation: tf.data.Dataset | None = None, patience: int = 1,
         backup_dir: str | None = None, steps_per_epoch: int | None = None,
-        validation_steps: int | None = None) -> dict:
+        validation_steps: int | None = None,
+        steps_per_execution: int = STEPS_PER_EXECUTION) -> dict:
     """Trains up to `epochs` passes; returns loss, steps, seconds, examples/s and the epochs
     run. With `validation`, stops once the validation AUC has not improved for `patience`
     epochs and restores the best epoch's weights (reported as chosen_epoch, with the AUC of
@@ -117,9 +124,14 @@ def fit(model: keras.Model, dataset: tf.data.Dataset, epochs: int, batch_size: i
     every epoch (keras BackupAndRestore: a rerun resumes from the last whole epoch, the
     folder is deleted when the fit ends); steps_per_epoch and validation_steps bound the
     repeated inputs of parameter_server. After a resume, early stopping knows the epochs run
-    since (the backup holds the weights, not the earlier epochs' validation AUCs)."""
+    since (the backup holds the weights, not the earlier epochs' validation AUCs).
+    When `dataset` (and `validation`) have a known number of batches (tf.data cardinality,
+    e.g. make_dataset given `rows`), each call of the train function runs
+    steps_per_execution steps; otherwise one."""
     coordinated = isinstance(model.distribute_strategy,
                              tf.distribute.experimental.ParameterServerStrategy)
+    sized = not coordinated and all(_known_size(d) for d in (dataset, validation) if d is not None)
+    set_steps_per_execution(model, steps_per_execution if sized else 1)
     progress = ProgressLog(name, batch_size, log, batches=not coordinated)
     callbacks: list[keras.callbacks.Callback] = [progress]
     if backup_dir:  # first, so that the state is restored before the others begin
@@ -153,6 +165,21 @@ def fit(model: keras.Model, dataset: tf.data.Dataset, epochs: int, batch_size: i
     if first:
         summary["resumed_after_epoch"] = first
     return summary
+
+
+def _known_size(dataset: object) -> bool:
+    """True for a tf.data.Dataset whose number of batches is known (and finite)."""
+    return isinstance(dataset, tf.data.Dataset) and int(dataset.cardinality()) >= 0
+
+
+def set_steps_per_execution(model: keras.Model, steps: int) -> None:
+    """Sets a compiled model's train steps per function call; its train and test functions
+    are rebuilt when that switches between one and several (they are traced differently)."""
+    current = model.steps_per_execution
+    if current is None or int(current.numpy()) != steps:
+        if current is None or (int(current.numpy()) == 1) != (steps == 1):
+            model.train_function = model.test_function = None
+        model.steps_per_execution = steps
 
 
 def predict(model: keras.Model, spec: Spec, dataset: tf.data.Dataset) -> dict[str, np.ndarray]:

@@ -137,10 +137,15 @@ def _files(work: str, parts: Sequence[Partition]) -> list[str]:
 
 
 def dataset(spec: Spec, work: str, parts: Sequence[Partition], config: ModelConfig,
-            shuffle: bool) -> tf.data.Dataset:
-    """Batches of the given partitions (shuffled with the config's seed when asked)."""
+            shuffle: bool, model: CtrModel | None = None) -> tf.data.Dataset:
+    """Batches of the given partitions (shuffled with the config's seed when asked). With a
+    model: its preprocess runs in the input pipeline (the batches are its inputs, not raw
+    features) and the dataset knows its number of batches (the build's row counts)."""
+    if model is None:
+        return make_dataset(spec, _files(work, parts), config.batch_size, shuffle=shuffle,
+                            seed=config.seed)
     return make_dataset(spec, _files(work, parts), config.batch_size, shuffle=shuffle,
-                        seed=config.seed)
+                        seed=config.seed, preprocess=model.preprocess, rows=traffic(work, parts)[0])
 
 
 def _reestimate_batchnorm(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
@@ -171,10 +176,10 @@ def fit_on(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
         + (f"validating on {sorted({d.isoformat() for _, d in valid})}, up to {epochs} epochs"
            if valid else f"{epochs} epoch(s), no validation"))
     if distribution is None:
-        summary = fit(model, dataset(spec, work, train, config, shuffle=True), epochs,
+        summary = fit(model, dataset(spec, work, train, config, shuffle=True, model=model), epochs,
                       config.batch_size, name, log, board, rows,
-                      validation=dataset(spec, work, valid, config, shuffle=False) if valid
-                      else None, patience=config.patience)
+                      validation=dataset(spec, work, valid, config, shuffle=False, model=model)
+                      if valid else None, patience=config.patience)
     else:
         if build is None:
             raise ValueError(f"{name}: a distributed fit needs `build`, the model's builder")

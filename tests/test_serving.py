@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ecdctr.data import parse_batch
+from ecdctr.data import make_dataset, parse_batch
 from ecdctr.export import (
     OUTPUT_KEY,
     RAW_SIGNATURE,
@@ -23,9 +23,10 @@ from ecdctr.export import (
     warmup_examples,
 )
 from ecdctr.gate import GateConfig, infra_gate, metric_gate
-from ecdctr.models import ModelConfig, build_model
+from ecdctr.models import ModelConfig, build_model, is_preprocessed, merged_tpm
 from ecdctr.rows import RowParser, to_example
 from ecdctr.spec import load_spec
+from ecdctr.training import fit
 
 SPEC = load_spec("features/default.yaml")
 ROWS = [{"request_id": str(i), "ts": 1, "click": i % 2, "user_id": f"u{i % 3}", "item_id": "i1",
@@ -89,6 +90,38 @@ def test_training_and_serving_agree_on_the_same_rows(staged):
     served_raw = loaded.signatures[RAW_SIGNATURE](**raw)[OUTPUT_KEY]
     np.testing.assert_allclose(served.numpy(), training, atol=1e-6)
     np.testing.assert_allclose(served_raw.numpy(), training, atol=1e-6)
+
+
+def test_a_model_trained_on_preprocessed_batches_serves_raw_examples_alike(tmp_path):
+    """Training feeds the model CtrModel.preprocess's ids from the input pipeline (no string
+    left for the step); the export takes raw Examples and looks them up inside. Both give the
+    same predictions on the same rows, for every input preprocess makes (ids, TPM rows with
+    the known flag, STAR's domain index)."""
+    path = str(tmp_path / "rows.tfrecord.gz")
+    with tf.io.TFRecordWriter(path, tf.io.TFRecordOptions(compression_type="GZIP")) as writer:
+        for example in _examples():
+            writer.write(example)
+    features, _ = parse_batch(SPEC, tf.constant(_examples()))
+    vocabs = {f.name: ["u0", "u1", "i1", "s1", "p0", "g1", "c1"] for f in SPEC.features
+              if f.uses_vocab}
+    tpm = {"user_id": (["u1", "u2"], np.ones((2, 4), np.float32)),
+           "item_id": (["i1"], np.full((1, 4), 0.5, np.float32))}
+    config = ModelConfig(hidden=(8, 4), multi_domain="star", tpm_known_flag=True)
+    model = build_model(SPEC.features, vocabs, {}, config, features, tpm_tables=tpm,
+                        initial_ctr=0.3, domains=["s1|p0|g1"])
+    data = make_dataset(SPEC, [path], 5, preprocess=model.preprocess, rows=len(ROWS))
+    batch = next(iter(data))[0]
+    assert is_preprocessed(batch)
+    assert not [t for t in tf.nest.flatten(batch, expand_composites=True) if t.dtype == tf.string]
+    summary = fit(model, data, 2, 5, "actr", log=lambda _: None)
+    assert summary["steps"] == 6 and model.steps_per_execution.numpy() > 1  # 3 batches an epoch
+    training = np.concatenate([model(x, training=False).numpy().ravel() for x, _ in data])
+    with merged_tpm(model):
+        staged_path = stage_saved_model(model, SPEC, str(tmp_path / "actr"), log=lambda _: None)
+    served = tf.saved_model.load(staged_path).signatures["serving_default"](
+        examples=tf.constant(_examples()))[OUTPUT_KEY].numpy()
+    np.testing.assert_allclose(served, training, atol=1e-6)
+    assert np.ptp(training) > 1e-4  # rows differ: the comparison is not of constants
 
 
 def test_unseen_ids_missing_features_and_malformed_examples(staged):
