@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
@@ -146,9 +147,14 @@ def _straight_through(hard: tf.Tensor, soft: tf.Tensor) -> tf.Tensor:
 
 def _sparse_input_dense(x: tf.Tensor, dense: keras.layers.Dense) -> tf.Tensor:
     """dense(x) through tf.sparse: only x's nonzero entries (kept, active neurons) are multiplied."""
+    return _sparse_input_affine(x, dense.kernel, dense.bias)
+
+
+def _sparse_input_affine(x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
+    """x kernel + bias through tf.sparse: only x's nonzero entries are multiplied."""
     index = tf.where(tf.not_equal(x, 0))
     rows = tf.SparseTensor(index, tf.gather_nd(x, index), tf.shape(x, out_type=tf.int64))
-    return tf.nn.bias_add(tf.sparse.sparse_dense_matmul(rows, dense.kernel), dense.bias)
+    return tf.nn.bias_add(tf.sparse.sparse_dense_matmul(rows, kernel), bias)
 
 
 class AdaSparseMlp(keras.layers.Layer):
@@ -290,6 +296,13 @@ class AdaSparseMlp(keras.layers.Layer):
             zero_shares.append(share)
         return x, factors, zero_shares
 
+    def for_serving(self) -> AdaSparseServingMlp:
+        """This tower's inference computation with its constants folded (AdaSparseServingMlp),
+        the form exports serve; the tower itself is left as it is."""
+        if not self.built:
+            raise ValueError("for_serving needs a built AdaSparseMlp: call it on a batch first")
+        return AdaSparseServingMlp(self, name=self.name)
+
     def get_config(self) -> dict:
         return {**super().get_config(), "hidden": list(self.hidden),
                 "config": dataclasses.asdict(self.config), "dropout": self.dropout_rate}
@@ -297,3 +310,87 @@ class AdaSparseMlp(keras.layers.Layer):
     @classmethod
     def from_config(cls, config: dict) -> AdaSparseMlp:
         return cls(**{**config, "config": AdaSparseConfig(**config["config"])})
+
+
+class AdaSparseServingMlp(keras.layers.Layer):
+    """The inference forward of a trained AdaSparseMlp with its constants folded at export
+    (AdaSparseMlp.for_serving; models.merged_tpm swaps it in for exports). Inference only:
+    `training` is ignored (SavedModel tracing passes both values), so it never trains.
+
+    It computes what the tower computes at inference, up to float rounding (a pruner logit
+    within rounding of its threshold may flip its factor), with fewer passes over the batch:
+    - the domain part of every pruner, e_d W_d^l + b^l, is one matmul for all layers, split
+      per layer; pruner l then multiplies only its layer input, v_l = x_l W_x^l + d_l, with no
+      concat of [e_d ; x_l];
+    - alpha is folded into the pruner weights (alpha v_l is computed directly), and beta, the
+      factors' scale under fusion and scaling, into the weights that read the pruned values
+      (the next dense kernel; under placement "output" also the next pruner, and a last
+      multiply after the last layer);
+    - factor and product are one select, x pi / beta = where(s > epsilon / beta, x s, 0) with
+      s = sigmoid(alpha v) (binarization: where(s > epsilon, x, 0); scaling: x s), without
+      the straight-through terms and zero shares that only training needs.
+    The BatchNorm layers are the tower's own, at inference. sparse_inference (the tf.sparse
+    path of the layers whose input carries pruned zeros) works as in AdaSparseMlp.
+    """
+
+    def __init__(self, tower: AdaSparseMlp, **kwargs):
+        super().__init__(**kwargs)
+        c = tower.config
+        self.config = c
+        self.sparse_inference = tower.sparse_inference
+        self.norms = list(tower.norms)
+        self.widths = [p.units for p in tower.pruners]
+        alpha = 1.0 if c.form == "scaling" else float(tower.alpha.numpy())
+        left_out = 1.0 if c.form == "binarization" else c.beta  # x pi = left_out * _prune(x, v)
+        carry = 1.0  # the scale the layer input computed here lacks (placement "output")
+        domain_kernels, domain_biases = [], []
+        self.pruner_kernels, self.kernels, self.biases = [], [], []
+        for i, (dense, pruner) in enumerate(zip(tower.dense, tower.pruners, strict=True)):
+            kernel = pruner.dense.kernel.numpy()
+            split = kernel.shape[0] - dense.kernel.shape[0]  # [e_d ; x_l] -> rows of e_d, x_l
+            domain_kernels.append(alpha * kernel[:split])
+            domain_biases.append(alpha * pruner.dense.bias.numpy())
+            scale = left_out if c.placement == "input" else carry
+            self.pruner_kernels.append(self._constant(f"pruner_{i}_kernel",
+                                                      alpha * carry * kernel[split:]))
+            self.kernels.append(self._constant(f"dense_{i}_kernel", scale * dense.kernel.numpy()))
+            self.biases.append(self._constant(f"dense_{i}_bias", dense.bias.numpy()))
+            if c.placement == "output":
+                carry = left_out
+        self.output_scale = carry
+        self.domain_kernel = self._constant("pruner_domain_kernel",
+                                            np.concatenate(domain_kernels, axis=1))
+        self.domain_bias = self._constant("pruner_domain_bias", np.concatenate(domain_biases))
+
+    def _constant(self, name: str, value: np.ndarray) -> tf.Variable:
+        return self.add_weight(name=name, shape=value.shape, trainable=False,
+                               initializer=keras.initializers.Constant(value))
+
+    def call(self, x: tf.Tensor, domain_embedding: tf.Tensor | None = None,
+             domain_index: tf.Tensor | None = None, training: bool | None = None) -> tf.Tensor:
+        if domain_embedding is None:
+            raise ValueError("AdaSparseServingMlp prunes per domain: pass domain_embedding [B, E]")
+        domain = tf.split(tf.nn.bias_add(tf.matmul(domain_embedding, self.domain_kernel),
+                                         self.domain_bias), self.widths, axis=-1)
+        prune_input = self.config.placement == "input"
+        for i, norm in enumerate(self.norms):
+            logits = tf.matmul(x, self.pruner_kernels[i]) + domain[i]
+            if prune_input:
+                x = self._prune(x, logits)
+            sparse = self.sparse_inference and (prune_input or i > 0)
+            z = (_sparse_input_affine(x, self.kernels[i], self.biases[i]) if sparse
+                 else tf.nn.bias_add(tf.matmul(x, self.kernels[i]), self.biases[i]))
+            x = tf.nn.relu(norm(z, training=False))
+            if not prune_input:
+                x = self._prune(x, logits)
+        return x * self.output_scale if self.output_scale != 1.0 else x
+
+    def _prune(self, x: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+        """x pi divided by the factors' scale (beta, binarization: 1), from alpha v."""
+        c = self.config
+        s = tf.sigmoid(logits)
+        if c.form == "scaling":
+            return x * s
+        if c.form == "binarization":
+            return tf.where(s > c.epsilon, x, 0.0)
+        return tf.where(s > c.epsilon / c.beta, x * s, 0.0)

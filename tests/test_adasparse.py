@@ -304,3 +304,29 @@ def test_input_placement_prunes_the_embedding_input(form):
 
     np.testing.assert_array_equal(output(3), output(None))  # the pruned column has no effect
     assert np.abs(output(5) - output(None)).max() > 1e-3  # a kept one does
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("form", FORMS)
+def test_serving_form_predicts_as_the_tower_with_its_constants_folded(form, placement):
+    tower = AdaSparseMlp((16, 8), AdaSparseConfig(form=form, placement=placement, ramp_steps=3))
+    _train(tower, 5)  # alpha at its end value; fusion and binarization prune
+    if form != "scaling":
+        assert all(0 < r < 1 for r in tower.sparsity(X, E))
+    names = sorted(v.name for v in tower.variables)
+    expected = tower(X, domain_embedding=E, training=False).numpy()
+    serving = tower.for_serving()
+    call = tf.function(lambda x, e: serving(x, domain_embedding=e, training=False))
+    np.testing.assert_allclose(call(X, E).numpy(), expected, rtol=1e-5, atol=1e-5)
+    ops = [op.type for op in call.get_concrete_function(X, E).graph.get_operations()]
+    # one matmul for every pruner's domain part, one per pruner and dense layer; no [e_d ; x]
+    # concat, no straight-through terms
+    assert ops.count("MatMul") == 1 + 2 * 2
+    assert "ConcatV2" not in ops and "StopGradient" not in ops
+    serving.sparse_inference = True
+    sparse = tf.function(lambda x, e: serving(x, domain_embedding=e, training=False))
+    np.testing.assert_allclose(sparse(X, E).numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(serving(X, domain_embedding=E, training=True).numpy(), expected,
+                               rtol=1e-5, atol=1e-5)  # inference only, whatever training says
+    assert sorted(v.name for v in tower.variables) == names  # the tower is left as it was
+    np.testing.assert_array_equal(tower(X, domain_embedding=E, training=False).numpy(), expected)
