@@ -1,8 +1,8 @@
 """Benchmark: in-process SavedModel latency of the serving signature (p50/p99 for 1, 100 and
-1,000 candidates) for an A-CTR with AdaSparse against a plain DNN export of the same size:
-the AdaSparse export as it ships (models.merged_tpm: the folded AdaSparseServingMlp) with its
-dense and its tf.sparse pruned-MLP path, and the unfolded training tower exported as is (the
-export before the folding). Arms are timed alternately in one run, so a drifting machine load
+1,000 candidates) for an A-CTR with AdaSparse against a plain DNN export of the same size,
+each as exports ship it (models.merged_tpm: FoldedMlp, AdaSparseServingMlp on its dense and
+its tf.sparse pruned-MLP path) and with its training tower exported unfolded (the exports
+before the folding). Arms are timed alternately in one run, so a drifting machine load
 hits them alike; each figure is the median over --repeats runs of the arms.
 
     python benchmarks/serving.py [--calls 200] [--repeats 3] [--out benchmarks/results/serving.json]
@@ -44,9 +44,9 @@ def simulated_examples(n: int) -> list[bytes]:
 
 
 def exports(multi_domain: str, examples: list[bytes], folder: str) -> dict[str, str]:
-    """Exports a model of the demo's size after a few steps (so the pruner prunes): one
-    SavedModel, or for AdaSparse three (the shipped form on its dense and tf.sparse paths,
-    and the unfolded training tower)."""
+    """Exports a model of the demo's size after a few steps (so the pruner prunes) in the
+    form exports ship (merged_tpm: BatchNorm folded, AdaSparse on its dense and tf.sparse
+    paths) and with its training tower unfolded (the export before the folding)."""
     batch = parse_batch(SPEC, tf.constant(examples[:2048]))
     features = batch[0]
     vocabs = {}
@@ -68,9 +68,12 @@ def exports(multi_domain: str, examples: list[bytes], folder: str) -> dict[str, 
                             signatures={"serving_default": serving_function(model, SPEC)})
         return path
 
+    tower = "dnn" if multi_domain == "none" else multi_domain
+    paths = {f"{tower} unfolded (before)": save(f"{tower}-unfolded")}
     if multi_domain != "adasparse":
-        return {"dnn": save("dnn")}
-    paths = {"adasparse unfolded (before)": save("unfolded")}
+        with merged_tpm(model):
+            paths[tower] = save(tower)
+        return paths
     for sparse, name in ((False, "adasparse (dense path)"), (True, "adasparse (tf.sparse path)")):
         with merged_tpm(model):
             model.mlp.sparse_inference = sparse
@@ -100,9 +103,9 @@ def latencies(paths: dict[str, str], examples: list[bytes], calls: int) -> dict:
     return out
 
 
-def summary(runs: list[dict], base: str) -> dict:
+def summary(runs: list[dict], bases: list[str]) -> dict:
     """Per arm and size: the median over runs of p50 and p99, the runs' p50s, and the median
-    of the per-run p50 ratios to the base arm."""
+    of the per-run p50 ratios to each base arm."""
     out: dict = {}
     for arm in runs[0]:
         out[arm] = {}
@@ -111,8 +114,9 @@ def summary(runs: list[dict], base: str) -> dict:
             out[arm][n] = {"p50_ms": float(np.median(p50s)),
                            "p99_ms": float(np.median([r[arm][n]["p99_ms"] for r in runs])),
                            "p50_runs": p50s,
-                           f"p50_over_{base}": float(np.median(
-                               [r[arm][n]["p50_ms"] / r[base][n]["p50_ms"] for r in runs]))}
+                           **{f"p50_over_{b}": float(np.median(
+                               [r[arm][n]["p50_ms"] / r[b][n]["p50_ms"] for r in runs]))
+                              for b in bases}}
     return out
 
 
@@ -130,16 +134,22 @@ def main() -> None:
         for _ in range(args.repeats):
             runs.append(latencies(paths, examples, args.calls))
             loads.append(os.getloadavg()[0])
-    result = summary(runs, "dnn")
+    result = summary(runs, ["dnn", "dnn unfolded (before)"])
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, 1-minute load average "
           f"{', '.join(f'{x:.1f}' for x in loads)}; medians of {args.repeats} runs")
-    print("| candidates | " + " | ".join(f"{k} p50 / p99 ms" for k in paths)
-          + " | " + " | ".join(f"{k} / dnn (p50)" for k in list(paths)[1:]) + " |")
-    print("|---|" + "---|" * (2 * len(paths) - 1))
+    print("| candidates | " + " | ".join(f"{k} p50 / p99 ms" for k in paths) + " |")
+    print("|---|" + "---|" * len(paths))
     for n in CANDIDATES:
-        cells = [f"{r[n]['p50_ms']:.2f} / {r[n]['p99_ms']:.2f}" for r in result.values()]
-        ratios = [f"{result[k][n]['p50_over_dnn']:.2f}" for k in list(paths)[1:]]
-        print(f"| {n:,} | " + " | ".join(cells + ratios) + " |")
+        print(f"| {n:,} | " + " | ".join(f"{r[n]['p50_ms']:.2f} / {r[n]['p99_ms']:.2f}"
+                                        for r in result.values()) + " |")
+    ada = [k for k in paths if k.startswith("adasparse")]
+    print("\n| candidates | " + " | ".join(f"{k} / dnn (p50)" for k in ada)
+          + " | adasparse unfolded / dnn unfolded (before) |")
+    print("|---|" + "---|" * (len(ada) + 1))
+    for n in CANDIDATES:
+        ratios = [result[k][n]["p50_over_dnn"] for k in ada]
+        before = result["adasparse unfolded (before)"][n]["p50_over_dnn unfolded (before)"]
+        print(f"| {n:,} | " + " | ".join(f"{r:.2f}" for r in [*ratios, before]) + " |")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

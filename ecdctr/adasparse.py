@@ -16,6 +16,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from ecdctr.layers import folded_dense_batchnorm
+
 FORMS = ("binarization", "scaling", "fusion")
 PLACEMENTS = ("input", "output")
 
@@ -318,19 +320,19 @@ class AdaSparseServingMlp(keras.layers.Layer):
     `training` is ignored (SavedModel tracing passes both values), so it never trains.
 
     It computes what the tower computes at inference, up to float rounding (a pruner logit
-    within rounding of its threshold may flip its factor), with fewer passes over the batch:
-    - the domain part of every pruner, e_d W_d^l + b^l, is one matmul for all layers, split
-      per layer; pruner l then multiplies only its layer input, v_l = x_l W_x^l + d_l, with no
-      concat of [e_d ; x_l];
-    - alpha is folded into the pruner weights (alpha v_l is computed directly), and beta, the
-      factors' scale under fusion and scaling, into the weights that read the pruned values
-      (the next dense kernel; under placement "output" also the next pruner, and a last
-      multiply after the last layer);
-    - factor and product are one select, x pi / beta = where(s > epsilon / beta, x s, 0) with
-      s = sigmoid(alpha v) (binarization: where(s > epsilon, x, 0); scaling: x s), without
-      the straight-through terms and zero shares that only training needs.
-    The BatchNorm layers are the tower's own, at inference. sparse_inference (the tf.sparse
-    path of the layers whose input carries pruned zeros) works as in AdaSparseMlp.
+    within rounding of its threshold may flip its factor), in fewer passes over the batch:
+    - alpha is folded into the pruner weights, so s = sigmoid(alpha v) is one matmul with its
+      bias and sigmoid, which the CPU kernels run as one fused op;
+    - factor and product are one select, x pi / beta = where(s > epsilon / beta, x s, 0)
+      (binarization: where(s > epsilon, x, 0); scaling: x s), without the straight-through
+      terms and zero shares that only training needs;
+    - beta, the factors' scale under fusion and scaling, is folded into the weights that read
+      the pruned values (the next dense kernel; under placement "output" also the next pruner,
+      and a last multiply after the last layer);
+    - each BatchNorm is folded into its dense layer (layers.folded_dense_batchnorm), so a
+      layer is one fused matmul, bias and ReLU.
+    sparse_inference (the tf.sparse path of the layers whose input carries pruned zeros) works
+    as in AdaSparseMlp.
     """
 
     def __init__(self, tower: AdaSparseMlp, **kwargs):
@@ -338,29 +340,24 @@ class AdaSparseServingMlp(keras.layers.Layer):
         c = tower.config
         self.config = c
         self.sparse_inference = tower.sparse_inference
-        self.norms = list(tower.norms)
-        self.widths = [p.units for p in tower.pruners]
         alpha = 1.0 if c.form == "scaling" else float(tower.alpha.numpy())
-        left_out = 1.0 if c.form == "binarization" else c.beta  # x pi = left_out * _prune(x, v)
+        left_out = 1.0 if c.form == "binarization" else c.beta  # x pi = left_out * _prune(x, s)
         carry = 1.0  # the scale the layer input computed here lacks (placement "output")
-        domain_kernels, domain_biases = [], []
-        self.pruner_kernels, self.kernels, self.biases = [], [], []
-        for i, (dense, pruner) in enumerate(zip(tower.dense, tower.pruners, strict=True)):
-            kernel = pruner.dense.kernel.numpy()
-            split = kernel.shape[0] - dense.kernel.shape[0]  # [e_d ; x_l] -> rows of e_d, x_l
-            domain_kernels.append(alpha * kernel[:split])
-            domain_biases.append(alpha * pruner.dense.bias.numpy())
+        self.pruner_kernels, self.pruner_biases, self.kernels, self.biases = [], [], [], []
+        for i, (dense, norm, pruner) in enumerate(zip(tower.dense, tower.norms, tower.pruners,
+                                                      strict=True)):
+            kernel = alpha * pruner.dense.kernel.numpy()  # rows: [e_d ; x_l]
+            kernel[kernel.shape[0] - dense.kernel.shape[0]:] *= carry
+            self.pruner_kernels.append(self._constant(f"pruner_{i}_kernel", kernel))
+            self.pruner_biases.append(self._constant(f"pruner_{i}_bias",
+                                                     alpha * pruner.dense.bias.numpy()))
             scale = left_out if c.placement == "input" else carry
-            self.pruner_kernels.append(self._constant(f"pruner_{i}_kernel",
-                                                      alpha * carry * kernel[split:]))
-            self.kernels.append(self._constant(f"dense_{i}_kernel", scale * dense.kernel.numpy()))
-            self.biases.append(self._constant(f"dense_{i}_bias", dense.bias.numpy()))
+            kernel, bias = folded_dense_batchnorm(dense, norm, scale)
+            self.kernels.append(self._constant(f"dense_{i}_kernel", kernel))
+            self.biases.append(self._constant(f"dense_{i}_bias", bias))
             if c.placement == "output":
                 carry = left_out
         self.output_scale = carry
-        self.domain_kernel = self._constant("pruner_domain_kernel",
-                                            np.concatenate(domain_kernels, axis=1))
-        self.domain_bias = self._constant("pruner_domain_bias", np.concatenate(domain_biases))
 
     def _constant(self, name: str, value: np.ndarray) -> tf.Variable:
         return self.add_weight(name=name, shape=value.shape, trainable=False,
@@ -370,25 +367,24 @@ class AdaSparseServingMlp(keras.layers.Layer):
              domain_index: tf.Tensor | None = None, training: bool | None = None) -> tf.Tensor:
         if domain_embedding is None:
             raise ValueError("AdaSparseServingMlp prunes per domain: pass domain_embedding [B, E]")
-        domain = tf.split(tf.nn.bias_add(tf.matmul(domain_embedding, self.domain_kernel),
-                                         self.domain_bias), self.widths, axis=-1)
         prune_input = self.config.placement == "input"
-        for i, norm in enumerate(self.norms):
-            logits = tf.matmul(x, self.pruner_kernels[i]) + domain[i]
+        for i, (kernel, bias) in enumerate(zip(self.kernels, self.biases, strict=True)):
+            s = tf.sigmoid(tf.nn.bias_add(
+                tf.matmul(tf.concat([domain_embedding, x], axis=-1), self.pruner_kernels[i]),
+                self.pruner_biases[i]))
             if prune_input:
-                x = self._prune(x, logits)
-            sparse = self.sparse_inference and (prune_input or i > 0)
-            z = (_sparse_input_affine(x, self.kernels[i], self.biases[i]) if sparse
-                 else tf.nn.bias_add(tf.matmul(x, self.kernels[i]), self.biases[i]))
-            x = tf.nn.relu(norm(z, training=False))
+                x = self._prune(x, s)
+            z = (_sparse_input_affine(x, kernel, bias)
+                 if self.sparse_inference and (prune_input or i > 0)
+                 else tf.nn.bias_add(tf.matmul(x, kernel), bias))
+            x = tf.nn.relu(z)
             if not prune_input:
-                x = self._prune(x, logits)
+                x = self._prune(x, s)
         return x * self.output_scale if self.output_scale != 1.0 else x
 
-    def _prune(self, x: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-        """x pi divided by the factors' scale (beta, binarization: 1), from alpha v."""
+    def _prune(self, x: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
+        """x pi divided by the factors' scale (beta; binarization: 1), from s = sigmoid(alpha v)."""
         c = self.config
-        s = tf.sigmoid(logits)
         if c.form == "scaling":
             return x * s
         if c.form == "binarization":
