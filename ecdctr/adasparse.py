@@ -298,12 +298,14 @@ class AdaSparseMlp(keras.layers.Layer):
             zero_shares.append(share)
         return x, factors, zero_shares
 
-    def for_serving(self) -> AdaSparseServingMlp:
+    def for_serving(self, domain_columns: Sequence[int] = ()) -> AdaSparseServingMlp:
         """This tower's inference computation with its constants folded (AdaSparseServingMlp),
-        the form exports serve; the tower itself is left as it is."""
+        the form exports serve; the tower itself is left as it is. domain_columns: the
+        columns of the tower input that hold domain_embedding, if it carries it (as
+        CtrModel's does); pruner_0 then reads the tower input alone."""
         if not self.built:
             raise ValueError("for_serving needs a built AdaSparseMlp: call it on a batch first")
-        return AdaSparseServingMlp(self, name=self.name)
+        return AdaSparseServingMlp(self, domain_columns, name=self.name)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "hidden": list(self.hidden),
@@ -323,6 +325,8 @@ class AdaSparseServingMlp(keras.layers.Layer):
     within rounding of its threshold may flip its factor), in fewer passes over the batch:
     - alpha is folded into the pruner weights, so s = sigmoid(alpha v) is one matmul with its
       bias and sigmoid, which the CPU kernels run as one fused op;
+    - given domain_columns (where the tower input x_0 holds e_d), pruner_0's rows for e_d are
+      added to those columns' rows: it reads x_0 alone, with no [e_d ; x_0] concat;
     - factor and product are one select, x pi / beta = where(s > epsilon / beta, x s, 0)
       (binarization: where(s > epsilon, x, 0); scaling: x s), without the straight-through
       terms and zero shares that only training needs;
@@ -335,10 +339,11 @@ class AdaSparseServingMlp(keras.layers.Layer):
     as in AdaSparseMlp.
     """
 
-    def __init__(self, tower: AdaSparseMlp, **kwargs):
+    def __init__(self, tower: AdaSparseMlp, domain_columns: Sequence[int] = (), **kwargs):
         super().__init__(**kwargs)
         c = tower.config
         self.config = c
+        self.first_reads_input_only = bool(domain_columns)
         self.sparse_inference = tower.sparse_inference
         alpha = 1.0 if c.form == "scaling" else float(tower.alpha.numpy())
         left_out = 1.0 if c.form == "binarization" else c.beta  # x pi = left_out * _prune(x, s)
@@ -347,7 +352,14 @@ class AdaSparseServingMlp(keras.layers.Layer):
         for i, (dense, norm, pruner) in enumerate(zip(tower.dense, tower.norms, tower.pruners,
                                                       strict=True)):
             kernel = alpha * pruner.dense.kernel.numpy()  # rows: [e_d ; x_l]
-            kernel[kernel.shape[0] - dense.kernel.shape[0]:] *= carry
+            split = kernel.shape[0] - dense.kernel.shape[0]
+            kernel[split:] *= carry
+            if i == 0 and domain_columns:
+                if len(domain_columns) != split:
+                    raise ValueError(f"domain_columns: {len(domain_columns)} columns for a "
+                                     f"domain embedding of width {split}")
+                np.add.at(kernel, split + np.asarray(domain_columns), kernel[:split])
+                kernel = kernel[split:]
             self.pruner_kernels.append(self._constant(f"pruner_{i}_kernel", kernel))
             self.pruner_biases.append(self._constant(f"pruner_{i}_bias",
                                                      alpha * pruner.dense.bias.numpy()))
@@ -369,9 +381,10 @@ class AdaSparseServingMlp(keras.layers.Layer):
             raise ValueError("AdaSparseServingMlp prunes per domain: pass domain_embedding [B, E]")
         prune_input = self.config.placement == "input"
         for i, (kernel, bias) in enumerate(zip(self.kernels, self.biases, strict=True)):
-            s = tf.sigmoid(tf.nn.bias_add(
-                tf.matmul(tf.concat([domain_embedding, x], axis=-1), self.pruner_kernels[i]),
-                self.pruner_biases[i]))
+            reads = (x if i == 0 and self.first_reads_input_only
+                     else tf.concat([domain_embedding, x], axis=-1))
+            s = tf.sigmoid(tf.nn.bias_add(tf.matmul(reads, self.pruner_kernels[i]),
+                                          self.pruner_biases[i]))
             if prune_input:
                 x = self._prune(x, s)
             z = (_sparse_input_affine(x, kernel, bias)

@@ -67,6 +67,17 @@ class FeatureEncoder(keras.layers.Layer):
         domain = tf.concat(domain_parts, axis=-1) if domain_parts else None
         return tf.concat(parts, axis=-1), domain
 
+    def domain_columns(self) -> list[int]:
+        """The columns of encode's feature vector that hold its domain embedding, in order."""
+        columns: list[int] = []
+        start = 0
+        for f in self.features:
+            width = f.dim if f.name in self.embeddings else 1
+            if f.domain and f.name in self.embeddings:
+                columns.extend(range(start, start + width))
+            start += width
+        return columns
+
     def _normalize(self, f: Feature, x: tf.Tensor) -> tf.Tensor:
         if f.normalize == "log":
             return tf.math.log1p(tf.maximum(x, 0.0))

@@ -181,8 +181,11 @@ def merged_tpm(model: CtrModel) -> Iterator[CtrModel]:
         model.tpm = MergedTpmLookup(aggregator.merged_tables(), name="tpm")
     if isinstance(tower, ApgMlp):
         model.mlp = tower.merged_for_export()
-    if isinstance(tower, (AdaSparseMlp, Mlp)):
+    if isinstance(tower, Mlp):
         model.mlp = tower.for_serving()
+    if isinstance(tower, AdaSparseMlp):  # its input holds the domain embedding, unless crossed
+        stacked = model.cross and model.config.cross_structure == "stacked"
+        model.mlp = tower.for_serving(() if stacked else model.encoder.domain_columns())
     try:
         yield model
     finally:
