@@ -273,8 +273,8 @@ def stage_saved_model(model: keras.Model, spec: Spec, base: str,
                       log: Log = print) -> str:
     """Writes the SavedModel (both signatures, the spec and synthetic warmup requests in
     assets.extra/) into a staging folder under base that TF Serving ignores; returns its path.
-    A CtrModel is saved in its serving form (models.merged_tpm: merged TPM table, folded
-    AdaSparse and APG towers).
+    A CtrModel is saved in its serving form (models.merged_tpm: merged TPM table, its tower
+    folded for inference).
     timing_examples (real held-out rows) only time the pruned inference path in memory
     (choose_pruned_path; the synthetic rows when there are none): nothing of them is written."""
     storage.makedirs(base)
