@@ -1,9 +1,11 @@
 """Benchmark: in-process SavedModel latency of the serving signature (p50/p99 for 1, 100 and
 1,000 candidates) for an A-CTR with AdaSparse against a plain DNN export of the same size,
-and the AdaSparse export with its dense against its tf.sparse pruned-MLP path. Arms are
-timed alternately in one run, so a drifting machine load hits them alike.
+each as exports ship it (models.merged_tpm: FoldedMlp, AdaSparseServingMlp on its dense and
+its tf.sparse pruned-MLP path) and with its training tower exported unfolded (the exports
+before the folding). Arms are timed alternately in one run, so a drifting machine load
+hits them alike; each figure is the median over --repeats runs of the arms.
 
-    python benchmarks/serving.py [--calls 200] [--out benchmarks/results/serving.json]
+    python benchmarks/serving.py [--calls 200] [--repeats 3] [--out benchmarks/results/serving.json]
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import tensorflow as tf
 import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tf.keras is first used)
 from ecdctr.data import parse_batch
 from ecdctr.export import OUTPUT_KEY, serving_function
-from ecdctr.models import ModelConfig, build_model
+from ecdctr.models import ModelConfig, build_model, merged_tpm
 from ecdctr.rows import RowParser, to_example
 from ecdctr.simulator import SimConfig, World, sample_day
 from ecdctr.spec import load_spec
@@ -41,9 +43,10 @@ def simulated_examples(n: int) -> list[bytes]:
     return [to_example(SPEC, parser.parse(r)).SerializeToString() for r in rows]
 
 
-def export(multi_domain: str, sparse: bool, examples: list[bytes], folder: str) -> str:
-    """Exports a model of the demo's size after a few steps (so the pruner prunes), with the
-    pruned MLP's dense or tf.sparse path."""
+def exports(multi_domain: str, examples: list[bytes], folder: str) -> dict[str, str]:
+    """Exports a model of the demo's size after a few steps (so the pruner prunes) in the
+    form exports ship (merged_tpm: BatchNorm folded, AdaSparse on its dense and tf.sparse
+    paths) and with its training tower unfolded (the export before the folding)."""
     batch = parse_batch(SPEC, tf.constant(examples[:2048]))
     features = batch[0]
     vocabs = {}
@@ -58,11 +61,24 @@ def export(multi_domain: str, sparse: bool, examples: list[bytes], folder: str) 
                         features, initial_ctr=0.05, domains=domains, name="actr")
     model.set_total_steps(10)
     model.fit(tf.data.Dataset.from_tensors(batch).repeat(10), verbose=0)
-    if sparse:
-        model.mlp.sparse_inference = True
-    path = os.path.join(folder, f"{multi_domain}-{'sparse' if sparse else 'dense'}")
-    tf.saved_model.save(model, path, signatures={"serving_default": serving_function(model, SPEC)})
-    return path
+
+    def save(name: str) -> str:
+        path = os.path.join(folder, name.replace(" ", "_"))
+        tf.saved_model.save(model, path,
+                            signatures={"serving_default": serving_function(model, SPEC)})
+        return path
+
+    tower = "dnn" if multi_domain == "none" else multi_domain
+    paths = {f"{tower} unfolded (before)": save(f"{tower}-unfolded")}
+    if multi_domain != "adasparse":
+        with merged_tpm(model):
+            paths[tower] = save(tower)
+        return paths
+    for sparse, name in ((False, "adasparse (dense path)"), (True, "adasparse (tf.sparse path)")):
+        with merged_tpm(model):
+            model.mlp.sparse_inference = sparse
+            paths[name] = save(name)
+    return paths
 
 
 def latencies(paths: dict[str, str], examples: list[bytes], calls: int) -> dict:
@@ -87,29 +103,58 @@ def latencies(paths: dict[str, str], examples: list[bytes], calls: int) -> dict:
     return out
 
 
+def summary(runs: list[dict], bases: list[str]) -> dict:
+    """Per arm and size: the median over runs of p50 and p99, the runs' p50s, and the median
+    of the per-run p50 ratios to each base arm."""
+    out: dict = {}
+    for arm in runs[0]:
+        out[arm] = {}
+        for n in CANDIDATES:
+            p50s = [r[arm][n]["p50_ms"] for r in runs]
+            out[arm][n] = {"p50_ms": float(np.median(p50s)),
+                           "p99_ms": float(np.median([r[arm][n]["p99_ms"] for r in runs])),
+                           "p50_runs": p50s,
+                           **{f"p50_over_{b}": float(np.median(
+                               [r[arm][n]["p50_ms"] / r[b][n]["p50_ms"] for r in runs]))
+                              for b in bases}}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=os.path.join(HERE, "results", "serving.json"))
     args = parser.parse_args()
     examples = simulated_examples(6000)
+    loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as folder:
-        paths = {"dnn": export("none", False, examples, folder),
-                 "adasparse (dense path)": export("adasparse", False, examples, folder),
-                 "adasparse (tf.sparse path)": export("adasparse", True, examples, folder)}
-        result = latencies(paths, examples, args.calls)
-    base, dense, sparse = (result[k] for k in paths)
-    print("| candidates | " + " | ".join(f"{k} p50 / p99 ms" for k in paths)
-          + " | adasparse / dnn (p50) | sparse / dense (p50) |")
-    print("|---|" + "---|" * (len(paths) + 2))
+        paths = {**exports("none", examples, folder), **exports("adasparse", examples, folder)}
+        runs = []
+        for _ in range(args.repeats):
+            runs.append(latencies(paths, examples, args.calls))
+            loads.append(os.getloadavg()[0])
+    result = summary(runs, ["dnn", "dnn unfolded (before)"])
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, 1-minute load average "
+          f"{', '.join(f'{x:.1f}' for x in loads)}; medians of {args.repeats} runs")
+    print("| candidates | " + " | ".join(f"{k} p50 / p99 ms" for k in paths) + " |")
+    print("|---|" + "---|" * len(paths))
     for n in CANDIDATES:
-        cells = [f"{r[n]['p50_ms']:.2f} / {r[n]['p99_ms']:.2f}" for r in result.values()]
-        print(f"| {n:,} | " + " | ".join(cells)
-              + f" | {dense[n]['p50_ms'] / base[n]['p50_ms']:.2f} | "
-              f"{sparse[n]['p50_ms'] / dense[n]['p50_ms']:.2f} |")
+        print(f"| {n:,} | " + " | ".join(f"{r[n]['p50_ms']:.2f} / {r[n]['p99_ms']:.2f}"
+                                        for r in result.values()) + " |")
+    ada = [k for k in paths if k.startswith("adasparse")]
+    print("\n| candidates | " + " | ".join(f"{k} / dnn (p50)" for k in ada)
+          + " | adasparse unfolded / dnn unfolded (before) |")
+    print("|---|" + "---|" * (len(ada) + 1))
+    for n in CANDIDATES:
+        ratios = [result[k][n]["p50_over_dnn"] for k in ada]
+        before = result["adasparse unfolded (before)"][n]["p50_over_dnn unfolded (before)"]
+        print(f"| {n:,} | " + " | ".join(f"{r:.2f}" for r in [*ratios, before]) + " |")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump({"calls": args.calls, "latency": result}, f, indent=1)
+        json.dump({"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                   "load_average_1min": loads, "calls": args.calls, "repeats": args.repeats,
+                   "latency": result}, f, indent=1)
 
 
 if __name__ == "__main__":

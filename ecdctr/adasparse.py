@@ -12,8 +12,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
+
+from ecdctr.layers import folded_dense_batchnorm
 
 FORMS = ("binarization", "scaling", "fusion")
 PLACEMENTS = ("input", "output")
@@ -146,9 +149,14 @@ def _straight_through(hard: tf.Tensor, soft: tf.Tensor) -> tf.Tensor:
 
 def _sparse_input_dense(x: tf.Tensor, dense: keras.layers.Dense) -> tf.Tensor:
     """dense(x) through tf.sparse: only x's nonzero entries (kept, active neurons) are multiplied."""
+    return _sparse_input_affine(x, dense.kernel, dense.bias)
+
+
+def _sparse_input_affine(x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
+    """x kernel + bias through tf.sparse: only x's nonzero entries are multiplied."""
     index = tf.where(tf.not_equal(x, 0))
     rows = tf.SparseTensor(index, tf.gather_nd(x, index), tf.shape(x, out_type=tf.int64))
-    return tf.nn.bias_add(tf.sparse.sparse_dense_matmul(rows, dense.kernel), dense.bias)
+    return tf.nn.bias_add(tf.sparse.sparse_dense_matmul(rows, kernel), bias)
 
 
 class AdaSparseMlp(keras.layers.Layer):
@@ -290,6 +298,15 @@ class AdaSparseMlp(keras.layers.Layer):
             zero_shares.append(share)
         return x, factors, zero_shares
 
+    def for_serving(self, domain_columns: Sequence[int] = ()) -> AdaSparseServingMlp:
+        """This tower's inference computation with its constants folded (AdaSparseServingMlp),
+        the form exports serve; the tower itself is left as it is. domain_columns: the
+        columns of the tower input that hold domain_embedding, if it carries it (as
+        CtrModel's does); pruner_0 then reads the tower input alone."""
+        if not self.built:
+            raise ValueError("for_serving needs a built AdaSparseMlp: call it on a batch first")
+        return AdaSparseServingMlp(self, domain_columns, name=self.name)
+
     def get_config(self) -> dict:
         return {**super().get_config(), "hidden": list(self.hidden),
                 "config": dataclasses.asdict(self.config), "dropout": self.dropout_rate}
@@ -297,3 +314,92 @@ class AdaSparseMlp(keras.layers.Layer):
     @classmethod
     def from_config(cls, config: dict) -> AdaSparseMlp:
         return cls(**{**config, "config": AdaSparseConfig(**config["config"])})
+
+
+class AdaSparseServingMlp(keras.layers.Layer):
+    """The inference forward of a trained AdaSparseMlp with its constants folded at export
+    (AdaSparseMlp.for_serving; models.merged_tpm swaps it in for exports). Inference only:
+    `training` is ignored (SavedModel tracing passes both values), so it never trains.
+
+    It computes what the tower computes at inference, up to float rounding (a pruner logit
+    within rounding of its threshold may flip its factor), in fewer passes over the batch:
+    - alpha is folded into the pruner weights, so s = sigmoid(alpha v) is one matmul with its
+      bias and sigmoid, which the CPU kernels run as one fused op;
+    - given domain_columns (where the tower input x_0 holds e_d), pruner_0's rows for e_d are
+      added to those columns' rows: it reads x_0 alone, with no [e_d ; x_0] concat;
+    - factor and product are one select, x pi / beta = where(s > epsilon / beta, x s, 0)
+      (binarization: where(s > epsilon, x, 0); scaling: x s), without the straight-through
+      terms and zero shares that only training needs;
+    - beta, the factors' scale under fusion and scaling, is folded into the weights that read
+      the pruned values (the next dense kernel; under placement "output" also the next pruner,
+      and a last multiply after the last layer);
+    - each BatchNorm is folded into its dense layer (layers.folded_dense_batchnorm), so a
+      layer is one fused matmul, bias and ReLU.
+    sparse_inference (the tf.sparse path of the layers whose input carries pruned zeros) works
+    as in AdaSparseMlp.
+    """
+
+    def __init__(self, tower: AdaSparseMlp, domain_columns: Sequence[int] = (), **kwargs):
+        super().__init__(**kwargs)
+        c = tower.config
+        self.config = c
+        self.first_reads_input_only = bool(domain_columns)
+        self.sparse_inference = tower.sparse_inference
+        alpha = 1.0 if c.form == "scaling" else float(tower.alpha.numpy())
+        left_out = 1.0 if c.form == "binarization" else c.beta  # x pi = left_out * _prune(x, s)
+        carry = 1.0  # the scale the layer input computed here lacks (placement "output")
+        self.pruner_kernels, self.pruner_biases, self.kernels, self.biases = [], [], [], []
+        for i, (dense, norm, pruner) in enumerate(zip(tower.dense, tower.norms, tower.pruners,
+                                                      strict=True)):
+            kernel = alpha * pruner.dense.kernel.numpy()  # rows: [e_d ; x_l]
+            split = kernel.shape[0] - dense.kernel.shape[0]
+            kernel[split:] *= carry
+            if i == 0 and domain_columns:
+                if len(domain_columns) != split:
+                    raise ValueError(f"domain_columns: {len(domain_columns)} columns for a "
+                                     f"domain embedding of width {split}")
+                np.add.at(kernel, split + np.asarray(domain_columns), kernel[:split])
+                kernel = kernel[split:]
+            self.pruner_kernels.append(self._constant(f"pruner_{i}_kernel", kernel))
+            self.pruner_biases.append(self._constant(f"pruner_{i}_bias",
+                                                     alpha * pruner.dense.bias.numpy()))
+            scale = left_out if c.placement == "input" else carry
+            kernel, bias = folded_dense_batchnorm(dense, norm, scale)
+            self.kernels.append(self._constant(f"dense_{i}_kernel", kernel))
+            self.biases.append(self._constant(f"dense_{i}_bias", bias))
+            if c.placement == "output":
+                carry = left_out
+        self.output_scale = carry
+
+    def _constant(self, name: str, value: np.ndarray) -> tf.Variable:
+        return self.add_weight(name=name, shape=value.shape, trainable=False,
+                               initializer=keras.initializers.Constant(value))
+
+    def call(self, x: tf.Tensor, domain_embedding: tf.Tensor | None = None,
+             domain_index: tf.Tensor | None = None, training: bool | None = None) -> tf.Tensor:
+        if domain_embedding is None:
+            raise ValueError("AdaSparseServingMlp prunes per domain: pass domain_embedding [B, E]")
+        prune_input = self.config.placement == "input"
+        for i, (kernel, bias) in enumerate(zip(self.kernels, self.biases, strict=True)):
+            reads = (x if i == 0 and self.first_reads_input_only
+                     else tf.concat([domain_embedding, x], axis=-1))
+            s = tf.sigmoid(tf.nn.bias_add(tf.matmul(reads, self.pruner_kernels[i]),
+                                          self.pruner_biases[i]))
+            if prune_input:
+                x = self._prune(x, s)
+            z = (_sparse_input_affine(x, kernel, bias)
+                 if self.sparse_inference and (prune_input or i > 0)
+                 else tf.nn.bias_add(tf.matmul(x, kernel), bias))
+            x = tf.nn.relu(z)
+            if not prune_input:
+                x = self._prune(x, s)
+        return x * self.output_scale if self.output_scale != 1.0 else x
+
+    def _prune(self, x: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
+        """x pi divided by the factors' scale (beta; binarization: 1), from s = sigmoid(alpha v)."""
+        c = self.config
+        if c.form == "scaling":
+            return x * s
+        if c.form == "binarization":
+            return tf.where(s > c.epsilon, x, 0.0)
+        return tf.where(s > c.epsilon / c.beta, x * s, 0.0)

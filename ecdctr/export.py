@@ -16,6 +16,7 @@ published (`publish`):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -29,6 +30,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 from ecdctr import storage
 from ecdctr.data import feature_description, features_by_name, serving_features
 from ecdctr.jsonio import write_json
+from ecdctr.models import CtrModel, merged_tpm
 from ecdctr.rows import features_example
 from ecdctr.spec import Spec
 
@@ -271,6 +273,8 @@ def stage_saved_model(model: keras.Model, spec: Spec, base: str,
                       log: Log = print) -> str:
     """Writes the SavedModel (both signatures, the spec and synthetic warmup requests in
     assets.extra/) into a staging folder under base that TF Serving ignores; returns its path.
+    A CtrModel is saved in its serving form (models.merged_tpm: merged TPM table, its tower
+    folded for inference).
     timing_examples (real held-out rows) only time the pruned inference path in memory
     (choose_pruned_path; the synthetic rows when there are none): nothing of them is written."""
     storage.makedirs(base)
@@ -278,13 +282,15 @@ def stage_saved_model(model: keras.Model, spec: Spec, base: str,
     storage.rmtree(staging)
     started = time.perf_counter()
     warmup = warmup_examples(model, spec)
-    path_choice = choose_pruned_path(model, spec, list(timing_examples[:256]) or warmup)
-    if path_choice:
-        log(f"pruned MLP inference: dense {path_choice['dense_ms']} ms vs tf.sparse "
-            f"{path_choice['sparse_ms']} ms on {path_choice['rows']} rows -> {path_choice['chosen']}")
-    tf.saved_model.save(model, staging, signatures={
-        "serving_default": serving_function(model, spec),
-        RAW_SIGNATURE: raw_function(model, spec)})
+    with merged_tpm(model) if isinstance(model, CtrModel) else contextlib.nullcontext():
+        path_choice = choose_pruned_path(model, spec, list(timing_examples[:256]) or warmup)
+        if path_choice:
+            log(f"pruned MLP inference: dense {path_choice['dense_ms']} ms vs tf.sparse "
+                f"{path_choice['sparse_ms']} ms on {path_choice['rows']} rows -> "
+                f"{path_choice['chosen']}")
+        tf.saved_model.save(model, staging, signatures={
+            "serving_default": serving_function(model, spec),
+            RAW_SIGNATURE: raw_function(model, spec)})
     extra = storage.join(staging, "assets.extra")
     storage.makedirs(extra)
     storage.copy(spec.path, storage.join(extra, SPEC_FILE))

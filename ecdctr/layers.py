@@ -94,6 +94,17 @@ class FeatureEncoder(keras.layers.Layer):
         domain = tf.concat(domain_parts, axis=-1) if domain_parts else None
         return tf.concat(parts, axis=-1), domain
 
+    def domain_columns(self) -> list[int]:
+        """The columns of encode's feature vector that hold its domain embedding, in order."""
+        columns: list[int] = []
+        start = 0
+        for f in self.features:
+            width = f.dim if f.name in self.embeddings else 1
+            if f.domain and f.name in self.embeddings:
+                columns.extend(range(start, start + width))
+            start += width
+        return columns
+
     def _normalize(self, f: Feature, x: tf.Tensor) -> tf.Tensor:
         if f.normalize == "log":
             return tf.math.log1p(tf.maximum(x, 0.0))
@@ -163,3 +174,48 @@ class Mlp(keras.layers.Layer):
             if self.dropout is not None:
                 x = self.dropout(x, training=training)
         return x
+
+    def for_serving(self) -> FoldedMlp:
+        """This tower at inference with each BatchNorm folded into its dense layer
+        (FoldedMlp), the form exports serve; the tower itself is left as it is."""
+        if not all(d.built for d in self.dense):
+            raise ValueError("for_serving needs a built Mlp: call it on a batch first")
+        return FoldedMlp([folded_dense_batchnorm(d, n) for d, n in zip(self.dense, self.norms,
+                                                                         strict=True)],
+                         name=self.name)
+
+
+class FoldedMlp(keras.layers.Layer):
+    """Mlp's inference forward with each BatchNorm folded into its dense layer: relu(x K + b)
+    per layer, one fused matmul, bias and ReLU on CPU (Mlp.for_serving; models.merged_tpm
+    swaps it in for exports). Inference only: `training` is ignored."""
+
+    def __init__(self, affine: Sequence[tuple[np.ndarray, np.ndarray]], **kwargs):
+        super().__init__(**kwargs)
+        self.kernels = [self.add_weight(name=f"dense_{i}_kernel", shape=k.shape, trainable=False,
+                                        initializer=keras.initializers.Constant(k))
+                        for i, (k, _) in enumerate(affine)]
+        self.biases = [self.add_weight(name=f"dense_{i}_bias", shape=b.shape, trainable=False,
+                                       initializer=keras.initializers.Constant(b))
+                       for i, (_, b) in enumerate(affine)]
+
+    def call(self, x: tf.Tensor, domain_embedding: tf.Tensor | None = None,
+             domain_index: tf.Tensor | None = None, training: bool | None = None) -> tf.Tensor:
+        for kernel, bias in zip(self.kernels, self.biases, strict=True):
+            x = tf.nn.relu(tf.nn.bias_add(tf.matmul(x, kernel), bias))
+        return x
+
+
+def folded_dense_batchnorm(dense: keras.layers.Dense, norm: keras.layers.BatchNormalization,
+                           scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(kernel, bias) of x -> norm(dense(scale x)) at inference as one affine map: the
+    BatchNorm's moving statistics, scale and offset folded into the dense layer (equal up to
+    float rounding)."""
+    variance = norm.moving_variance.numpy()
+    inverse = 1.0 / np.sqrt(variance + norm.epsilon)
+    if norm.gamma is not None:
+        inverse = inverse * norm.gamma.numpy()
+    offset = norm.beta.numpy() if norm.beta is not None else 0.0
+    kernel = scale * dense.kernel.numpy() * inverse
+    bias = (dense.bias.numpy() - norm.moving_mean.numpy()) * inverse + offset
+    return kernel.astype(np.float32), bias.astype(np.float32)

@@ -201,13 +201,20 @@ def build_model(features: Sequence[Feature], vocabs: Mapping[str, Sequence[str]]
 @contextlib.contextmanager
 def merged_tpm(model: CtrModel) -> Iterator[CtrModel]:
     """Within the block the model is in the form serving runs: its TPM aggregator frozen into
-    its merged table (one lookup per entity, no attention) and an over-parameterised APG tower
-    multiplied out; the training form is put back after."""
+    its merged table (one lookup per entity, no attention), an over-parameterised APG tower
+    multiplied out, a plain or AdaSparse tower in its folded inference form (for_serving:
+    BatchNorm folded into the dense layers, AdaSparse's constants folded); the training form
+    is put back after."""
     aggregator, tower = model.tpm, model.mlp
     if isinstance(aggregator, TpmAggregator):
         model.tpm = MergedTpmLookup(aggregator.merged_tables(), name="tpm")
     if isinstance(tower, ApgMlp):
         model.mlp = tower.merged_for_export()
+    if isinstance(tower, Mlp):
+        model.mlp = tower.for_serving()
+    if isinstance(tower, AdaSparseMlp):  # its input holds the domain embedding, unless crossed
+        stacked = model.cross and model.config.cross_structure == "stacked"
+        model.mlp = tower.for_serving(() if stacked else model.encoder.domain_columns())
     try:
         yield model
     finally:

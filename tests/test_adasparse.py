@@ -304,3 +304,51 @@ def test_input_placement_prunes_the_embedding_input(form):
 
     np.testing.assert_array_equal(output(3), output(None))  # the pruned column has no effect
     assert np.abs(output(5) - output(None)).max() > 1e-3  # a kept one does
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("form", FORMS)
+def test_serving_form_predicts_as_the_tower_with_its_constants_folded(form, placement):
+    tower = AdaSparseMlp((16, 8), AdaSparseConfig(form=form, placement=placement, ramp_steps=3))
+    _train(tower, 5)  # alpha at its end value; fusion and binarization prune
+    if form != "scaling":
+        assert all(0 < r < 1 for r in tower.sparsity(X, E))
+    names = sorted(v.name for v in tower.variables)
+    expected = tower(X, domain_embedding=E, training=False).numpy()
+    serving = tower.for_serving()
+    call = tf.function(lambda x, e: serving(x, domain_embedding=e, training=False))
+    np.testing.assert_allclose(call(X, E).numpy(), expected, rtol=1e-5, atol=1e-5)
+    ops = [op.type for op in call.get_concrete_function(X, E).graph.get_operations()]
+    # per layer one matmul for the pruner, one for the dense layer with its BatchNorm folded
+    # in; no straight-through terms, no zero shares, no BatchNorm arithmetic
+    assert ops.count("MatMul") == 2 * 2
+    assert not {"StopGradient", "Mean", "Cast", "Rsqrt"} & set(ops)
+    serving.sparse_inference = True
+    sparse = tf.function(lambda x, e: serving(x, domain_embedding=e, training=False))
+    np.testing.assert_allclose(sparse(X, E).numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(serving(X, domain_embedding=E, training=True).numpy(), expected,
+                               rtol=1e-5, atol=1e-5)  # inference only, whatever training says
+    assert sorted(v.name for v in tower.variables) == names  # the tower is left as it was
+    np.testing.assert_array_equal(tower(X, domain_embedding=E, training=False).numpy(), expected)
+
+
+def test_first_pruner_reads_the_domain_columns_of_its_input_when_told_where_they_are():
+    inputs = tf.concat([X[:, :8], E, X[:, 8:]], axis=-1)  # the domain embedding in columns 8-11
+    tower = AdaSparseMlp((16, 8), AdaSparseConfig(ramp_steps=3))
+    optimizer = keras.optimizers.SGD(0.1)
+    for _ in range(5):
+        with tf.GradientTape() as tape:
+            logits = tower(inputs, domain_embedding=E, training=True) @ HEAD
+            loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(Y, logits))
+            loss += tf.add_n(tower.losses)
+        optimizer.apply_gradients(zip(tape.gradient(loss, tower.trainable_variables),
+                                      tower.trainable_variables, strict=True))
+    assert 0 < tower.sparsity(inputs, E)[0] < 1
+    expected = tower(inputs, domain_embedding=E, training=False).numpy()
+    serving = tower.for_serving(range(8, 12))
+    call = tf.function(lambda x, e: serving(x, domain_embedding=e))
+    np.testing.assert_allclose(call(inputs, E).numpy(), expected, rtol=1e-5, atol=1e-5)
+    ops = [op.type for op in call.get_concrete_function(inputs, E).graph.get_operations()]
+    assert ops.count("ConcatV2") == 1  # [e_d ; x_1] for pruner_1 only
+    with pytest.raises(ValueError, match="domain_columns: 3 columns"):
+        tower.for_serving(range(8, 11))

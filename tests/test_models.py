@@ -108,3 +108,20 @@ def test_over_parameterized_apg_is_reachable_from_the_config_and_merged_for_serv
         assert not serving.mlp.over_parameterize  # U and V multiplied out
         np.testing.assert_allclose(serving(_batch(), training=False).numpy(), trained, atol=1e-5)
     assert model.mlp.over_parameterize  # the training form is back
+
+
+def test_plain_tower_is_served_with_its_batchnorm_folded_into_the_dense_layers():
+    model = build_model(SPEC.features, _vocabs(["v0"]), {}, CONFIG, _batch(), None)
+    # BatchNorm statistics far from their initial 0 and 1, so folding them matters
+    data = tf.data.Dataset.from_tensors((_batch(shift=1000.0), tf.ones([16, 1]))).repeat(4)
+    recalibrate_batchnorm(model, data, log=lambda _: None)
+    trained = model(_batch(shift=1000.0), training=False).numpy()
+    with merged_tpm(model) as serving:
+        assert type(serving.mlp).__name__ == "FoldedMlp"
+        call = tf.function(lambda x: serving.mlp(x, training=False))
+        ops = {op.type for op in call.get_concrete_function(
+            tf.TensorSpec([None, serving.mlp.kernels[0].shape[0]], tf.float32)).graph.get_operations()}
+        assert not {"Rsqrt", "FusedBatchNormV3"} & ops  # no BatchNorm arithmetic left
+        np.testing.assert_allclose(serving(_batch(shift=1000.0), training=False).numpy(), trained,
+                                   rtol=1e-5, atol=1e-6)
+    assert type(model.mlp).__name__ == "Mlp"
