@@ -273,7 +273,7 @@ def test_bad_rows_are_quarantined_with_reasons(built):
 # ---------------------------------------------------------------- rebuilds
 
 
-def crash(self, element):
+def crash(self, *args):
     raise OSError("disk on fire")
 
 
@@ -293,7 +293,7 @@ def test_rebuild_replaces_a_day_and_skip_built_keeps_it(tmp_path, monkeypatch):
     write_jsonl(day / "b.jsonl", [row("new-1", D1, user_id="new")])
     before = read_stats(work, "ad", D1)
     with monkeypatch.context() as patch:  # a crash inside the pipeline publishes nothing
-        patch.setattr(build_module._WriteCounts, "process", crash)
+        patch.setattr(build_module._BuildDay, "_write_counts", crash)
         with pytest.raises(Exception, match="disk on fire"):
             build(SPEC, str(logs), str(work), sources=["ad"], log=lambda m: None)
     assert read_stats(work, "ad", D1) == before and len(read_examples(work, "ad", D1)) == 4
