@@ -31,7 +31,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from ecdctr import drift, storage
-from ecdctr.rows import ExampleEncoder, ParsedRow, RowError, RowParser, domain_key
+from ecdctr.rows import ExampleEncoder, ParsedRow, RowError, RowParser
 from ecdctr.spec import Spec
 
 SOURCES = ("natural", "ad")
@@ -426,6 +426,8 @@ class _BuildDay(beam.DoFn):
         self.checker = _RowChecker(self.spec)
         self.vocab_features = [f for f in self.spec.features if f.uses_vocab]
         self.numeric_columns = _numeric_columns(self.spec)
+        # domain_key(spec, row), inlined: the domain features' (column, default)
+        self.domain_columns = [(f.column, f.default) for f in self.spec.domain_features]
 
     def process(self, day_id: int) -> Iterator[Any]:
         source, date, paths = self.days[day_id]
@@ -439,7 +441,7 @@ class _BuildDay(beam.DoFn):
 
     def _write_day(self, source: str, date: str, paths: list[str], shards: int,
                    stack: contextlib.ExitStack) -> dict:
-        spec, check, day = self.spec, self.checker.check, dt.date.fromisoformat(date)
+        check, day = self.checker.check, dt.date.fromisoformat(date)
         out = _Shards(_day_dir(self.staging, "examples", source, date), shards, stack)
         quarantine: list[Any] = []  # the open quarantine file, once there is a record
 
@@ -451,18 +453,27 @@ class _BuildDay(beam.DoFn):
             record = _quarantine_record(source, date, path, line, reason, message, raw)
             quarantine[0].write(record.encode("utf-8") + b"\n")
 
-        kept: dict[str, tuple[str, int]] = {}
+        kept: dict[str, int] = {}  # request id -> file number << 40 | line (no GC-tracked tuple)
         reasons: collections.Counter = collections.Counter()
         dropped: collections.Counter = collections.Counter()
         domains: dict[str, list[int]] = {}
         numeric = [(c, [0, 0.0, 0.0, math.inf, -math.inf]) for c in self.numeric_columns]
-        counts = [(f.column, collections.Counter()) for f in self.vocab_features]
+        # token counts: values gathered per feature, counted by one call per 64k rows
+        counts = [(f.column, collections.Counter(), []) for f in self.vocab_features]
+        domain_columns = self.domain_columns
+
+        def count_tokens() -> None:
+            for _, counter, tokens in counts:
+                counter.update(tokens)
+                tokens.clear()
         empty, rows_read, blank_lines, clicks = [], 0, 0, 0
-        for path in paths:
+        for file_no, path in enumerate(paths):
             counters = _FileCounters()
             rows = 0
             for line, kind, payload in read_log_file(path, counters):
                 rows += 1
+                if not rows & 0xFFFF:  # bounded memory: count the gathered tokens
+                    count_tokens()
                 try:
                     parsed, serialized = check(kind, payload, day)
                 except RowError as e:
@@ -474,13 +485,15 @@ class _BuildDay(beam.DoFn):
                 if first is not None:
                     quarantined(path, line, "duplicate_request_id",
                                 f"request_id {request_id[:100]!r} already seen at "
-                                f"{first[0]}:{first[1]}; the first occurrence is kept", payload)
+                                f"{paths[first >> 40]}:{first & (1 << 40) - 1}; the first "
+                                f"occurrence is kept", payload)
                     continue
-                kept[request_id] = (path, line)
+                kept[request_id] = file_no << 40 | line
                 out.write(zlib.crc32(request_id.encode("utf-8")) % shards, serialized)
                 label, values = parsed.label, parsed.values
                 clicks += label
-                domain = domain_key(spec, parsed)
+                domain = "|".join([str(values.get(c, default))
+                                   for c, default in domain_columns]) or "all"
                 d = domains.get(domain)
                 if d is None:
                     domains[domain] = [1, label]
@@ -497,16 +510,16 @@ class _BuildDay(beam.DoFn):
                             acc[3] = x
                         if x > acc[4]:
                             acc[4] = x
-                for column, counter in counts:
+                for column, _, tokens in counts:
                     value = values.get(column)
-                    if value is None:
-                        continue
-                    if value.__class__ is str:
-                        counter[value] += 1
-                    else:
-                        counter.update(value)
+                    if value is not None:
+                        if value.__class__ is str:
+                            tokens.append(value)
+                        else:
+                            tokens.extend(value)
                 if parsed.dropped_columns:
                     dropped.update(parsed.dropped_columns)
+            count_tokens()
             rows_read += rows
             blank_lines += counters.blank_lines
             if not rows:
@@ -518,7 +531,7 @@ class _BuildDay(beam.DoFn):
                 "quarantine_reasons": dict(reasons), "dropped_columns": dict(dropped),
                 "domains": {k: tuple(v) for k, v in domains.items()},
                 "numeric": {c: tuple(s) for c, s in numeric if s[0]},
-                "counts": [(f.name, counter) for f, (_, counter)
+                "counts": [(f.name, counter) for f, (_, counter, _)
                            in zip(self.vocab_features, counts, strict=True)]}
 
     def _write_counts(self, source: str, date: str, partial: dict) -> None:
