@@ -10,11 +10,12 @@ import datetime as dt
 import math
 import struct
 from dataclasses import dataclass, field
-from typing import Any
-
-import tensorflow as tf
+from typing import TYPE_CHECKING, Any
 
 from ecdctr.spec import Feature, Spec
+
+if TYPE_CHECKING:  # imported where used: the build's Beam workers never load TensorFlow
+    import tensorflow as tf
 
 LIST_SEPARATOR = "|"  # categorical_list cells in CSV logs: "a|b|c"
 FLOAT32_MAX = 3.4028234663852886e38  # larger numbers become inf in a float_list
@@ -168,6 +169,8 @@ def to_example(spec: Spec, row: ParsedRow) -> tf.train.Example:
 
 def features_example(values: dict[str, Any]) -> tf.train.Example:
     """An Example holding only feature values (what a serving request carries)."""
+    import tensorflow as tf
+
     example = tf.train.Example()
     feature = example.features.feature
     for column, value in values.items():
