@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import struct
 from dataclasses import dataclass, field
-from typing import Any
-
-import tensorflow as tf
+from typing import TYPE_CHECKING, Any
 
 from ecdctr.spec import Feature, Spec
+
+if TYPE_CHECKING:  # imported where used: the build's Beam workers never load TensorFlow
+    import tensorflow as tf
 
 LIST_SEPARATOR = "|"  # categorical_list cells in CSV logs: "a|b|c"
 FLOAT32_MAX = 3.4028234663852886e38  # larger numbers become inf in a float_list
@@ -167,6 +169,8 @@ def to_example(spec: Spec, row: ParsedRow) -> tf.train.Example:
 
 def features_example(values: dict[str, Any]) -> tf.train.Example:
     """An Example holding only feature values (what a serving request carries)."""
+    import tensorflow as tf
+
     example = tf.train.Example()
     feature = example.features.feature
     for column, value in values.items():
@@ -186,3 +190,78 @@ def domain_key(spec: Spec, row: ParsedRow) -> str:
 
 def _value_or_default(feature: Feature, row: ParsedRow) -> str:
     return str(row.values.get(feature.column, feature.default))
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_VARINTS = [_varint(n) for n in range(1 << 14)]  # the lengths a row's fields usually have
+_PACK_FLOAT = struct.Struct("<f").pack
+
+
+def _len(n: int) -> bytes:
+    return _VARINTS[n] if n < 16384 else _varint(n)
+
+
+class ExampleEncoder:
+    """Serializes a parsed row as to_example(spec, row).SerializeToString() would, without
+    building the protobuf message: the same Example (equal once parsed; map entries may come
+    in another order, which protobuf leaves unspecified), about twice as fast. Wire format:
+    Example{1: Features{1: map entry{1: key, 2: Feature{1: BytesList | 2: FloatList |
+    3: Int64List}}}}, lists packed where protobuf packs them."""
+
+    CACHE_ENTRIES = 20_000  # categorical map entries kept per column (~150 bytes each)
+
+    def __init__(self, spec: Spec):
+        columns = [spec.request_id, spec.timestamp, spec.label]
+        columns += [f.column for f in spec.features]
+        # per column: map entry's key field and the tag of its value field
+        self.heads = {c: b"\x0a" + _len(len(c.encode())) + c.encode() + b"\x12" for c in columns}
+        self.request_id = self.heads[spec.request_id]
+        self.timestamp = self.heads[spec.timestamp]
+        self.label = self.heads[spec.label]
+        self.caches: dict[str, dict[str, bytes]] = {c: {} for c in columns}  # value -> entry
+
+    @staticmethod
+    def _entry(head: bytes, feature: bytes) -> bytes:
+        body = head + _len(len(feature)) + feature
+        return b"\x0a" + _len(len(body)) + body
+
+    @staticmethod
+    def _bytes_feature(values: list[bytes]) -> bytes:
+        listed = b"".join([b"\x0a" + _len(len(v)) + v for v in values])
+        return b"\x0a" + _len(len(listed)) + listed
+
+    @staticmethod
+    def _int_feature(value: int) -> bytes:
+        number = _varint(value & 0xFFFFFFFFFFFFFFFF)  # int64 as two's complement
+        listed = b"\x0a" + _len(len(number)) + number
+        return b"\x1a" + _len(len(listed)) + listed
+
+    def __call__(self, row: ParsedRow) -> bytes:
+        heads, entry, caches = self.heads, self._entry, self.caches
+        parts = []
+        for column, value in row.values.items():
+            if value.__class__ is str:  # categorical: the whole map entry, cached
+                cache = caches[column]
+                part = cache.get(value)
+                if part is None:
+                    part = entry(heads[column], self._bytes_feature([value.encode()]))
+                    if len(cache) < self.CACHE_ENTRIES:
+                        cache[value] = part
+            elif value.__class__ is float:
+                part = entry(heads[column], b"\x12\x06\x0a\x04" + _PACK_FLOAT(value))
+            else:
+                part = entry(heads[column], self._bytes_feature([v.encode() for v in value]))
+            parts.append(part)
+        parts.append(entry(self.request_id, self._bytes_feature([row.request_id.encode()])))
+        parts.append(entry(self.timestamp, self._int_feature(row.timestamp)))
+        parts.append(entry(self.label, self._int_feature(row.label)))
+        features = b"".join(parts)
+        return b"\x0a" + _len(len(features)) + features

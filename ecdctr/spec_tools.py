@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import datetime as dt
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -67,17 +68,13 @@ def sample_logs(spec: Spec, logs: str, days: int, rows: int,
 def _sample_source(spec: Spec, source: str, partitions: list[tuple[str, list[str]]],
                    rows: int, unreadable: list[dict]) -> dict:
     """One source's sample (see sample_logs); each row goes through the build's own
-    validation step (pipelines.build._Validate), duplicates are found as the build does."""
-    from apache_beam import pvalue
-
+    validation step (pipelines.build._RowChecker), duplicates are found as the build does."""
     from ecdctr.rows import RowError, RowParser, _is_missing
     from pipelines import build
 
     files = [(source, date, path) for date, paths in partitions for path in paths]
-    validate = build._Validate(spec, files)
-    validate.setup()
+    checker = build._RowChecker(spec)
     parser = RowParser(spec)
-    shards = {(source, date): 1 for date, _ in partitions}
     sampled = objects = 0
     reasons: dict[str, dict] = {}
     missing: collections.Counter = collections.Counter()
@@ -89,8 +86,8 @@ def _sample_source(spec: Spec, source: str, partitions: list[tuple[str, list[str
         if len(entry["examples"]) < EXAMPLES_PER_REASON:
             entry["examples"].append({"where": f"{path}:{line}", "message": message})
 
-    file_id = 0
-    for _, paths in partitions:
+    for date, paths in partitions:
+        day = dt.date.fromisoformat(date)
         taken = 0
         seen: set[str] = set()  # request ids kept so far this day: later ones are duplicates
         for path in paths:
@@ -108,19 +105,19 @@ def _sample_source(spec: Spec, source: str, partitions: list[tuple[str, list[str
                                 objects += 1
                                 missing.update(c for c in spec.columns if _is_missing(row.get(c)))
                                 unread.update(str(c) for c in row if c not in parser.known)
-                        for out in validate.process((file_id, line, kind, payload), shards):
-                            if isinstance(out, pvalue.TaggedOutput):
-                                record = json.loads(out.value[1][3])
-                                quarantine(record["reason"], path, line, record["message"])
-                            elif out[1][2] in seen:
+                        try:
+                            request_id = checker.check(kind, payload, day)[0].request_id
+                        except RowError as e:
+                            quarantine(e.reason, path, line, str(e))
+                        else:
+                            if request_id in seen:
                                 quarantine("duplicate_request_id", path, line,
-                                           f"request_id {out[1][2][:100]!r} already seen; the "
+                                           f"request_id {request_id[:100]!r} already seen; the "
                                            f"first occurrence is kept")
                             else:
-                                seen.add(out[1][2])
+                                seen.add(request_id)
                         if taken >= rows:
                             break
-            file_id += 1
         sampled += taken
     return {
         "days": [d for d, _ in partitions], "files": len(files), "rows_sampled": sampled,

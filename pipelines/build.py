@@ -19,7 +19,7 @@ import struct
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -31,7 +31,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from ecdctr import drift, storage
-from ecdctr.rows import RowError, RowParser, domain_key, to_example
+from ecdctr.rows import ExampleEncoder, ParsedRow, RowError, RowParser
 from ecdctr.spec import Spec
 
 SOURCES = ("natural", "ad")
@@ -318,151 +318,38 @@ def read_log_file(path: str, counters: _FileCounters) -> Iterator[tuple[int, str
                 None)
 
 
-# ---------------------------------------------------------------- stats partials
+# ---------------------------------------------------------------- one partition in one pass
 
-def _merge_into(acc: dict, part: dict) -> None:
-    """Adds a partial stats dict into acc (never aliases part's containers)."""
-    for key, value in part.items():
-        if key in ("files", "empty_files"):
-            acc.setdefault(key, []).extend(value)
-        elif key in ("quarantine_reasons", "dropped_columns"):
-            counter = acc.setdefault(key, {})
-            for k, n in value.items():
-                counter[k] = counter.get(k, 0) + n
-        elif key == "domains":
-            domains = acc.setdefault(key, {})
-            for k, (rows, clicks) in value.items():
-                old = domains.get(k, (0, 0))
-                domains[k] = (old[0] + rows, old[1] + clicks)
-        elif key == "numeric":
-            numeric = acc.setdefault(key, {})
-            for k, s in value.items():
-                numeric[k] = _merge_numeric(numeric[k], s) if k in numeric else tuple(s)
-        else:
-            acc[key] = acc.get(key, 0) + value
+DayRef = tuple[str, str, list[str]]  # (source, date, its log files in path order)
 
 
-def _merge_numeric(a: Sequence, b: Sequence) -> tuple:
-    if not a[0]:
-        return tuple(b)
-    if not b[0]:
-        return tuple(a)
-    return a[0] + b[0], a[1] + b[1], a[2] + b[2], min(a[3], b[3]), max(a[4], b[4])
+class _RowChecker:
+    """Validates and encodes rows as the build does (shared with `ecdctr spec check`)."""
 
+    def __init__(self, spec: Spec):
+        self.parser = RowParser(spec)
+        self.encode = ExampleEncoder(spec)
 
-class _MergeStats(beam.CombineFn):
-    def create_accumulator(self) -> dict:
-        return {}
-
-    def add_input(self, acc: dict, part: dict) -> dict:
-        _merge_into(acc, part)
-        return acc
-
-    def merge_accumulators(self, accs: Iterable[dict]) -> dict:
-        out: dict = {}
-        for acc in accs:
-            _merge_into(out, acc)
-        return out
-
-    def extract_output(self, acc: dict) -> dict:
-        return acc
-
-
-class _MergeCounts(beam.CombineFn):
-    def create_accumulator(self) -> collections.Counter:
-        return collections.Counter()
-
-    def add_input(self, acc: collections.Counter, counts: dict) -> collections.Counter:
-        acc.update(counts)
-        return acc
-
-    def merge_accumulators(self, accs: Iterable[collections.Counter]) -> collections.Counter:
-        out: collections.Counter = collections.Counter()
-        for acc in accs:
-            out.update(acc)
-        return out
-
-    def extract_output(self, acc: collections.Counter) -> dict:
-        return dict(acc)
-
-
-# ---------------------------------------------------------------- pipeline steps
-
-FileRef = tuple[str, str, str]  # (source, date, path); elements carry an index into a list
-
-
-class _ReadFile(beam.DoFn):
-    """File index -> one (file, line, kind, payload) element per row; per-file stats on the
-    'stats' output."""
-
-    def __init__(self, files: list[FileRef]):
-        self.files = files
-
-    def process(self, file_id: int) -> Iterator[Any]:
-        source, date, path = self.files[file_id]
-        counters = _FileCounters()
-        rows = 0
-        for line, kind, payload in read_log_file(path, counters):
-            rows += 1
-            yield file_id, line, kind, payload
-        yield beam.pvalue.TaggedOutput("stats", ((source, date), {
-            "files": [path], "empty_files": [] if rows else [path], "rows_read": rows,
-            "blank_lines": counters.blank_lines}))
-
-
-class _Validate(beam.DoFn):
-    """Row -> ((source, date, shard, shards), written-row tuple) or a quarantine record."""
-
-    def __init__(self, spec: Spec, files: list[FileRef]):
-        self.spec = spec
-        self.files = files
-
-    def setup(self) -> None:
-        self.parser = RowParser(self.spec)
-        self.vocab_features = [f for f in self.spec.features if f.uses_vocab]
-        self.numeric_columns = _numeric_columns(self.spec)
-        self.dates: dict[str, dt.date] = {}
-
-    def process(self, element: tuple, shards: dict) -> Iterator[Any]:
-        file_id, line, kind, payload = element
-        source, date, _ = self.files[file_id]
-        day = self.dates.get(date) or self.dates.setdefault(date, dt.date.fromisoformat(date))
+    def check(self, kind: str, payload: Any, day: dt.date) -> tuple[ParsedRow, bytes]:
+        """(typed row, serialized Example) of a row read by read_log_file, or RowError with
+        the quarantine reason (an unexpected exception becomes reason internal_error)."""
         try:
             if kind == ERROR:
                 raise RowError(payload[0], payload[1])
-            row = _decode_json(payload) if kind == TEXT else payload
-            parsed = self.parser.parse(row, day)
-            serialized = to_example(self.spec, parsed).SerializeToString()
-        except RowError as e:
-            raw = payload[2] if kind == ERROR else payload
-            yield _quarantined(self.files, file_id, line, e.reason, str(e), raw)
-            return
+            parsed = self.parser.parse(_decode_json(payload) if kind == TEXT else payload, day)
+            return parsed, self.encode(parsed)
+        except RowError:
+            raise
         except Exception as e:  # noqa: BLE001  keep the accounting whole; the reason shows it
-            message = f"unexpected {type(e).__name__}: {e}"
-            yield _quarantined(self.files, file_id, line, "internal_error", message, payload)
-            return
-        values = parsed.values
-        numerics = tuple(values.get(c) for c in self.numeric_columns)
-        tokens = []
-        for f in self.vocab_features:
-            value = values.get(f.column)
-            tokens.append(() if value is None
-                          else (value,) if isinstance(value, str) else tuple(value))
-        n = shards[(source, date)]
-        shard = zlib.crc32(parsed.request_id.encode("utf-8")) % n
-        # the raw row stays behind (memory); a duplicate's is read again by _RecoverDuplicates
-        yield (source, date, shard, n), (
-            file_id, line, parsed.request_id, serialized, parsed.label,
-            domain_key(self.spec, parsed), numerics, tuple(tokens), tuple(parsed.dropped_columns))
+            raise RowError("internal_error", f"unexpected {type(e).__name__}: {e}") from None
 
 
-def _quarantined(files: list[FileRef], file_id: int, line: int, reason: str, message: str,
-                 raw: Any) -> beam.pvalue.TaggedOutput:
-    source, date, path = files[file_id]
-    record = {"source": source, "date": date, "file": path, "line": line, "reason": reason,
-              "message": message, "row": _jsonable(raw)}
-    return beam.pvalue.TaggedOutput("quarantine", ((source, date), (
-        file_id, line, reason, json.dumps(record, allow_nan=False))))
+def _quarantine_record(source: str, date: str, path: str, line: int, reason: str, message: str,
+                       raw: Any) -> str:
+    """One line of a day's quarantine file (JSON, no newline)."""
+    return json.dumps({"source": source, "date": date, "file": path, "line": line,
+                       "reason": reason, "message": message, "row": _jsonable(raw)},
+                      allow_nan=False)
 
 
 def _decode_json(payload: bytes) -> Any:
@@ -485,177 +372,192 @@ def _numeric_columns(spec: Spec) -> list[str]:
     return columns
 
 
-class _WriteShard(beam.DoFn):
-    """One (source, date, shard) group -> one GZIP TFRecord file, rows in (file, line) order.
-    Of rows sharing a request id (all land in one shard) the smallest (file, line) is kept, the
-    others go to the 'duplicates' output; emits stats and token counts of the written rows."""
+def _count_rows(path: str) -> int:
+    """Rows read_log_file yields for path (the first pass over a day: its shard count)."""
+    return sum(1 for _ in read_log_file(path, _FileCounters()))
 
-    def __init__(self, spec: Spec, staging: str):
+
+class _Shards:
+    """The GZIP TFRecord shards of one day, each opened at its first record and written
+    about 1 MB at a time, through FileSystems."""
+
+    def __init__(self, folder: str, shards: int, stack: contextlib.ExitStack):
+        self.folder, self.shards, self.stack = folder, shards, stack
+        self.files: list[Any] = [None] * shards
+        self.buffers: list[list[bytes]] = [[] for _ in range(shards)]
+        self.sizes = [0] * shards
+
+    def write(self, shard: int, record: bytes) -> None:
+        frame = tfrecord_frame(record)
+        self.buffers[shard].append(frame)
+        self.sizes[shard] += len(frame)
+        if self.sizes[shard] > 1 << 20:
+            self.flush(shard)
+
+    def flush(self, shard: int) -> None:
+        if self.files[shard] is None:
+            raw = self.stack.enter_context(_create(
+                storage.join(self.folder, _shard_name(shard, self.shards))))
+            self.files[shard] = self.stack.enter_context(
+                gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0))
+        self.files[shard].write(b"".join(self.buffers[shard]))
+        self.buffers[shard], self.sizes[shard] = [], 0
+
+    def close(self) -> None:
+        for shard in range(self.shards):
+            if self.buffers[shard]:
+                self.flush(shard)
+
+
+class _BuildDay(beam.DoFn):
+    """One (source, date) partition -> its example shards, quarantine file, token counts and
+    partial stats, all written to the staging folder. A first pass over the day's files
+    counts its rows (the shard count depends on them); the second reads, validates, encodes
+    and writes each row once, in (file, line) order. Of rows sharing a request id the first
+    is kept; later ones are quarantined (the day's request ids are the only per-row state)."""
+
+    def __init__(self, spec: Spec, days: list[DayRef], staging: str, rows_per_shard: int):
         self.spec = spec
+        self.days = days
         self.staging = staging
+        self.rows_per_shard = rows_per_shard
 
     def setup(self) -> None:
-        self.vocab_features = [f.name for f in self.spec.features if f.uses_vocab]
+        self.checker = _RowChecker(self.spec)
+        self.vocab_features = [f for f in self.spec.features if f.uses_vocab]
         self.numeric_columns = _numeric_columns(self.spec)
+        # domain_key(spec, row), inlined: the domain features' (column, default)
+        self.domain_columns = [(f.column, f.default) for f in self.spec.domain_features]
 
-    def process(self, element: tuple) -> Iterator[Any]:
-        (source, date, shard, shards), rows = element
-        rows = sorted(rows, key=lambda r: (r[0], r[1]))
-        kept: dict[str, tuple[int, int]] = {}
-        clicks = 0
-        domains: dict[str, list[int]] = {}
+    def process(self, day_id: int) -> Iterator[Any]:
+        source, date, paths = self.days[day_id]
+        shards = _shard_count(sum(_count_rows(p) for p in paths), self.rows_per_shard)
+        with contextlib.ExitStack() as stack:
+            partial = self._write_day(source, date, paths, shards, stack)
+        self._write_counts(source, date, partial)
+        _write_bytes(_stats_file(self.staging, source, date),
+                     json.dumps(_jsonable(partial), sort_keys=True).encode("utf-8"))
+        return iter(())
+
+    def _write_day(self, source: str, date: str, paths: list[str], shards: int,
+                   stack: contextlib.ExitStack) -> dict:
+        check, day = self.checker.check, dt.date.fromisoformat(date)
+        out = _Shards(_day_dir(self.staging, "examples", source, date), shards, stack)
+        quarantine: list[Any] = []  # the open quarantine file, once there is a record
+
+        def quarantined(path: str, line: int, reason: str, message: str, raw: Any) -> None:
+            if not quarantine:
+                quarantine.append(stack.enter_context(_create(storage.join(
+                    _day_dir(self.staging, "quarantine", source, date), "part-00000.jsonl"))))
+            reasons[reason] += 1
+            record = _quarantine_record(source, date, path, line, reason, message, raw)
+            quarantine[0].write(record.encode("utf-8") + b"\n")
+
+        kept: dict[str, int] = {}  # request id -> file number << 40 | line (no GC-tracked tuple)
+        reasons: collections.Counter = collections.Counter()
         dropped: collections.Counter = collections.Counter()
-        numeric = [[0, 0.0, 0.0, math.inf, -math.inf] for _ in self.numeric_columns]
-        counts = [collections.Counter() for _ in self.vocab_features]
-        path = storage.join(_day_dir(self.staging, "examples", source, date),
-                            _shard_name(shard, shards))
-        with _create(path) as raw, \
-                gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as out:
-            buffer: list[bytes] = []
-            size = 0
-            for file_id, line, request_id, serialized, label, domain, nums, tokens, drop in rows:
+        domains: dict[str, list[int]] = {}
+        numeric = [(c, [0, 0.0, 0.0, math.inf, -math.inf]) for c in self.numeric_columns]
+        # token counts: values gathered per feature, counted by one call per 64k rows
+        counts = [(f.column, collections.Counter(), []) for f in self.vocab_features]
+        domain_columns = self.domain_columns
+
+        def count_tokens() -> None:
+            for _, counter, tokens in counts:
+                counter.update(tokens)
+                tokens.clear()
+        empty, rows_read, blank_lines, clicks = [], 0, 0, 0
+        for file_no, path in enumerate(paths):
+            counters = _FileCounters()
+            rows = 0
+            for line, kind, payload in read_log_file(path, counters):
+                rows += 1
+                if not rows & 0xFFFF:  # bounded memory: count the gathered tokens
+                    count_tokens()
+                try:
+                    parsed, serialized = check(kind, payload, day)
+                except RowError as e:
+                    quarantined(path, line, e.reason, str(e), payload[2] if kind == ERROR
+                                else payload)
+                    continue
+                request_id = parsed.request_id
                 first = kept.get(request_id)
                 if first is not None:
-                    yield beam.pvalue.TaggedOutput("duplicates", (file_id, (line, request_id) + first))
+                    quarantined(path, line, "duplicate_request_id",
+                                f"request_id {request_id[:100]!r} already seen at "
+                                f"{paths[first >> 40]}:{first & (1 << 40) - 1}; the first "
+                                f"occurrence is kept", payload)
                     continue
-                kept[request_id] = (file_id, line)
-                frame = tfrecord_frame(serialized)
-                buffer.append(frame)
-                size += len(frame)
-                if size > 1 << 20:
-                    out.write(b"".join(buffer))
-                    buffer, size = [], 0
+                kept[request_id] = file_no << 40 | line
+                out.write(zlib.crc32(request_id.encode("utf-8")) % shards, serialized)
+                label, values = parsed.label, parsed.values
                 clicks += label
+                domain = "|".join([str(values.get(c, default))
+                                   for c, default in domain_columns]) or "all"
                 d = domains.get(domain)
                 if d is None:
                     domains[domain] = [1, label]
                 else:
                     d[0] += 1
                     d[1] += label
-                for acc, x in zip(numeric, nums, strict=True):
+                for column, acc in numeric:
+                    x = values.get(column)
                     if x is not None:
                         acc[0] += 1
                         acc[1] += x
                         acc[2] += x * x
-                        acc[3] = min(acc[3], x)
-                        acc[4] = max(acc[4], x)
-                for counter, values in zip(counts, tokens, strict=True):
-                    counter.update(values)
-                dropped.update(drop)
-            out.write(b"".join(buffer))
-        yield beam.pvalue.TaggedOutput("stats", ((source, date), {
-            "rows_written": len(kept), "clicks": clicks,
-            "domains": {k: tuple(v) for k, v in domains.items()},
-            "dropped_columns": dict(dropped),
-            "numeric": {c: tuple(s) for c, s in zip(self.numeric_columns, numeric, strict=True)
-                        if s[0]}}))
-        for name, counter in zip(self.vocab_features, counts, strict=True):
-            if counter:
-                yield beam.pvalue.TaggedOutput("counts", ((source, date, name), dict(counter)))
+                        if x < acc[3]:
+                            acc[3] = x
+                        if x > acc[4]:
+                            acc[4] = x
+                for column, _, tokens in counts:
+                    value = values.get(column)
+                    if value is not None:
+                        if value.__class__ is str:
+                            tokens.append(value)
+                        else:
+                            tokens.extend(value)
+                if parsed.dropped_columns:
+                    dropped.update(parsed.dropped_columns)
+            count_tokens()
+            rows_read += rows
+            blank_lines += counters.blank_lines
+            if not rows:
+                empty.append(path)
+        out.close()
+        return {"files": list(paths), "empty_files": empty, "rows_read": rows_read,
+                "blank_lines": blank_lines, "shards": shards, "rows_written": len(kept),
+                "clicks": clicks, "rows_quarantined": sum(reasons.values()),
+                "quarantine_reasons": dict(reasons), "dropped_columns": dict(dropped),
+                "domains": {k: tuple(v) for k, v in domains.items()},
+                "numeric": {c: tuple(s) for c, s in numeric if s[0]},
+                "counts": [(f.name, counter) for f, (_, counter, _)
+                           in zip(self.vocab_features, counts, strict=True)]}
 
-
-class _RecoverDuplicates(beam.DoFn):
-    """(file, duplicates in it) -> their quarantine records, with the raw rows read again (one
-    pass over the file; duplicates are rare, so the shards need not carry every raw row)."""
-
-    def __init__(self, files: list[FileRef]):
-        self.files = files
-
-    def process(self, element: tuple) -> Iterator[Any]:
-        file_id, duplicates = element
-        wanted = {line: (request_id, kept_file, kept_line)
-                  for line, request_id, kept_file, kept_line in duplicates}
-        raws: dict[int, Any] = {}
-        for line, _, payload in read_log_file(self.files[file_id][2], _FileCounters()):
-            if line in wanted:
-                raws[line] = payload
-                if len(raws) == len(wanted):
-                    break
-        for line, (request_id, kept_file, kept_line) in sorted(wanted.items()):
-            message = (f"request_id {request_id[:100]!r} already seen at "
-                       f"{self.files[kept_file][2]}:{kept_line}; the first occurrence is kept")
-            if line not in raws:
-                message += " (the row could not be read again: the file changed during the build)"
-            yield _quarantined(self.files, file_id, line, "duplicate_request_id", message,
-                               raws.get(line)).value
-
-
-class _WriteQuarantine(beam.DoFn):
-    """All quarantined rows of a (source, date) -> one JSON-lines file, sorted by (file, line)."""
-
-    def __init__(self, staging: str):
-        self.staging = staging
-
-    def process(self, element: tuple) -> Iterator[Any]:
-        (source, date), records = element
-        records = sorted(records, key=lambda r: (r[0], r[1], r[2]))
-        path = storage.join(_day_dir(self.staging, "quarantine", source, date), "part-00000.jsonl")
-        _write_bytes(path, "".join(r[3] + "\n" for r in records).encode("utf-8"))
-        reasons = collections.Counter(r[2] for r in records)
-        yield (source, date), {"rows_quarantined": len(records),
-                               "quarantine_reasons": dict(reasons)}
-
-
-class _WriteCounts(beam.DoFn):
-    """Token counts of one feature and day -> `token<TAB>count` lines, count desc then token."""
-
-    def __init__(self, staging: str):
-        self.staging = staging
-
-    def process(self, element: tuple) -> Iterator[Any]:
-        (source, date, feature), counts = element
-        # a token with a line break cannot be a vocabulary line; it stays out of the counts
-        ranked = sorted(((t, n) for t, n in counts.items() if "\n" not in t and "\r" not in t),
-                        key=lambda kv: (-kv[1], kv[0]))
-        path = storage.join(_day_dir(self.staging, "counts", source, date), f"{feature}.tsv")
-        _write_bytes(path, "".join(f"{t}\t{n}\n" for t, n in ranked).encode("utf-8"))
-        skipped = len(counts) - len(ranked)
+    def _write_counts(self, source: str, date: str, partial: dict) -> None:
+        """Token counts of each vocabulary feature -> `token<TAB>count` lines, count desc then
+        token (a token with a line break cannot be a vocabulary line: it is left out)."""
+        skipped = 0
+        for name, counts in partial.pop("counts"):
+            if not counts:
+                continue
+            ranked = sorted(((t, n) for t, n in counts.items() if "\n" not in t and "\r" not in t),
+                            key=lambda kv: (-kv[1], kv[0]))
+            path = storage.join(_day_dir(self.staging, "counts", source, date), f"{name}.tsv")
+            _write_bytes(path, "".join(f"{t}\t{n}\n" for t, n in ranked).encode("utf-8"))
+            skipped += len(counts) - len(ranked)
         if skipped:
-            yield (source, date), {"tokens_with_line_breaks": skipped}
+            partial["tokens_with_line_breaks"] = skipped
 
 
-class _WriteStats(beam.DoFn):
-    def __init__(self, staging: str):
-        self.staging = staging
-
-    def process(self, element: tuple) -> None:
-        (source, date), stats = element
-        _write_bytes(_stats_file(self.staging, source, date),
-                     json.dumps(_jsonable(stats), sort_keys=True).encode("utf-8"))
-
-
-def _pipeline(p: beam.Pipeline, spec: Spec, files: list[FileRef], staging: str,
+def _pipeline(p: beam.Pipeline, spec: Spec, days: list[DayRef], staging: str,
               rows_per_shard: int) -> None:
-    read = (p
-            | "Files" >> beam.Create(range(len(files)))
-            | "SpreadFiles" >> beam.Reshuffle()
-            | "Read" >> beam.ParDo(_ReadFile(files)).with_outputs("stats", main="rows"))
-    shards = (read.stats
-              | "RowsRead" >> beam.Map(lambda kv: (kv[0], kv[1]["rows_read"]))
-              | "SumRowsRead" >> beam.CombinePerKey(sum)
-              | "Shards" >> beam.Map(lambda kv: (kv[0], _shard_count(kv[1], rows_per_shard))))
-    valid = (read.rows
-             | "SpreadRows" >> beam.Reshuffle()
-             | "Validate" >> beam.ParDo(_Validate(spec, files), shards=beam.pvalue.AsDict(shards))
-             .with_outputs("quarantine", main="rows"))
-    written = (valid.rows
-               | "GroupShards" >> beam.GroupByKey()
-               | "WriteShards" >> beam.ParDo(_WriteShard(spec, staging))
-               .with_outputs("stats", "counts", "duplicates"))
-    duplicates = (written.duplicates
-                  | "GroupDuplicates" >> beam.GroupByKey()
-                  | "RecoverDuplicates" >> beam.ParDo(_RecoverDuplicates(files)))
-    quarantined = ((valid.quarantine, duplicates)
-                   | "AllQuarantined" >> beam.Flatten()
-                   | "GroupQuarantine" >> beam.GroupByKey()
-                   | "WriteQuarantine" >> beam.ParDo(_WriteQuarantine(staging)))
-    count_stats = (written.counts
-                   | "MergeCounts" >> beam.CombinePerKey(_MergeCounts())
-                   | "WriteCounts" >> beam.ParDo(_WriteCounts(staging)))
-    _ = ((read.stats, written.stats, quarantined, count_stats)
-         | "AllStats" >> beam.Flatten()
-         | "MergeStats" >> beam.CombinePerKey(_MergeStats())
-         | "WriteStats" >> beam.ParDo(_WriteStats(staging)))
+    """Every day is one element, built by one _BuildDay call; Reshuffle spreads the days
+    over the workers (the DirectRunner deals them out in order: pass the largest first)."""
+    _ = (p
+         | "Days" >> beam.Create(range(len(days)))
+         | "SpreadDays" >> beam.Reshuffle()
+         | "BuildDays" >> beam.ParDo(_BuildDay(spec, days, staging, rows_per_shard)))
 
 
 # ---------------------------------------------------------------- driver
@@ -983,10 +885,12 @@ def build(spec: Spec, logs: str, work: str, start: dt.date | None = None,
         if not partitions:
             log("nothing to build: every partition found is already built")
             return []
-    files: list[FileRef] = [(s, d, path) for (s, d), paths in sorted(partitions.items())
-                            for path in paths]
+    sizes = {key: sum(size or 0 for _, size, _ in inputs.get(key, [])) for key in partitions}
+    days: list[DayRef] = [(s, d, paths) for (s, d), paths in
+                          sorted(partitions.items(), key=lambda kv: (-sizes[kv[0]], kv[0]))]
     per_source = collections.Counter(s for s, _ in partitions)
-    log(f"found {len(files)} log files in {len(partitions)} partitions ("
+    log(f"found {sum(len(p) for p in partitions.values())} log files in {len(partitions)} "
+        f"partitions ("
         + ", ".join(f"{s}: {n} days" for s, n in sorted(per_source.items())) + ")")
     _makedirs(work)
     with build_lock(work, lock, log):
@@ -994,7 +898,7 @@ def build(spec: Spec, logs: str, work: str, start: dt.date | None = None,
         run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
         run_dir = storage.join(work, STAGING, run_id)
         _makedirs(run_dir)
-        seconds = _run_pipeline(spec, files, run_dir, options, rows_per_shard, log)
+        seconds = _run_pipeline(spec, days, run_dir, options, rows_per_shard, log)
         staged = set(_files_under(run_dir))
         results = [_finish_day(spec, run_dir, staged, source, date, rows_per_shard, seconds)
                    for source, date in sorted(partitions)]
@@ -1010,13 +914,13 @@ def build(spec: Spec, logs: str, work: str, start: dt.date | None = None,
     return results
 
 
-def _run_pipeline(spec: Spec, files: list[FileRef], run_dir: str, options: PipelineOptions,
+def _run_pipeline(spec: Spec, days: list[DayRef], run_dir: str, options: PipelineOptions,
                   rows_per_shard: int, log: Callable[[str], None]) -> float:
     runner, runner_name = _pipeline_runner(options)
     log(f"pipeline starting ({runner_name}), staging in {run_dir}")
     began = time.monotonic()
     pipeline = beam.Pipeline(runner=runner, options=options)
-    _pipeline(pipeline, spec, files, run_dir, rows_per_shard)
+    _pipeline(pipeline, spec, days, run_dir, rows_per_shard)
     pipeline.run().wait_until_finish()
     seconds = time.monotonic() - began
     log(f"pipeline finished in {seconds:.1f} s")
@@ -1028,6 +932,12 @@ def _finish_day(spec: Spec, run_dir: str, staged: set[str], source: str, date: s
     """The day's final stats from the pipeline's partial ones; checks that every row is counted."""
     partial = json.loads(_read_bytes(_stats_file(run_dir, source, date)))
     shards = _shard_count(partial.get("rows_read", 0), rows_per_shard)
+    if partial.get("shards", shards) != shards:  # the rows counted first are not those read
+        raise RuntimeError(
+            f"{source} {date}: its log files changed during the build ({partial['shards']} "
+            f"shards made for the rows counted first, {shards} due for the "
+            f"{partial['rows_read']} rows read); nothing was published (staging left in "
+            f"{run_dir}); build again")
     stats = _final_stats(spec, partial, source, date, shards, seconds)
     if stats["rows_read"] != stats["rows_written"] + stats["rows_quarantined"]:
         raise RuntimeError(

@@ -273,7 +273,7 @@ def test_bad_rows_are_quarantined_with_reasons(built):
 # ---------------------------------------------------------------- rebuilds
 
 
-def crash(self, element):
+def crash(self, *args):
     raise OSError("disk on fire")
 
 
@@ -293,7 +293,7 @@ def test_rebuild_replaces_a_day_and_skip_built_keeps_it(tmp_path, monkeypatch):
     write_jsonl(day / "b.jsonl", [row("new-1", D1, user_id="new")])
     before = read_stats(work, "ad", D1)
     with monkeypatch.context() as patch:  # a crash inside the pipeline publishes nothing
-        patch.setattr(build_module._WriteCounts, "process", crash)
+        patch.setattr(build_module._BuildDay, "_write_counts", crash)
         with pytest.raises(Exception, match="disk on fire"):
             build(SPEC, str(logs), str(work), sources=["ad"], log=lambda m: None)
     assert read_stats(work, "ad", D1) == before and len(read_examples(work, "ad", D1)) == 4
@@ -410,3 +410,46 @@ def test_late_logs_rebuild_their_day_and_say_so(tmp_path):
     build(SPEC, str(logs), str(work), skip_built=True, log=messages.append)
     assert any("(changed a.jsonl)" in m for m in messages)
     assert read_stats(work, "ad", D1)["rows_written"] == 4
+
+
+def test_shards_hold_the_plain_writers_examples_in_file_and_line_order(tmp_path):
+    # The plain writer's json.loads -> RowParser.parse -> to_example, with the build's rules:
+    # the first row of a request id is kept, shard = crc32(request id) % shards.
+    from ecdctr.rows import RowParser, to_example
+
+    logs = tmp_path / "logs"
+    day = partition(logs, "natural", D1)
+    first = [row(f"r{i}", D1, i % 2, user_id=f"u{i % 3}", price=i + 0.25) for i in range(12)]
+    second = [row("r3", D1, user_id="dup"), row("s1", D1, hist_categories=[]), "{"]
+    second += [row(f"s{i}", D1, item_id=f"i{i}") for i in range(2, 7)]
+    write_jsonl(day / "a.jsonl.gz", first, gz=True)
+    write_jsonl(day / "b.jsonl", second)
+    (stats,) = build(SPEC, str(logs), str(tmp_path / "work"), rows_per_shard=4,
+                     log=lambda m: None)
+    parser, shards = RowParser(SPEC), stats["shards"]
+    assert shards == 5
+    expected: list[list[bytes]] = [[] for _ in range(shards)]
+    seen = set()
+    for r in first + second:
+        if isinstance(r, str) or r["request_id"] in seen:
+            continue
+        seen.add(r["request_id"])
+        parsed = parser.parse(json.loads(json.dumps(r)), D1)
+        expected[zlib.crc32(parsed.request_id.encode()) % shards].append(to_example(SPEC, parsed))
+    folder = tmp_path / "work" / "examples" / "natural" / f"date={D1}"
+    for shard in range(shards):
+        path = folder / f"part-{shard:05d}-of-{shards:05d}.tfrecord.gz"
+        written = [tf.train.Example.FromString(r.numpy())
+                   for r in tf.data.TFRecordDataset(str(path), compression_type="GZIP")]
+        assert written == expected[shard], shard
+    assert stats["quarantine_reasons"] == {"duplicate_request_id": 1, "invalid_json": 1}
+
+
+def test_logs_that_change_between_the_two_passes_publish_nothing(tmp_path, monkeypatch):
+    logs, work = tmp_path / "logs", tmp_path / "work"
+    write_jsonl(partition(logs, "ad", D1) / "a.jsonl", [row(f"r{i}", D1) for i in range(4)])
+    counted = build_module._count_rows
+    monkeypatch.setattr(build_module, "_count_rows", lambda path: counted(path) + 3)
+    with pytest.raises(RuntimeError, match="changed during the build"):
+        build(SPEC, str(logs), str(work), rows_per_shard=2, log=lambda m: None)
+    assert built_partitions(str(work), "ad") == []

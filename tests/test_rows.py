@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from ecdctr.data import parse_batch
-from ecdctr.rows import RowError, RowParser, domain_key, to_example
+from ecdctr.rows import ExampleEncoder, ParsedRow, RowError, RowParser, domain_key, to_example
 from ecdctr.spec import load_spec
 
 SPEC = load_spec("features/default.yaml")
@@ -67,3 +67,19 @@ def test_not_an_object():
 def test_parse_features_needs_no_label():
     values, dropped = RowParser(SPEC).parse_features({"user_id": "u9", "price": 3})
     assert values == {"user_id": "u9", "price": 3.0} and dropped == []
+
+
+def test_example_encoder_writes_the_same_examples_as_to_example():
+    encode = ExampleEncoder(SPEC)
+    rows = [
+        ParsedRow("r1", 1_700_000_000, 1, {"user_id": "u1", "price": 9.5,
+                                           "hist_categories": ["c1", "c2"]}),
+        ParsedRow("r2", 1_700_000_001, 0, {"user_id": "u1", "price": 0.1,
+                                           "hist_categories": []}),  # cached entry, empty list
+        ParsedRow("é" * 300, -5, 1, {"user_id": "ü" * 200, "brand": "", "price": 3.4028234663852886e38,
+                                     "category": "c" * 119, "gender": "g" * 120}),
+        ParsedRow("big", 2**62, 0, {"hist_categories": ["a" * 5000] * 40, "price": -1e-40}),
+        ParsedRow("none", 0, 0, {}),
+    ]
+    for parsed in rows + rows:
+        assert tf.train.Example.FromString(encode(parsed)) == to_example(SPEC, parsed)

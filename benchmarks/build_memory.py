@@ -1,0 +1,112 @@
+"""Peak memory of the Beam build (`pipelines.build.build`) against the rows and days it builds.
+
+    python benchmarks/build_memory.py [--sizes 10x6000,40x6000,160x6000,40x24000] [--repeats 1]
+                                      [--beam_args ...] [--out benchmarks/results_memory.json]
+
+Each size DAYSxN is DAYS simulated days of N natural rows a day plus 10% ad rows
+(`SimConfig(natural_rows_per_day=N, ad_ratio=0.1)`, made once under
+benchmarks/.data/memory/), built from an empty work folder by a fresh child process, as
+`ecdctr daily` does on its first run (one build over every day). The peak is the child's
+ru_maxrss from wait4 (its own and that of any process it waited for, e.g. Beam worker
+processes: the largest single one, not their sum). A child that only imports what the
+build's driver imports (TensorFlow included) gives the baseline that every such process
+pays; `build_mb` is the peak above it. The figures are in MB (1 MB = 2**20 bytes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "benchmarks" / ".data" / "memory"
+SPEC = ROOT / "features" / "default.yaml"
+START = dt.date(2024, 1, 1)
+DEFAULT_SIZES = "10x6000,40x6000,160x6000,40x24000"
+
+
+def child(logs: str, work: str, beam_args: list[str]) -> None:
+    """What a measured child process runs: imports only (logs == '-') or one build."""
+    import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+    from ecdctr.spec import load_spec
+    from pipelines.build import build
+
+    if logs == "-":  # the baseline: the build's imports and TensorFlow, which its driver
+        import tensorflow  # noqa: F401  loads at its first ecdctr.storage call
+        return
+    shutil.rmtree(work, ignore_errors=True)
+    results = build(load_spec(str(SPEC)), logs, work, beam_args=beam_args, log=lambda m: None)
+    print(json.dumps({"rows": sum(s["rows_read"] for s in results), "days": len(results)}))
+
+
+def measure(logs: str, work: str, beam_args: list[str]) -> dict:
+    """Peak RSS (MB), wall seconds and the child's output of one child process."""
+    began = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, __file__, "--child", logs, work, "--",
+                             *beam_args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    out = proc.stdout.read() if proc.stdout else b""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise RuntimeError(f"the child building {logs} failed with status {proc.returncode}")
+    result = json.loads(out) if out.strip() else {}
+    return {"peak_mb": round(usage.ru_maxrss / 1024), "seconds": round(time.perf_counter() - began, 1),
+            **result}
+
+
+def logs_for(days: int, per_day: int) -> str:
+    from ecdctr.simulator import SimConfig, simulate
+
+    logs = DATA / f"logs-{days}x{per_day}"
+    if not (logs / "summary.json").exists():
+        shutil.rmtree(logs, ignore_errors=True)
+        summary = simulate(str(logs), START, days, SimConfig(natural_rows_per_day=per_day,
+                                                             ad_ratio=0.1), log=lambda m: None)
+        (logs / "summary.json").write_text(json.dumps(summary))
+    return str(logs)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(sys.argv[2], sys.argv[3], sys.argv[5:])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default=DEFAULT_SIZES, help="DAYSxROWS_PER_DAY,...")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--beam_args", default="", help="Beam options, space-separated")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results_memory.json"))
+    args = parser.parse_args()
+    beam_args = args.beam_args.split()
+    DATA.mkdir(parents=True, exist_ok=True)
+    work = str(DATA / "work")
+    baseline = min(measure("-", work, [])["peak_mb"] for _ in range(args.repeats))
+    rows = []
+    for size in args.sizes.split(","):
+        days, per_day = (int(x) for x in size.split("x"))
+        logs = logs_for(days, per_day)
+        runs = [measure(logs, work, beam_args) for _ in range(args.repeats)]
+        peak = max(r["peak_mb"] for r in runs)
+        row = {"size": size, "days": days, "natural_rows_per_day": per_day,
+               "rows": runs[0]["rows"], "partitions": runs[0]["days"], "peak_mb": peak,
+               "build_mb": peak - baseline, "seconds": [r["seconds"] for r in runs]}
+        rows.append(row)
+        print(f"{size}: {row['rows']:,} rows in {row['partitions']} partitions, peak "
+              f"{peak:,} MB ({row['build_mb']:,} MB above the imports), {row['seconds']} s",
+              flush=True)
+    shutil.rmtree(work, ignore_errors=True)
+    result = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+              "loadavg": round(os.getloadavg()[0], 2), "beam_args": beam_args,
+              "baseline_mb": baseline, "sizes": rows}
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"imports alone: {baseline:,} MB; results in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
