@@ -158,8 +158,11 @@ def fit(model: keras.Model, dataset: tf.data.Dataset, epochs: int, batch_size: i
 def scored_batches(model: keras.Model, spec: Spec, dataset: tf.data.Dataset
                    ) -> Iterator[dict[str, np.ndarray]]:
     """Labels, probabilities, group_by values and domain keys of each batch of a dataset of
-    (features, labels); the domain key joins the domain-aware features' values with '|'."""
-    step = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    (features, labels); the domain key joins the domain-aware features' values with '|'.
+    The model is traced once, for the dataset's batch shape [None, ...]: a last, shorter
+    batch does not trace it again."""
+    step = tf.function(lambda x: model(x, training=False),
+                       input_signature=[dataset.element_spec[0]])
     domain_names = [f.name for f in spec.domain_features]
     empty = True
     for features, label in dataset:
