@@ -64,8 +64,11 @@ class GroupedAuc:
         return run
 
     def _sorted_blocks(self) -> Iterator[np.ndarray]:
-        if not self._runs:
-            yield np.sort(np.concatenate(self._buffer)) if self._buffer else np.zeros(0, np.uint64)
+        if not self._runs:  # it all fits in one chunk: counted in blocks all the same
+            keys = np.sort(np.concatenate(self._buffer)) if self._buffer else np.zeros(0, np.uint64)
+            self._buffer, self._buffered = [], 0
+            for start in range(0, len(keys), self.block_rows):
+                yield keys[start:start + self.block_rows]
             return
         self._spill()
         while len(self._runs) > self.fan_in:

@@ -62,7 +62,7 @@ def _streamed(day, batch=97, **options):
     return evaluator.result()
 
 
-@pytest.mark.parametrize("spill", [{}, {"chunk_rows": 300, "block_rows": 7, "fan_in": 2}])
+@pytest.mark.parametrize("spill", [{}, {"block_rows": 7}, {"chunk_rows": 300, "block_rows": 7, "fan_in": 2}])
 def test_streamed_metrics_equal_the_whole_array_ones(spill):
     """Spilled runs (chunk_rows), blocks that end inside ties and groups (block_rows) and a
     multi-pass merge (fan_in): AUC, GAUC and per-domain AUC equal exactly."""
