@@ -19,8 +19,9 @@ _SIGN = np.uint32(1 << 31)
 
 def pack(groups: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """One uint64 key a row that sorts by (group, score, label): group in the top 31 bits,
-    the float32 score's bits made order-preserving (equal floats: equal bits, -0.0 is 0.0),
-    the label in the lowest bit."""
+    the float32 score's bits made order-preserving (equal floats: equal bits, -0.0 is 0.0;
+    NaN scores, which a model must not give, tie with each other), the label in the lowest
+    bit."""
     s = np.asarray(scores, np.float32).ravel() + np.float32(0)  # -0.0 + 0.0 = 0.0
     bits = s.view(np.uint32)
     bits = np.where(bits & _SIGN, ~bits, bits | _SIGN).astype(np.uint64)
