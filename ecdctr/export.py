@@ -50,6 +50,7 @@ EXPORT_MARKER = "actr.json"  # in assets.extra/: the checkpoint an export came f
 ROLLBACK_MARKER = "rollback.json"  # in assets.extra/ of a version that re-serves an older one
 HOLD_FILE = "rollback.json"  # in the base: a rollback is in force, new candidates wait
 SAVED_MODEL = "saved_model.pb"
+TIMING_ROWS = 256  # held-out rows that time the pruned inference path
 Log = Callable[[str], None]
 
 
@@ -283,7 +284,7 @@ def stage_saved_model(model: keras.Model, spec: Spec, base: str,
     started = time.perf_counter()
     warmup = warmup_examples(model, spec)
     with merged_tpm(model) if isinstance(model, CtrModel) else contextlib.nullcontext():
-        path_choice = choose_pruned_path(model, spec, list(timing_examples[:256]) or warmup)
+        path_choice = choose_pruned_path(model, spec, list(timing_examples[:TIMING_ROWS]) or warmup)
         if path_choice:
             log(f"pruned MLP inference: dense {path_choice['dense_ms']} ms vs tf.sparse "
                 f"{path_choice['sparse_ms']} ms on {path_choice['rows']} rows -> "

@@ -11,15 +11,16 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from ecdctr import metrics, storage
+from ecdctr import storage
 from ecdctr.data import feature_description, features_by_name
+from ecdctr.evaluation import GroupedAuc, auc_from_counts
 from ecdctr.export import INPUT_KEY, OUTPUT_KEY, WARMUP_FILE, read_warmup
 from ecdctr.spec import Spec
 
@@ -62,12 +63,28 @@ class GateConfig:
     max_drift: int = 0  # drift warnings allowed on the ad days the A-CTR learned in the run
 
 
-def score_saved_model(path: str, examples: Sequence[bytes], batch_size: int = 4096) -> np.ndarray:
-    """Click probabilities of serialized Examples through a SavedModel's serving_default."""
+def score_saved_model(path: str, files: Sequence[str], label: str, batch_size: int = 4096
+                      ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(labels, click probabilities) of each batch of the GZIP TFRecord files' Examples
+    through a SavedModel's serving_default, read batch by batch."""
     serve = tf.saved_model.load(path).signatures["serving_default"]
-    out = [serve(**{INPUT_KEY: tf.constant(list(examples[i:i + batch_size]))})[OUTPUT_KEY].numpy()
-           for i in range(0, len(examples), batch_size)]
-    return np.concatenate(out) if out else np.zeros([0], np.float32)
+    label_only = {label: tf.io.FixedLenFeature([], tf.int64)}
+    for batch in tf.data.TFRecordDataset(list(files), compression_type="GZIP").batch(batch_size):
+        labels = tf.io.parse_example(batch, label_only)[label]
+        yield labels.numpy(), serve(**{INPUT_KEY: batch})[OUTPUT_KEY].numpy()
+
+
+def saved_model_auc(path: str, files: Sequence[str], label: str) -> float:
+    """AUC of a SavedModel on the files' Examples, counted exactly in bounded memory."""
+    counter = GroupedAuc()
+    try:
+        for labels, probs in score_saved_model(path, files, label):
+            counter.add(np.zeros(len(labels), np.int64), probs, labels)
+        counts = counter.counts()
+    finally:
+        counter.close()
+    aucs = auc_from_counts(counts["clicks"], counts["non_clicks"], counts["u2"])
+    return float(aucs[0]) if len(aucs) else float("nan")
 
 
 def metric_gate(candidate: dict, serving: dict | None, config: GateConfig) -> list[str]:
@@ -154,17 +171,16 @@ def infra_gate(model: keras.Model, spec: Spec, staging: str, config: GateConfig)
 
 
 def run_gate(model: keras.Model, spec: Spec, staging: str, serving_path: str | None,
-             examples: Sequence[bytes], candidate: dict, config: GateConfig,
+             held_out: Sequence[str], candidate: dict, config: GateConfig,
              log: Log = print) -> dict:
-    """Both gates. `candidate` holds the candidate's metrics on `examples` (the held-out day);
-    the serving version is scored on the same examples. Returns the gate's report."""
+    """Both gates. `candidate` holds the candidate's metrics on the held-out day, whose GZIP
+    TFRecord files are `held_out`; the serving version is scored on the same rows, streamed.
+    Returns the gate's report."""
     serving = None
     if serving_path:
-        labels = tf.io.parse_example(tf.constant(list(examples)),
-                                     {spec.label: tf.io.FixedLenFeature([], tf.int64)})[spec.label]
         try:
-            probs = score_saved_model(serving_path, examples)
-            serving = {"path": serving_path, "auc": metrics.auc(labels.numpy(), probs)}
+            serving = {"path": serving_path,
+                       "auc": saved_model_auc(serving_path, held_out, spec.label)}
         except (tf.errors.OpError, OSError, ValueError, KeyError) as e:
             # A broken serving version must not block a good candidate: judged on its own.
             problem = " ".join(str(e).split())[:300]

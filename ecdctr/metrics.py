@@ -61,32 +61,6 @@ def _gauc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> tuple[f
     return (total / weight if weight else float("nan")), counted
 
 
-def summary(labels: np.ndarray, probs: np.ndarray, groups: np.ndarray) -> dict[str, float]:
-    """LogLoss, AUC, GAUC (and how many groups it covers), rows, observed CTR, mean prediction."""
-    group_auc, groups_counted = _gauc(labels, probs, groups)
-    return {
-        "rows": int(len(labels)),
-        "logloss": logloss(labels, probs),
-        "auc": auc(labels, probs),
-        "gauc": group_auc,
-        "gauc_groups": groups_counted,
-        "ctr": float(np.mean(labels)) if len(labels) else float("nan"),
-        "mean_prediction": float(np.mean(probs)) if len(probs) else float("nan"),
-    }
-
-
-def per_domain_auc(labels: np.ndarray, probs: np.ndarray, domains: np.ndarray) -> dict[str, dict]:
-    """AUC and rows of every domain that has both classes."""
-    y, p, d = np.asarray(labels).ravel(), np.asarray(probs).ravel(), np.asarray(domains).ravel()
-    out = {}
-    for key in np.unique(d):
-        rows = d == key
-        clicks = y[rows].sum()
-        if 0 < clicks < rows.sum():
-            out[str(key)] = {"auc": auc(y[rows], p[rows]), "rows": int(rows.sum())}
-    return out
-
-
 def size_bins(sizes: dict[str, int], bins: int = 5) -> list[list[str]]:
     """Splits domains, largest first, into `bins` groups holding about equal numbers of rows
     (equal-frequency bins): the first holds the few largest domains, the last the long tail."""

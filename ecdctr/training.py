@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -182,24 +182,28 @@ def set_steps_per_execution(model: keras.Model, steps: int) -> None:
         model.steps_per_execution = steps
 
 
-def predict(model: keras.Model, spec: Spec, dataset: tf.data.Dataset) -> dict[str, np.ndarray]:
-    """Labels, probabilities, group_by values and domain keys over a dataset of (features,
-    labels); the domain key joins the domain-aware features' values with '|'."""
-    step = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    out: dict[str, list] = {"labels": [], "probs": [], "groups": [], "domains": []}
+def scored_batches(model: keras.Model, spec: Spec, dataset: tf.data.Dataset
+                   ) -> Iterator[dict[str, np.ndarray]]:
+    """Labels, probabilities, group_by values and domain keys of each batch of a dataset of
+    (features, labels); the domain key joins the domain-aware features' values with '|'.
+    The model is traced once, for the dataset's batch shape [None, ...]: a last, shorter
+    batch does not trace it again."""
+    step = tf.function(lambda x: model(x, training=False),
+                       input_signature=[dataset.element_spec[0]])
     domain_names = [f.name for f in spec.domain_features]
+    empty = True
     for features, label in dataset:
-        out["probs"].append(step(features).numpy().ravel())
-        out["labels"].append(label.numpy().ravel())
-        out["groups"].append(features[spec.group_by].numpy())
+        empty = False
+        labels = label.numpy().ravel()
         if domain_names:
             key = tf.strings.join([features[n] for n in domain_names], separator="|")
-            out["domains"].append(key.numpy().astype(str))
+            domains = key.numpy().astype(str)
         else:
-            out["domains"].append(np.full(len(out["labels"][-1]), "all"))
-    if not out["labels"]:
+            domains = np.full(len(labels), "all")
+        yield {"labels": labels, "probs": step(features).numpy().ravel(),
+               "groups": features[spec.group_by].numpy(), "domains": domains}
+    if empty:
         raise ValueError("nothing to predict: the evaluation data is empty.")
-    return {k: np.concatenate(v) for k, v in out.items()}
 
 
 def recalibrate_batchnorm(model: keras.Model, dataset: tf.data.Dataset, max_batches: int = 50,

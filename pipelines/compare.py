@@ -21,10 +21,10 @@ from ecdctr import metrics
 from ecdctr.adasparse import FORMS, PLACEMENTS
 from ecdctr.config import RunConfig
 from ecdctr.data import make_dataset, partition_files
+from ecdctr.evaluation import Evaluator
 from ecdctr.jsonio import write_json
 from ecdctr.models import BACKBONES, CtrModel, ModelConfig
 from ecdctr.spec import Spec, load_spec
-from ecdctr.training import predict
 from ecdctr.vocab import domain_sizes, traffic
 from pipelines import steps
 from pipelines.ablations import ABLATIONS, FOCUS_GROUPS, TPM_PERIOD, Ablations, focus_rows
@@ -180,20 +180,23 @@ def _train(data: _Data, mc: ModelConfig, name: str, log: Log) -> tuple[CtrModel,
 
 def _score(model: CtrModel, data: _Data, train: dict, name: str, seed: int,
            focus: dict[str, set[str]], log: Log) -> dict:
-    """Metrics of a trained model on the evaluation days (and on each focus group's rows)."""
-    scored = predict(model, data.spec, data.eval())
-    result = metrics.summary(scored["labels"], scored["probs"], scored["groups"])
-    result["per_domain_auc"] = metrics.per_domain_auc(scored["labels"], scored["probs"],
-                                                      scored["domains"])
-    result["bins"] = []
-    for keys in data.bins:
-        rows = np.isin(scored["domains"], keys)
-        result["bins"].append({"rows": int(rows.sum()),
-                               "auc": metrics.auc(scored["labels"][rows], scored["probs"][rows])})
-    for group, users in focus.items():
-        rows = focus_rows(scored["groups"], users)
-        result[group] = metrics.summary(scored["labels"][rows], scored["probs"][rows],
-                                        scored["groups"][rows])
+    """Metrics of a trained model on the evaluation days (and on each focus group's rows),
+    streamed through the evaluator daily uses."""
+    groups = {group: Evaluator() for group in focus}
+
+    def by_group(batch: dict[str, np.ndarray]) -> None:
+        for group, users in focus.items():
+            rows = focus_rows(batch["groups"], users)
+            groups[group].add(**{k: v[rows] for k, v in batch.items()})
+
+    try:
+        result = steps.score(model, data.spec, data.eval(),
+                             Evaluator(per_domain=True, domain_bins=data.bins), also=by_group)
+        for group, evaluator in groups.items():
+            result[group] = evaluator.result()
+    finally:
+        for evaluator in groups.values():
+            evaluator.close()
     result["parameters"] = int(model.count_params())
     result["tower_parameters"] = int(sum(np.prod(v.shape) for v in model.mlp.trainable_variables))
     result["examples_per_second"] = train["examples_per_second"]

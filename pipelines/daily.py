@@ -61,6 +61,7 @@ from ecdctr.drift import read_drift
 from ecdctr.export import (
     EXPORT_MARKER,
     REJECTED,
+    TIMING_ROWS,
     held,
     publish,
     reject,
@@ -605,8 +606,7 @@ class _DailyJob:
             self.prune(self.actr_root, META, ACTR_KEEP, {self.date.isoformat()})
         entry["metrics"] = {}
         for name, m, spec in (("actr", model, self.spec), ("cpm", cpm.model, cpm.spec)):
-            r = entry["metrics"][name] = steps.summary(
-                steps.evaluate(m, spec, self.work, [("ad", self.date)]))
+            r = entry["metrics"][name] = steps.evaluate(m, spec, self.work, [("ad", self.date)])
             self.log(f"{name} on ad {self.date} ({r['rows']:,} rows): logloss {r['logloss']:.4f} "
                      f"AUC {r['auc']:.4f} GAUC {r['gauc']:.4f} over {r['gauc_groups']} users "
                      f"(CTR {r['ctr']:.4f}, mean prediction {r['mean_prediction']:.4f})")
@@ -694,10 +694,11 @@ class _DailyJob:
             self.report["export" if published else "rejected"] = path
             self.report["published"] = published
             return
-        files = partition_files(self.work, "ad", [self.date])
-        held_out = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+        held_out = partition_files(self.work, "ad", [self.date])
+        timing = [r.numpy() for r in
+                  tf.data.TFRecordDataset(held_out, compression_type="GZIP").take(TIMING_ROWS)]
         with merged_tpm(self.actr_model):  # serving does one lookup per entity, no attention
-            staging = stage_saved_model(self.actr_model, self.spec, base, held_out, log=self.log)
+            staging = stage_saved_model(self.actr_model, self.spec, base, timing, log=self.log)
         serving = versions(base)
         gate = run_gate(self.actr_model, self.spec, staging,
                         storage.join(base, str(serving[-1])) if serving else None, held_out,

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from ecdctr import metrics
 from ecdctr.checkpoint import Checkpoint, Snapshot
 from ecdctr.config import TransferConfig, Windows
 from ecdctr.data import example_batch, make_dataset, partition_files
 from ecdctr.distribute import Distribution, copy_weights, sharded_variables
+from ecdctr.evaluation import Evaluator
 from ecdctr.models import (
     CtrModel,
     ModelConfig,
@@ -39,7 +39,7 @@ from ecdctr.models import (
     transfer_weights,
 )
 from ecdctr.spec import Spec
-from ecdctr.training import fit, predict, recalibrate_batchnorm
+from ecdctr.training import fit, recalibrate_batchnorm, scored_batches
 from ecdctr.vocab import Partition, build_vocabularies, domain_sizes, numeric_stats, traffic
 from pipelines.build import built_partitions
 
@@ -401,14 +401,22 @@ def update_actr(previous: Checkpoint | Trained, spec: Spec, work: str,
 
 
 def evaluate(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
-             batch_size: int = 4096) -> dict[str, np.ndarray]:
-    """Labels, probabilities, users and domains of the model on the given partitions."""
-    return predict(model, spec, make_dataset(spec, _files(work, parts), batch_size))
+             batch_size: int = 4096) -> dict:
+    """LogLoss, AUC, GAUC, CTR and mean prediction of the model on the given partitions,
+    streamed batch by batch (memory does not grow with the rows; ecdctr.evaluation)."""
+    return score(model, spec, make_dataset(spec, _files(work, parts), batch_size), Evaluator())
 
 
-def summary(scored: dict[str, np.ndarray]) -> dict:
-    """LogLoss, AUC, GAUC, CTR and mean prediction of scored rows."""
-    return metrics.summary(scored["labels"], scored["probs"], scored["groups"])
+def score(model: CtrModel, spec: Spec, dataset: tf.data.Dataset, evaluator: Evaluator,
+          also: Callable[[dict[str, np.ndarray]], None] | None = None) -> dict:
+    """The evaluator's result over the model's scored batches of dataset (`also` sees every
+    batch too); the one evaluation loop of daily and compare."""
+    with evaluator:
+        for batch in scored_batches(model, spec, dataset):
+            evaluator.add(**batch)
+            if also is not None:
+                also(batch)
+        return evaluator.result()
 
 
 def _counts(report: dict) -> dict:

@@ -19,10 +19,10 @@ import tensorflow as tf
 
 from ecdctr.checkpoint import load_checkpoint
 from ecdctr.config import load_config
-from ecdctr.data import partition_files
+from ecdctr.data import make_dataset, partition_files
 from ecdctr.distribute import DistributeConfig, Task, read_task
 from ecdctr.simulator import SimConfig, simulate
-from pipelines import steps
+from ecdctr.training import scored_batches
 from pipelines.daily import run_daily
 
 START = dt.date(2026, 1, 1)
@@ -147,8 +147,9 @@ def clusters():
 def _probs(folder, kind, source):
     path = os.path.join(folder, "work", "models", kind)
     checkpoint = load_checkpoint(os.path.join(path, sorted(os.listdir(path))[-1]))
-    return steps.evaluate(checkpoint.model, checkpoint.spec, os.path.join(folder, "work"),
-                          [(source, DATE)])["probs"]
+    files = partition_files(os.path.join(folder, "work"), source, [DATE])
+    return np.concatenate([b["probs"] for b in scored_batches(
+        checkpoint.model, checkpoint.spec, make_dataset(checkpoint.spec, files, 4096))])
 
 
 # -- config and TF_CONFIG -------------------------------------------------------------------

@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from ecdctr.models import ModelConfig, build_model, merged_tpm, transfer_weights
 from ecdctr.spec import load_spec
-from ecdctr.training import recalibrate_batchnorm
+from ecdctr.training import recalibrate_batchnorm, scored_batches
 
 SPEC = load_spec("features/default.yaml")
 CONFIG = ModelConfig(hidden=(8, 4), batch_size=16)
@@ -125,3 +125,24 @@ def test_plain_tower_is_served_with_its_batchnorm_folded_into_the_dense_layers()
         np.testing.assert_allclose(serving(_batch(shift=1000.0), training=False).numpy(), trained,
                                    rtol=1e-5, atol=1e-6)
     assert type(model.mlp).__name__ == "Mlp"
+
+
+def test_scoring_traces_the_model_once_when_the_last_batch_is_shorter():
+    """Before: a new trace for the short last batch of every evaluation, and TensorFlow's
+    'triggered tf.function retracing' warning after a few evaluations."""
+    model = build_model(SPEC.features, _vocabs(["v0", "v1"]), {}, CONFIG, _batch(), TPM)
+    traces = []
+
+    def counting(features, training):
+        traces.append(1)  # Python runs only while tracing
+        return model(features, training=training)
+
+    rows = _batch(21)
+    data = tf.data.Dataset.from_tensor_slices((rows, tf.zeros([21, 1]))).batch(8)  # 8, 8, 5
+    for _ in range(3):
+        scored = list(scored_batches(counting, SPEC, data))
+        assert len(traces) == 1 and [len(b["probs"]) for b in scored] == [8, 8, 5]
+        traces.clear()
+    before = tf.function(lambda x: model(x, training=False), reduce_retracing=True)  # the old step
+    for batch, (features, _) in zip(scored, data, strict=True):
+        np.testing.assert_array_equal(batch["probs"], before(features).numpy().ravel())

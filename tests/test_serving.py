@@ -48,6 +48,14 @@ def _model(seed=0):
                        domains=["s1|p0|g1"])
 
 
+def _held_out(folder, copies=1):
+    path = str(folder / "part-00000.tfrecord.gz")
+    with tf.io.TFRecordWriter(path, tf.io.TFRecordOptions(compression_type="GZIP")) as writer:
+        for example in _examples() * copies:
+            writer.write(example)
+    return [path]
+
+
 @pytest.fixture(scope="module")
 def staged(tmp_path_factory):
     base = str(tmp_path_factory.mktemp("export") / "actr")
@@ -247,8 +255,22 @@ def test_an_unloadable_serving_version_does_not_block_a_good_candidate(staged, t
     data.write_bytes(bytes(raw))
     lines = []
     candidate = {"auc": 0.7, "logloss": 0.6, "mean_prediction": 0.5, "ctr": 0.5, "rows": 12}
-    report = run_gate(model, SPEC, path, str(broken), _examples(), candidate, GateConfig(),
+    report = run_gate(model, SPEC, path, str(broken), _held_out(tmp_path), candidate, GateConfig(),
                       lines.append)
     assert report["passed"], report
     assert report["serving"]["auc"] is None and report["serving"]["unloadable"]
     assert any("cannot be scored" in line for line in lines)
+
+
+def test_the_gate_scores_the_serving_version_streamed_as_on_whole_arrays(staged, tmp_path):
+    from ecdctr import metrics
+    from ecdctr.gate import saved_model_auc, score_saved_model
+
+    model, _, path = staged
+    files = _held_out(tmp_path, copies=5)  # 60 rows: batches of 7 leave a remainder
+    batches = list(score_saved_model(path, files, SPEC.label, batch_size=7))
+    labels, probs = (np.concatenate(column) for column in zip(*batches, strict=True))
+    features, _ = parse_batch(SPEC, tf.constant(_examples() * 5))
+    np.testing.assert_allclose(probs, model(features, training=False).numpy().ravel(), atol=1e-6)
+    assert labels.tolist() == [r["click"] for r in ROWS] * 5
+    assert saved_model_auc(path, files, SPEC.label) == metrics.auc(labels, probs)
