@@ -432,11 +432,17 @@ class _BuildDay(beam.DoFn):
     def process(self, day_id: int) -> Iterator[Any]:
         source, date, paths = self.days[day_id]
         shards = _shard_count(sum(_count_rows(p) for p in paths), self.rows_per_shard)
-        with contextlib.ExitStack() as stack:
-            partial = self._write_day(source, date, paths, shards, stack)
-        self._write_counts(source, date, partial)
-        _write_bytes(_stats_file(self.staging, source, date),
-                     json.dumps(_jsonable(partial), sort_keys=True).encode("utf-8"))
+        try:
+            with contextlib.ExitStack() as stack:
+                partial = self._write_day(source, date, paths, shards, stack)
+            self._write_counts(source, date, partial)
+            _write_bytes(_stats_file(self.staging, source, date),
+                         json.dumps(_jsonable(partial), sort_keys=True).encode("utf-8"))
+        except OSError as e:  # a full or read-only disk: name where (gzip's errors do not)
+            if e.filename or not e.errno:
+                raise
+            raise OSError(e.errno, e.strerror, _day_dir(self.staging, "examples", source, date)
+                          ) from e
         return iter(())
 
     def _write_day(self, source: str, date: str, paths: list[str], shards: int,

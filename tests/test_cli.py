@@ -72,3 +72,4 @@ def test_a_build_into_a_full_disk_is_one_error_line_with_the_fix(tmp_path, full_
     assert out.returncode == 2, out.stderr
     assert len(errors) == 1 and "Traceback" not in out.stderr, out.stderr
     assert "No space left on device" in errors[0] and "Fix: free space" in errors[0]
+    assert f"{full_disk / 'work' / '.staging'}" in errors[0]  # where
