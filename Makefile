@@ -36,8 +36,14 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(PY) -m pytest -q
 
+# Every throughput, latency and memory figure of benchmarks/BENCHMARKS.md (about 1.5 h on a
+# busy 2-core machine, most of it eval_memory's 5M-row day); each script also runs alone.
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/tfrecord_writers.py
+	$(PY) benchmarks/build_memory.py
+	$(PY) benchmarks/serving.py --repeats 5
+	$(PY) benchmarks/eval_memory.py
 
 # Re-resolve the transitive pins after editing requirements.txt.
 lock: $(STAMP)
