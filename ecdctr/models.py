@@ -206,19 +206,23 @@ def merged_tpm(model: CtrModel) -> Iterator[CtrModel]:
     BatchNorm folded into the dense layers, AdaSparse's constants folded); the training form
     is put back after."""
     aggregator, tower = model.tpm, model.mlp
-    if isinstance(aggregator, TpmAggregator):
-        model.tpm = MergedTpmLookup(aggregator.merged_tables(), name="tpm")
-    if isinstance(tower, ApgMlp):
-        model.mlp = tower.merged_for_export()
-    if isinstance(tower, Mlp):
-        model.mlp = tower.for_serving()
-    if isinstance(tower, AdaSparseMlp):  # its input holds the domain embedding, unless crossed
-        stacked = model.cross and model.config.cross_structure == "stacked"
-        model.mlp = tower.for_serving(() if stacked else model.encoder.domain_columns())
+    tracked = list(model._self_tracked_trackables)  # noqa: SLF001  (see finally)
     try:
+        if isinstance(aggregator, TpmAggregator):
+            model.tpm = MergedTpmLookup(aggregator.merged_tables(), name="tpm")
+        if isinstance(tower, ApgMlp):
+            model.mlp = tower.merged_for_export()
+        if isinstance(tower, Mlp):
+            model.mlp = tower.for_serving()
+        if isinstance(tower, AdaSparseMlp):  # its input holds the domain embedding, unless crossed
+            stacked = model.cross and model.config.cross_structure == "stacked"
+            model.mlp = tower.for_serving(() if stacked else model.encoder.domain_columns())
         yield model
-    finally:
+    finally:  # also when a serving form could not be made
         model.tpm, model.mlp = aggregator, tower
+        # Keras appends a re-assigned layer to the model's tracked layers: put them back in
+        # their order, so model.weights (get_weights/set_weights) keeps its order
+        model._self_tracked_trackables[:] = tracked  # noqa: SLF001
 
 
 def variable_key(model: keras.Model, variable: tf.Variable) -> str:

@@ -146,3 +146,30 @@ def test_scoring_traces_the_model_once_when_the_last_batch_is_shorter():
     before = tf.function(lambda x: model(x, training=False), reduce_retracing=True)  # the old step
     for batch, (features, _) in zip(scored, data, strict=True):
         np.testing.assert_array_equal(batch["probs"], before(features).numpy().ravel())
+
+
+def test_merged_tpm_puts_the_training_form_back_in_order_even_when_it_fails():
+    """After an export the model's weights keep their order (get_weights/set_weights by
+    position), and a serving form that cannot be made leaves the training form in place."""
+    import dataclasses
+
+    for config in (CONFIG, dataclasses.replace(CONFIG, multi_domain="adasparse")):
+        model = build_model(SPEC.features, _vocabs(["v0", "v1"]), {}, config, _batch(), TPM)
+        names, weights = [v.name for v in model.weights], model.get_weights()
+        aggregator, tower = model.tpm, model.mlp
+        with merged_tpm(model):
+            pass
+        assert [v.name for v in model.weights] == names
+        model.set_weights(weights)
+        broken = type(tower).for_serving
+        try:
+            type(tower).for_serving = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("x"))
+            try:
+                with merged_tpm(model):
+                    pass
+            except RuntimeError:
+                pass
+        finally:
+            type(tower).for_serving = broken
+        assert model.tpm is aggregator and model.mlp is tower
+        assert [v.name for v in model.weights] == names
