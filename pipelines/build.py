@@ -439,7 +439,7 @@ class _BuildDay(beam.DoFn):
             _write_bytes(_stats_file(self.staging, source, date),
                          json.dumps(_jsonable(partial), sort_keys=True).encode("utf-8"))
         except OSError as e:  # a full or read-only disk: name where (gzip's errors do not)
-            if e.filename or not e.errno:
+            if e.filename or e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
                 raise
             raise OSError(e.errno, e.strerror, _day_dir(self.staging, "examples", source, date)
                           ) from e
@@ -937,13 +937,10 @@ def _finish_day(spec: Spec, run_dir: str, staged: set[str], source: str, date: s
                 rows_per_shard: int, seconds: float) -> dict:
     """The day's final stats from the pipeline's partial ones; checks that every row is counted."""
     partial = json.loads(_read_bytes(_stats_file(run_dir, source, date)))
-    shards = _shard_count(partial.get("rows_read", 0), rows_per_shard)
-    if partial.get("shards", shards) != shards:  # the rows counted first are not those read
-        raise RuntimeError(
-            f"{source} {date}: its log files changed during the build ({partial['shards']} "
-            f"shards made for the rows counted first, {shards} due for the "
-            f"{partial['rows_read']} rows read); nothing was published (staging left in "
-            f"{run_dir}); build again")
+    # The shard count comes from the rows counted before the write pass; when a log file grew
+    # in between, the day holds the rows read, in that many shards (every row once), and the
+    # inputs recorded at discovery make the next --skip_built build rebuild it.
+    shards = partial.get("shards") or _shard_count(partial.get("rows_read", 0), rows_per_shard)
     stats = _final_stats(spec, partial, source, date, shards, seconds)
     if stats["rows_read"] != stats["rows_written"] + stats["rows_quarantined"]:
         raise RuntimeError(
