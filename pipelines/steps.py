@@ -109,17 +109,17 @@ def readable_snapshots(snapshots: Sequence[Snapshot], spec: Spec, log: Log) -> l
     (an entity feature renamed, removed or resized), are left out with a log line instead of
     failing every CPM and A-CTR until they age out."""
     kept: list[Snapshot] = []
+    newer: dict[str, int] | None = None  # the tables and dims of the snapshots kept
     for snapshot in reversed(snapshots):
         problem = snapshot_problem(snapshot, spec)
         layout = {name: np.shape(rows)[1] for name, (_, rows) in sorted(snapshot.tables.items())}
-        newer = ({name: np.shape(rows)[1] for name, (_, rows) in sorted(kept[0].tables.items())}
-                 if kept else layout)
-        if problem is None and layout != newer:
+        if problem is None and newer is not None and layout != newer:
             problem = f"its tables {layout} differ from the newer snapshots' {newer}"
         if problem:
             log(f"TPM snapshot {snapshot.name} left out: {problem} (the spec changed since it "
                 f"trained; it leaves the choice as newer snapshots arrive)")
             continue
+        newer = layout
         kept.append(snapshot)
     return kept[::-1]
 
@@ -141,11 +141,9 @@ def dataset(spec: Spec, work: str, parts: Sequence[Partition], config: ModelConf
     """Batches of the given partitions (shuffled with the config's seed when asked). With a
     model: its preprocess runs in the input pipeline (the batches are its inputs, not raw
     features) and the dataset knows its number of batches (the build's row counts)."""
-    if model is None:
-        return make_dataset(spec, _files(work, parts), config.batch_size, shuffle=shuffle,
-                            seed=config.seed)
     return make_dataset(spec, _files(work, parts), config.batch_size, shuffle=shuffle,
-                        seed=config.seed, preprocess=model.preprocess, rows=traffic(work, parts)[0])
+                        seed=config.seed, preprocess=model.preprocess if model is not None else None,
+                        rows=traffic(work, parts)[0] if model is not None else None)
 
 
 def _reestimate_batchnorm(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
