@@ -4,6 +4,7 @@ same in a fresh process that cannot import this project as during training (infr
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import math
@@ -22,6 +23,7 @@ from ecdctr import storage
 from ecdctr.data import feature_description, features_by_name
 from ecdctr.evaluation import GroupedAuc, auc_from_counts
 from ecdctr.export import INPUT_KEY, OUTPUT_KEY, WARMUP_FILE, read_warmup
+from ecdctr.models import CtrModel, merged_tpm
 from ecdctr.spec import Spec
 
 Log = Callable[[str], None]
@@ -146,8 +148,11 @@ def replay_in_fresh_process(staging: str, timeout: float = 300) -> list[list[flo
 
 
 def infra_gate(model: keras.Model, spec: Spec, staging: str, config: GateConfig) -> tuple[list[str], dict]:
-    """Replays the warmup records in a fresh process and compares them with the training
-    model's own predictions on the same Examples. Returns (reasons, details)."""
+    """Replays the warmup records in a fresh process and compares them with the model's own
+    predictions on the same Examples, in the form the export saved (models.merged_tpm: folded
+    towers, merged TPM table). Returns (reasons, details); details also give how far that form
+    is from the training form (`fold_max_abs_diff`, reported, not gated: a pruner logit within
+    float rounding of its threshold may flip a factor there)."""
     requests = read_warmup(storage.join(staging, "assets.extra", WARMUP_FILE))
     if not requests:
         return ["no warmup requests to replay"], {}
@@ -155,15 +160,18 @@ def infra_gate(model: keras.Model, spec: Spec, staging: str, config: GateConfig)
         served = replay_in_fresh_process(staging)
     except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
         return [f"infra: {e}"], {}
-    diff = 0.0
-    for request, answer in zip(requests, served, strict=True):
+    inputs = []
+    for request in requests:
         examples = tf.make_ndarray(request.predict_log.request.inputs[INPUT_KEY])
         # requests carry features only (no label), as serving's do
         parsed = tf.io.parse_example(tf.constant(examples), feature_description(spec, False))
-        features = features_by_name(spec, parsed)
-        expected = model(features, training=False).numpy().ravel()
-        diff = max(diff, float(np.max(np.abs(expected - np.asarray(answer)))))
-    details = {"warmup_requests": len(requests), "max_abs_diff": diff}
+        inputs.append(features_by_name(spec, parsed))
+    training = [model(features, training=False).numpy().ravel() for features in inputs]
+    with merged_tpm(model) if isinstance(model, CtrModel) else contextlib.nullcontext():
+        saved = [model(features, training=False).numpy().ravel() for features in inputs]
+    diff = max(float(np.max(np.abs(e - np.asarray(a)))) for e, a in zip(saved, served, strict=True))
+    fold = max(float(np.max(np.abs(e - t))) for e, t in zip(saved, training, strict=True))
+    details = {"warmup_requests": len(requests), "max_abs_diff": diff, "fold_max_abs_diff": fold}
     if not diff <= config.max_abs_diff:
         return [f"serving answers differ from training by {diff:.2e} "
                 f"(allowed {config.max_abs_diff:.0e})"], details

@@ -274,3 +274,22 @@ def test_the_gate_scores_the_serving_version_streamed_as_on_whole_arrays(staged,
     np.testing.assert_allclose(probs, model(features, training=False).numpy().ravel(), atol=1e-6)
     assert labels.tolist() == [r["click"] for r in ROWS] * 5
     assert saved_model_auc(path, files, SPEC.label) == metrics.auc(labels, probs)
+
+
+def test_infra_gate_compares_the_replay_with_the_form_the_export_saved(tmp_path):
+    """A BatchNorm folded into its dense layer rounds differently from the training form (here
+    a bias and a moving mean of 1e4 cancel: the training form adds then subtracts them, the
+    folded one never sees them). The replay is compared with the saved form, so such rounding
+    is reported (fold_max_abs_diff), not a reason to reject the export."""
+    features, _ = parse_batch(SPEC, tf.constant(_examples()))
+    vocabs = {f.name: ["u0", "u1", "i1", "s1", "p0", "g1", "c1"] for f in SPEC.features
+              if f.uses_vocab}
+    model = build_model(SPEC.features, vocabs, {}, ModelConfig(hidden=(8, 4), seed=3), features,
+                        initial_ctr=0.3)
+    dense, norm = model.mlp.dense[0], model.mlp.norms[0]
+    dense.bias.assign(dense.bias + 1e4)
+    norm.moving_mean.assign(norm.moving_mean + 1e4)
+    path = stage_saved_model(model, SPEC, str(tmp_path / "actr"), _examples(), log=lambda _: None)
+    reasons, details = infra_gate(model, SPEC, path, GateConfig())
+    assert details["fold_max_abs_diff"] > GateConfig().max_abs_diff  # the old comparison failed
+    assert reasons == [] and details["max_abs_diff"] <= 1e-6
