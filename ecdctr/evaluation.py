@@ -23,10 +23,14 @@ def pack(groups: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> np.ndarr
     NaN scores, which a model must not give, tie with each other), the label in the lowest
     bit."""
     s = np.asarray(scores, np.float32).ravel() + np.float32(0)  # -0.0 + 0.0 = 0.0
+    s[np.isnan(s)] = np.nan  # one bit pattern for every NaN, so that they tie
+    g = np.asarray(groups).ravel()
+    if g.size and (g.min() < 0 or g.max() >= 1 << 31):
+        raise ValueError(f"group indices must be in [0, 2**31), got {g.min()}..{g.max()}")
     bits = s.view(np.uint32)
     bits = np.where(bits & _SIGN, ~bits, bits | _SIGN).astype(np.uint64)
     y = np.asarray(labels).ravel().astype(bool).astype(np.uint64)
-    return ((np.asarray(groups).ravel().astype(np.uint64) << np.uint64(33))
+    return ((g.astype(np.uint64) << np.uint64(33))
             | (bits << np.uint64(1)) | y)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ecdctr import metrics
-from ecdctr.evaluation import Evaluator, GroupedAuc
+from ecdctr.evaluation import Evaluator, GroupedAuc, pack
 
 
 def _pairwise_auc(y, s):
@@ -118,3 +118,15 @@ def test_spilled_runs_are_deleted():
     assert len(runs) == 5 and not any(run.closed for run in runs)
     assert counter.counts()["groups"].tolist() == [0, 1, 2]
     assert all(run.closed for run in runs)
+
+
+def test_packed_keys_tie_every_nan_and_refuse_groups_past_31_bits():
+    quiet, signed = np.float32(np.nan), -np.float32(np.nan)  # two NaN bit patterns
+    payload = np.array([0x7FC00001], np.uint32).view(np.float32)[0]
+    keys = pack(np.zeros(3, np.int64), np.array([quiet, signed, payload], np.float32),
+                np.zeros(3))
+    assert len(set(keys.tolist())) == 1
+    with pytest.raises(ValueError, match=r"2\*\*31"):
+        pack(np.array([1 << 31]), np.zeros(1, np.float32), np.zeros(1))
+    with pytest.raises(ValueError, match=r"2\*\*31"):
+        pack(np.array([-1]), np.zeros(1, np.float32), np.zeros(1))
