@@ -11,6 +11,7 @@ import tf_keras as keras
 from ecdctr.adasparse import (
     FORMS,
     PLACEMENTS,
+    PRUNER_INPUTS,
     AdaSparseConfig,
     AdaSparseMlp,
     DomainPruner,
@@ -48,7 +49,7 @@ def _train(tower: AdaSparseMlp, steps: int, learning_rate: float = 0.1) -> None:
 
 
 @pytest.mark.parametrize(("field", "value"), [
-    ("form", "sign"), ("placement", "hidden"), ("beta", 0.0), ("epsilon", 1.5),
+    ("form", "sign"), ("placement", "hidden"), ("pruner_input", "both"), ("beta", 0.0), ("epsilon", 1.5),
     ("alpha_start", 0.0), ("alpha_end", 0.05), ("ramp_steps", 0), ("r_min", -0.1),
     ("r_max", 0.1), ("lambda_start", -1.0), ("lambda_end", 0.0)])
 def test_config_rejects_bad_values_naming_the_field(field, value):
@@ -306,10 +307,13 @@ def test_input_placement_prunes_the_embedding_input(form):
     assert np.abs(output(5) - output(None)).max() > 1e-3  # a kept one does
 
 
+@pytest.mark.parametrize("pruner_input", PRUNER_INPUTS)
 @pytest.mark.parametrize("placement", PLACEMENTS)
 @pytest.mark.parametrize("form", FORMS)
-def test_serving_form_predicts_as_the_tower_with_its_constants_folded(form, placement):
-    tower = AdaSparseMlp((16, 8), AdaSparseConfig(form=form, placement=placement, ramp_steps=3))
+def test_serving_form_predicts_as_the_tower_with_its_constants_folded(form, placement,
+                                                                       pruner_input):
+    tower = AdaSparseMlp((16, 8), AdaSparseConfig(form=form, placement=placement, ramp_steps=3,
+                                                  pruner_input=pruner_input))
     _train(tower, 5)  # alpha at its end value; fusion and binarization prune
     if form != "scaling":
         assert all(0 < r < 1 for r in tower.sparsity(X, E))
@@ -319,10 +323,12 @@ def test_serving_form_predicts_as_the_tower_with_its_constants_folded(form, plac
     call = tf.function(lambda x, e: serving(x, domain_embedding=e, training=False))
     np.testing.assert_allclose(call(X, E).numpy(), expected, rtol=1e-5, atol=1e-5)
     ops = [op.type for op in call.get_concrete_function(X, E).graph.get_operations()]
-    # per layer one matmul for the pruner, one for the dense layer with its BatchNorm folded
-    # in; no straight-through terms, no zero shares, no BatchNorm arithmetic
-    assert ops.count("MatMul") == 2 * 2
-    assert not {"StopGradient", "Mean", "Cast", "Rsqrt"} & set(ops)
+    # per layer one matmul for the dense layer with its BatchNorm folded in and one for the
+    # pruner (pruners reading e_d alone: one for all); no straight-through terms, no zero
+    # shares, no BatchNorm arithmetic
+    assert ops.count("MatMul") == (2 * 2 if pruner_input == "layer" else 2 + 1)
+    assert not {"StopGradient", "Mean", "Rsqrt"} & set(ops)
+    assert ops.count("Cast") == (form == "binarization" and pruner_input == "domain")
     serving.sparse_inference = True
     sparse = tf.function(lambda x, e: serving(x, domain_embedding=e, training=False))
     np.testing.assert_allclose(sparse(X, E).numpy(), expected, rtol=1e-5, atol=1e-5)
@@ -330,6 +336,28 @@ def test_serving_form_predicts_as_the_tower_with_its_constants_folded(form, plac
                                rtol=1e-5, atol=1e-5)  # inference only, whatever training says
     assert sorted(v.name for v in tower.variables) == names  # the tower is left as it was
     np.testing.assert_array_equal(tower(X, domain_embedding=E, training=False).numpy(), expected)
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("form", FORMS)
+def test_domain_pruners_read_the_domain_embedding_alone_and_train(form, placement):
+    tower = AdaSparseMlp((16, 8), AdaSparseConfig(form=form, placement=placement, ramp_steps=3,
+                                                  pruner_input="domain"))
+    tower(X, domain_embedding=E)
+    before = [p.dense.kernel.numpy() for p in tower.pruners]
+    assert [k.shape for k in before] == ([(4, 12), (4, 16)] if placement == "input"
+                                         else [(4, 16), (4, 8)])
+    _train(tower, 5)
+    assert all(np.abs(p.dense.kernel.numpy() - k).max() > 0
+               for p, k in zip(tower.pruners, before, strict=True))
+    other = tf.constant(RNG.normal(size=X.shape).astype("float32"))
+    same_domains = tf.concat([E[:1]] * len(E), axis=0)
+    for mask, other_mask, first in zip(tower.masks(X, E), tower.masks(other, E),
+                                       tower.masks(X, same_domains), strict=True):
+        np.testing.assert_array_equal(mask, other_mask)  # the layer inputs do not matter
+        np.testing.assert_array_equal(first, np.broadcast_to(first[:1], first.shape))
+    if form != "scaling":
+        assert all(0 < r < 1 for r in tower.sparsity(X, E))
 
 
 def test_first_pruner_reads_the_domain_columns_of_its_input_when_told_where_they_are():
