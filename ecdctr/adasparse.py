@@ -23,6 +23,7 @@ from ecdctr.layers import folded_dense_batchnorm
 FORMS = ("binarization", "scaling", "fusion")
 PLACEMENTS = ("input", "output")
 PRUNER_INPUTS = ("layer", "domain")
+MAX_FACTOR_ROWS = 1 << 16  # the most domain combinations whose factors an export tabulates
 
 
 @dataclass(frozen=True)
@@ -310,14 +311,18 @@ class AdaSparseMlp(keras.layers.Layer):
             zero_shares.append(share)
         return x, factors, zero_shares
 
-    def for_serving(self, domain_columns: Sequence[int] = ()) -> AdaSparseServingMlp:
+    def for_serving(self, domain_columns: Sequence[int] = (),
+                    domain_tables: Sequence[np.ndarray] | None = None) -> AdaSparseServingMlp:
         """This tower's inference computation with its constants folded (AdaSparseServingMlp),
         the form exports serve; the tower itself is left as it is. domain_columns: the
         columns of the tower input that hold domain_embedding, if it carries it (as
-        CtrModel's does); pruner_0 then reads the tower input alone."""
+        CtrModel's does); pruner_0 then reads the tower input alone. domain_tables: the
+        embedding tables whose rows domain_embedding concatenates
+        (FeatureEncoder.domain_tables); with pruner_input "domain" the factors are then
+        tabulated per combination of their rows (see AdaSparseServingMlp)."""
         if not self.built:
             raise ValueError("for_serving needs a built AdaSparseMlp: call it on a batch first")
-        return AdaSparseServingMlp(self, domain_columns, name=self.name)
+        return AdaSparseServingMlp(self, domain_columns, domain_tables, name=self.name)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "hidden": list(self.hidden),
@@ -350,11 +355,17 @@ class AdaSparseServingMlp(keras.layers.Layer):
     - pruners reading e_d alone (config.pruner_input "domain", domain_only): all their factors
       come from one matmul e_d [K_0 ... K_L] with its bias and sigmoid and one select
       (binarization: a compare), split per layer; pruning a layer is then one multiply.
+      Given domain_tables (the embedding tables e_d concatenates one row of each) with at
+      most MAX_FACTOR_ROWS combinations, the factors of every combination are computed here
+      and a row's are gathered by its domain key (domain_index: the row-major index of its
+      ids in the tables, FeatureEncoder.domain_key; reads_domain_key tells the model to pass
+      it), one table per layer: no matmul, sigmoid, select or split per request.
     sparse_inference (the tf.sparse path of the layers whose input carries pruned zeros) works
     as in AdaSparseMlp.
     """
 
-    def __init__(self, tower: AdaSparseMlp, domain_columns: Sequence[int] = (), **kwargs):
+    def __init__(self, tower: AdaSparseMlp, domain_columns: Sequence[int] = (),
+                 domain_tables: Sequence[np.ndarray] | None = None, **kwargs):
         super().__init__(**kwargs)
         c = tower.config
         self.config = c
@@ -385,6 +396,18 @@ class AdaSparseServingMlp(keras.layers.Layer):
             if c.placement == "output":
                 carry = left_out
         self.output_scale = carry
+        rows = math.prod(len(t) for t in domain_tables) if domain_tables else 0
+        self.reads_domain_key = self.domain_only and 0 < rows <= MAX_FACTOR_ROWS
+        self.factor_tables = []
+        if self.reads_domain_key:  # every combination's factors, one table per layer
+            combos = np.stack(np.meshgrid(*(np.arange(len(t)) for t in domain_tables),
+                                          indexing="ij"), axis=-1).reshape(rows, -1)
+            e_d = np.concatenate([t[combos[:, j]] for j, t in enumerate(domain_tables)], axis=1)
+            for i, (kernel, bias) in enumerate(zip(pruner_kernels, pruner_biases, strict=True)):
+                s = tf.sigmoid(tf.nn.bias_add(tf.matmul(e_d, kernel), bias))
+                self.factor_tables.append(self._constant(f"pruner_{i}_factors",
+                                                         self._factors(s).numpy()))
+            return
         if self.domain_only:  # every pruner reads e_d alone: one matmul for all, split per layer
             self.factor_widths = [k.shape[1] for k in pruner_kernels]
             pruner_kernels = {"pruners": np.concatenate(pruner_kernels, axis=1)}
@@ -404,7 +427,12 @@ class AdaSparseServingMlp(keras.layers.Layer):
         if domain_embedding is None:
             raise ValueError("AdaSparseServingMlp prunes per domain: pass domain_embedding [B, E]")
         prune_input = self.config.placement == "input"
-        if self.domain_only:
+        if self.reads_domain_key:
+            if domain_index is None:
+                raise ValueError("AdaSparseServingMlp with factor tables reads each row's "
+                                 "domain key: pass domain_index [B] (FeatureEncoder.domain_key)")
+            factors = [tf.gather(table, domain_index) for table in self.factor_tables]
+        elif self.domain_only:
             factors = tf.split(self._factors(self._sigmoid(domain_embedding, 0)),
                                self.factor_widths, axis=-1)
         for i, (kernel, bias) in enumerate(zip(self.kernels, self.biases, strict=True)):

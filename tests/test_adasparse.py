@@ -360,6 +360,39 @@ def test_domain_pruners_read_the_domain_embedding_alone_and_train(form, placemen
         assert all(0 < r < 1 for r in tower.sparsity(X, E))
 
 
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("form", FORMS)
+def test_domain_pruners_factors_are_tabulated_per_combination_of_domain_ids(form, placement):
+    tables = [RNG.normal(size=(3, 2)).astype("float32"), RNG.normal(size=(5, 2)).astype("float32")]
+    first, second = RNG.integers(0, 3, 64), RNG.integers(0, 5, 64)
+    e_d = tf.constant(np.concatenate([tables[0][first], tables[1][second]], axis=1))
+    tower = AdaSparseMlp((16, 8), AdaSparseConfig(form=form, placement=placement, ramp_steps=3,
+                                                  pruner_input="domain"))
+    optimizer = keras.optimizers.SGD(0.5)
+    for _ in range(5):
+        with tf.GradientTape() as tape:
+            logits = tower(X, domain_embedding=e_d, training=True) @ HEAD
+            loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(Y, logits))
+            loss += tf.add_n(tower.losses) if tower.losses else 0.0
+        optimizer.apply_gradients(zip(tape.gradient(loss, tower.trainable_variables),
+                                      tower.trainable_variables, strict=True))
+    expected = tower(X, domain_embedding=e_d, training=False).numpy()
+    serving = tower.for_serving(domain_tables=tables)
+    assert serving.reads_domain_key and [t.shape for t in serving.factor_tables] == (
+        [(15, 12), (15, 16)] if placement == "input" else [(15, 16), (15, 8)])
+    key = tf.constant(first * 5 + second, tf.int32)  # as FeatureEncoder.domain_key makes it
+    call = tf.function(lambda x, e, k: serving(x, domain_embedding=e, domain_index=k))
+    np.testing.assert_allclose(call(X, e_d, key).numpy(), expected, rtol=1e-5, atol=1e-5)
+    ops = [op.type for op in call.get_concrete_function(X, e_d, key).graph.get_operations()]
+    assert ops.count("MatMul") == 2 and "Sigmoid" not in ops  # the dense layers' only
+    serving.sparse_inference = True
+    np.testing.assert_allclose(serving(X, domain_embedding=e_d, domain_index=key).numpy(),
+                               expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="pass domain_index"):
+        serving(X, domain_embedding=e_d)
+    assert not tower.for_serving(domain_tables=tables[:1] * 17).reads_domain_key  # 3^17 rows
+
+
 def test_first_pruner_reads_the_domain_columns_of_its_input_when_told_where_they_are():
     inputs = tf.concat([X[:, :8], E, X[:, 8:]], axis=-1)  # the domain embedding in columns 8-11
     tower = AdaSparseMlp((16, 8), AdaSparseConfig(ramp_steps=3))

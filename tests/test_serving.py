@@ -134,8 +134,8 @@ def test_a_model_trained_on_preprocessed_batches_serves_raw_examples_alike(tmp_p
 
 
 def test_an_adasparse_model_whose_pruners_read_the_domain_alone_serves_as_it_predicts(tmp_path):
-    """pruner_input "domain": the export computes every pruner's factors in one matmul on the
-    domain embedding; the served predictions are the Keras model's."""
+    """pruner_input "domain": the export gathers every pruner's factors from tables of the
+    domain-aware features' id combinations; the served predictions are the Keras model's."""
     features, _ = parse_batch(SPEC, tf.constant(_examples()))
     vocabs = {f.name: ["u0", "u1", "i1", "s1", "p0", "g1", "c1"] for f in SPEC.features
               if f.uses_vocab}
@@ -149,7 +149,9 @@ def test_an_adasparse_model_whose_pruners_read_the_domain_alone_serves_as_it_pre
     assert model.mlp.alpha.numpy() == 5.0  # the ramp is over: factors at their end value
     training = model(features, training=False).numpy().ravel()
     with merged_tpm(model):
-        assert model.mlp.domain_only  # the folded form of the domain-only pruners is served
+        assert model.mlp.reads_domain_key  # the factors are tabulated per domain ids
+        # scenario, position, segment: 7 tokens in each vocabulary and the OOV id
+        assert [t.shape[0] for t in model.mlp.factor_tables] == [8 * 8 * 8] * 2
     path = stage_saved_model(model, SPEC, str(tmp_path / "actr"), log=lambda _: None)
     served = tf.saved_model.load(path).signatures["serving_default"](
         examples=tf.constant(_examples()))[OUTPUT_KEY].numpy()
