@@ -3,7 +3,8 @@
 each as exports ship it (models.merged_tpm: FoldedMlp, AdaSparseServingMlp on its dense and
 its tf.sparse pruned-MLP path) and with its training tower exported unfolded (the exports
 before the folding); AdaSparse both as published (pruners reading [e_d ; h_l]) and with
-`pruner_input: domain` (pruners reading e_d alone, all in one matmul at export). Arms are
+`pruner_input: domain` (pruners reading e_d alone: factors tabulated per domain ids at
+export, and from one matmul on e_d). Arms are
 timed alternately in one run, so a drifting machine load hits them alike; each figure is the
 median over --repeats runs of the arms.
 
@@ -84,11 +85,15 @@ def exports(multi_domain: str, examples: list[bytes], folder: str,
             paths[tower] = save(tower)
         return paths, []
     x, e_d, _, _ = model.tower_inputs(features)
-    sparsity = model.mlp.sparsity(x, e_d)
+    tower, sparsity = model.mlp, model.mlp.sparsity(x, e_d)
     for sparse, path in (False, "dense path"), (True, "tf.sparse path"):
         with merged_tpm(model):
             model.mlp.sparse_inference = sparse
             paths[f"{label} ({path})"] = save(f"{label}-{path.split()[0]}")
+    if adasparse is not None and adasparse.pruner_input == "domain":
+        with merged_tpm(model):  # the factors from one matmul on e_d instead of tables
+            model.mlp = tower.for_serving(model.encoder.domain_columns())
+            paths[f"{label}, matmul (dense path)"] = save(f"{label}-matmul")
     return paths, sparsity
 
 
