@@ -115,15 +115,14 @@ class FeatureEncoder(keras.layers.Layer):
         return [self.embeddings[f.name].embeddings.numpy() for f in domain]
 
     def domain_key(self, ids: Mapping[str, tf.Tensor]) -> tf.Tensor:
-        """int32 [B]: each row's domain-aware feature ids as one index into the row-major
-        product of their id spaces (the rows of domain_tables' combinations), from the output
-        of preprocess."""
+        """[B]: each row's domain-aware feature ids (int64, as the lookups make them) as one
+        index into the row-major product of their id spaces (the rows of domain_tables'
+        combinations), from the output of preprocess."""
         key = None
         for f in self.features:
             if f.domain and f.name in self.embeddings:
-                size = self.embeddings[f.name].input_dim
-                ids_f = tf.cast(tf.reshape(ids[f.name], [-1]), tf.int32)
-                key = ids_f if key is None else key * size + ids_f
+                ids_f = tf.reshape(ids[f.name], [-1])
+                key = ids_f if key is None else key * self.embeddings[f.name].input_dim + ids_f
         return key
 
     def _normalize(self, f: Feature, x: tf.Tensor) -> tf.Tensor:
