@@ -2,8 +2,11 @@
 1,000 candidates) for an A-CTR with AdaSparse against a plain DNN export of the same size,
 each as exports ship it (models.merged_tpm: FoldedMlp, AdaSparseServingMlp on its dense and
 its tf.sparse pruned-MLP path) and with its training tower exported unfolded (the exports
-before the folding). Arms are timed alternately in one run, so a drifting machine load
-hits them alike; each figure is the median over --repeats runs of the arms.
+before the folding); AdaSparse both as published (pruners reading [e_d ; h_l]) and with
+`pruner_input: domain` (pruners reading e_d alone: factors tabulated per domain ids at
+export, and from one matmul on e_d). Arms are
+timed alternately in one run, so a drifting machine load hits them alike; each figure is the
+median over --repeats runs of the arms.
 
     python benchmarks/serving.py [--calls 200] [--repeats 3] [--out benchmarks/results/serving.json]
 """
@@ -20,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tf.keras is first used)
+from ecdctr.adasparse import AdaSparseConfig
 from ecdctr.data import parse_batch
 from ecdctr.export import OUTPUT_KEY, serving_function
 from ecdctr.models import ModelConfig, build_model, merged_tpm
@@ -43,10 +47,14 @@ def simulated_examples(n: int) -> list[bytes]:
     return [to_example(SPEC, parser.parse(r)).SerializeToString() for r in rows]
 
 
-def exports(multi_domain: str, examples: list[bytes], folder: str) -> dict[str, str]:
+def exports(multi_domain: str, examples: list[bytes], folder: str,
+            adasparse: AdaSparseConfig | None = None, label: str = "adasparse",
+            unfolded: bool = True) -> tuple[dict[str, str], list[float]]:
     """Exports a model of the demo's size after a few steps (so the pruner prunes) in the
     form exports ship (merged_tpm: BatchNorm folded, AdaSparse on its dense and tf.sparse
-    paths) and with its training tower unfolded (the export before the folding)."""
+    paths, arms named after label) and, if unfolded, with its training tower unfolded (the
+    export before the folding). Returns the paths by arm and the AdaSparse tower's share of
+    pruned factors per layer on the examples (empty for other towers)."""
     batch = parse_batch(SPEC, tf.constant(examples[:2048]))
     features = batch[0]
     vocabs = {}
@@ -57,7 +65,9 @@ def exports(multi_domain: str, examples: list[bytes], folder: str) -> dict[str, 
             vocabs[f.name] = sorted({v.decode() for v in flat.numpy()}) or ["<none>"]
     domains = sorted({"|".join(v.decode() for v in t) for t in zip(
         *(features[f.name].numpy() for f in SPEC.domain_features), strict=True)})
-    model = build_model(SPEC.features, vocabs, {}, ModelConfig(multi_domain=multi_domain),
+    model = build_model(SPEC.features, vocabs, {},
+                        ModelConfig(multi_domain=multi_domain,
+                                    adasparse=adasparse or AdaSparseConfig()),
                         features, initial_ctr=0.05, domains=domains, name="actr")
     model.set_total_steps(10)
     model.fit(tf.data.Dataset.from_tensors(batch).repeat(10), verbose=0)
@@ -68,17 +78,23 @@ def exports(multi_domain: str, examples: list[bytes], folder: str) -> dict[str, 
                             signatures={"serving_default": serving_function(model, SPEC)})
         return path
 
-    tower = "dnn" if multi_domain == "none" else multi_domain
-    paths = {f"{tower} unfolded (before)": save(f"{tower}-unfolded")}
+    tower = "dnn" if multi_domain == "none" else label
+    paths = {f"{tower} unfolded (before)": save(f"{tower}-unfolded")} if unfolded else {}
     if multi_domain != "adasparse":
         with merged_tpm(model):
             paths[tower] = save(tower)
-        return paths
-    for sparse, name in ((False, "adasparse (dense path)"), (True, "adasparse (tf.sparse path)")):
+        return paths, []
+    x, e_d, _, _ = model.tower_inputs(features)
+    tower, sparsity = model.mlp, model.mlp.sparsity(x, e_d)
+    for sparse, path in (False, "dense path"), (True, "tf.sparse path"):
         with merged_tpm(model):
             model.mlp.sparse_inference = sparse
-            paths[name] = save(name)
-    return paths
+            paths[f"{label} ({path})"] = save(f"{label}-{path.split()[0]}")
+    if adasparse is not None and adasparse.pruner_input == "domain":
+        with merged_tpm(model):  # the factors from one matmul on e_d instead of tables
+            model.mlp = tower.for_serving(model.encoder.domain_columns())
+            paths[f"{label}, matmul (dense path)"] = save(f"{label}-matmul")
+    return paths, sparsity
 
 
 def latencies(paths: dict[str, str], examples: list[bytes], calls: int) -> dict:
@@ -129,14 +145,20 @@ def main() -> None:
     examples = simulated_examples(6000)
     loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as folder:
-        paths = {**exports("none", examples, folder), **exports("adasparse", examples, folder)}
+        dnn, _ = exports("none", examples, folder)
+        paper, paper_sparsity = exports("adasparse", examples, folder)
+        domain, domain_sparsity = exports("adasparse", examples, folder,
+                                          AdaSparseConfig(pruner_input="domain"),
+                                          "adasparse domain-only", unfolded=False)
+        paths = {**dnn, **paper, **domain}
         runs = []
         for _ in range(args.repeats):
             runs.append(latencies(paths, examples, args.calls))
             loads.append(os.getloadavg()[0])
     result = summary(runs, ["dnn", "dnn unfolded (before)"])
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, 1-minute load average "
-          f"{', '.join(f'{x:.1f}' for x in loads)}; medians of {args.repeats} runs")
+          f"{', '.join(f'{x:.1f}' for x in loads)}; medians of {args.repeats} runs; pruned "
+          f"share per layer: adasparse {paper_sparsity}, domain-only {domain_sparsity}")
     print("| candidates | " + " | ".join(f"{k} p50 / p99 ms" for k in paths) + " |")
     print("|---|" + "---|" * len(paths))
     for n in CANDIDATES:
@@ -154,6 +176,8 @@ def main() -> None:
     with open(args.out, "w") as f:
         json.dump({"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                    "load_average_1min": loads, "calls": args.calls, "repeats": args.repeats,
+                   "sparsity": {"adasparse": paper_sparsity,
+                                "adasparse domain-only": domain_sparsity},
                    "latency": result}, f, indent=1)
 
 

@@ -3,11 +3,13 @@
 As published (equation 3), the pruner of layer l reads [e_d ; h^l] and scales h^l, the input of
 W^l, so layer 0's pruner prunes the embedding layer's output (placement "input", the default);
 placement "output" instead scales each layer's output h^{l+1} (this project's earlier form).
+Option pruner_input "domain" makes every pruner read e^d alone, so the factors are per domain.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +22,8 @@ from ecdctr.layers import folded_dense_batchnorm
 
 FORMS = ("binarization", "scaling", "fusion")
 PLACEMENTS = ("input", "output")
+PRUNER_INPUTS = ("layer", "domain")
+MAX_FACTOR_ROWS = 1 << 16  # the most domain combinations whose factors an export tabulates
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,9 @@ class AdaSparseConfig:
     pi = beta sigmoid(alpha v) 1[beta sigmoid(alpha v) > epsilon].
     placement: "input" (as published) scales each layer's input, so the first pruner prunes the
     tower input (the embeddings); "output" scales each layer's output instead.
+    pruner_input: "layer" (as published) feeds pruner l [e_d ; h_l]; "domain" feeds it e_d
+    alone, so a row's factors depend on its domain-aware features only (cheaper to train, and
+    the export computes all pruners in one small matmul on e_d).
     alpha and the regularizer weight lambda_hat rise linearly over ramp_steps training steps,
     alpha from alpha_start to alpha_end, lambda_hat from lambda_start to lambda_end; both then stay.
     Steps are counted over the model's whole training (warm starts included), not per fit.
@@ -39,6 +46,7 @@ class AdaSparseConfig:
 
     form: str = "fusion"
     placement: str = "input"
+    pruner_input: str = "layer"
     beta: float = 2.0
     epsilon: float = 0.25
     alpha_start: float = 0.1
@@ -53,6 +61,7 @@ class AdaSparseConfig:
         checks = (
             ("form", self.form in FORMS, f"one of {list(FORMS)}"),
             ("placement", self.placement in PLACEMENTS, f"one of {list(PLACEMENTS)}"),
+            ("pruner_input", self.pruner_input in PRUNER_INPUTS, f"one of {list(PRUNER_INPUTS)}"),
             ("beta", self.beta > 0, "> 0"),
             ("epsilon", 0 < self.epsilon < min(1.0, self.beta), "in (0, min(1, beta))"),
             ("alpha_start", self.alpha_start > 0, "> 0"),
@@ -86,9 +95,9 @@ def sparsity_regularizer(zero_shares: Sequence[tf.Tensor], lambda_hat: tf.Tensor
 
 
 class DomainPruner(keras.layers.Layer):
-    """One dense layer on [domain_embedding ; layer_input] -> `units` factors (logits v), one
-    per entry of what it scales (the layer input under placement "input", the layer output
-    under "output").
+    """One dense layer on [domain_embedding ; layer_input] (config.pruner_input "domain":
+    domain_embedding alone) -> `units` factors (logits v), one per entry of what it scales (the
+    layer input under placement "input", the layer output under "output").
 
     call returns (factors pi [B, N], zero share r): the forward values are the hard ones of the
     config's form. Straight-through estimates keep gradients flowing to the pruner:
@@ -107,6 +116,8 @@ class DomainPruner(keras.layers.Layer):
 
     def logits(self, domain_embedding: tf.Tensor, layer_input: tf.Tensor) -> tf.Tensor:
         """The pruner's logits v [B, N]."""
+        if self.config.pruner_input == "domain":
+            return self.dense(domain_embedding)
         return self.dense(tf.concat([domain_embedding, layer_input], axis=-1))
 
     def call(self, domain_embedding: tf.Tensor, layer_input: tf.Tensor,
@@ -169,6 +180,8 @@ class AdaSparseMlp(keras.layers.Layer):
     (the pruners are created in build). The last layer's output is not pruned.
     placement "output": h = relu(bn(dense_l(x_l))), pi_l = pruner_l([e_d ; x_l]) has N_l
     factors, x_{l+1} = dropout(h * pi_l).
+    config.pruner_input "domain": pi_l = pruner_l(e_d) under either placement, so the factors
+    are a function of the row's domain-aware features alone.
 
     alpha is a non-trainable variable saved with the model, and so is the step counter
     pruning_step; both are copied by name when a model warm-starts from another. Each
@@ -298,14 +311,18 @@ class AdaSparseMlp(keras.layers.Layer):
             zero_shares.append(share)
         return x, factors, zero_shares
 
-    def for_serving(self, domain_columns: Sequence[int] = ()) -> AdaSparseServingMlp:
+    def for_serving(self, domain_columns: Sequence[int] = (),
+                    domain_tables: Sequence[np.ndarray] | None = None) -> AdaSparseServingMlp:
         """This tower's inference computation with its constants folded (AdaSparseServingMlp),
         the form exports serve; the tower itself is left as it is. domain_columns: the
         columns of the tower input that hold domain_embedding, if it carries it (as
-        CtrModel's does); pruner_0 then reads the tower input alone."""
+        CtrModel's does); pruner_0 then reads the tower input alone. domain_tables: the
+        embedding tables whose rows domain_embedding concatenates
+        (FeatureEncoder.domain_tables); with pruner_input "domain" the factors are then
+        tabulated per combination of their rows (see AdaSparseServingMlp)."""
         if not self.built:
             raise ValueError("for_serving needs a built AdaSparseMlp: call it on a batch first")
-        return AdaSparseServingMlp(self, domain_columns, name=self.name)
+        return AdaSparseServingMlp(self, domain_columns, domain_tables, name=self.name)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "hidden": list(self.hidden),
@@ -334,35 +351,44 @@ class AdaSparseServingMlp(keras.layers.Layer):
       the pruned values (the next dense kernel; under placement "output" also the next pruner,
       and a last multiply after the last layer);
     - each BatchNorm is folded into its dense layer (layers.folded_dense_batchnorm), so a
-      layer is one fused matmul, bias and ReLU.
+      layer is one fused matmul, bias and ReLU;
+    - pruners reading e_d alone (config.pruner_input "domain", domain_only): all their factors
+      come from one matmul e_d [K_0 ... K_L] with its bias and sigmoid and one select
+      (binarization: a compare), split per layer; pruning a layer is then one multiply.
+      Given domain_tables (the embedding tables e_d concatenates one row of each) with at
+      most MAX_FACTOR_ROWS combinations, the factors of every combination are computed here
+      and a row's are gathered by its domain key (domain_index: the row-major index of its
+      ids in the tables, FeatureEncoder.domain_key; reads_domain_key tells the model to pass
+      it), one table per layer: no matmul, sigmoid, select or split per request.
     sparse_inference (the tf.sparse path of the layers whose input carries pruned zeros) works
     as in AdaSparseMlp.
     """
 
-    def __init__(self, tower: AdaSparseMlp, domain_columns: Sequence[int] = (), **kwargs):
+    def __init__(self, tower: AdaSparseMlp, domain_columns: Sequence[int] = (),
+                 domain_tables: Sequence[np.ndarray] | None = None, **kwargs):
         super().__init__(**kwargs)
         c = tower.config
         self.config = c
-        self.first_reads_input_only = bool(domain_columns)
         self.sparse_inference = tower.sparse_inference
         alpha = 1.0 if c.form == "scaling" else float(tower.alpha.numpy())
         left_out = 1.0 if c.form == "binarization" else c.beta  # x pi = left_out * _prune(x, s)
         carry = 1.0  # the scale the layer input computed here lacks (placement "output")
-        self.pruner_kernels, self.pruner_biases, self.kernels, self.biases = [], [], [], []
+        self.domain_only = c.pruner_input == "domain"
+        self.first_reads_input_only = bool(domain_columns) and not self.domain_only
+        pruner_kernels, pruner_biases, self.kernels, self.biases = [], [], [], []
         for i, (dense, norm, pruner) in enumerate(zip(tower.dense, tower.norms, tower.pruners,
                                                       strict=True)):
-            kernel = alpha * pruner.dense.kernel.numpy()  # rows: [e_d ; x_l]
-            split = kernel.shape[0] - dense.kernel.shape[0]
+            kernel = alpha * pruner.dense.kernel.numpy()  # rows: [e_d ; x_l] (domain_only: e_d)
+            split = kernel.shape[0] - (0 if self.domain_only else dense.kernel.shape[0])
             kernel[split:] *= carry
-            if i == 0 and domain_columns:
+            if i == 0 and self.first_reads_input_only:
                 if len(domain_columns) != split:
                     raise ValueError(f"domain_columns: {len(domain_columns)} columns for a "
                                      f"domain embedding of width {split}")
                 np.add.at(kernel, split + np.asarray(domain_columns), kernel[:split])
                 kernel = kernel[split:]
-            self.pruner_kernels.append(self._constant(f"pruner_{i}_kernel", kernel))
-            self.pruner_biases.append(self._constant(f"pruner_{i}_bias",
-                                                     alpha * pruner.dense.bias.numpy()))
+            pruner_kernels.append(kernel)
+            pruner_biases.append(alpha * pruner.dense.bias.numpy())
             scale = left_out if c.placement == "input" else carry
             kernel, bias = folded_dense_batchnorm(dense, norm, scale)
             self.kernels.append(self._constant(f"dense_{i}_kernel", kernel))
@@ -370,6 +396,27 @@ class AdaSparseServingMlp(keras.layers.Layer):
             if c.placement == "output":
                 carry = left_out
         self.output_scale = carry
+        rows = math.prod(len(t) for t in domain_tables) if domain_tables else 0
+        self.reads_domain_key = self.domain_only and 0 < rows <= MAX_FACTOR_ROWS
+        self.factor_tables = []
+        if self.reads_domain_key:  # every combination's factors, one table per layer
+            combos = np.stack(np.meshgrid(*(np.arange(len(t)) for t in domain_tables),
+                                          indexing="ij"), axis=-1).reshape(rows, -1)
+            e_d = np.concatenate([t[combos[:, j]] for j, t in enumerate(domain_tables)], axis=1)
+            for i, (kernel, bias) in enumerate(zip(pruner_kernels, pruner_biases, strict=True)):
+                s = tf.sigmoid(tf.nn.bias_add(tf.matmul(e_d, kernel), bias))
+                self.factor_tables.append(self._constant(f"pruner_{i}_factors",
+                                                         self._factors(s).numpy()))
+            return
+        if self.domain_only:  # every pruner reads e_d alone: one matmul for all, split per layer
+            self.factor_widths = [k.shape[1] for k in pruner_kernels]
+            pruner_kernels = {"pruners": np.concatenate(pruner_kernels, axis=1)}
+            pruner_biases = {"pruners": np.concatenate(pruner_biases)}
+        else:
+            pruner_kernels = {f"pruner_{i}": k for i, k in enumerate(pruner_kernels)}
+            pruner_biases = {f"pruner_{i}": b for i, b in enumerate(pruner_biases)}
+        self.pruner_kernels = [self._constant(f"{n}_kernel", k) for n, k in pruner_kernels.items()]
+        self.pruner_biases = [self._constant(f"{n}_bias", b) for n, b in pruner_biases.items()]
 
     def _constant(self, name: str, value: np.ndarray) -> tf.Variable:
         return self.add_weight(name=name, shape=value.shape, trainable=False,
@@ -380,20 +427,44 @@ class AdaSparseServingMlp(keras.layers.Layer):
         if domain_embedding is None:
             raise ValueError("AdaSparseServingMlp prunes per domain: pass domain_embedding [B, E]")
         prune_input = self.config.placement == "input"
+        if self.reads_domain_key:
+            if domain_index is None:
+                raise ValueError("AdaSparseServingMlp with factor tables reads each row's "
+                                 "domain key: pass domain_index [B] (FeatureEncoder.domain_key)")
+            factors = [tf.gather(table, domain_index) for table in self.factor_tables]
+        elif self.domain_only:
+            factors = tf.split(self._factors(self._sigmoid(domain_embedding, 0)),
+                               self.factor_widths, axis=-1)
         for i, (kernel, bias) in enumerate(zip(self.kernels, self.biases, strict=True)):
-            reads = (x if i == 0 and self.first_reads_input_only
-                     else tf.concat([domain_embedding, x], axis=-1))
-            s = tf.sigmoid(tf.nn.bias_add(tf.matmul(reads, self.pruner_kernels[i]),
-                                          self.pruner_biases[i]))
+            if self.domain_only:
+                prune = functools.partial(tf.multiply, factors[i])
+            else:
+                reads = (x if i == 0 and self.first_reads_input_only
+                         else tf.concat([domain_embedding, x], axis=-1))
+                prune = functools.partial(self._prune, s=self._sigmoid(reads, i))
             if prune_input:
-                x = self._prune(x, s)
+                x = prune(x)
             z = (_sparse_input_affine(x, kernel, bias)
                  if self.sparse_inference and (prune_input or i > 0)
                  else tf.nn.bias_add(tf.matmul(x, kernel), bias))
             x = tf.nn.relu(z)
             if not prune_input:
-                x = self._prune(x, s)
+                x = prune(x)
         return x * self.output_scale if self.output_scale != 1.0 else x
+
+    def _sigmoid(self, reads: tf.Tensor, i: int) -> tf.Tensor:
+        """s = sigmoid(alpha v) of pruner i (domain_only: of all pruners) on what it reads."""
+        return tf.sigmoid(tf.nn.bias_add(tf.matmul(reads, self.pruner_kernels[i]),
+                                         self.pruner_biases[i]))
+
+    def _factors(self, s: tf.Tensor) -> tf.Tensor:
+        """pi divided by the factors' scale (beta; binarization: 1), from s = sigmoid(alpha v)."""
+        c = self.config
+        if c.form == "scaling":
+            return s
+        if c.form == "binarization":
+            return tf.cast(s > c.epsilon, s.dtype)
+        return tf.where(s > c.epsilon / c.beta, s, 0.0)
 
     def _prune(self, x: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
         """x pi divided by the factors' scale (beta; binarization: 1), from s = sigmoid(alpha v)."""

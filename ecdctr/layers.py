@@ -105,6 +105,26 @@ class FeatureEncoder(keras.layers.Layer):
             start += width
         return columns
 
+    def domain_tables(self) -> list[np.ndarray] | None:
+        """The embedding tables of the domain-aware features, in domain_embedding's order, if
+        each row's domain embedding is one row of each (None if a list feature is among them:
+        its embedding is a mean of rows)."""
+        domain = [f for f in self.features if f.domain and f.name in self.embeddings]
+        if not domain or any(f.kind == "categorical_list" for f in domain):
+            return None
+        return [self.embeddings[f.name].embeddings.numpy() for f in domain]
+
+    def domain_key(self, ids: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        """[B]: each row's domain-aware feature ids (int64, as the lookups make them) as one
+        index into the row-major product of their id spaces (the rows of domain_tables'
+        combinations), from the output of preprocess."""
+        key = None
+        for f in self.features:
+            if f.domain and f.name in self.embeddings:
+                ids_f = tf.reshape(ids[f.name], [-1])
+                key = ids_f if key is None else key * self.embeddings[f.name].input_dim + ids_f
+        return key
+
     def _normalize(self, f: Feature, x: tf.Tensor) -> tf.Tensor:
         if f.normalize == "log":
             return tf.math.log1p(tf.maximum(x, 0.0))

@@ -132,7 +132,8 @@ class CtrModel(keras.Model):
                      ) -> tuple[tf.Tensor, tf.Tensor | None, tf.Tensor, tf.Tensor]:
         """(tower input, domain embedding, domain index, cross output) of a batch of raw or
         preprocessed features; without with_index the domain index is left zero (only STAR's
-        routing needs it per step)."""
+        routing needs it per step), unless the tower reads a domain key instead (the serving
+        form of AdaSparse with tabulated factors: FeatureEncoder.domain_key)."""
         ids = inputs if is_preprocessed(inputs) else self.preprocess(inputs, with_index)
         x, domain_embedding = self.encoder.encode_preprocessed(ids[IDS])
         if self.tpm is not None:
@@ -144,6 +145,8 @@ class CtrModel(keras.Model):
                 raise ValueError("these preprocessed features have no domain index: "
                                  "preprocess them with with_index=True")
             domain_index = ids[DOMAIN_INDEX]
+        elif getattr(self.mlp, "reads_domain_key", False):  # a tower with per-domain tables
+            domain_index = self.encoder.domain_key(ids[IDS])
         else:
             domain_index = tf.zeros([tf.shape(x)[0]], tf.int32)
         crossed = x
@@ -216,7 +219,8 @@ def merged_tpm(model: CtrModel) -> Iterator[CtrModel]:
             model.mlp = tower.for_serving()
         if isinstance(tower, AdaSparseMlp):  # its input holds the domain embedding, unless crossed
             stacked = model.cross and model.config.cross_structure == "stacked"
-            model.mlp = tower.for_serving(() if stacked else model.encoder.domain_columns())
+            model.mlp = tower.for_serving(() if stacked else model.encoder.domain_columns(),
+                                          model.encoder.domain_tables())
         yield model
     finally:  # also when a serving form could not be made
         model.tpm, model.mlp = aggregator, tower

@@ -1,8 +1,9 @@
 """The `compare` job: trains model variants on the same days and scores them on held-out days.
 
-Variant names: `<backbone>[+<module>[:<form>][:<placement>][:<r_min>-<r_max>]]`, e.g. `dnn`,
-`dcnv2`, `dnn+adasparse`, `dnn+adasparse:binarization`, `dnn+adasparse:output` (pruning each
-layer's output instead of its input), `dnn+adasparse:fusion:0.05-0.15`,
+Variant names: `<backbone>[+<module>[:<form>][:<placement>][:domain][:<r_min>-<r_max>]]`, e.g.
+`dnn`, `dcnv2`, `dnn+adasparse`, `dnn+adasparse:binarization`, `dnn+adasparse:output` (pruning
+each layer's output instead of its input), `dnn+adasparse:domain` (pruners reading the domain
+embedding alone), `dnn+adasparse:fusion:0.05-0.15`,
 `dnn+star`, `dnn+apg`. Every variant of one seed sees the same training batches.
 """
 
@@ -18,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from ecdctr import metrics
-from ecdctr.adasparse import FORMS, PLACEMENTS
+from ecdctr.adasparse import FORMS, PLACEMENTS, PRUNER_INPUTS
 from ecdctr.config import RunConfig
 from ecdctr.data import make_dataset, partition_files
 from ecdctr.evaluation import Evaluator
@@ -56,6 +57,8 @@ def parse_variant(name: str, base: ModelConfig) -> ModelConfig:
             ada = dataclasses.replace(ada, form=option)
         elif option in PLACEMENTS:
             ada = dataclasses.replace(ada, placement=option)
+        elif option in PRUNER_INPUTS:
+            ada = dataclasses.replace(ada, pruner_input=option)
         elif "-" in option:
             low, _, high = option.partition("-")
             try:
@@ -65,7 +68,8 @@ def parse_variant(name: str, base: ModelConfig) -> ModelConfig:
                                  f"<r_min>-<r_max>") from None
         else:
             raise ValueError(f"variant {name!r}: option {option!r} is neither a form {list(FORMS)}, "
-                             f"a placement {list(PLACEMENTS)} nor a sparsity band like 0.15-0.25")
+                             f"a placement {list(PLACEMENTS)}, a pruner input "
+                             f"{list(PRUNER_INPUTS)} nor a sparsity band like 0.15-0.25")
     return dataclasses.replace(config, multi_domain="adasparse", adasparse=ada)
 
 

@@ -11,6 +11,7 @@ import tf_keras as keras
 from ecdctr.adasparse import (
     FORMS,
     PLACEMENTS,
+    PRUNER_INPUTS,
     AdaSparseConfig,
     AdaSparseMlp,
     DomainPruner,
@@ -48,7 +49,7 @@ def _train(tower: AdaSparseMlp, steps: int, learning_rate: float = 0.1) -> None:
 
 
 @pytest.mark.parametrize(("field", "value"), [
-    ("form", "sign"), ("placement", "hidden"), ("beta", 0.0), ("epsilon", 1.5),
+    ("form", "sign"), ("placement", "hidden"), ("pruner_input", "both"), ("beta", 0.0), ("epsilon", 1.5),
     ("alpha_start", 0.0), ("alpha_end", 0.05), ("ramp_steps", 0), ("r_min", -0.1),
     ("r_max", 0.1), ("lambda_start", -1.0), ("lambda_end", 0.0)])
 def test_config_rejects_bad_values_naming_the_field(field, value):
@@ -306,10 +307,13 @@ def test_input_placement_prunes_the_embedding_input(form):
     assert np.abs(output(5) - output(None)).max() > 1e-3  # a kept one does
 
 
+@pytest.mark.parametrize("pruner_input", PRUNER_INPUTS)
 @pytest.mark.parametrize("placement", PLACEMENTS)
 @pytest.mark.parametrize("form", FORMS)
-def test_serving_form_predicts_as_the_tower_with_its_constants_folded(form, placement):
-    tower = AdaSparseMlp((16, 8), AdaSparseConfig(form=form, placement=placement, ramp_steps=3))
+def test_serving_form_predicts_as_the_tower_with_its_constants_folded(form, placement,
+                                                                       pruner_input):
+    tower = AdaSparseMlp((16, 8), AdaSparseConfig(form=form, placement=placement, ramp_steps=3,
+                                                  pruner_input=pruner_input))
     _train(tower, 5)  # alpha at its end value; fusion and binarization prune
     if form != "scaling":
         assert all(0 < r < 1 for r in tower.sparsity(X, E))
@@ -319,10 +323,12 @@ def test_serving_form_predicts_as_the_tower_with_its_constants_folded(form, plac
     call = tf.function(lambda x, e: serving(x, domain_embedding=e, training=False))
     np.testing.assert_allclose(call(X, E).numpy(), expected, rtol=1e-5, atol=1e-5)
     ops = [op.type for op in call.get_concrete_function(X, E).graph.get_operations()]
-    # per layer one matmul for the pruner, one for the dense layer with its BatchNorm folded
-    # in; no straight-through terms, no zero shares, no BatchNorm arithmetic
-    assert ops.count("MatMul") == 2 * 2
-    assert not {"StopGradient", "Mean", "Cast", "Rsqrt"} & set(ops)
+    # per layer one matmul for the dense layer with its BatchNorm folded in and one for the
+    # pruner (pruners reading e_d alone: one for all); no straight-through terms, no zero
+    # shares, no BatchNorm arithmetic
+    assert ops.count("MatMul") == (2 * 2 if pruner_input == "layer" else 2 + 1)
+    assert not {"StopGradient", "Mean", "Rsqrt"} & set(ops)
+    assert ops.count("Cast") == (form == "binarization" and pruner_input == "domain")
     serving.sparse_inference = True
     sparse = tf.function(lambda x, e: serving(x, domain_embedding=e, training=False))
     np.testing.assert_allclose(sparse(X, E).numpy(), expected, rtol=1e-5, atol=1e-5)
@@ -330,6 +336,61 @@ def test_serving_form_predicts_as_the_tower_with_its_constants_folded(form, plac
                                rtol=1e-5, atol=1e-5)  # inference only, whatever training says
     assert sorted(v.name for v in tower.variables) == names  # the tower is left as it was
     np.testing.assert_array_equal(tower(X, domain_embedding=E, training=False).numpy(), expected)
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("form", FORMS)
+def test_domain_pruners_read_the_domain_embedding_alone_and_train(form, placement):
+    tower = AdaSparseMlp((16, 8), AdaSparseConfig(form=form, placement=placement, ramp_steps=3,
+                                                  pruner_input="domain"))
+    tower(X, domain_embedding=E)
+    before = [p.dense.kernel.numpy() for p in tower.pruners]
+    assert [k.shape for k in before] == ([(4, 12), (4, 16)] if placement == "input"
+                                         else [(4, 16), (4, 8)])
+    _train(tower, 5)
+    assert all(np.abs(p.dense.kernel.numpy() - k).max() > 0
+               for p, k in zip(tower.pruners, before, strict=True))
+    other = tf.constant(RNG.normal(size=X.shape).astype("float32"))
+    same_domains = tf.concat([E[:1]] * len(E), axis=0)
+    for mask, other_mask, first in zip(tower.masks(X, E), tower.masks(other, E),
+                                       tower.masks(X, same_domains), strict=True):
+        np.testing.assert_array_equal(mask, other_mask)  # the layer inputs do not matter
+        np.testing.assert_array_equal(first, np.broadcast_to(first[:1], first.shape))
+    if form != "scaling":
+        assert all(0 < r < 1 for r in tower.sparsity(X, E))
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("form", FORMS)
+def test_domain_pruners_factors_are_tabulated_per_combination_of_domain_ids(form, placement):
+    tables = [RNG.normal(size=(3, 2)).astype("float32"), RNG.normal(size=(5, 2)).astype("float32")]
+    first, second = RNG.integers(0, 3, 64), RNG.integers(0, 5, 64)
+    e_d = tf.constant(np.concatenate([tables[0][first], tables[1][second]], axis=1))
+    tower = AdaSparseMlp((16, 8), AdaSparseConfig(form=form, placement=placement, ramp_steps=3,
+                                                  pruner_input="domain"))
+    optimizer = keras.optimizers.SGD(0.5)
+    for _ in range(5):
+        with tf.GradientTape() as tape:
+            logits = tower(X, domain_embedding=e_d, training=True) @ HEAD
+            loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(Y, logits))
+            loss += tf.add_n(tower.losses) if tower.losses else 0.0
+        optimizer.apply_gradients(zip(tape.gradient(loss, tower.trainable_variables),
+                                      tower.trainable_variables, strict=True))
+    expected = tower(X, domain_embedding=e_d, training=False).numpy()
+    serving = tower.for_serving(domain_tables=tables)
+    assert serving.reads_domain_key and [t.shape for t in serving.factor_tables] == (
+        [(15, 12), (15, 16)] if placement == "input" else [(15, 16), (15, 8)])
+    key = tf.constant(first * 5 + second, tf.int32)  # as FeatureEncoder.domain_key makes it
+    call = tf.function(lambda x, e, k: serving(x, domain_embedding=e, domain_index=k))
+    np.testing.assert_allclose(call(X, e_d, key).numpy(), expected, rtol=1e-5, atol=1e-5)
+    ops = [op.type for op in call.get_concrete_function(X, e_d, key).graph.get_operations()]
+    assert ops.count("MatMul") == 2 and "Sigmoid" not in ops  # the dense layers' only
+    serving.sparse_inference = True
+    np.testing.assert_allclose(serving(X, domain_embedding=e_d, domain_index=key).numpy(),
+                               expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="pass domain_index"):
+        serving(X, domain_embedding=e_d)
+    assert not tower.for_serving(domain_tables=tables[:1] * 17).reads_domain_key  # 3^17 rows
 
 
 def test_first_pruner_reads_the_domain_columns_of_its_input_when_told_where_they_are():

@@ -26,6 +26,8 @@ def test_parse_variant():
     assert (c.adasparse.r_min, c.adasparse.r_max) == (0.05, 0.15)
     assert c.adasparse.placement == "input"  # as published
     assert parse_variant("dnn+adasparse:scaling:output", BASE).adasparse.placement == "output"
+    assert parse_variant("dnn+adasparse", BASE).adasparse.pruner_input == "layer"
+    assert parse_variant("dnn+adasparse:domain", BASE).adasparse.pruner_input == "domain"
     assert parse_variant("dnn+star", BASE).multi_domain == "star"
 
 

@@ -20,6 +20,7 @@ def test_demo_config_resolves_paths_against_its_folder():
     assert config.transfer.tpm_snapshots == 3 and config.transfer.tpm_historical  # measured
     assert config.cpm.multi_domain == config.actr.multi_domain == "none"  # measured: BENCHMARKS 4
     assert config.actr.adasparse.form == "fusion" and config.actr.adasparse.placement == "input"
+    assert config.actr.adasparse.pruner_input == "layer"  # as published
     assert config.tpm.multi_domain == "none"
 
 
@@ -41,6 +42,7 @@ def _write(tmp_path, text):
     ("model: {multi_domain: moe}\n", "model: model multi_domain 'moe' is not one of"),
     ("model: {adasparse: {form: soft}}\n", "AdaSparseConfig.form must be one of"),
     ("model: {adasparse: {beta2: 1}}\n", "unknown key(s) ['beta2']"),
+    ("model: {adasparse: {pruner_input: hidden}}\n", "AdaSparseConfig.pruner_input must be one of"),
     ("transfer: {reset_bn: true}\n", "transfer: unknown key 'reset_bn'"),
     ("transfer: {reset_batchnorm_affine: 1}\n", "reset_batchnorm_affine must be true or false"),
     ("schedule: weekly\n", "'schedule' must be a mapping"),
@@ -64,6 +66,12 @@ def test_defaults(tmp_path):
     assert config.logs == str(tmp_path / "l")
     assert config.schedule == Schedule("monthly", "weekly", 0, 1)
     assert config.transfer.reset_batchnorm and not config.transfer.reset_batchnorm_affine
+
+
+def test_adasparse_pruner_input_is_read(tmp_path):
+    config = load_config(_write(tmp_path, "model: {multi_domain: adasparse, "
+                                          "adasparse: {pruner_input: domain}}\n"))
+    assert config.actr.adasparse.pruner_input == config.cpm.adasparse.pruner_input == "domain"
 
 
 def test_schedule_and_transfer_keys_are_read(tmp_path):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from ecdctr.adasparse import AdaSparseConfig
 from ecdctr.data import make_dataset, parse_batch
 from ecdctr.export import (
     OUTPUT_KEY,
@@ -130,6 +131,32 @@ def test_a_model_trained_on_preprocessed_batches_serves_raw_examples_alike(tmp_p
         examples=tf.constant(_examples()))[OUTPUT_KEY].numpy()
     np.testing.assert_allclose(served, training, atol=1e-6)
     assert np.ptp(training) > 1e-4  # rows differ: the comparison is not of constants
+
+
+def test_an_adasparse_model_whose_pruners_read_the_domain_alone_serves_as_it_predicts(tmp_path):
+    """pruner_input "domain": the export gathers every pruner's factors from tables of the
+    domain-aware features' id combinations; the served predictions are the Keras model's."""
+    features, _ = parse_batch(SPEC, tf.constant(_examples()))
+    vocabs = {f.name: ["u0", "u1", "i1", "s1", "p0", "g1", "c1"] for f in SPEC.features
+              if f.uses_vocab}
+    config = ModelConfig(hidden=(8, 4), multi_domain="adasparse", seed=1,
+                         adasparse=AdaSparseConfig(pruner_input="domain", ramp_steps=2))
+    model = build_model(SPEC.features, vocabs, {}, config, features, initial_ctr=0.3,
+                        domains=["s1|p0|g1"])
+    data = make_dataset(SPEC, _held_out(tmp_path), 4, preprocess=model.preprocess,
+                        rows=len(ROWS))
+    fit(model, data, 2, 5, "actr", log=lambda _: None)
+    assert model.mlp.alpha.numpy() == 5.0  # the ramp is over: factors at their end value
+    training = model(features, training=False).numpy().ravel()
+    with merged_tpm(model):
+        assert model.mlp.reads_domain_key  # the factors are tabulated per domain ids
+        # scenario, position, segment: 7 tokens in each vocabulary and the OOV id
+        assert [t.shape[0] for t in model.mlp.factor_tables] == [8 * 8 * 8] * 2
+    path = stage_saved_model(model, SPEC, str(tmp_path / "actr"), log=lambda _: None)
+    served = tf.saved_model.load(path).signatures["serving_default"](
+        examples=tf.constant(_examples()))[OUTPUT_KEY].numpy()
+    np.testing.assert_allclose(served, training, atol=1e-6)
+    assert np.ptp(training) > 1e-4
 
 
 def test_unseen_ids_missing_features_and_malformed_examples(staged):
