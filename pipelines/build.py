@@ -31,7 +31,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from ecdctr import drift, storage
-from ecdctr.rows import ExampleEncoder, ParsedRow, RowError, RowParser
+from ecdctr.rows import ParsedRow, RowEncoder, RowError
 from ecdctr.spec import Spec
 
 SOURCES = ("natural", "ad")
@@ -340,8 +340,7 @@ class _RowChecker:
     """Validates and encodes rows as the build does (shared with `ecdctr spec check`)."""
 
     def __init__(self, spec: Spec):
-        self.parser = RowParser(spec)
-        self.encode = ExampleEncoder(spec)
+        self.encode = RowEncoder(spec)  # = RowParser.parse, then ExampleEncoder
 
     def check(self, kind: str, payload: Any, day: dt.date) -> tuple[ParsedRow, bytes]:
         """(typed row, serialized Example) of a row read by read_log_file, or RowError with
@@ -349,8 +348,7 @@ class _RowChecker:
         try:
             if kind == ERROR:
                 raise RowError(payload[0], payload[1])
-            parsed = self.parser.parse(_decode_json(payload) if kind == TEXT else payload, day)
-            return parsed, self.encode(parsed)
+            return self.encode(_decode_json(payload) if kind == TEXT else payload, day)
         except RowError:
             raise
         except Exception as e:  # noqa: BLE001  keep the accounting whole; the reason shows it
