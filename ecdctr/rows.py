@@ -294,6 +294,8 @@ class RowEncoder:
             self.columns.append((column, kinds.get(kind, _LIST), head, {}))
         self.labels = [self.encoder._entry(self.encoder.label, ExampleEncoder._int_feature(v))
                        for v in (0, 1)]
+        head = self.encoder.timestamp  # + Feature{3: Int64List{1: [5-byte varint]}}
+        self.timestamp_head = b"\x0a" + _len(len(head) + 10) + head + b"\x09\x1a\x07\x0a\x05"
         self.known = self.parser.known
         self.starts: dict[dt.date, int] = {}
 
@@ -369,11 +371,18 @@ class RowEncoder:
                 listed = b"".join(items)
                 values[column] = value
                 parts.append(ExampleEncoder._entry(head, b"\x0a" + _len(len(listed)) + listed))
-        raw_id = request_id.encode()
-        parts.append(ExampleEncoder._entry(self.encoder.request_id,
-                                           ExampleEncoder._bytes_feature([raw_id])))
-        parts.append(ExampleEncoder._entry(self.encoder.timestamp,
-                                           ExampleEncoder._int_feature(timestamp)))
+        raw_id = request_id.encode()  # its map entry, as _entry(head, _bytes_feature([raw_id]))
+        item = b"\x0a" + _len(len(raw_id)) + raw_id
+        feature = b"\x0a" + _len(len(item)) + item
+        body = self.encoder.request_id + _len(len(feature)) + feature
+        parts.append(b"\x0a" + _len(len(body)) + body)
+        if 1 << 28 <= timestamp < 1 << 35:  # a 5-byte varint (1978-2059): the entry's size is fixed
+            parts.append(self.timestamp_head + bytes((
+                timestamp & 0x7F | 0x80, timestamp >> 7 & 0x7F | 0x80,
+                timestamp >> 14 & 0x7F | 0x80, timestamp >> 21 & 0x7F | 0x80, timestamp >> 28)))
+        else:
+            parts.append(ExampleEncoder._entry(self.encoder.timestamp,
+                                               ExampleEncoder._int_feature(timestamp)))
         parts.append(self.labels[label])
         features = b"".join(parts)
         dropped = [] if row.keys() <= self.known else [str(c) for c in row if c not in self.known]

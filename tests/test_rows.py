@@ -115,6 +115,9 @@ ROWS = [  # rows as json.loads gives them, plus CSV-like ones; good and bad
     _json_row(ts=...), _json_row(ts=float(T0 + 5)), _json_row(ts=str(T0)), _json_row(ts=T0 - 1),
     _json_row(ts=T0), _json_row(ts=T0 + 86399), _json_row(ts=T0 + 86400), _json_row(ts=True),
     _json_row(ts=10**40), _json_row(ts=2**53 + 1), _json_row(ts=-(2**53) - 1),
+    _json_row(ts=2**28 - 1), _json_row(ts=2**28), _json_row(ts=2**35 - 1), _json_row(ts=2**35),
+    _json_row(ts=0), _json_row(ts=-5), _json_row(ts=T0 + 12345, request_id="é" * 70),
+    _json_row(request_id="x" * 130), _json_row(request_id="y" * 17000),
     _row(), _row(extra_col=3), {"request_id": "r1"}, {}, [1, 2], "text", None, 3,
 ]
 
