@@ -265,3 +265,126 @@ class ExampleEncoder:
         parts.append(entry(self.label, self._int_feature(row.label)))
         features = b"".join(parts)
         return b"\x0a" + _len(len(features)) + features
+
+
+_CATEGORICAL, _NUMERIC, _LIST = 0, 1, 2
+
+
+class RowEncoder:
+    """RowParser.parse then ExampleEncoder in one go, for the build's row loop: the same
+    ParsedRow and the same bytes, or the same RowError. Rows of JSON-typed values take a
+    fused path: each categorical value (and list item) is checked and encoded once, then
+    taken from a per-column cache (<= ExampleEncoder.CACHE_ENTRIES values), the day's start
+    is computed once. Anything else (CSV text cells, integer ids, non-ASCII request ids, a
+    value that fails a check) goes through RowParser.parse and ExampleEncoder themselves."""
+
+    def __init__(self, spec: Spec):
+        self.parser = RowParser(spec)
+        self.encoder = ExampleEncoder(spec)
+        heads = self.encoder.heads
+        self.request_id, self.timestamp, self.label = spec.request_id, spec.timestamp, spec.label
+        kinds = {"categorical": _CATEGORICAL, "numeric": _NUMERIC}
+        # per feature column: (column, kind, map entry head, cache); a numeric column's "head"
+        # is its whole entry but the 4 float bytes (the entry's size does not vary)
+        self.columns: list[tuple[str, int, bytes, dict]] = []
+        for column, kind in self.parser.kinds.items():
+            head = heads[column]
+            if kind == "numeric":
+                head = b"\x0a" + _len(len(head) + 9) + head + b"\x08\x12\x06\x0a\x04"
+            self.columns.append((column, kinds.get(kind, _LIST), head, {}))
+        self.labels = [self.encoder._entry(self.encoder.label, ExampleEncoder._int_feature(v))
+                       for v in (0, 1)]
+        head = self.encoder.timestamp  # + Feature{3: Int64List{1: [5-byte varint]}}
+        self.timestamp_head = b"\x0a" + _len(len(head) + 10) + head + b"\x09\x1a\x07\x0a\x05"
+        self.known = self.parser.known
+        self.starts: dict[dt.date, int] = {}
+
+    def slow(self, row: Any, date: dt.date | None) -> tuple[ParsedRow, bytes]:
+        parsed = self.parser.parse(row, date)
+        return parsed, self.encoder(parsed)
+
+    def __call__(self, row: Any, date: dt.date | None = None) -> tuple[ParsedRow, bytes]:
+        """(RowParser.parse(row, date), ExampleEncoder(parsed)), or the RowError of parse."""
+        if row.__class__ is not dict:
+            return self.slow(row, date)
+        get = row.get
+        request_id, label, timestamp = get(self.request_id), get(self.label), get(self.timestamp)
+        if (request_id.__class__ is not str or not request_id.isascii()
+                or not request_id.strip() or label.__class__ is not int or label >> 1
+                or timestamp.__class__ is not int):
+            return self.slow(row, date)
+        if date is not None:
+            start = self.starts.get(date)
+            if start is None:
+                start = self.starts[date] = int(dt.datetime(date.year, date.month, date.day,
+                                                            tzinfo=dt.UTC).timestamp())
+            if not start <= timestamp < start + 86400:
+                return self.slow(row, date)
+        elif not -(1 << 53) <= timestamp <= 1 << 53:  # int(float(timestamp)) == timestamp
+            return self.slow(row, date)
+        values: dict[str, Any] = {}
+        parts = []
+        limit = ExampleEncoder.CACHE_ENTRIES
+        for column, kind, head, cache in self.columns:
+            value = get(column)
+            if value is None:
+                continue
+            cls = value.__class__
+            if kind == _CATEGORICAL:
+                if cls is not str:
+                    return self.slow(row, date)
+                part = cache.get(value)
+                if part is None:
+                    if _is_missing(value):
+                        part = b""
+                    else:
+                        try:
+                            _to_id(column, value)
+                        except RowError:
+                            return self.slow(row, date)
+                        part = ExampleEncoder._entry(
+                            head, ExampleEncoder._bytes_feature([value.encode()]))
+                    if len(cache) < limit:
+                        cache[value] = part
+                if part:
+                    values[column] = value
+                    parts.append(part)
+            elif kind == _NUMERIC:
+                if (cls is not float and cls is not int) or not -FLOAT32_MAX <= value <= FLOAT32_MAX:
+                    return self.slow(row, date)  # text, booleans, NaN, too large
+                value = values[column] = float(value)
+                parts.append(head + _PACK_FLOAT(value))
+            else:
+                if cls is not list:
+                    return self.slow(row, date)
+                items = []
+                for item in value:
+                    encoded = cache.get(item) if item.__class__ is str else None
+                    if encoded is None:
+                        if item.__class__ is not str or not item.isascii():
+                            return self.slow(row, date)
+                        raw = item.encode()
+                        encoded = b"\x0a" + _len(len(raw)) + raw
+                        if len(cache) < limit:
+                            cache[item] = encoded
+                    items.append(encoded)
+                listed = b"".join(items)
+                values[column] = value
+                parts.append(ExampleEncoder._entry(head, b"\x0a" + _len(len(listed)) + listed))
+        raw_id = request_id.encode()  # its map entry, as _entry(head, _bytes_feature([raw_id]))
+        item = b"\x0a" + _len(len(raw_id)) + raw_id
+        feature = b"\x0a" + _len(len(item)) + item
+        body = self.encoder.request_id + _len(len(feature)) + feature
+        parts.append(b"\x0a" + _len(len(body)) + body)
+        if 1 << 28 <= timestamp < 1 << 35:  # a 5-byte varint (1978-2059): the entry's size is fixed
+            parts.append(self.timestamp_head + bytes((
+                timestamp & 0x7F | 0x80, timestamp >> 7 & 0x7F | 0x80,
+                timestamp >> 14 & 0x7F | 0x80, timestamp >> 21 & 0x7F | 0x80, timestamp >> 28)))
+        else:
+            parts.append(ExampleEncoder._entry(self.encoder.timestamp,
+                                               ExampleEncoder._int_feature(timestamp)))
+        parts.append(self.labels[label])
+        features = b"".join(parts)
+        dropped = [] if row.keys() <= self.known else [str(c) for c in row if c not in self.known]
+        return (ParsedRow(request_id, timestamp, label, values, dropped),
+                b"\x0a" + _len(len(features)) + features)

@@ -31,12 +31,13 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from ecdctr import drift, storage
-from ecdctr.rows import ExampleEncoder, ParsedRow, RowError, RowParser
+from ecdctr.rows import ParsedRow, RowEncoder, RowError
 from ecdctr.spec import Spec
 
 SOURCES = ("natural", "ad")
 LOG_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".csv", ".csv.gz", ".parquet")
-ROWS_PER_SHARD = 200_000  # default target rows per TFRecord shard of a day
+SHARD_BYTES = 64 << 20  # default input bytes per TFRecord shard of a day (see _shard_count)
+COMPRESSED_WEIGHT = 8  # a .gz or .parquet byte counts as this many (JSON and CSV gzip ~8-10x)
 MAX_RAW_CHARS = 10_000  # raw rows in quarantine records are cut here
 PUBLISHED = ("examples", "quarantine", "counts")  # per-day folders swapped in by rename
 STAGING = ".staging"
@@ -63,8 +64,20 @@ def _shard_name(shard: int, shards: int) -> str:
     return f"part-{shard:05d}-of-{shards:05d}.tfrecord.gz"
 
 
-def _shard_count(rows_read: int, rows_per_shard: int) -> int:
-    return max(1, math.ceil(rows_read / rows_per_shard))
+def _input_bytes(path: str, size: int | None) -> int:
+    """A log file's weight in the shard count: its stored size, compressed files (.gz,
+    .parquet) counted COMPRESSED_WEIGHT times, so a day gets about as many shards stored
+    either way."""
+    name = path.lower()
+    return (size or 0) * (COMPRESSED_WEIGHT if name.endswith((".gz", ".parquet")) else 1)
+
+
+def _shard_count(inputs: list, shard_bytes: int) -> int:
+    """A day's shard count from its inputs as found (path, size, mtime), read from no file:
+    ceil(weighted input bytes / shard_bytes), at least 1. The same inputs give the same
+    count, and the sizes it comes from are in the day's stats ("inputs")."""
+    total = sum(_input_bytes(path, size) for path, size, _ in inputs)
+    return max(1, math.ceil(total / shard_bytes))
 
 
 def _masked_crc(data: bytes) -> int:
@@ -320,15 +333,14 @@ def read_log_file(path: str, counters: _FileCounters) -> Iterator[tuple[int, str
 
 # ---------------------------------------------------------------- one partition in one pass
 
-DayRef = tuple[str, str, list[str]]  # (source, date, its log files in path order)
+DayRef = tuple[str, str, list[str], int]  # (source, date, its log files in path order, shards)
 
 
 class _RowChecker:
     """Validates and encodes rows as the build does (shared with `ecdctr spec check`)."""
 
     def __init__(self, spec: Spec):
-        self.parser = RowParser(spec)
-        self.encode = ExampleEncoder(spec)
+        self.encode = RowEncoder(spec)  # = RowParser.parse, then ExampleEncoder
 
     def check(self, kind: str, payload: Any, day: dt.date) -> tuple[ParsedRow, bytes]:
         """(typed row, serialized Example) of a row read by read_log_file, or RowError with
@@ -336,8 +348,7 @@ class _RowChecker:
         try:
             if kind == ERROR:
                 raise RowError(payload[0], payload[1])
-            parsed = self.parser.parse(_decode_json(payload) if kind == TEXT else payload, day)
-            return parsed, self.encode(parsed)
+            return self.encode(_decode_json(payload) if kind == TEXT else payload, day)
         except RowError:
             raise
         except Exception as e:  # noqa: BLE001  keep the accounting whole; the reason shows it
@@ -370,11 +381,6 @@ def _numeric_columns(spec: Spec) -> list[str]:
         if f.kind == "numeric" and f.column not in columns:
             columns.append(f.column)
     return columns
-
-
-def _count_rows(path: str) -> int:
-    """Rows read_log_file yields for path (the first pass over a day: its shard count)."""
-    return sum(1 for _ in read_log_file(path, _FileCounters()))
 
 
 class _Shards:
@@ -411,16 +417,15 @@ class _Shards:
 
 class _BuildDay(beam.DoFn):
     """One (source, date) partition -> its example shards, quarantine file, token counts and
-    partial stats, all written to the staging folder. A first pass over the day's files
-    counts its rows (the shard count depends on them); the second reads, validates, encodes
-    and writes each row once, in (file, line) order. Of rows sharing a request id the first
-    is kept; later ones are quarantined (the day's request ids are the only per-row state)."""
+    partial stats, all written to the staging folder in one pass over the day's files: each
+    row is read, validated, encoded and written once, in (file, line) order, into the shard
+    count the driver set from the files' sizes. Of rows sharing a request id the first is
+    kept; later ones are quarantined (the day's request ids are the only per-row state)."""
 
-    def __init__(self, spec: Spec, days: list[DayRef], staging: str, rows_per_shard: int):
+    def __init__(self, spec: Spec, days: list[DayRef], staging: str):
         self.spec = spec
         self.days = days
         self.staging = staging
-        self.rows_per_shard = rows_per_shard
 
     def setup(self) -> None:
         self.checker = _RowChecker(self.spec)
@@ -430,8 +435,7 @@ class _BuildDay(beam.DoFn):
         self.domain_columns = [(f.column, f.default) for f in self.spec.domain_features]
 
     def process(self, day_id: int) -> Iterator[Any]:
-        source, date, paths = self.days[day_id]
-        shards = _shard_count(sum(_count_rows(p) for p in paths), self.rows_per_shard)
+        source, date, paths, shards = self.days[day_id]
         try:
             with contextlib.ExitStack() as stack:
                 partial = self._write_day(source, date, paths, shards, stack)
@@ -556,14 +560,13 @@ class _BuildDay(beam.DoFn):
             partial["tokens_with_line_breaks"] = skipped
 
 
-def _pipeline(p: beam.Pipeline, spec: Spec, days: list[DayRef], staging: str,
-              rows_per_shard: int) -> None:
+def _pipeline(p: beam.Pipeline, spec: Spec, days: list[DayRef], staging: str) -> None:
     """Every day is one element, built by one _BuildDay call; Reshuffle spreads the days
     over the workers (the DirectRunner deals them out in order: pass the largest first)."""
     _ = (p
          | "Days" >> beam.Create(range(len(days)))
          | "SpreadDays" >> beam.Reshuffle()
-         | "BuildDays" >> beam.ParDo(_BuildDay(spec, days, staging, rows_per_shard)))
+         | "BuildDays" >> beam.ParDo(_BuildDay(spec, days, staging)))
 
 
 # ---------------------------------------------------------------- driver
@@ -851,13 +854,14 @@ def _pipeline_runner(options: PipelineOptions) -> tuple[Any, str]:
 def build(spec: Spec, logs: str, work: str, start: dt.date | None = None,
           end: dt.date | None = None, sources: Sequence[str] = SOURCES,
           beam_args: Sequence[str] = (), skip_built: bool = False,
-          log: Callable[[str], None] = print, rows_per_shard: int = ROWS_PER_SHARD,
+          log: Callable[[str], None] = print, shard_bytes: int = SHARD_BYTES,
           lock: str | None = None) -> list[dict]:
     """Runs ONE Apache Beam pipeline over all (source, date) partitions of raw logs found under
     logs/<source>/date=YYYY-MM-DD/ within [start, end] (inclusive; None = unbounded), returns the
     per-partition stats dicts (also written to disk). skip_built=True leaves partitions whose stats
     file already exists alone. A day's examples are split by hash of request_id into
-    ceil(rows read / rows_per_shard) shards (at least 1).
+    ceil(input bytes / shard_bytes) shards (at least 1; see _shard_count: the sizes of its
+    log files as found, .gz and .parquet ones weighted COMPRESSED_WEIGHT times).
 
     `logs` and `work` may be local folders or URIs on any Beam file system (s3://, gs://,
     hdfs://); on a cluster both must be reachable from the workers. The workers write into
@@ -866,8 +870,8 @@ def build(spec: Spec, logs: str, work: str, start: dt.date | None = None,
     file (see build_lock)."""
     if start and end and start > end:
         raise ValueError(f"start {start} is after end {end}")
-    if rows_per_shard < 1:
-        raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
+    if shard_bytes < 1:
+        raise ValueError(f"shard_bytes must be >= 1, got {shard_bytes}")
     logs, work = storage.absolute(logs), storage.absolute(work)
     options = PipelineOptions(_pipeline_args(beam_args, (logs, work)))
     FileSystems.set_options(options)  # the driver's own FileSystems calls reach the same stores
@@ -892,7 +896,8 @@ def build(spec: Spec, logs: str, work: str, start: dt.date | None = None,
             log("nothing to build: every partition found is already built")
             return []
     sizes = {key: sum(size or 0 for _, size, _ in inputs.get(key, [])) for key in partitions}
-    days: list[DayRef] = [(s, d, paths) for (s, d), paths in
+    days: list[DayRef] = [(s, d, paths, _shard_count(inputs.get((s, d), []), shard_bytes))
+                          for (s, d), paths in
                           sorted(partitions.items(), key=lambda kv: (-sizes[kv[0]], kv[0]))]
     per_source = collections.Counter(s for s, _ in partitions)
     log(f"found {sum(len(p) for p in partitions.values())} log files in {len(partitions)} "
@@ -904,9 +909,9 @@ def build(spec: Spec, logs: str, work: str, start: dt.date | None = None,
         run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
         run_dir = storage.join(work, STAGING, run_id)
         _makedirs(run_dir)
-        seconds = _run_pipeline(spec, days, run_dir, options, rows_per_shard, log)
+        seconds = _run_pipeline(spec, days, run_dir, options, log)
         staged = set(_files_under(run_dir))
-        results = [_finish_day(spec, run_dir, staged, source, date, rows_per_shard, seconds)
+        results = [_finish_day(spec, run_dir, staged, source, date, seconds)
                    for source, date in sorted(partitions)]
         for stats in results:
             stats["unreadable_files"] = unreadable.get((stats["source"], stats["date"]), [])
@@ -921,12 +926,12 @@ def build(spec: Spec, logs: str, work: str, start: dt.date | None = None,
 
 
 def _run_pipeline(spec: Spec, days: list[DayRef], run_dir: str, options: PipelineOptions,
-                  rows_per_shard: int, log: Callable[[str], None]) -> float:
+                  log: Callable[[str], None]) -> float:
     runner, runner_name = _pipeline_runner(options)
     log(f"pipeline starting ({runner_name}), staging in {run_dir}")
     began = time.monotonic()
     pipeline = beam.Pipeline(runner=runner, options=options)
-    _pipeline(pipeline, spec, days, run_dir, rows_per_shard)
+    _pipeline(pipeline, spec, days, run_dir)
     pipeline.run().wait_until_finish()
     seconds = time.monotonic() - began
     log(f"pipeline finished in {seconds:.1f} s")
@@ -934,13 +939,13 @@ def _run_pipeline(spec: Spec, days: list[DayRef], run_dir: str, options: Pipelin
 
 
 def _finish_day(spec: Spec, run_dir: str, staged: set[str], source: str, date: str,
-                rows_per_shard: int, seconds: float) -> dict:
+                seconds: float) -> dict:
     """The day's final stats from the pipeline's partial ones; checks that every row is counted."""
     partial = json.loads(_read_bytes(_stats_file(run_dir, source, date)))
-    # The shard count comes from the rows counted before the write pass; when a log file grew
-    # in between, the day holds the rows read, in that many shards (every row once), and the
+    # The shard count comes from the files' sizes when they were found; when a log file grew
+    # since, the day holds the rows read, in that many shards (every row once), and the
     # inputs recorded at discovery make the next --skip_built build rebuild it.
-    shards = partial.get("shards") or _shard_count(partial.get("rows_read", 0), rows_per_shard)
+    shards = partial["shards"]
     stats = _final_stats(spec, partial, source, date, shards, seconds)
     if stats["rows_read"] != stats["rows_written"] + stats["rows_quarantined"]:
         raise RuntimeError(

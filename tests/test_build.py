@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import json
+import math
 import os
 import zlib
 from pathlib import Path
@@ -277,12 +278,19 @@ def crash(self, *args):
     raise OSError("disk on fire")
 
 
+def weighted_bytes(*paths: Path) -> int:
+    """The input bytes a day's shard count comes from: stored sizes, .gz ones counted 8x."""
+    return sum(p.stat().st_size * (8 if p.name.endswith(".gz") else 1) for p in paths)
+
+
 def test_rebuild_replaces_a_day_and_skip_built_keeps_it(tmp_path, monkeypatch):
     logs, work = tmp_path / "logs", tmp_path / "work"
     day = partition(logs, "ad", D1)
     write_jsonl(day / "a.jsonl", [row(f"old-{i}", D1, user_id="old") for i in range(4)]
                 + ["not json"])
-    first = build(SPEC, str(logs), str(work), sources=["ad"], rows_per_shard=2, log=lambda m: None)
+    size = weighted_bytes(day / "a.jsonl")
+    first = build(SPEC, str(logs), str(work), sources=["ad"], shard_bytes=size // 3 + 1,
+                  log=lambda m: None)
     examples_dir = work / "examples" / "ad" / "date=2024-03-01"
     assert sorted(p.name for p in examples_dir.iterdir()) == [
         f"part-0000{i}-of-00003.tfrecord.gz" for i in range(3)]
@@ -330,8 +338,9 @@ def test_multi_processing_runner_gives_the_same_days(tmp_path):
     write_jsonl(day / "a.jsonl", [row(f"r{i}", D1, i % 2) for i in range(30)] + ["{"])
     write_jsonl(day / "b.jsonl.gz", [row("r3", D1), row("b1", D1, price="x")], gz=True)
     args = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
-    results = build(SPEC, str(logs), str(tmp_path / "work"), beam_args=args, rows_per_shard=10,
-                    log=lambda m: None)
+    size = weighted_bytes(day / "a.jsonl", day / "b.jsonl.gz")
+    results = build(SPEC, str(logs), str(tmp_path / "work"), beam_args=args,
+                    shard_bytes=size // 4 + 1, log=lambda m: None)
     (stats,) = results
     assert (stats["rows_read"], stats["rows_written"], stats["shards"]) == (33, 30, 4)
     assert stats["quarantine_reasons"] == {"duplicate_request_id": 1, "invalid_json": 1,
@@ -424,7 +433,8 @@ def test_shards_hold_the_plain_writers_examples_in_file_and_line_order(tmp_path)
     second += [row(f"s{i}", D1, item_id=f"i{i}") for i in range(2, 7)]
     write_jsonl(day / "a.jsonl.gz", first, gz=True)
     write_jsonl(day / "b.jsonl", second)
-    (stats,) = build(SPEC, str(logs), str(tmp_path / "work"), rows_per_shard=4,
+    size = weighted_bytes(day / "a.jsonl.gz", day / "b.jsonl")
+    (stats,) = build(SPEC, str(logs), str(tmp_path / "work"), shard_bytes=size // 5 + 1,
                      log=lambda m: None)
     parser, shards = RowParser(SPEC), stats["shards"]
     assert shards == 5
@@ -445,17 +455,43 @@ def test_shards_hold_the_plain_writers_examples_in_file_and_line_order(tmp_path)
     assert stats["quarantine_reasons"] == {"duplicate_request_id": 1, "invalid_json": 1}
 
 
-def test_logs_that_change_between_the_two_passes_are_built_as_read(tmp_path, monkeypatch):
-    """A log file that grows between the counting and the writing pass does not fail the
-    build (nor the other days of it): the day holds every row read, once, in the shards made
-    for the count."""
+def test_a_log_that_grows_after_it_was_found_is_built_as_read(tmp_path, monkeypatch):
+    """The shard count comes from the sizes found before the pipeline runs, not from a
+    reading pass: a log file that grows in between does not fail the build; the day holds
+    every row read, once, in the shards made for the size found, and its recorded inputs
+    make the next --skip_built build rebuild it."""
     logs, work = tmp_path / "logs", tmp_path / "work"
-    write_jsonl(partition(logs, "ad", D1) / "a.jsonl", [row(f"r{i}", D1) for i in range(4)])
-    counted = build_module._count_rows
-    monkeypatch.setattr(build_module, "_count_rows", lambda path: counted(path) + 3)
-    (stats,) = build(SPEC, str(logs), str(work), rows_per_shard=2, log=lambda m: None)
+    log_file = partition(logs, "ad", D1) / "a.jsonl"
+    write_jsonl(log_file, [row(f"r{i}", D1) for i in range(4)])
+    found = log_file.stat().st_size
+    run = build_module._run_pipeline
+
+    def grow_then_run(*args, **kwargs):
+        with open(log_file, "a") as f:
+            f.write("".join(json.dumps(row(f"late{i}", D1)) + "\n" for i in range(3)))
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(build_module, "_run_pipeline", grow_then_run)
+    (stats,) = build(SPEC, str(logs), str(work), shard_bytes=found // 4 + 1, log=lambda m: None)
+    monkeypatch.undo()
     assert built_partitions(str(work), "ad") == [D1] and stats["shards"] == 4
-    assert stats["rows_read"] == stats["rows_written"] == 4
+    assert stats["rows_read"] == stats["rows_written"] == 7
+    assert stats["inputs"][0][1] == found < log_file.stat().st_size
     files = sorted((work / "examples" / "ad" / f"date={D1}").glob("part-*"))
     assert len(files) == 4 and sum(1 for f in files for _ in tf.data.TFRecordDataset(
-        str(f), compression_type="GZIP")) == 4
+        str(f), compression_type="GZIP")) == 7
+    messages: list[str] = []
+    (again,) = build(SPEC, str(logs), str(work), shard_bytes=found // 4 + 1, skip_built=True,
+                     log=messages.append)
+    assert any("changed a.jsonl" in m for m in messages)
+    assert again["shards"] == math.ceil(log_file.stat().st_size / (found // 4 + 1)) > 4
+    assert again["rows_read"] == 7
+
+
+def test_shard_count_comes_from_the_input_sizes_gz_and_parquet_weighted():
+    inputs = [["/l/a.jsonl", 100, 1.0], ["/l/b.JSONL.GZ", 10, 1.0], ["/l/c.parquet", 5, 1.0],
+              ["/l/d.csv", None, None]]
+    assert build_module._shard_count(inputs, 220) == 1  # 100 + 8 * 10 + 8 * 5 = 220 bytes
+    assert build_module._shard_count(inputs, 219) == 2
+    assert build_module._shard_count(inputs, 1) == 220
+    assert build_module._shard_count([], 1) == 1

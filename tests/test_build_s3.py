@@ -76,7 +76,11 @@ def test_build_on_s3_with_multi_process_workers_equals_the_local_build(
     logs = tmp_path / "logs"
     make_logs(logs)
     local_work = str(tmp_path / "work")
-    local = build(SPEC, str(logs), local_work, rows_per_shard=100, log=lambda _: None)
+    first_day = logs / "natural" / f"date={START}"
+    weighted = (8 * (first_day / "part-00000.jsonl.gz").stat().st_size
+                + (first_day / "extra.jsonl").stat().st_size)  # its shard count comes from this
+    shard_bytes = weighted // 4 + 1
+    local = build(SPEC, str(logs), local_work, shard_bytes=shard_bytes, log=lambda _: None)
 
     upload(logs, bucket, "logs")
     s3_logs, s3_work = f"{bucket}/logs", f"{bucket}/work"
@@ -84,7 +88,7 @@ def test_build_on_s3_with_multi_process_workers_equals_the_local_build(
     cwd.mkdir()
     monkeypatch.chdir(cwd)  # anything written to a relative local path would land here
     messages: list[str] = []
-    remote = build(SPEC, s3_logs, s3_work, rows_per_shard=100, log=messages.append,
+    remote = build(SPEC, s3_logs, s3_work, shard_bytes=shard_bytes, log=messages.append,
                    beam_args=["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
 
     assert list(cwd.iterdir()) == []  # no local staging, no lock file
@@ -129,7 +133,7 @@ def test_build_on_s3_with_multi_process_workers_equals_the_local_build(
 
     # A rebuild replaces the day's objects: old shards beyond the new shard count go away.
     again = build(SPEC, s3_logs, s3_work, sources=["natural"], start=START, end=START,
-                  rows_per_shard=1000, log=lambda _: None)
+                  shard_bytes=weighted, log=lambda _: None)
     assert again[0]["shards"] == 1
     assert day_files(s3_work, "examples", "natural", START) == ["part-00000-of-00001.tfrecord.gz"]
     assert set.union(*records(s3_work, "natural", START).values()) == set.union(

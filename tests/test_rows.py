@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from ecdctr.data import parse_batch
-from ecdctr.rows import ExampleEncoder, ParsedRow, RowError, RowParser, domain_key, to_example
+from ecdctr.rows import ExampleEncoder, ParsedRow, RowEncoder, RowError, RowParser, domain_key, to_example
 from ecdctr.spec import load_spec
 
 SPEC = load_spec("features/default.yaml")
@@ -83,3 +83,73 @@ def test_example_encoder_writes_the_same_examples_as_to_example():
     ]
     for parsed in rows + rows:
         assert tf.train.Example.FromString(encode(parsed)) == to_example(SPEC, parsed)
+
+
+def _json_row(**changes):
+    row = {"request_id": "r1", "ts": T0 + 60, "click": 1, "user_id": "u1", "item_id": "i7",
+           "gender": "f", "scenario": "s1", "position": "p0", "user_segment": "g2",
+           "category": "c1", "brand": "b1", "price": 12.5, "hist_categories": ["c1", "c2"]}
+    row.update(changes)
+    return {k: v for k, v in row.items() if v is not ...}
+
+
+ROWS = [  # rows as json.loads gives them, plus CSV-like ones; good and bad
+    _json_row(), _json_row(request_id="r2", user_id="u2", price=3), _json_row(extra=1, more=None),
+    _json_row(click=0, hist_categories=[]), _json_row(user_id=" ", brand="", gender=None),
+    _json_row(price=...), _json_row(price=None), _json_row(price=" "), _json_row(price="12.5"),
+    _json_row(price=3.4028234663852886e38), _json_row(price=-3.4028234663852886e38),
+    _json_row(price=3.5e38), _json_row(price=10**39), _json_row(price=float("nan")),
+    _json_row(price=float("-inf")), _json_row(price=True), _json_row(price=[1.0]),
+    _json_row(price=2**60 + 1), _json_row(price=-0.0), _json_row(price=1e-45),
+    _json_row(user_id=7), _json_row(user_id=True), _json_row(user_id=1.5), _json_row(user_id={}),
+    _json_row(user_id="ü" * 3), _json_row(user_id="\ud800"), _json_row(item_id=""),
+    _json_row(hist_categories="c1|c2"), _json_row(hist_categories=["c1", 5]),
+    _json_row(hist_categories=["é", "c2"]), _json_row(hist_categories=["", " "]),
+    _json_row(hist_categories=["\ud800"]), _json_row(hist_categories=[None]),
+    _json_row(hist_categories=("c1",)), _json_row(hist_categories=3), _json_row(hist_categories={}),
+    _json_row(request_id=...), _json_row(request_id=""), _json_row(request_id="  "),
+    _json_row(request_id=12), _json_row(request_id="é"), _json_row(request_id="\ud800"),
+    _json_row(request_id=True), _json_row(request_id="r" * 20000),
+    _json_row(click=...), _json_row(click=None), _json_row(click=True), _json_row(click=2),
+    _json_row(click=-1), _json_row(click=1.0), _json_row(click="1"), _json_row(click=" 0 "),
+    _json_row(ts=...), _json_row(ts=float(T0 + 5)), _json_row(ts=str(T0)), _json_row(ts=T0 - 1),
+    _json_row(ts=T0), _json_row(ts=T0 + 86399), _json_row(ts=T0 + 86400), _json_row(ts=True),
+    _json_row(ts=10**40), _json_row(ts=2**53 + 1), _json_row(ts=-(2**53) - 1),
+    _json_row(ts=2**28 - 1), _json_row(ts=2**28), _json_row(ts=2**35 - 1), _json_row(ts=2**35),
+    _json_row(ts=0), _json_row(ts=-5), _json_row(ts=T0 + 12345, request_id="é" * 70),
+    _json_row(request_id="x" * 130), _json_row(request_id="y" * 17000),
+    _row(), _row(extra_col=3), {"request_id": "r1"}, {}, [1, 2], "text", None, 3,
+]
+
+
+def _outcome(call, row, date):
+    try:
+        parsed, serialized = call(row, date)
+    except RowError as e:
+        return ("error", e.reason, str(e))
+    return ("ok", parsed, serialized)
+
+
+@pytest.mark.parametrize("date", [DAY, None])
+def test_row_encoder_gives_what_parse_then_encode_give(date):
+    """The fused path gives the same ParsedRow and the same bytes as RowParser.parse then
+    ExampleEncoder, or the same RowError (reason and message), on first sight of each value
+    and from its cache."""
+    parser, encode, fused = RowParser(SPEC), ExampleEncoder(SPEC), RowEncoder(SPEC)
+
+    def reference(row, day):
+        parsed = parser.parse(row, day)
+        return parsed, encode(parsed)
+
+    for row in ROWS + ROWS:
+        assert _outcome(fused, row, date) == _outcome(reference, row, date), row
+
+
+def test_row_encoder_takes_the_fused_path_for_json_rows(monkeypatch):
+    fused = RowEncoder(SPEC)
+    monkeypatch.setattr(fused, "slow", None)  # a call to the reference path would fail
+    for i in range(3):
+        parsed, serialized = fused(_json_row(request_id=f"r{i}", price=i, user_id="u" * i), DAY)
+        assert tf.train.Example.FromString(serialized) == to_example(SPEC, parsed)
+    parsed, _ = fused(_json_row(gender=" ", brand=None, extra="x"), DAY)
+    assert "gender" not in parsed.values and parsed.dropped_columns == ["extra"]
