@@ -24,6 +24,7 @@ FORMS = ("binarization", "scaling", "fusion")
 PLACEMENTS = ("input", "output")
 PRUNER_INPUTS = ("layer", "domain")
 MAX_FACTOR_ROWS = 1 << 16  # the most domain combinations whose factors an export tabulates
+MAX_FACTOR_BYTES = 64 << 20  # and the most bytes its factor tables may take in the SavedModel
 
 
 @dataclass(frozen=True)
@@ -356,10 +357,11 @@ class AdaSparseServingMlp(keras.layers.Layer):
       come from one matmul e_d [K_0 ... K_L] with its bias and sigmoid and one select
       (binarization: a compare), split per layer; pruning a layer is then one multiply.
       Given domain_tables (the embedding tables e_d concatenates one row of each) with at
-      most MAX_FACTOR_ROWS combinations, the factors of every combination are computed here
-      and a row's are gathered by its domain key (domain_index: the row-major index of its
-      ids in the tables, FeatureEncoder.domain_key; reads_domain_key tells the model to pass
-      it), one table per layer: no matmul, sigmoid, select or split per request.
+      most MAX_FACTOR_ROWS combinations (and tables of at most MAX_FACTOR_BYTES), the
+      factors of every combination are computed here and a row's are gathered by its domain
+      key (domain_index: the row-major index of its ids in the tables,
+      FeatureEncoder.domain_key; reads_domain_key tells the model to pass it), one table per
+      layer: no matmul, sigmoid, select or split per request.
     sparse_inference (the tf.sparse path of the layers whose input carries pruned zeros) works
     as in AdaSparseMlp.
     """
@@ -397,7 +399,9 @@ class AdaSparseServingMlp(keras.layers.Layer):
                 carry = left_out
         self.output_scale = carry
         rows = math.prod(len(t) for t in domain_tables) if domain_tables else 0
-        self.reads_domain_key = self.domain_only and 0 < rows <= MAX_FACTOR_ROWS
+        table_bytes = rows * sum(int(k.shape[1]) for k in pruner_kernels) * 4  # float32
+        self.reads_domain_key = (self.domain_only and 0 < rows <= MAX_FACTOR_ROWS
+                                 and table_bytes <= MAX_FACTOR_BYTES)
         self.factor_tables = []
         if self.reads_domain_key:  # every combination's factors, one table per layer
             combos = np.stack(np.meshgrid(*(np.arange(len(t)) for t in domain_tables),

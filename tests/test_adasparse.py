@@ -1,6 +1,7 @@
 """Tests for the AdaSparse tower: pruner forms, gradients, alpha schedule, regularizer, sparse path."""
 
 import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import ecdctr.adasparse
 
 # isort: split
 import numpy as np
@@ -362,7 +363,8 @@ def test_domain_pruners_read_the_domain_embedding_alone_and_train(form, placemen
 
 @pytest.mark.parametrize("placement", PLACEMENTS)
 @pytest.mark.parametrize("form", FORMS)
-def test_domain_pruners_factors_are_tabulated_per_combination_of_domain_ids(form, placement):
+def test_domain_pruners_factors_are_tabulated_per_combination_of_domain_ids(form, placement,
+                                                                          monkeypatch):
     tables = [RNG.normal(size=(3, 2)).astype("float32"), RNG.normal(size=(5, 2)).astype("float32")]
     first, second = RNG.integers(0, 3, 64), RNG.integers(0, 5, 64)
     e_d = tf.constant(np.concatenate([tables[0][first], tables[1][second]], axis=1))
@@ -391,6 +393,9 @@ def test_domain_pruners_factors_are_tabulated_per_combination_of_domain_ids(form
     with pytest.raises(ValueError, match="pass domain_index"):
         serving(X, domain_embedding=e_d)
     assert not tower.for_serving(domain_tables=tables[:1] * 17).reads_domain_key  # 3^17 rows
+    size = 4 * 15 * sum(t.shape[1] for t in serving.factor_tables)  # float32 bytes
+    monkeypatch.setattr(ecdctr.adasparse, "MAX_FACTOR_BYTES", size - 1)
+    assert not tower.for_serving(domain_tables=tables).reads_domain_key  # tables too large
 
 
 def test_first_pruner_reads_the_domain_columns_of_its_input_when_told_where_they_are():
