@@ -25,6 +25,8 @@ def pack(groups: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> np.ndarr
     s = np.asarray(scores, np.float32).ravel() + np.float32(0)  # -0.0 + 0.0 = 0.0
     s[np.isnan(s)] = np.nan  # one bit pattern for every NaN, so that they tie
     g = np.asarray(groups).ravel()
+    if g.size and not np.issubdtype(g.dtype, np.integer):
+        raise ValueError(f"group indices must be integers, got {g.dtype}")
     if g.size and (g.min() < 0 or g.max() >= 1 << 31):
         raise ValueError(f"group indices must be in [0, 2**31), got {g.min()}..{g.max()}")
     bits = s.view(np.uint32)

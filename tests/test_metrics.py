@@ -120,7 +120,7 @@ def test_spilled_runs_are_deleted():
     assert all(run.closed for run in runs)
 
 
-def test_packed_keys_tie_every_nan_and_refuse_groups_past_31_bits():
+def test_packed_keys_tie_every_nan_and_refuse_groups_not_in_31_bits():
     quiet, signed = np.float32(np.nan), -np.float32(np.nan)  # two NaN bit patterns
     payload = np.array([0x7FC00001], np.uint32).view(np.float32)[0]
     keys = pack(np.zeros(3, np.int64), np.array([quiet, signed, payload], np.float32),
@@ -130,3 +130,5 @@ def test_packed_keys_tie_every_nan_and_refuse_groups_past_31_bits():
         pack(np.array([1 << 31]), np.zeros(1, np.float32), np.zeros(1))
     with pytest.raises(ValueError, match=r"2\*\*31"):
         pack(np.array([-1]), np.zeros(1, np.float32), np.zeros(1))
+    with pytest.raises(ValueError, match="integers"):
+        pack(np.array([1.5]), np.zeros(1, np.float32), np.zeros(1))
