@@ -15,8 +15,8 @@ from ecdctr.validation import ConfigError, is_int, is_number, load_yaml, unknown
 
 TOP_KEYS = ("spec", "logs", "work", "export", "windows", "model", "tpm", "cpm", "actr",
             "transfer", "schedule", "gate", "seed", "beam_args", "lock", "distribute", "alert")
-GATE_KEYS = ("max_auc_drop", "max_calibration_error", "max_abs_diff", "keep_versions",
-             "max_drift")
+GATE_KEYS = ("max_auc_drop", "max_calibration_error", "max_abs_diff", "max_fold_share",
+             "keep_versions", "max_drift")
 WINDOW_KEYS = ("tpm_days", "cpm_days", "actr_days")
 TRAIN_KEYS = ("max_epochs", "patience", "validation_days", "batch_size", "learning_rate")
 MODEL_KEYS = ("hidden", "dropout", "backbone", "cross_layers", "cross_structure", "multi_domain",

@@ -27,6 +27,7 @@ from ecdctr.models import CtrModel, merged_tpm
 from ecdctr.spec import Spec
 
 Log = Callable[[str], None]
+FOLD_TOLERANCE = 1e-3  # a warmup row whose exported-form prediction moves more counts as moved
 
 # Runs in a fresh interpreter: loads the SavedModel with TensorFlow alone and replays the
 # warmup records; importing this project (ecdctr, pipelines) fails there on purpose.
@@ -61,6 +62,10 @@ class GateConfig:
     max_auc_drop: float = 0.01  # candidate AUC may be at most this much below serving's
     max_calibration_error: float = 0.5  # |mean prediction / observed CTR - 1|
     max_abs_diff: float = 1e-5  # serving vs in-training predictions on the warmup requests
+    # share of warmup rows on which the exported (folded) form may differ from the training
+    # form by more than FOLD_TOLERANCE: a wrong fold moves most rows, float rounding none, a
+    # pruner logit at its threshold a few
+    max_fold_share: float = 0.01
     keep_versions: int = 5  # published versions kept
     max_drift: int = 0  # drift warnings allowed on the ad days the A-CTR learned in the run
 
@@ -151,8 +156,10 @@ def infra_gate(model: keras.Model, spec: Spec, staging: str, config: GateConfig)
     """Replays the warmup records in a fresh process and compares them with the model's own
     predictions on the same Examples, in the form the export saved (models.merged_tpm: folded
     towers, merged TPM table). Returns (reasons, details); details also give how far that form
-    is from the training form (`fold_max_abs_diff`, reported, not gated: a pruner logit within
-    float rounding of its threshold may flip a factor there)."""
+    is from the training form: `fold_max_abs_diff`, reported, and `fold_moved_share`, the
+    share of rows moved by more than FOLD_TOLERANCE, gated by max_fold_share (a pruner logit
+    within float rounding of its threshold may flip a factor on a few rows; a wrong fold moves
+    most)."""
     requests = read_warmup(storage.join(staging, "assets.extra", WARMUP_FILE))
     if not requests:
         return ["no warmup requests to replay"], {}
@@ -170,12 +177,20 @@ def infra_gate(model: keras.Model, spec: Spec, staging: str, config: GateConfig)
     with merged_tpm(model) if isinstance(model, CtrModel) else contextlib.nullcontext():
         saved = [model(features, training=False).numpy().ravel() for features in inputs]
     diff = max(float(np.max(np.abs(e - np.asarray(a)))) for e, a in zip(saved, served, strict=True))
-    fold = max(float(np.max(np.abs(e - t))) for e, t in zip(saved, training, strict=True))
-    details = {"warmup_requests": len(requests), "max_abs_diff": diff, "fold_max_abs_diff": fold}
+    moved = np.abs(np.concatenate(saved) - np.concatenate(training))
+    fold, share = float(np.max(moved)), float(np.mean(~(moved <= FOLD_TOLERANCE)))
+    details = {"warmup_requests": len(requests), "max_abs_diff": diff, "fold_max_abs_diff": fold,
+               "fold_moved_share": share}
+    reasons = []
     if not diff <= config.max_abs_diff:
-        return [f"serving answers differ from training by {diff:.2e} "
-                f"(allowed {config.max_abs_diff:.0e})"], details
-    return [], details
+        reasons.append(f"serving answers differ from training by {diff:.2e} "
+                       f"(allowed {config.max_abs_diff:.0e})")
+    if not share <= config.max_fold_share:
+        reasons.append(f"the exported form (folded towers, merged TPM table) moves {share:.1%} of "
+                       f"the warmup rows' predictions by more than {FOLD_TOLERANCE:.0e} from the "
+                       f"training model's (max {fold:.2e}; allowed {config.max_fold_share:.1%} of "
+                       f"rows): a serving form is wrong")
+    return reasons, details
 
 
 def run_gate(model: keras.Model, spec: Spec, staging: str, serving_path: str | None,

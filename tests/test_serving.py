@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from ecdctr import layers
 from ecdctr.adasparse import AdaSparseConfig
 from ecdctr.data import make_dataset, parse_batch
 from ecdctr.export import (
@@ -40,11 +41,11 @@ def _examples():
     return [to_example(SPEC, parser.parse(r)).SerializeToString() for r in ROWS]
 
 
-def _model(seed=0):
+def _model(seed=0, multi_domain="adasparse"):
     features, _ = parse_batch(SPEC, tf.constant(_examples()))
     vocabs = {f.name: ["u0", "u1", "i1", "s1", "p0", "g1", "c1"] for f in SPEC.features
               if f.uses_vocab}
-    config = ModelConfig(hidden=(8, 4), multi_domain="adasparse", seed=seed)
+    config = ModelConfig(hidden=(8, 4), multi_domain=multi_domain, seed=seed)
     return build_model(SPEC.features, vocabs, {}, config, features, initial_ctr=0.3,
                        domains=["s1|p0|g1"])
 
@@ -308,15 +309,28 @@ def test_infra_gate_compares_the_replay_with_the_form_the_export_saved(tmp_path)
     a bias and a moving mean of 1e4 cancel: the training form adds then subtracts them, the
     folded one never sees them). The replay is compared with the saved form, so such rounding
     is reported (fold_max_abs_diff), not a reason to reject the export."""
-    features, _ = parse_batch(SPEC, tf.constant(_examples()))
-    vocabs = {f.name: ["u0", "u1", "i1", "s1", "p0", "g1", "c1"] for f in SPEC.features
-              if f.uses_vocab}
-    model = build_model(SPEC.features, vocabs, {}, ModelConfig(hidden=(8, 4), seed=3), features,
-                        initial_ctr=0.3)
+    model = _model(seed=3, multi_domain="none")
     dense, norm = model.mlp.dense[0], model.mlp.norms[0]
     dense.bias.assign(dense.bias + 1e4)
     norm.moving_mean.assign(norm.moving_mean + 1e4)
     path = stage_saved_model(model, SPEC, str(tmp_path / "actr"), _examples(), log=lambda _: None)
     reasons, details = infra_gate(model, SPEC, path, GateConfig())
     assert details["fold_max_abs_diff"] > GateConfig().max_abs_diff  # the old comparison failed
-    assert reasons == [] and details["max_abs_diff"] <= 1e-6
+    assert reasons == [] and details["max_abs_diff"] <= 1e-6 and details["fold_moved_share"] == 0
+
+
+def test_infra_gate_rejects_an_export_whose_serving_form_is_wrong(tmp_path, monkeypatch):
+    """Replay and saved form agree when the fold itself is wrong (both use it): the gate also
+    holds the saved form against the training model, row by row."""
+    fold = layers.folded_dense_batchnorm
+
+    def forgets_the_variance(dense, norm):  # a wrong fold, for the test
+        kernel, bias = fold(dense, norm)
+        return kernel * 2.0, bias
+
+    monkeypatch.setattr(layers, "folded_dense_batchnorm", forgets_the_variance)
+    model = _model(seed=4, multi_domain="none")  # a plain tower: Mlp.for_serving folds
+    path = stage_saved_model(model, SPEC, str(tmp_path / "actr"), _examples(), log=lambda _: None)
+    reasons, details = infra_gate(model, SPEC, path, GateConfig())
+    assert details["max_abs_diff"] <= 1e-6 and details["fold_moved_share"] > 0.5
+    assert len(reasons) == 1 and "a serving form is wrong" in reasons[0]
