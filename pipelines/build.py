@@ -31,12 +31,16 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from ecdctr import drift, storage
-from ecdctr.rows import ParsedRow, RowEncoder, RowError
+from ecdctr.rows import ParsedRow, RowEncoder, RowError, _is_missing, _to_id
 from ecdctr.spec import Spec
 
 SOURCES = ("natural", "ad")
 LOG_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".csv", ".csv.gz", ".parquet")
 SHARD_BYTES = 64 << 20  # default input bytes per TFRecord shard of a day (see _shard_count)
+# A day of more weighted input bytes than this is built in slices by request-id hash (see
+# _slice_count): ~4 GiB of JSON lines is ~6M rows at ~700 bytes a row, whose dedup and
+# per-row state (~250 bytes a row measured) stays ~1.5 GB on the worker building a slice.
+SLICE_BYTES = 4 << 30
 COMPRESSED_WEIGHT = 8  # a .gz or .parquet byte counts as this many (JSON and CSV gzip ~8-10x)
 MAX_RAW_CHARS = 10_000  # raw rows in quarantine records are cut here
 PUBLISHED = ("examples", "quarantine", "counts")  # per-day folders swapped in by rename
@@ -78,6 +82,13 @@ def _shard_count(inputs: list, shard_bytes: int) -> int:
     count, and the sizes it comes from are in the day's stats ("inputs")."""
     total = sum(_input_bytes(path, size) for path, size, _ in inputs)
     return max(1, math.ceil(total / shard_bytes))
+
+
+def _slice_count(inputs: list, slice_bytes: int) -> int:
+    """In how many slices a day is built: 1 below slice_bytes weighted input bytes (the
+    measure of _shard_count), else ceil(bytes / slice_bytes)."""
+    total = sum(_input_bytes(path, size) for path, size, _ in inputs)
+    return 1 if total < slice_bytes else math.ceil(total / slice_bytes)
 
 
 def _masked_crc(data: bytes) -> int:
@@ -333,7 +344,8 @@ def read_log_file(path: str, counters: _FileCounters) -> Iterator[tuple[int, str
 
 # ---------------------------------------------------------------- one partition in one pass
 
-DayRef = tuple[str, str, list[str], int]  # (source, date, its log files in path order, shards)
+# (source, date, its log files in path order, shards, slices); shards is a multiple of slices
+DayRef = tuple[str, str, list[str], int, int]
 
 
 class _RowChecker:
@@ -415,12 +427,111 @@ class _Shards:
                 self.flush(shard)
 
 
+def _slice_of(kind: str, payload: Any, column: str, slices: int) -> tuple[int, str, Any]:
+    """(slice, kind, payload) of a row read by read_log_file in a day built in `slices`
+    slices: crc32(request id) % slices, the request id as RowParser reads it, so the slice
+    of a row that is written divides its shard (crc32 % shards, shards a multiple of
+    slices); slice 0 for a row without a valid request id. A JSON line comes back decoded
+    (kind VALUE), unless it does not decode: then it is slice 0's, as it was."""
+    if kind == TEXT:
+        try:
+            decoded = _decode_json(payload)
+        except Exception:  # noqa: BLE001  slice 0 checks it again and quarantines it
+            return 0, kind, payload
+        kind, payload = VALUE, decoded
+    if kind != VALUE or not isinstance(payload, dict) or _is_missing(payload.get(column)):
+        return 0, kind, payload
+    try:
+        request_id = _to_id(column, payload[column])
+    except RowError:
+        return 0, kind, payload
+    return zlib.crc32(request_id.encode("utf-8")) % slices, kind, payload
+
+
+@contextlib.contextmanager
+def _disk_errors(staging: str, source: str, date: str) -> Iterator[None]:
+    """A full or read-only disk: the error names the day's staging folder (gzip's do not)."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename or e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        raise OSError(e.errno, e.strerror, _day_dir(staging, "examples", source, date)) from e
+
+
+def _merge_partials(partials: list[dict]) -> dict:
+    """The partial stats of a day's slices (in slice order) -> the day's: counts added, min
+    and max taken, float sums added in slice order (equal to one pass's within rounding).
+    Files, empty files and blank lines: slice 0's (every slice reads every file)."""
+    first = partials[0]
+    merged = {"files": first["files"], "empty_files": first["empty_files"],
+              "blank_lines": first["blank_lines"], "shards": first["shards"],
+              "slices": len(partials)}
+    for key in ("rows_read", "rows_written", "clicks", "rows_quarantined"):
+        merged[key] = sum(p[key] for p in partials)
+    for key in ("quarantine_reasons", "dropped_columns"):
+        merged[key] = dict(sum((collections.Counter(p[key]) for p in partials),
+                               collections.Counter()))
+    domains: dict[str, list[int]] = {}
+    numeric: dict[str, list] = {}
+    for p in partials:
+        for key, (rows, clicks) in p["domains"].items():
+            d = domains.setdefault(key, [0, 0])
+            d[0] += rows
+            d[1] += clicks
+        for column, (count, total, total_sq, low, high) in p["numeric"].items():
+            acc = numeric.get(column)
+            if acc is None:
+                numeric[column] = [count, total, total_sq, low, high]
+            else:
+                acc[0] += count
+                acc[1] += total
+                acc[2] += total_sq
+                acc[3] = min(acc[3], low)
+                acc[4] = max(acc[4], high)
+    merged["domains"] = {k: tuple(v) for k, v in domains.items()}
+    merged["numeric"] = {c: tuple(v) for c, v in numeric.items()}
+    counts = [(name, collections.Counter()) for name, _ in first["counts"]]
+    for p in partials:
+        for (_, total), (_, part) in zip(counts, p["counts"], strict=True):
+            total.update(part)
+    merged["counts"] = counts
+    return merged
+
+
+def _write_counts(staging: str, source: str, date: str, partial: dict) -> None:
+    """Token counts of each vocabulary feature -> `token<TAB>count` lines, count desc then
+    token (a token with a line break cannot be a vocabulary line: it is left out)."""
+    skipped = 0
+    for name, counts in partial.pop("counts"):
+        if not counts:
+            continue
+        ranked = sorted(((t, n) for t, n in counts.items() if "\n" not in t and "\r" not in t),
+                        key=lambda kv: (-kv[1], kv[0]))
+        path = storage.join(_day_dir(staging, "counts", source, date), f"{name}.tsv")
+        _write_bytes(path, "".join(f"{t}\t{n}\n" for t, n in ranked).encode("utf-8"))
+        skipped += len(counts) - len(ranked)
+    if skipped:
+        partial["tokens_with_line_breaks"] = skipped
+
+
+def _write_partial(staging: str, source: str, date: str, partial: dict) -> None:
+    """A day's token counts and partial stats (which _finish_day reads) into staging."""
+    _write_counts(staging, source, date, partial)
+    _write_bytes(_stats_file(staging, source, date),
+                 json.dumps(_jsonable(partial), sort_keys=True).encode("utf-8"))
+
+
 class _BuildDay(beam.DoFn):
-    """One (source, date) partition -> its example shards, quarantine file, token counts and
-    partial stats, all written to the staging folder in one pass over the day's files: each
-    row is read, validated, encoded and written once, in (file, line) order, into the shard
-    count the driver set from the files' sizes. Of rows sharing a request id the first is
-    kept; later ones are quarantined (the day's request ids are the only per-row state)."""
+    """One slice k of S of a (source, date) partition -> its example shards, quarantine file,
+    token counts and partial stats, all written to the staging folder in one pass over the
+    day's files: each row is read, validated, encoded and written once, in (file, line)
+    order, into the shard count the driver set from the files' sizes. Of rows sharing a
+    request id the first is kept; later ones are quarantined (the day's request ids are the
+    only per-row state). A day of S > 1 slices (a large one, see _slice_count) is read by S
+    calls, each keeping the rows of request-id hash k (see _slice_of): it writes the shards
+    j with j % S == k and quarantine part-0000k.jsonl, and yields (day, (k, partial stats
+    and token counts)) for _MergeSlices; a day of one slice writes its counts and stats."""
 
     def __init__(self, spec: Spec, days: list[DayRef], staging: str):
         self.spec = spec
@@ -434,31 +545,28 @@ class _BuildDay(beam.DoFn):
         # domain_key(spec, row), inlined: the domain features' (column, default)
         self.domain_columns = [(f.column, f.default) for f in self.spec.domain_features]
 
-    def process(self, day_id: int) -> Iterator[Any]:
-        source, date, paths, shards = self.days[day_id]
-        try:
+    def process(self, element: tuple[int, int]) -> Iterator[Any]:
+        day_id, part = element
+        source, date, paths, shards, slices = self.days[day_id]
+        with _disk_errors(self.staging, source, date):
             with contextlib.ExitStack() as stack:
-                partial = self._write_day(source, date, paths, shards, stack)
-            self._write_counts(source, date, partial)
-            _write_bytes(_stats_file(self.staging, source, date),
-                         json.dumps(_jsonable(partial), sort_keys=True).encode("utf-8"))
-        except OSError as e:  # a full or read-only disk: name where (gzip's errors do not)
-            if e.filename or e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-                raise
-            raise OSError(e.errno, e.strerror, _day_dir(self.staging, "examples", source, date)
-                          ) from e
-        return iter(())
+                partial = self._write_day(source, date, paths, shards, stack, part, slices)
+            if slices > 1:
+                yield day_id, (part, partial)
+            else:
+                _write_partial(self.staging, source, date, partial)
 
     def _write_day(self, source: str, date: str, paths: list[str], shards: int,
-                   stack: contextlib.ExitStack) -> dict:
+                   stack: contextlib.ExitStack, part: int = 0, slices: int = 1) -> dict:
         check, day = self.checker.check, dt.date.fromisoformat(date)
+        request_column = self.spec.request_id
         out = _Shards(_day_dir(self.staging, "examples", source, date), shards, stack)
         quarantine: list[Any] = []  # the open quarantine file, once there is a record
 
         def quarantined(path: str, line: int, reason: str, message: str, raw: Any) -> None:
             if not quarantine:
                 quarantine.append(stack.enter_context(_create(storage.join(
-                    _day_dir(self.staging, "quarantine", source, date), "part-00000.jsonl"))))
+                    _day_dir(self.staging, "quarantine", source, date), f"part-{part:05d}.jsonl"))))
             reasons[reason] += 1
             record = _quarantine_record(source, date, path, line, reason, message, raw)
             quarantine[0].write(record.encode("utf-8") + b"\n")
@@ -479,13 +587,19 @@ class _BuildDay(beam.DoFn):
         empty, rows_read, blank_lines, clicks = [], 0, 0, 0
         for file_no, path in enumerate(paths):
             counters = _FileCounters()
-            rows = 0
+            rows = seen = 0
             for line, kind, payload in read_log_file(path, counters):
+                seen += 1
+                checked = payload
+                if slices > 1:
+                    mine, kind, checked = _slice_of(kind, payload, request_column, slices)
+                    if mine != part:
+                        continue
                 rows += 1
                 if not rows & 0xFFFF:  # bounded memory: count the gathered tokens
                     count_tokens()
                 try:
-                    parsed, serialized = check(kind, payload, day)
+                    parsed, serialized = check(kind, checked, day)
                 except RowError as e:
                     quarantined(path, line, e.reason, str(e), payload[2] if kind == ERROR
                                 else payload)
@@ -532,7 +646,7 @@ class _BuildDay(beam.DoFn):
             count_tokens()
             rows_read += rows
             blank_lines += counters.blank_lines
-            if not rows:
+            if not seen:
                 empty.append(path)
         out.close()
         return {"files": list(paths), "empty_files": empty, "rows_read": rows_read,
@@ -544,29 +658,37 @@ class _BuildDay(beam.DoFn):
                 "counts": [(f.name, counter) for f, (_, counter, _)
                            in zip(self.vocab_features, counts, strict=True)]}
 
-    def _write_counts(self, source: str, date: str, partial: dict) -> None:
-        """Token counts of each vocabulary feature -> `token<TAB>count` lines, count desc then
-        token (a token with a line break cannot be a vocabulary line: it is left out)."""
-        skipped = 0
-        for name, counts in partial.pop("counts"):
-            if not counts:
-                continue
-            ranked = sorted(((t, n) for t, n in counts.items() if "\n" not in t and "\r" not in t),
-                            key=lambda kv: (-kv[1], kv[0]))
-            path = storage.join(_day_dir(self.staging, "counts", source, date), f"{name}.tsv")
-            _write_bytes(path, "".join(f"{t}\t{n}\n" for t, n in ranked).encode("utf-8"))
-            skipped += len(counts) - len(ranked)
-        if skipped:
-            partial["tokens_with_line_breaks"] = skipped
+
+
+class _MergeSlices(beam.DoFn):
+    """A sliced day's (day, [(slice, partial stats and token counts)]) -> its token counts and
+    partial stats in staging, as one pass over the day writes them."""
+
+    def __init__(self, days: list[DayRef], staging: str):
+        self.days = days
+        self.staging = staging
+
+    def process(self, element: tuple[int, Any]) -> Iterator[Any]:
+        day_id, parts = element
+        source, date, _, _, slices = self.days[day_id]
+        partials = [partial for _, partial in sorted(parts, key=lambda kv: kv[0])]
+        if len(partials) != slices:
+            raise RuntimeError(f"{source} {date}: {len(partials)} of {slices} slices built")
+        with _disk_errors(self.staging, source, date):
+            _write_partial(self.staging, source, date, _merge_partials(partials))
+        return iter(())
 
 
 def _pipeline(p: beam.Pipeline, spec: Spec, days: list[DayRef], staging: str) -> None:
-    """Every day is one element, built by one _BuildDay call; Reshuffle spreads the days
-    over the workers (the DirectRunner deals them out in order: pass the largest first)."""
+    """Every slice of a day (one for most days) is one element, built by one _BuildDay call;
+    Reshuffle spreads them over the workers (the DirectRunner deals them out in order: pass
+    the largest days first). The partial stats of sliced days meet in _MergeSlices."""
     _ = (p
-         | "Days" >> beam.Create(range(len(days)))
+         | "Days" >> beam.Create([(i, k) for i, day in enumerate(days) for k in range(day[4])])
          | "SpreadDays" >> beam.Reshuffle()
-         | "BuildDays" >> beam.ParDo(_BuildDay(spec, days, staging)))
+         | "BuildDays" >> beam.ParDo(_BuildDay(spec, days, staging))
+         | "GroupSlices" >> beam.GroupByKey()
+         | "MergeSlices" >> beam.ParDo(_MergeSlices(days, staging)))
 
 
 # ---------------------------------------------------------------- driver
@@ -749,6 +871,8 @@ def _final_stats(spec: Spec, partial: dict, source: str, date: str, shards: int,
         "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "seconds": round(seconds, 3),
     }
+    if partial.get("slices", 1) > 1:
+        stats["slices"] = partial["slices"]
     if partial.get("tokens_with_line_breaks"):
         stats["tokens_with_line_breaks"] = partial["tokens_with_line_breaks"]
     return stats
@@ -855,13 +979,16 @@ def build(spec: Spec, logs: str, work: str, start: dt.date | None = None,
           end: dt.date | None = None, sources: Sequence[str] = SOURCES,
           beam_args: Sequence[str] = (), skip_built: bool = False,
           log: Callable[[str], None] = print, shard_bytes: int = SHARD_BYTES,
-          lock: str | None = None) -> list[dict]:
+          lock: str | None = None, slice_bytes: int = SLICE_BYTES) -> list[dict]:
     """Runs ONE Apache Beam pipeline over all (source, date) partitions of raw logs found under
     logs/<source>/date=YYYY-MM-DD/ within [start, end] (inclusive; None = unbounded), returns the
     per-partition stats dicts (also written to disk). skip_built=True leaves partitions whose stats
     file already exists alone. A day's examples are split by hash of request_id into
     ceil(input bytes / shard_bytes) shards (at least 1; see _shard_count: the sizes of its
-    log files as found, .gz and .parquet ones weighted COMPRESSED_WEIGHT times).
+    log files as found, .gz and .parquet ones weighted COMPRESSED_WEIGHT times). A day of
+    at least slice_bytes such bytes is built in S = ceil(bytes / slice_bytes) slices by
+    request-id hash, each on one worker reading the whole day, its shard count rounded up to
+    a multiple of S (see _BuildDay): the same Examples in the same shards as one pass.
 
     `logs` and `work` may be local folders or URIs on any Beam file system (s3://, gs://,
     hdfs://); on a cluster both must be reachable from the workers. The workers write into
@@ -872,6 +999,8 @@ def build(spec: Spec, logs: str, work: str, start: dt.date | None = None,
         raise ValueError(f"start {start} is after end {end}")
     if shard_bytes < 1:
         raise ValueError(f"shard_bytes must be >= 1, got {shard_bytes}")
+    if slice_bytes < 1:
+        raise ValueError(f"slice_bytes must be >= 1, got {slice_bytes}")
     logs, work = storage.absolute(logs), storage.absolute(work)
     options = PipelineOptions(_pipeline_args(beam_args, (logs, work)))
     FileSystems.set_options(options)  # the driver's own FileSystems calls reach the same stores
@@ -896,9 +1025,17 @@ def build(spec: Spec, logs: str, work: str, start: dt.date | None = None,
             log("nothing to build: every partition found is already built")
             return []
     sizes = {key: sum(size or 0 for _, size, _ in inputs.get(key, [])) for key in partitions}
-    days: list[DayRef] = [(s, d, paths, _shard_count(inputs.get((s, d), []), shard_bytes))
-                          for (s, d), paths in
-                          sorted(partitions.items(), key=lambda kv: (-sizes[kv[0]], kv[0]))]
+    days: list[DayRef] = []
+    for (s, d), paths in sorted(partitions.items(), key=lambda kv: (-sizes[kv[0]], kv[0])):
+        found = inputs.get((s, d), [])
+        slices = _slice_count(found, slice_bytes)
+        shards = math.ceil(_shard_count(found, shard_bytes) / slices) * slices
+        if slices > 1:
+            weighted = sum(_input_bytes(path, size) for path, size, _ in found)
+            log(f"{s} {d}: {weighted:,} weighted input bytes >= slice_bytes {slice_bytes:,}: "
+                f"built in {slices} slices by request-id hash ({shards} shards), each reading "
+                f"the whole day")
+        days.append((s, d, paths, shards, slices))
     per_source = collections.Counter(s for s, _ in partitions)
     log(f"found {sum(len(p) for p in partitions.values())} log files in {len(partitions)} "
         f"partitions ("

@@ -301,7 +301,7 @@ def test_rebuild_replaces_a_day_and_skip_built_keeps_it(tmp_path, monkeypatch):
     write_jsonl(day / "b.jsonl", [row("new-1", D1, user_id="new")])
     before = read_stats(work, "ad", D1)
     with monkeypatch.context() as patch:  # a crash inside the pipeline publishes nothing
-        patch.setattr(build_module._BuildDay, "_write_counts", crash)
+        patch.setattr(build_module, "_write_counts", crash)
         with pytest.raises(Exception, match="disk on fire"):
             build(SPEC, str(logs), str(work), sources=["ad"], log=lambda m: None)
     assert read_stats(work, "ad", D1) == before and len(read_examples(work, "ad", D1)) == 4
@@ -495,3 +495,67 @@ def test_shard_count_comes_from_the_input_sizes_gz_and_parquet_weighted():
     assert build_module._shard_count(inputs, 219) == 2
     assert build_module._shard_count(inputs, 1) == 220
     assert build_module._shard_count([], 1) == 1
+
+
+def test_a_sliced_day_is_byte_for_byte_the_one_pass_day(tmp_path):
+    """A day built in slices by request-id hash (a tiny slice_bytes) holds the same shard
+    files, quarantine records, token counts and stats as one pass over it."""
+    logs = tmp_path / "logs"
+    make_bad_logs(logs)
+    p = partition(logs, "natural", D3)
+    many = [row(f"m{i}", D3, i % 2, user_id=f"u{i % 7}", price=i / 3, hist_categories=[f"h{i % 5}"])
+            for i in range(60)]
+    odd = [row(7, D3), row("7", D3, user_id="str-seven"), row("é-id", D3), row("", D3),
+           row(True, D3), row(" ", D3), row("m5", D3, user_id="late-dup"), row(1.5, D3)]
+    write_jsonl(p / "many.jsonl", many[:30] + odd)
+    write_csv(p / "many.csv", HEADER, [csv_cells(r, HEADER) for r in many[30:] + many[:3]])
+    files = [f for f in p.iterdir() if f.name.endswith(build_module.LOG_SUFFIXES)]
+    size = sum(build_module._input_bytes(str(f), f.stat().st_size) for f in files)
+    runs = {}
+    for name, slice_bytes in (("one", build_module.SLICE_BYTES), ("sliced", size // 3 + 1)):
+        messages: list[str] = []
+        (stats,) = build(SPEC, str(logs), str(tmp_path / name), shard_bytes=size // 6 + 1,
+                         slice_bytes=slice_bytes, log=messages.append)
+        runs[name] = (tmp_path / name, stats, messages)
+    (one, one_stats, _), (sliced, sliced_stats, messages) = runs["one"], runs["sliced"]
+    assert sliced_stats["slices"] == 3 and "slices" not in one_stats
+    assert sliced_stats["shards"] == one_stats["shards"] == 6
+    assert any("in 3 slices by request-id hash (6 shards)" in m for m in messages)
+    folder = Path("examples") / "natural" / f"date={D3}"
+    names = sorted(f.name for f in (one / folder).iterdir())
+    assert names == sorted(f.name for f in (sliced / folder).iterdir()) and len(names) == 6
+    for name in names:
+        assert (one / folder / name).read_bytes() == (sliced / folder / name).read_bytes(), name
+    assert len(read_examples(one, "natural", D3)) == len(BAD_GOOD_IDS) + 60 + 2
+
+    def quarantine(work: Path) -> list[dict]:
+        records = [json.loads(line) for f in (work / "quarantine" / "natural" / f"date={D3}")
+                   .glob("part-*.jsonl") for line in f.read_text().splitlines()]
+        return sorted(records, key=lambda r: (r["file"], r["line"]))
+
+    parts = sorted(f.name for f in (sliced / "quarantine" / "natural" / f"date={D3}").iterdir())
+    assert parts == ["part-00000.jsonl", "part-00001.jsonl", "part-00002.jsonl"]
+    assert quarantine(sliced) == quarantine(one) and len(quarantine(one)) > 20
+    counts = Path("counts") / "natural" / f"date={D3}"
+    names = sorted(f.name for f in (one / counts).iterdir())
+    assert names == sorted(f.name for f in (sliced / counts).iterdir())
+    for name in names:
+        assert (one / counts / name).read_text() == (sliced / counts / name).read_text(), name
+    for stats in (one_stats, sliced_stats):
+        stats.pop("built_at"), stats.pop("seconds"), stats.pop("slices", None)
+        assert stats["rows_read"] == stats["rows_written"] + stats["rows_quarantined"]
+    one_numeric, sliced_numeric = one_stats.pop("numeric"), sliced_stats.pop("numeric")
+    assert sliced_stats == one_stats
+    for column, values in one_numeric.items():  # float sums added per slice: within rounding
+        assert sliced_numeric[column] == pytest.approx(values, rel=1e-12), column
+    (five,) = build(SPEC, str(logs), str(tmp_path / "five"), shard_bytes=size // 5 + 1,
+                    slice_bytes=size // 3 + 1, log=lambda m: None)
+    assert five["shards"] == 6 and five["slices"] == 3  # 5 shards, rounded up to 3's multiple
+
+
+def test_slice_count_comes_from_the_input_sizes():
+    inputs = [["a.jsonl", 100, 0.0], ["b.jsonl.gz", 10, 0.0]]  # 180 weighted bytes
+    assert build_module._slice_count(inputs, 181) == 1
+    assert build_module._slice_count(inputs, 180) == 1
+    assert build_module._slice_count(inputs, 179) == 2
+    assert build_module._slice_count(inputs, 60) == 3
