@@ -2,6 +2,7 @@
 
     python benchmarks/build_memory.py [--sizes 10x6000,40x6000,160x6000,40x24000] [--repeats 1]
                                       [--beam_args ...] [--out benchmarks/results_memory.json]
+                                      [--slices 1,4]
 
 Each size DAYSxN is DAYS simulated days of N natural rows a day plus 10% ad rows
 (`SimConfig(natural_rows_per_day=N, ad_ratio=0.1)`, made once under
@@ -11,6 +12,12 @@ ru_maxrss from wait4 (its own and that of any process it waited for, e.g. Beam w
 processes: the largest single one, not their sum). A child that only imports what the
 build's driver imports (TensorFlow included) gives the baseline that every such process
 pays; `build_mb` is the peak above it. The figures are in MB (1 MB = 2**20 bytes).
+`cpu_seconds` is the child's user + system CPU time (with the processes it waited for).
+
+--slices S1,S2,...: each size is built once per S, repeats interleaved; S = 1 is the
+build's default slice_bytes, S > 1 sets slice_bytes to ceil(largest day's weighted input
+bytes / S), so the largest day is built in S slices by request-id hash (see
+pipelines.build._slice_count) and smaller days in fewer or one.
 """
 
 from __future__ import annotations
@@ -32,24 +39,26 @@ START = dt.date(2024, 1, 1)
 DEFAULT_SIZES = "10x6000,40x6000,160x6000,40x24000"
 
 
-def child(logs: str, work: str, beam_args: list[str]) -> None:
+def child(logs: str, work: str, slice_bytes: int, beam_args: list[str]) -> None:
     """What a measured child process runs: imports only (logs == '-') or one build."""
     import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
     from ecdctr.spec import load_spec
-    from pipelines.build import build
+    from pipelines.build import SLICE_BYTES, build
 
     if logs == "-":  # the baseline: the build's imports and TensorFlow, which its driver
         import tensorflow  # noqa: F401  loads at its first ecdctr.storage call
         return
     shutil.rmtree(work, ignore_errors=True)
-    results = build(load_spec(str(SPEC)), logs, work, beam_args=beam_args, log=lambda m: None)
-    print(json.dumps({"rows": sum(s["rows_read"] for s in results), "days": len(results)}))
+    results = build(load_spec(str(SPEC)), logs, work, beam_args=beam_args, log=lambda m: None,
+                    slice_bytes=slice_bytes or SLICE_BYTES)
+    print(json.dumps({"rows": sum(s["rows_read"] for s in results), "days": len(results),
+                      "slices": max(s.get("slices", 1) for s in results)}))
 
 
-def measure(logs: str, work: str, beam_args: list[str]) -> dict:
-    """Peak RSS (MB), wall seconds and the child's output of one child process."""
+def measure(logs: str, work: str, beam_args: list[str], slice_bytes: int = 0) -> dict:
+    """Peak RSS (MB), wall and CPU seconds and the child's output of one child process."""
     began = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, "--child", logs, work, "--",
+    proc = subprocess.Popen([sys.executable, __file__, "--child", logs, work, str(slice_bytes), "--",
                              *beam_args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     out = proc.stdout.read() if proc.stdout else b""
     _, status, usage = os.wait4(proc.pid, 0)
@@ -58,7 +67,14 @@ def measure(logs: str, work: str, beam_args: list[str]) -> dict:
         raise RuntimeError(f"the child building {logs} failed with status {proc.returncode}")
     result = json.loads(out) if out.strip() else {}
     return {"peak_mb": round(usage.ru_maxrss / 1024), "seconds": round(time.perf_counter() - began, 1),
-            **result}
+            "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1), **result}
+
+
+def _weighted_bytes(folder: Path) -> int:
+    """A day's input bytes as the build weighs them (pipelines.build._input_bytes)."""
+    from pipelines.build import _input_bytes
+
+    return sum(_input_bytes(str(f), f.stat().st_size) for f in folder.iterdir() if f.is_file())
 
 
 def logs_for(days: int, per_day: int) -> str:
@@ -75,12 +91,13 @@ def logs_for(days: int, per_day: int) -> str:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(sys.argv[2], sys.argv[3], sys.argv[5:])
+        child(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[6:])
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help="DAYSxROWS_PER_DAY,...")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--beam_args", default="", help="Beam options, space-separated")
+    parser.add_argument("--slices", default="1", help="S1,S2,...: slices of the largest day")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results_memory.json"))
     args = parser.parse_args()
     beam_args = args.beam_args.split()
@@ -88,18 +105,27 @@ def main() -> None:
     work = str(DATA / "work")
     baseline = min(measure("-", work, [])["peak_mb"] for _ in range(args.repeats))
     rows = []
+    slice_counts = [int(x) for x in args.slices.split(",")]
     for size in args.sizes.split(","):
         days, per_day = (int(x) for x in size.split("x"))
         logs = logs_for(days, per_day)
-        runs = [measure(logs, work, beam_args) for _ in range(args.repeats)]
-        peak = max(r["peak_mb"] for r in runs)
-        row = {"size": size, "days": days, "natural_rows_per_day": per_day,
-               "rows": runs[0]["rows"], "partitions": runs[0]["days"], "peak_mb": peak,
-               "build_mb": peak - baseline, "seconds": [r["seconds"] for r in runs]}
-        rows.append(row)
-        print(f"{size}: {row['rows']:,} rows in {row['partitions']} partitions, peak "
-              f"{peak:,} MB ({row['build_mb']:,} MB above the imports), {row['seconds']} s",
-              flush=True)
+        largest = max(_weighted_bytes(day) for day in Path(logs).glob("*/date=*"))
+        runs: dict[int, list[dict]] = {s: [] for s in slice_counts}
+        for _ in range(args.repeats):  # interleaved, so that the machine's load hits all alike
+            for s in slice_counts:
+                runs[s].append(measure(logs, work, beam_args, -(-largest // s) if s > 1 else 0))
+        for s in slice_counts:
+            peak = max(r["peak_mb"] for r in runs[s])
+            row = {"size": size, "days": days, "natural_rows_per_day": per_day,
+                   "rows": runs[s][0]["rows"], "partitions": runs[s][0]["days"],
+                   "slices": runs[s][0]["slices"], "peak_mb": peak, "build_mb": peak - baseline,
+                   "seconds": [r["seconds"] for r in runs[s]],
+                   "cpu_seconds": [r["cpu_seconds"] for r in runs[s]]}
+            rows.append(row)
+            print(f"{size}, {row['slices']} slice(s): {row['rows']:,} rows in "
+                  f"{row['partitions']} partitions, peak {peak:,} MB ({row['build_mb']:,} MB "
+                  f"above the imports), {row['seconds']} s, CPU {row['cpu_seconds']} s",
+                  flush=True)
     shutil.rmtree(work, ignore_errors=True)
     result = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
               "loadavg": round(os.getloadavg()[0], 2), "beam_args": beam_args,
