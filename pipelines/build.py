@@ -37,10 +37,12 @@ from ecdctr.spec import Spec
 SOURCES = ("natural", "ad")
 LOG_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".csv", ".csv.gz", ".parquet")
 SHARD_BYTES = 64 << 20  # default input bytes per TFRecord shard of a day (see _shard_count)
-# A day of more weighted input bytes than this is built in slices by request-id hash (see
-# _slice_count): ~4 GiB of JSON lines is ~6M rows at ~700 bytes a row, whose dedup and
-# per-row state (~250 bytes a row measured) stays ~1.5 GB on the worker building a slice.
-SLICE_BYTES = 4 << 30
+# A day of at least this many weighted input bytes is built in slices by request-id hash
+# (see _slice_count). The simulator's JSON rows weigh ~330 bytes each (285 bytes a row,
+# gzip 6.9x, weighted 8x), small rows and so many rows a byte: 2 GiB is ~6.5M of them,
+# whose per-row state (~250 bytes a row measured: request ids, token counters) stays
+# ~1.6 GB on the worker building a slice; wider production rows give fewer rows a slice.
+SLICE_BYTES = 2 << 30
 COMPRESSED_WEIGHT = 8  # a .gz or .parquet byte counts as this many (JSON and CSV gzip ~8-10x)
 MAX_RAW_CHARS = 10_000  # raw rows in quarantine records are cut here
 PUBLISHED = ("examples", "quarantine", "counts")  # per-day folders swapped in by rename
