@@ -103,7 +103,8 @@ def main() -> None:
     beam_args = args.beam_args.split()
     DATA.mkdir(parents=True, exist_ok=True)
     work = str(DATA / "work")
-    baseline = min(measure("-", work, [])["peak_mb"] for _ in range(args.repeats))
+    imports = [measure("-", work, []) for _ in range(args.repeats)]
+    baseline = min(r["peak_mb"] for r in imports)
     rows = []
     slice_counts = [int(x) for x in args.slices.split(",")]
     for size in args.sizes.split(","):
@@ -129,7 +130,9 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     result = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
               "loadavg": round(os.getloadavg()[0], 2), "beam_args": beam_args,
-              "baseline_mb": baseline, "sizes": rows}
+              "baseline_mb": baseline,
+              "baseline_cpu_seconds": sorted(r["cpu_seconds"] for r in imports)[len(imports) // 2],
+              "sizes": rows}
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(f"imports alone: {baseline:,} MB; results in {args.out}")
 
