@@ -348,6 +348,16 @@ def test_multi_processing_runner_gives_the_same_days(tmp_path):
     assert stats["clicks"] == 15
     assert sorted(read_examples(tmp_path / "work", "natural", D1)) == sorted(
         f"r{i}" for i in range(30))
+    # in 2 slices on 2 worker processes: their partial stats cross processes to be merged
+    (sliced,) = build(SPEC, str(logs), str(tmp_path / "sliced"), beam_args=args,
+                      shard_bytes=size // 4 + 1, slice_bytes=size // 2 + 1, log=lambda m: None)
+    assert sliced.pop("slices") == 2
+    for key in ("built_at", "seconds", "numeric"):
+        sliced.pop(key), stats.pop(key)
+    assert sliced == stats
+    for shard in range(4):
+        name = Path("examples") / "natural" / f"date={D1}" / f"part-{shard:05d}-of-00004.tfrecord.gz"
+        assert (tmp_path / "sliced" / name).read_bytes() == (tmp_path / "work" / name).read_bytes()
 
 
 def test_default_runner_runs_in_process_without_prism(built):
