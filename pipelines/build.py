@@ -661,7 +661,6 @@ class _BuildDay(beam.DoFn):
                            in zip(self.vocab_features, counts, strict=True)]}
 
 
-
 class _MergeSlices(beam.DoFn):
     """A sliced day's (day, [(slice, partial stats and token counts)]) -> its token counts and
     partial stats in staging, as one pass over the day writes them."""
