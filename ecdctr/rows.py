@@ -101,14 +101,19 @@ class RowParser:
             self.kinds.setdefault(f.column, f.kind)
         self.known = set(spec.columns)
 
+    def request_id(self, row: dict) -> str:
+        """The row's request id as parse reads it, or RowError (missing or not an id)."""
+        column = self.spec.request_id
+        if _is_missing(row.get(column)):
+            raise RowError("missing_request_id", f"column {column!r} is missing")
+        return _to_id(column, row[column])
+
     def parse(self, row: Any, date: dt.date | None = None) -> ParsedRow:
         """Returns the typed row or raises RowError; `date` bounds the timestamp (UTC day)."""
         spec = self.spec
         if not isinstance(row, dict):
             raise RowError("not_an_object", f"expected an object of columns, got {type(row).__name__}")
-        if _is_missing(row.get(spec.request_id)):
-            raise RowError("missing_request_id", f"column {spec.request_id!r} is missing")
-        request_id = _to_id(spec.request_id, row[spec.request_id])
+        request_id = self.request_id(row)
         label_value = row.get(spec.label)
         if _is_missing(label_value):
             raise RowError("missing_label", f"label column {spec.label!r} is missing")

@@ -31,7 +31,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from ecdctr import drift, storage
-from ecdctr.rows import ParsedRow, RowEncoder, RowError, _is_missing, _to_id
+from ecdctr.rows import ParsedRow, RowEncoder, RowError
 from ecdctr.spec import Spec
 
 SOURCES = ("natural", "ad")
@@ -429,9 +429,11 @@ class _Shards:
                 self.flush(shard)
 
 
-def _slice_of(kind: str, payload: Any, column: str, slices: int) -> tuple[int, str, Any]:
+def _slice_of(kind: str, payload: Any, request_id: Callable[[dict], str],
+              slices: int) -> tuple[int, str, Any]:
     """(slice, kind, payload) of a row read by read_log_file in a day built in `slices`
-    slices: crc32(request id) % slices, the request id as RowParser reads it, so the slice
+    slices: crc32(request id) % slices, the request id as RowParser reads it (`request_id`:
+    RowParser.request_id), so the slice
     of a row that is written divides its shard (crc32 % shards, shards a multiple of
     slices); slice 0 for a row without a valid request id. A JSON line comes back decoded
     (kind VALUE), unless it does not decode: then it is slice 0's, as it was."""
@@ -441,13 +443,13 @@ def _slice_of(kind: str, payload: Any, column: str, slices: int) -> tuple[int, s
         except Exception:  # noqa: BLE001  slice 0 checks it again and quarantines it
             return 0, kind, payload
         kind, payload = VALUE, decoded
-    if kind != VALUE or not isinstance(payload, dict) or _is_missing(payload.get(column)):
+    if kind != VALUE or not isinstance(payload, dict):
         return 0, kind, payload
     try:
-        request_id = _to_id(column, payload[column])
+        key = request_id(payload)
     except RowError:
         return 0, kind, payload
-    return zlib.crc32(request_id.encode("utf-8")) % slices, kind, payload
+    return zlib.crc32(key.encode("utf-8")) % slices, kind, payload
 
 
 @contextlib.contextmanager
@@ -561,7 +563,7 @@ class _BuildDay(beam.DoFn):
     def _write_day(self, source: str, date: str, paths: list[str], shards: int,
                    stack: contextlib.ExitStack, part: int = 0, slices: int = 1) -> dict:
         check, day = self.checker.check, dt.date.fromisoformat(date)
-        request_column = self.spec.request_id
+        request_id_of = self.checker.encode.parser.request_id
         out = _Shards(_day_dir(self.staging, "examples", source, date), shards, stack)
         quarantine: list[Any] = []  # the open quarantine file, once there is a record
 
@@ -594,7 +596,7 @@ class _BuildDay(beam.DoFn):
                 seen += 1
                 checked = payload
                 if slices > 1:
-                    mine, kind, checked = _slice_of(kind, payload, request_column, slices)
+                    mine, kind, checked = _slice_of(kind, payload, request_id_of, slices)
                     if mine != part:
                         continue
                 rows += 1
