@@ -78,18 +78,22 @@ def _input_bytes(path: str, size: int | None) -> int:
     return (size or 0) * (COMPRESSED_WEIGHT if name.endswith((".gz", ".parquet")) else 1)
 
 
+def _weighted_bytes(inputs: list) -> int:
+    """A day's weighted input bytes from its inputs as found (path, size, mtime)."""
+    return sum(_input_bytes(path, size) for path, size, _ in inputs)
+
+
 def _shard_count(inputs: list, shard_bytes: int) -> int:
     """A day's shard count from its inputs as found (path, size, mtime), read from no file:
     ceil(weighted input bytes / shard_bytes), at least 1. The same inputs give the same
     count, and the sizes it comes from are in the day's stats ("inputs")."""
-    total = sum(_input_bytes(path, size) for path, size, _ in inputs)
-    return max(1, math.ceil(total / shard_bytes))
+    return max(1, math.ceil(_weighted_bytes(inputs) / shard_bytes))
 
 
 def _slice_count(inputs: list, slice_bytes: int) -> int:
     """In how many slices a day is built: 1 below slice_bytes weighted input bytes (the
     measure of _shard_count), else ceil(bytes / slice_bytes)."""
-    total = sum(_input_bytes(path, size) for path, size, _ in inputs)
+    total = _weighted_bytes(inputs)
     return 1 if total < slice_bytes else math.ceil(total / slice_bytes)
 
 
@@ -1034,8 +1038,7 @@ def build(spec: Spec, logs: str, work: str, start: dt.date | None = None,
         slices = _slice_count(found, slice_bytes)
         shards = math.ceil(_shard_count(found, shard_bytes) / slices) * slices
         if slices > 1:
-            weighted = sum(_input_bytes(path, size) for path, size, _ in found)
-            log(f"{s} {d}: {weighted:,} weighted input bytes >= slice_bytes {slice_bytes:,}: "
+            log(f"{s} {d}: {_weighted_bytes(found):,} weighted input bytes >= slice_bytes {slice_bytes:,}: "
                 f"built in {slices} slices by request-id hash ({shards} shards), each reading "
                 f"the whole day")
         days.append((s, d, paths, shards, slices))
