@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from ecdctr.layers import folded_dense_batchnorm
+from ecdctr.layers import constant_weight, folded_dense_batchnorm
 
 FORMS = ("binarization", "scaling", "fusion")
 PLACEMENTS = ("input", "output")
@@ -393,8 +393,8 @@ class AdaSparseServingMlp(keras.layers.Layer):
             pruner_biases.append(alpha * pruner.dense.bias.numpy())
             scale = left_out if c.placement == "input" else carry
             kernel, bias = folded_dense_batchnorm(dense, norm, scale)
-            self.kernels.append(self._constant(f"dense_{i}_kernel", kernel))
-            self.biases.append(self._constant(f"dense_{i}_bias", bias))
+            self.kernels.append(constant_weight(self, f"dense_{i}_kernel", kernel))
+            self.biases.append(constant_weight(self, f"dense_{i}_bias", bias))
             if c.placement == "output":
                 carry = left_out
         self.output_scale = carry
@@ -409,8 +409,8 @@ class AdaSparseServingMlp(keras.layers.Layer):
             e_d = np.concatenate([t[combos[:, j]] for j, t in enumerate(domain_tables)], axis=1)
             for i, (kernel, bias) in enumerate(zip(pruner_kernels, pruner_biases, strict=True)):
                 s = tf.sigmoid(tf.nn.bias_add(tf.matmul(e_d, kernel), bias))
-                self.factor_tables.append(self._constant(f"pruner_{i}_factors",
-                                                         self._factors(s).numpy()))
+                self.factor_tables.append(constant_weight(self, f"pruner_{i}_factors",
+                                                          self._factors(s).numpy()))
             return
         if self.domain_only:  # every pruner reads e_d alone: one matmul for all, split per layer
             self.factor_widths = [k.shape[1] for k in pruner_kernels]
@@ -419,12 +419,8 @@ class AdaSparseServingMlp(keras.layers.Layer):
         else:
             pruner_kernels = {f"pruner_{i}": k for i, k in enumerate(pruner_kernels)}
             pruner_biases = {f"pruner_{i}": b for i, b in enumerate(pruner_biases)}
-        self.pruner_kernels = [self._constant(f"{n}_kernel", k) for n, k in pruner_kernels.items()]
-        self.pruner_biases = [self._constant(f"{n}_bias", b) for n, b in pruner_biases.items()]
-
-    def _constant(self, name: str, value: np.ndarray) -> tf.Variable:
-        return self.add_weight(name=name, shape=value.shape, trainable=False,
-                               initializer=keras.initializers.Constant(value))
+        self.pruner_kernels = [constant_weight(self, f"{n}_kernel", k) for n, k in pruner_kernels.items()]
+        self.pruner_biases = [constant_weight(self, f"{n}_bias", b) for n, b in pruner_biases.items()]
 
     def call(self, x: tf.Tensor, domain_embedding: tf.Tensor | None = None,
              domain_index: tf.Tensor | None = None, training: bool | None = None) -> tf.Tensor:

@@ -147,9 +147,7 @@ class TpmLookup(keras.layers.Layer):
             self.lookups[name] = keras.layers.StringLookup(vocabulary=list(keys), num_oov_indices=1,
                                                            name=f"tpm_lookup_{name}")
             padded = np.vstack([np.zeros((1, matrix.shape[1]), np.float32), matrix.astype(np.float32)])
-            self.tables[name] = self.add_weight(
-                name=f"tpm_table_{name}", shape=padded.shape, trainable=False,
-                initializer=keras.initializers.Constant(padded))
+            self.tables[name] = constant_weight(self, f"tpm_table_{name}", padded)
 
     def call(self, inputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
         return self.from_rows(self.rows(inputs))
@@ -212,18 +210,21 @@ class FoldedMlp(keras.layers.Layer):
 
     def __init__(self, affine: Sequence[tuple[np.ndarray, np.ndarray]], **kwargs):
         super().__init__(**kwargs)
-        self.kernels = [self.add_weight(name=f"dense_{i}_kernel", shape=k.shape, trainable=False,
-                                        initializer=keras.initializers.Constant(k))
+        self.kernels = [constant_weight(self, f"dense_{i}_kernel", k)
                         for i, (k, _) in enumerate(affine)]
-        self.biases = [self.add_weight(name=f"dense_{i}_bias", shape=b.shape, trainable=False,
-                                       initializer=keras.initializers.Constant(b))
-                       for i, (_, b) in enumerate(affine)]
+        self.biases = [constant_weight(self, f"dense_{i}_bias", b) for i, (_, b) in enumerate(affine)]
 
     def call(self, x: tf.Tensor, domain_embedding: tf.Tensor | None = None,
              domain_index: tf.Tensor | None = None, training: bool | None = None) -> tf.Tensor:
         for kernel, bias in zip(self.kernels, self.biases, strict=True):
             x = tf.nn.relu(tf.nn.bias_add(tf.matmul(x, kernel), bias))
         return x
+
+
+def constant_weight(layer: keras.layers.Layer, name: str, value: np.ndarray) -> tf.Variable:
+    """A non-trainable weight of layer holding value (a serving form's folded constant)."""
+    return layer.add_weight(name=name, shape=value.shape, trainable=False,
+                            initializer=keras.initializers.Constant(value))
 
 
 def folded_dense_batchnorm(dense: keras.layers.Dense, norm: keras.layers.BatchNormalization,
