@@ -19,5 +19,5 @@ setup(
     packages=find_packages(include=["ecdctr", "ecdctr.*", "pipelines", "pipelines.*"]),
     package_data={"ecdctr": ["py.typed"]},
     install_requires=REQUIREMENTS,
-    entry_points={"console_scripts": ["ecdctr=ecdctr.cli:main"]},
+    entry_points={"console_scripts": ["ecdctr=ecdctr.cli.main:main"]},
 )

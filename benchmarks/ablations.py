@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import ecdctr  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from ecdctr.config import load_config  # noqa: E402
-from ecdctr.simulator import SimConfig, simulate  # noqa: E402
+from ecdctr.data.simulator import SimConfig, simulate  # noqa: E402
 from pipelines.compare import run_compare  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -42,11 +42,11 @@ DEFAULT_SIZES = "10x6000,40x6000,160x6000,40x24000"
 def child(logs: str, work: str, slice_bytes: int, beam_args: list[str]) -> None:
     """What a measured child process runs: imports only (logs == '-') or one build."""
     import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-    from ecdctr.spec import load_spec
+    from ecdctr.spec.feature_spec import load_spec
     from pipelines.build import SLICE_BYTES, build
 
     if logs == "-":  # the baseline: the build's imports and TensorFlow, which its driver
-        import tensorflow  # noqa: F401  loads at its first ecdctr.storage call
+        import tensorflow  # noqa: F401  loads at its first ecdctr.io.storage call
         return
     shutil.rmtree(work, ignore_errors=True)
     results = build(load_spec(str(SPEC)), logs, work, beam_args=beam_args, log=lambda m: None,
@@ -78,7 +78,7 @@ def _weighted_bytes(folder: Path) -> int:
 
 
 def logs_for(days: int, per_day: int) -> str:
-    from ecdctr.simulator import SimConfig, simulate
+    from ecdctr.data.simulator import SimConfig, simulate
 
     logs = DATA / f"logs-{days}x{per_day}"
     if not (logs / "summary.json").exists():

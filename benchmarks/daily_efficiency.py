@@ -21,8 +21,8 @@ import time
 
 import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tf.keras is first used)
 from ecdctr.config import load_config
-from ecdctr.simulator import SimConfig, simulate
-from ecdctr.spec import load_spec
+from ecdctr.data.simulator import SimConfig, simulate
+from ecdctr.spec.feature_spec import load_spec
 from pipelines.build import build
 from pipelines.daily import run_daily
 

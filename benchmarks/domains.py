@@ -16,8 +16,8 @@ import numpy as np
 import tensorflow as tf
 
 import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tf.keras is first used)
-from ecdctr.models import ModelConfig, build_model
-from ecdctr.spec import load_spec
+from ecdctr.models.ctr_model import ModelConfig, build_model
+from ecdctr.spec.feature_spec import load_spec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SPEC = load_spec(os.path.join(HERE, "..", "features", "default.yaml"))

@@ -13,11 +13,11 @@ writing 5M rows takes seconds). Each arm runs in a fresh process, whose peak res
 
   streamed  `pipelines.steps.evaluate` on the day, as daily calls it: an untrained A-CTR
             (build_model, hidden (64, 32), AdaSparse) scores batches of 4096 and
-            `ecdctr.evaluation.Evaluator` counts LogLoss, AUC and GAUC exactly.
+            `ecdctr.evaluation.evaluator.Evaluator` counts LogLoss, AUC and GAUC exactly.
   arrays    the code before: the same scored batches concatenated into whole-day arrays
-            (labels, probabilities, users, domains), then `ecdctr.metrics` logloss, auc,
+            (labels, probabilities, users, domains), then `ecdctr.evaluation.metrics` logloss, auc,
             gauc on them.
-  gate      `ecdctr.gate.saved_model_auc`: the serving SavedModel (the same model, exported)
+  gate      `ecdctr.serving.gate.saved_model_auc`: the serving SavedModel (the same model, exported)
             scores the day streamed, AUC counted exactly.
   gate_old  the gate before: every serialized Example of the day in a Python list, labels
             parsed from one tensor of all of them, scored in batches of 4096, metrics.auc.
@@ -111,8 +111,8 @@ def write_day(spec: object, rows: int, folder: str) -> list[str]:
 
 
 def _model(spec: object) -> object:
-    from ecdctr.data import example_batch
-    from ecdctr.models import ModelConfig, build_model
+    from ecdctr.data.datasets import example_batch
+    from ecdctr.models.ctr_model import ModelConfig, build_model
 
     vocabs = {"user_id": [f"u{i:06d}" for i in range(USERS)],
               "item_id": [f"i{i:05d}" for i in range(ITEMS)],
@@ -131,9 +131,9 @@ def run_arm(arm: str, folder: str) -> dict:
     """One arm in this process (the child); prints its figures as JSON."""
     import tensorflow as tf
 
-    from ecdctr import metrics
-    from ecdctr.data import make_dataset
-    from ecdctr.spec import load_spec
+    from ecdctr.data.datasets import make_dataset
+    from ecdctr.evaluation import metrics
+    from ecdctr.spec.feature_spec import load_spec
 
     spec = load_spec(SPEC_PATH)
     day = os.path.join(folder, "examples", "ad", f"date={DATE}")
@@ -146,7 +146,7 @@ def run_arm(arm: str, folder: str) -> dict:
         if arm == "streamed":
             out = steps.evaluate(model, spec, folder, [("ad", DATE)])
         else:
-            from ecdctr.training import scored_batches
+            from ecdctr.training.loop import scored_batches
 
             batches = list(scored_batches(model, spec, make_dataset(spec, files, 4096)))
             day = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
@@ -158,11 +158,11 @@ def run_arm(arm: str, folder: str) -> dict:
     else:
         export = os.path.join(folder, "export")
         if arm == "gate":
-            from ecdctr.gate import saved_model_auc
+            from ecdctr.serving.gate import saved_model_auc
 
             out = {"auc": saved_model_auc(export, files, spec.label)}
         else:
-            from ecdctr.export import INPUT_KEY, OUTPUT_KEY
+            from ecdctr.serving.export import INPUT_KEY, OUTPUT_KEY
 
             examples = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
             labels = tf.io.parse_example(tf.constant(examples), {
@@ -182,8 +182,8 @@ def _export(folder: str) -> None:
     """The model of the arms as the serving SavedModel of the gate arms (once per day)."""
     import tensorflow as tf
 
-    from ecdctr.export import serving_function
-    from ecdctr.spec import load_spec
+    from ecdctr.serving.export import serving_function
+    from ecdctr.spec.feature_spec import load_spec
 
     path = os.path.join(folder, "export")
     if not os.path.exists(os.path.join(path, "saved_model.pb")):
@@ -213,7 +213,7 @@ def main() -> int:
     if args.child:
         arm, folder = args.child
         if arm == "write":
-            from ecdctr.spec import load_spec
+            from ecdctr.spec.feature_spec import load_spec
 
             write_day(load_spec(SPEC_PATH), int(os.path.basename(folder).split("-")[1]), folder)
             _export(folder)

@@ -17,7 +17,7 @@ benchmark is recorded too. Nothing here asserts on time. The defaults take 5-9 m
 Benchmarks (`--only` takes one of these names):
 
 beam_vs_plain
-    The same simulated logs (`ecdctr.simulator.simulate`, SimConfig(natural_rows_per_day=...,
+    The same simulated logs (`ecdctr.data.simulator.simulate`, SimConfig(natural_rows_per_day=...,
     ad_ratio=0.1) over 4 days, ~`--rows` rows natural + ad, kept in
     benchmarks/.data/logs-<rows>/ and reused) go through
     (a) `pipelines.build.build` on the default DirectRunner,
@@ -33,7 +33,7 @@ beam_vs_plain
     rows / extra seconds, wall and CPU).
 
 parse
-    tf.data examples/s over the TFRecords written by (a): `ecdctr.data.make_dataset` (batch
+    tf.data examples/s over the TFRecords written by (a): `ecdctr.data.datasets.make_dataset` (batch
     1024, then one vectorised `tf.io.parse_example` per batch) against a per-example baseline
     (the same files through `TFRecordDataset(..., num_parallel_reads=4)`,
     `.map(tf.io.parse_single_example, AUTOTUNE)`, `.ragged_batch(1024)`). Two more arms
@@ -53,12 +53,12 @@ train
     fed integer ids and floats computed beforehand by the ecdctr model's own lookup layers (no
     string lookup, hashing, bucketing or domain key in the step). Every arm gets the same
     batches (the first `--train-steps` full batches of (a)'s output, cached in memory) and the
-    same optimizer, and is timed by `ecdctr.training.fit` over `--train-epochs` epochs after a
+    same optimizer, and is timed by `ecdctr.training.loop.fit` over `--train-epochs` epochs after a
     warm-up epoch (tracing, cache fill). The arms:
       ecdctr: as `pipelines.steps.fit_on` trains: `make_dataset(..., preprocess=
         model.preprocess)` (the lookups in the input pipeline, cached here as the parse is, so
         they run once per row as the plain model's did), the step on ids,
-        `ecdctr.training.STEPS_PER_EXECUTION` steps per call of the train function;
+        `ecdctr.training.loop.STEPS_PER_EXECUTION` steps per call of the train function;
       ecdctr_preprocess_every_epoch: the same, but preprocess mapped (parallel calls) over the
         cached parsed batches on every epoch, its CPU time counted;
       ecdctr_one_step_per_call: ecdctr with one step per call;
@@ -66,8 +66,8 @@ train
         before the input pipeline took the lookups);
       plain: the baseline, one step per call (tf_keras' default);
       plain_multi_step: the baseline with STEPS_PER_EXECUTION steps per call (for reference).
-    Vocabularies come from `ecdctr.vocab.build_vocabularies` over the counts the build wrote,
-    numeric stats from `ecdctr.vocab.numeric_stats`. The TPM tables are RANDOM matrices
+    Vocabularies come from `ecdctr.data.vocab.build_vocabularies` over the counts the build wrote,
+    numeric stats from `ecdctr.data.vocab.numeric_stats`. The TPM tables are RANDOM matrices
     (normal, std 0.1, dim 16) keyed by the user_id and item_id vocabulary tokens: only their
     shape matters for speed. Ratios: every arm / plain, and ecdctr / plain_multi_step.
 
@@ -103,15 +103,15 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from ecdctr.data import feature_description, make_dataset, parse_batch
-from ecdctr.rows import RowError, RowParser, to_example
-from ecdctr.simulator import SOURCES, SimConfig, simulate
-from ecdctr.spec import Spec, load_spec
-from ecdctr.vocab import build_vocabularies, numeric_stats, read_stats
+from ecdctr.data.datasets import feature_description, make_dataset, parse_batch
+from ecdctr.data.rows import RowError, RowParser, to_example
+from ecdctr.data.simulator import SOURCES, SimConfig, simulate
+from ecdctr.spec.feature_spec import Spec, load_spec
+from ecdctr.data.vocab import build_vocabularies, numeric_stats, read_stats
 from pipelines.build import build, built_partitions
 
 if TYPE_CHECKING:
-    from ecdctr.models import ModelConfig
+    from ecdctr.models.ctr_model import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
@@ -459,8 +459,8 @@ def plain_model(spec: Spec, model: keras.Model, tpm: dict, hist_len: int, config
 
 
 def bench_train(spec: Spec, args: argparse.Namespace) -> dict:
-    from ecdctr.models import ModelConfig, build_model  # here: the other benchmarks need no model code
-    from ecdctr.training import STEPS_PER_EXECUTION, fit
+    from ecdctr.models.ctr_model import ModelConfig, build_model  # here: other benchmarks need no model
+    from ecdctr.training.loop import STEPS_PER_EXECUTION, fit
 
     work = ensure_built(spec, args.rows)
     files = built_files(work)

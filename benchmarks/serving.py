@@ -23,13 +23,13 @@ import numpy as np
 import tensorflow as tf
 
 import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tf.keras is first used)
-from ecdctr.adasparse import AdaSparseConfig
-from ecdctr.data import parse_batch
-from ecdctr.export import OUTPUT_KEY, serving_function
-from ecdctr.models import ModelConfig, build_model, merged_tpm
-from ecdctr.rows import RowParser, to_example
-from ecdctr.simulator import SimConfig, World, sample_day
-from ecdctr.spec import load_spec
+from ecdctr.data.datasets import parse_batch
+from ecdctr.data.rows import RowParser, to_example
+from ecdctr.data.simulator import SimConfig, World, sample_day
+from ecdctr.models.adasparse import AdaSparseConfig
+from ecdctr.models.ctr_model import ModelConfig, build_model, merged_tpm
+from ecdctr.serving.export import OUTPUT_KEY, serving_function
+from ecdctr.spec.feature_spec import load_spec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SPEC = load_spec(os.path.join(HERE, "..", "features", "default.yaml"))

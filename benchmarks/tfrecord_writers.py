@@ -37,8 +37,8 @@ import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is impo
 import tensorflow as tf
 from apache_beam.io.tfrecordio import _TFRecordUtil
 
-from ecdctr.rows import ExampleEncoder, RowParser
-from ecdctr.spec import load_spec
+from ecdctr.data.rows import ExampleEncoder, RowParser
+from ecdctr.spec.feature_spec import load_spec
 from pipelines.build import _create, _Shards
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tf.keras is first used)
-from ecdctr.aggregator import MergedTpmLookup, TpmAggregator
+from ecdctr.layers.aggregator import MergedTpmLookup, TpmAggregator
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ENTITIES = {"user": 200_000, "item": 50_000}

@@ -1,6 +1,6 @@
 """Entry point for `python -m ecdctr`."""
 
-from ecdctr.cli import main
+from ecdctr.cli.main import main
 
 if __name__ == "__main__":
     main()

@@ -7,11 +7,11 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from ecdctr.adasparse import AdaSparseConfig
-from ecdctr.distribute import BATCH_SIZES, DISTRIBUTE_KEYS, STRATEGIES, DistributeConfig
-from ecdctr.gate import GateConfig
-from ecdctr.models import ModelConfig
-from ecdctr.validation import ConfigError, is_int, is_number, load_yaml, unknown_keys
+from ecdctr.models.adasparse import AdaSparseConfig
+from ecdctr.models.ctr_model import ModelConfig
+from ecdctr.serving.gate import GateConfig
+from ecdctr.spec.validation import ConfigError, is_int, is_number, load_yaml, unknown_keys
+from ecdctr.training.distribute import BATCH_SIZES, DISTRIBUTE_KEYS, STRATEGIES, DistributeConfig
 
 TOP_KEYS = ("spec", "logs", "work", "export", "windows", "model", "tpm", "cpm", "actr",
             "transfer", "schedule", "gate", "seed", "beam_args", "lock", "distribute", "alert")

@@ -30,11 +30,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ecdctr.checkpoint import Snapshot
 from ecdctr.config import RunConfig
-from ecdctr.models import CtrModel, ModelConfig
-from ecdctr.spec import Spec
-from ecdctr.vocab import merge_counts
+from ecdctr.data.vocab import merge_counts
+from ecdctr.models.ctr_model import CtrModel, ModelConfig
+from ecdctr.spec.feature_spec import Spec
+from ecdctr.training.checkpoint import Snapshot
 from pipelines import steps
 
 ABLATIONS = ("ad_only", "joint", "finetune", "ecdctr", "ecdctr-no_bn_reinit", "ecdctr-no_tpm",

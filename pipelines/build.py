@@ -30,9 +30,10 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from ecdctr import drift, storage
-from ecdctr.rows import ParsedRow, RowEncoder, RowError
-from ecdctr.spec import Spec
+from ecdctr.data import drift
+from ecdctr.data.rows import ParsedRow, RowEncoder, RowError
+from ecdctr.io import storage
+from ecdctr.spec.feature_spec import Spec
 
 SOURCES = ("natural", "ad")
 LOG_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".csv", ".csv.gz", ".parquet")

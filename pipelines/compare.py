@@ -18,15 +18,15 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from ecdctr import metrics
-from ecdctr.adasparse import FORMS, PLACEMENTS, PRUNER_INPUTS
 from ecdctr.config import RunConfig
-from ecdctr.data import make_dataset, partition_files
-from ecdctr.evaluation import Evaluator
-from ecdctr.jsonio import write_json
-from ecdctr.models import BACKBONES, CtrModel, ModelConfig
-from ecdctr.spec import Spec, load_spec
-from ecdctr.vocab import domain_sizes, traffic
+from ecdctr.data.datasets import make_dataset, partition_files
+from ecdctr.data.vocab import domain_sizes, traffic
+from ecdctr.evaluation import metrics
+from ecdctr.evaluation.evaluator import Evaluator
+from ecdctr.io.jsonio import write_json
+from ecdctr.models.adasparse import FORMS, PLACEMENTS, PRUNER_INPUTS
+from ecdctr.models.ctr_model import BACKBONES, CtrModel, ModelConfig
+from ecdctr.spec.feature_spec import Spec, load_spec
 from pipelines import steps
 from pipelines.ablations import ABLATIONS, FOCUS_GROUPS, TPM_PERIOD, Ablations, focus_rows
 from pipelines.build import build, built_partitions
@@ -152,7 +152,7 @@ def run_compare(config: RunConfig, date: dt.date, variants: Sequence[str], out: 
         f.write(markdown_table(report))
     log(f"wrote {out} and {_markdown_path(out)}")
     if plots:
-        from ecdctr import plots as plotting
+        from ecdctr.evaluation import plots as plotting
 
         written = plotting.write_all(report, masks, plots)
         log(f"wrote plots: {', '.join(written)}")

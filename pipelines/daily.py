@@ -16,7 +16,7 @@ renamed into place when whole; a killed run leaves only such leftovers, which th
 deletes under the work lock. A rerun reuses D's A-CTR checkpoint, and every export carries the
 id of the checkpoint it came from (assets.extra/actr.json), so a day is never published twice.
 
-Distributed (the config's `distribute:`, ecdctr/distribute.py): every task of the cluster
+Distributed (the config's `distribute:`, ecdctr/training/distribute.py): every task of the cluster
 runs this same job. The chief alone takes the work lock, builds, saves checkpoints, evaluates,
 exports, gates, publishes, prunes and writes the report; the other workers wait for its build,
 train every fit with it, and wait for each model it saves before reading it. With
@@ -24,7 +24,7 @@ parameter_server the chief coordinates and the `worker` and `ps` tasks only serv
 
 Layout: <work>/tpm/<YYYY-MM or period start>/ (the TPM's model folder plus its exported
 <entity>.npy/.keys.json and manifest.json), <work>/models/cpm/<period start>/ and
-<work>/models/actr/<D>/: self-describing model folders (ecdctr/checkpoint.py).
+<work>/models/actr/<D>/: self-describing model folders (ecdctr/training/checkpoint.py).
 """
 
 from __future__ import annotations
@@ -42,23 +42,14 @@ from collections.abc import Callable, Iterator
 
 import tensorflow as tf
 
-from ecdctr import storage
-from ecdctr.checkpoint import (
-    META,
-    Checkpoint,
-    Snapshot,
-    is_current,
-    load_checkpoint,
-    load_snapshot,
-    save_checkpoint,
-    save_snapshot,
-    structure,
-)
 from ecdctr.config import RunConfig
-from ecdctr.data import partition_files
-from ecdctr.distribute import Distribution, create, serve
-from ecdctr.drift import read_drift
-from ecdctr.export import (
+from ecdctr.data.datasets import partition_files
+from ecdctr.data.drift import read_drift
+from ecdctr.data.vocab import Partition
+from ecdctr.io import storage
+from ecdctr.io.jsonio import json_safe, read_json, write_json
+from ecdctr.models.ctr_model import merged_tpm
+from ecdctr.serving.export import (
     EXPORT_MARKER,
     REJECTED,
     TIMING_ROWS,
@@ -70,11 +61,20 @@ from ecdctr.export import (
     unfinished_versions,
     versions,
 )
-from ecdctr.gate import run_gate
-from ecdctr.jsonio import json_safe, read_json, write_json
-from ecdctr.models import merged_tpm
-from ecdctr.spec import Spec, load_spec
-from ecdctr.vocab import Partition
+from ecdctr.serving.gate import run_gate
+from ecdctr.spec.feature_spec import Spec, load_spec
+from ecdctr.training.checkpoint import (
+    META,
+    Checkpoint,
+    Snapshot,
+    is_current,
+    load_checkpoint,
+    load_snapshot,
+    save_checkpoint,
+    save_snapshot,
+    structure,
+)
+from ecdctr.training.distribute import Distribution, create, serve
 from pipelines import steps
 from pipelines.build import build, built_partitions
 

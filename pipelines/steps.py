@@ -8,7 +8,7 @@ recipe (`fit_on`): the last `validation_days` days of its window are held out, t
 stops when their AUC stops improving, and the best epoch's weights are kept. A step returns
 a `Trained` (model, vocabularies, self-describing meta); saving it is the caller's choice.
 
-With a `distribution` (ecdctr.distribute) the fit itself runs under its strategy on a replica
+With a `distribution` (ecdctr.training.distribute) the fit itself runs under its strategy on a replica
 of the model built in the strategy's scope (its weights copied in before, out after); every
 other part of a step runs on the plain model, so what a step returns never depends on the
 cluster and loads in one process.
@@ -25,12 +25,11 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from ecdctr.checkpoint import Checkpoint, Snapshot
 from ecdctr.config import TransferConfig, Windows
-from ecdctr.data import example_batch, make_dataset, partition_files
-from ecdctr.distribute import Distribution, copy_weights, sharded_variables
-from ecdctr.evaluation import Evaluator
-from ecdctr.models import (
+from ecdctr.data.datasets import example_batch, make_dataset, partition_files
+from ecdctr.data.vocab import Partition, build_vocabularies, domain_sizes, numeric_stats, traffic
+from ecdctr.evaluation.evaluator import Evaluator
+from ecdctr.models.ctr_model import (
     CtrModel,
     ModelConfig,
     build_model,
@@ -38,9 +37,10 @@ from ecdctr.models import (
     shift_output_prior,
     transfer_weights,
 )
-from ecdctr.spec import Spec
-from ecdctr.training import fit, recalibrate_batchnorm, scored_batches
-from ecdctr.vocab import Partition, build_vocabularies, domain_sizes, numeric_stats, traffic
+from ecdctr.spec.feature_spec import Spec
+from ecdctr.training.checkpoint import Checkpoint, Snapshot
+from ecdctr.training.distribute import Distribution, copy_weights, sharded_variables
+from ecdctr.training.loop import fit, recalibrate_batchnorm, scored_batches
 from pipelines.build import built_partitions
 
 Log = Callable[[str], None]
@@ -48,7 +48,7 @@ Log = Callable[[str], None]
 
 @dataclass
 class Trained:
-    """A model a step trained, with what its checkpoint needs (see ecdctr.checkpoint)."""
+    """A model a step trained, with what its checkpoint needs (see ecdctr.training.checkpoint)."""
 
     model: CtrModel
     spec: Spec
@@ -401,7 +401,7 @@ def update_actr(previous: Checkpoint | Trained, spec: Spec, work: str,
 def evaluate(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
              batch_size: int = 4096) -> dict:
     """LogLoss, AUC, GAUC, CTR and mean prediction of the model on the given partitions,
-    streamed batch by batch (memory does not grow with the rows; ecdctr.evaluation)."""
+    streamed batch by batch (memory does not grow with the rows; ecdctr.evaluation.evaluator)."""
     return score(model, spec, make_dataset(spec, _files(work, parts), batch_size), Evaluator())
 
 

@@ -72,7 +72,7 @@ def pytest_sessionfinish(session, exitstatus):
 def pytest_unconfigure(config):
     """tensorflow-io's S3 client aborts the interpreter at exit (status 134): once it was
     loaded, end the process with pytest's own status instead."""
-    storage = sys.modules.get("ecdctr.storage")
+    storage = sys.modules.get("ecdctr.io.storage")
     if storage is not None and storage.native_loaded() and _exit_status:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -14,8 +14,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
-from ecdctr.client import B64
-from ecdctr.export import INPUT_KEY
+from ecdctr.serving.client import B64
+from ecdctr.serving.export import INPUT_KEY
 
 
 def _is_b64(value: Any) -> bool:

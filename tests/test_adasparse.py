@@ -1,7 +1,7 @@
 """Tests for the AdaSparse tower: pruner forms, gradients, alpha schedule, regularizer, sparse path."""
 
 import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-import ecdctr.adasparse
+import ecdctr.models.adasparse
 
 # isort: split
 import numpy as np
@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from ecdctr.adasparse import (
+from ecdctr.layers.core import Mlp
+from ecdctr.models.adasparse import (
     FORMS,
     PLACEMENTS,
     PRUNER_INPUTS,
@@ -18,9 +19,8 @@ from ecdctr.adasparse import (
     DomainPruner,
     sparsity_regularizer,
 )
-from ecdctr.layers import Mlp
-from ecdctr.models import ModelConfig, build_model, transfer_weights
-from ecdctr.spec import load_spec
+from ecdctr.models.ctr_model import ModelConfig, build_model, transfer_weights
+from ecdctr.spec.feature_spec import load_spec
 
 RNG = np.random.default_rng(0)
 X = tf.constant(RNG.normal(size=(64, 12)).astype("float32"))
@@ -394,7 +394,7 @@ def test_domain_pruners_factors_are_tabulated_per_combination_of_domain_ids(form
         serving(X, domain_embedding=e_d)
     assert not tower.for_serving(domain_tables=tables[:1] * 17).reads_domain_key  # 3^17 rows
     size = 4 * 15 * sum(t.shape[1] for t in serving.factor_tables)  # float32 bytes
-    monkeypatch.setattr(ecdctr.adasparse, "MAX_FACTOR_BYTES", size - 1)
+    monkeypatch.setattr(ecdctr.models.adasparse, "MAX_FACTOR_BYTES", size - 1)
     assert not tower.for_serving(domain_tables=tables).reads_domain_key  # tables too large
 
 

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from ecdctr.aggregator import MergedTpmLookup, TpmAggregator
+from ecdctr.layers.aggregator import MergedTpmLookup, TpmAggregator
 
 DIMS = {"user": 4, "item": 3}
 

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from ecdctr.apg import ApgMlp, distinct_conditions
+from ecdctr.models.apg import ApgMlp, distinct_conditions
 
 RNG = np.random.default_rng(0)
 X = tf.constant(RNG.normal(size=(40, 6)).astype("float32"))

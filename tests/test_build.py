@@ -17,7 +17,7 @@ import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from ecdctr.spec import load_spec
+from ecdctr.spec.feature_spec import load_spec
 from pipelines import build as build_module
 from pipelines.build import _pipeline_runner, build, built_partitions
 
@@ -434,7 +434,7 @@ def test_late_logs_rebuild_their_day_and_say_so(tmp_path):
 def test_shards_hold_the_plain_writers_examples_in_file_and_line_order(tmp_path):
     # The plain writer's json.loads -> RowParser.parse -> to_example, with the build's rules:
     # the first row of a request id is kept, shard = crc32(request id) % shards.
-    from ecdctr.rows import RowParser, to_example
+    from ecdctr.data.rows import RowParser, to_example
 
     logs = tmp_path / "logs"
     day = partition(logs, "natural", D1)

@@ -13,9 +13,9 @@ import boto3
 import pytest
 import tensorflow as tf
 
-from ecdctr import storage
-from ecdctr.simulator import SimConfig, simulate
-from ecdctr.spec import load_spec
+from ecdctr.data.simulator import SimConfig, simulate
+from ecdctr.io import storage
+from ecdctr.spec.feature_spec import load_spec
 from pipelines.build import _pipeline_args, build, built_partitions
 
 SPEC = load_spec(str(Path(__file__).resolve().parents[1] / "features" / "default.yaml"))

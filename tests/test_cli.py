@@ -9,9 +9,9 @@ import sys
 import pytest
 import tensorflow as tf
 
-from ecdctr.cli import error_line, main
-from ecdctr.simulator import SimConfig, simulate
-from ecdctr.validation import ConfigError
+from ecdctr.cli.main import error_line, main
+from ecdctr.data.simulator import SimConfig, simulate
+from ecdctr.spec.validation import ConfigError
 
 
 @pytest.mark.parametrize("error, expected", [

@@ -1,4 +1,4 @@
-"""Tests for the TF Serving client (ecdctr/client.py, `ecdctr query`) and the serving configs.
+"""Tests for the TF Serving client (ecdctr/serving/client.py, `ecdctr query`) and the serving configs.
 
 TF Serving's binary cannot be installed here, so the end-to-end tests run TEST STAND-INS for
 it on 127.0.0.1: an in-process gRPC PredictionService and an http.server implementing
@@ -27,12 +27,12 @@ from serving_decoders import decode_grpc_request, decode_rest_body
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from ecdctr.cli import main
-from ecdctr.client import grpc_request, query, rest_body
-from ecdctr.export import INPUT_KEY, OUTPUT_KEY, export_saved_model
-from ecdctr.models import ModelConfig, build_model
-from ecdctr.rows import RowParser, features_example
-from ecdctr.spec import load_spec
+from ecdctr.cli.main import main
+from ecdctr.data.rows import RowParser, features_example
+from ecdctr.models.ctr_model import ModelConfig, build_model
+from ecdctr.serving.client import grpc_request, query, rest_body
+from ecdctr.serving.export import INPUT_KEY, OUTPUT_KEY, export_saved_model
+from ecdctr.spec.feature_spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC_PATH = ROOT / "features" / "default.yaml"

@@ -7,11 +7,11 @@ import os
 
 import pytest
 
-from ecdctr import plots
 from ecdctr.config import load_config
-from ecdctr.models import ModelConfig
-from ecdctr.simulator import SimConfig, simulate
-from ecdctr.spec import load_spec
+from ecdctr.data.simulator import SimConfig, simulate
+from ecdctr.evaluation import plots
+from ecdctr.models.ctr_model import ModelConfig
+from ecdctr.spec.feature_spec import load_spec
 from pipelines.ablations import Ablations
 from pipelines.build import build
 from pipelines.compare import parse_variant, run_compare

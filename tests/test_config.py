@@ -6,7 +6,7 @@ import os
 import pytest
 
 from ecdctr.config import Schedule, load_config
-from ecdctr.validation import ConfigError
+from ecdctr.spec.validation import ConfigError
 
 
 def test_demo_config_resolves_paths_against_its_folder():
@@ -130,7 +130,7 @@ def test_duplicate_keys_are_errors_that_name_the_file_line_and_key(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(open("features/default.yaml").read()
                     + "  user_id:\n    kind: categorical\n    dim: 4\n")
-    from ecdctr.spec import load_spec
+    from ecdctr.spec.feature_spec import load_spec
 
     with pytest.raises(ConfigError, match="duplicate key 'user_id'"):
         load_spec(str(spec))

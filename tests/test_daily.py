@@ -15,9 +15,9 @@ import tensorflow as tf
 import yaml
 
 from ecdctr.config import load_config
-from ecdctr.models import ModelConfig, build_model, transfer_weights
-from ecdctr.simulator import SimConfig, simulate
-from ecdctr.spec import load_spec
+from ecdctr.data.simulator import SimConfig, simulate
+from ecdctr.models.ctr_model import ModelConfig, build_model, transfer_weights
+from ecdctr.spec.feature_spec import load_spec
 from pipelines import daily
 from pipelines.daily import feature_diff, run_daily
 

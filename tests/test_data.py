@@ -5,10 +5,10 @@ import datetime as dt
 import pytest
 import tensorflow as tf
 
-from ecdctr.data import make_dataset, partition_files
-from ecdctr.rows import RowParser, to_example
-from ecdctr.spec import load_spec
-from ecdctr.vocab import build_vocabularies, counts_path, read_vocabularies, write_vocabularies
+from ecdctr.data.datasets import make_dataset, partition_files
+from ecdctr.data.rows import RowParser, to_example
+from ecdctr.data.vocab import build_vocabularies, counts_path, read_vocabularies, write_vocabularies
+from ecdctr.spec.feature_spec import load_spec
 
 SPEC = load_spec("features/default.yaml")
 

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ecdctr.checkpoint import load_checkpoint
 from ecdctr.config import load_config
-from ecdctr.data import make_dataset, partition_files
-from ecdctr.distribute import DistributeConfig, Task, read_task
-from ecdctr.simulator import SimConfig, simulate
-from ecdctr.training import scored_batches
+from ecdctr.data.datasets import make_dataset, partition_files
+from ecdctr.data.simulator import SimConfig, simulate
+from ecdctr.training.checkpoint import load_checkpoint
+from ecdctr.training.distribute import DistributeConfig, Task, read_task
+from ecdctr.training.loop import scored_batches
 from pipelines.daily import run_daily
 
 START = dt.date(2026, 1, 1)

@@ -7,8 +7,8 @@ import datetime as dt
 import json
 import random
 
-from ecdctr.drift import compare, read_drift
-from ecdctr.spec import load_spec
+from ecdctr.data.drift import compare, read_drift
+from ecdctr.spec.feature_spec import load_spec
 from pipelines.build import build
 
 SPEC = load_spec("features/default.yaml")

@@ -12,10 +12,10 @@ import sys
 import pytest
 import tensorflow as tf
 
-from ecdctr.cli import main
+from ecdctr.cli.main import main
 from ecdctr.config import load_config
-from ecdctr.export import WARMUP_FILE, read_warmup
-from ecdctr.simulator import SimConfig, simulate
+from ecdctr.data.simulator import SimConfig, simulate
+from ecdctr.serving.export import WARMUP_FILE, read_warmup
 from pipelines.daily import DailyError, run_daily, work_lock
 
 START = dt.date(2026, 1, 1)
@@ -246,7 +246,7 @@ def test_versions_rollback_and_the_hold_on_the_next_run(run, capsys):
 
 
 def test_a_model_that_learned_from_a_drifted_day_is_not_published(run, capsys):
-    from ecdctr.drift import drift_path
+    from ecdctr.data.drift import drift_path
 
     root, config, _, _ = run
     drifted = DATE - dt.timedelta(days=2)  # learned (the day before D is held out for validation)

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from ecdctr import logs
-from ecdctr.cli import main
+from ecdctr.cli import logs
+from ecdctr.cli.main import main
 
 ABSL_INFO = re.compile(r"^I\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ \w+\.py:\d+\] ", re.M)
 

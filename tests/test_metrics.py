@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from ecdctr import metrics
-from ecdctr.evaluation import Evaluator, GroupedAuc, pack
+from ecdctr.evaluation import metrics
+from ecdctr.evaluation.evaluator import Evaluator, GroupedAuc, pack
 
 
 def _pairwise_auc(y, s):

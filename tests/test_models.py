@@ -3,9 +3,9 @@
 import numpy as np
 import tensorflow as tf
 
-from ecdctr.models import ModelConfig, build_model, merged_tpm, transfer_weights
-from ecdctr.spec import load_spec
-from ecdctr.training import recalibrate_batchnorm, scored_batches
+from ecdctr.models.ctr_model import ModelConfig, build_model, merged_tpm, transfer_weights
+from ecdctr.spec.feature_spec import load_spec
+from ecdctr.training.loop import recalibrate_batchnorm, scored_batches
 
 SPEC = load_spec("features/default.yaml")
 CONFIG = ModelConfig(hidden=(8, 4), batch_size=16)

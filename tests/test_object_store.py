@@ -7,10 +7,12 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from ecdctr import export, storage
-from ecdctr.checkpoint import META, load_checkpoint, save_checkpoint
-from ecdctr.data import parse_batch
-from ecdctr.export import (
+from ecdctr.data.datasets import parse_batch
+from ecdctr.data.rows import RowParser, to_example
+from ecdctr.io import storage
+from ecdctr.models.ctr_model import ModelConfig, build_model
+from ecdctr.serving import export
+from ecdctr.serving.export import (
     INPUT_KEY,
     OUTPUT_KEY,
     publish,
@@ -19,9 +21,8 @@ from ecdctr.export import (
     unfinished_versions,
     versions,
 )
-from ecdctr.models import ModelConfig, build_model
-from ecdctr.rows import RowParser, to_example
-from ecdctr.spec import load_spec
+from ecdctr.spec.feature_spec import load_spec
+from ecdctr.training.checkpoint import META, load_checkpoint, save_checkpoint
 
 SPEC = load_spec("features/default.yaml")
 ROWS = [{"request_id": str(i), "ts": 1, "click": i % 2, "user_id": f"u{i % 3}", "item_id": "i1",
@@ -138,7 +139,7 @@ def test_the_daily_job_runs_on_s3_from_logs_to_a_served_version(bucket, tmp_path
     import json
     import os
 
-    from ecdctr.simulator import SimConfig, simulate
+    from ecdctr.data.simulator import SimConfig, simulate
 
     local_logs = tmp_path / "logs"
     simulate(str(local_logs), dt.date(2026, 1, 1), 8,

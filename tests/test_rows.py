@@ -5,9 +5,17 @@ import datetime as dt
 import pytest
 import tensorflow as tf
 
-from ecdctr.data import parse_batch
-from ecdctr.rows import ExampleEncoder, ParsedRow, RowEncoder, RowError, RowParser, domain_key, to_example
-from ecdctr.spec import load_spec
+from ecdctr.data.datasets import parse_batch
+from ecdctr.data.rows import (
+    ExampleEncoder,
+    ParsedRow,
+    RowEncoder,
+    RowError,
+    RowParser,
+    domain_key,
+    to_example,
+)
+from ecdctr.spec.feature_spec import load_spec
 
 SPEC = load_spec("features/default.yaml")
 DAY = dt.date(2026, 3, 1)

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ecdctr import layers
-from ecdctr.adasparse import AdaSparseConfig
-from ecdctr.data import make_dataset, parse_batch
-from ecdctr.export import (
+from ecdctr.data.datasets import make_dataset, parse_batch
+from ecdctr.data.rows import RowParser, to_example
+from ecdctr.layers import core as layers
+from ecdctr.models.adasparse import AdaSparseConfig
+from ecdctr.models.ctr_model import ModelConfig, build_model, is_preprocessed, merged_tpm
+from ecdctr.serving.export import (
     OUTPUT_KEY,
     RAW_SIGNATURE,
     WARMUP_FILE,
@@ -24,11 +26,9 @@ from ecdctr.export import (
     versions,
     warmup_examples,
 )
-from ecdctr.gate import GateConfig, infra_gate, metric_gate
-from ecdctr.models import ModelConfig, build_model, is_preprocessed, merged_tpm
-from ecdctr.rows import RowParser, to_example
-from ecdctr.spec import load_spec
-from ecdctr.training import fit
+from ecdctr.serving.gate import GateConfig, infra_gate, metric_gate
+from ecdctr.spec.feature_spec import load_spec
+from ecdctr.training.loop import fit
 
 SPEC = load_spec("features/default.yaml")
 ROWS = [{"request_id": str(i), "ts": 1, "click": i % 2, "user_id": f"u{i % 3}", "item_id": "i1",
@@ -164,7 +164,7 @@ def test_unseen_ids_missing_features_and_malformed_examples(staged):
     _, _, path = staged
     serve = tf.saved_model.load(path).signatures["serving_default"]
     unseen = RowParser(SPEC).parse_features({"user_id": "nobody", "scenario": "new"})[0]
-    from ecdctr.rows import features_example
+    from ecdctr.data.rows import features_example
 
     batch = [features_example(unseen).SerializeToString(), b""]  # b"": every feature missing
     assert np.isfinite(serve(examples=tf.constant(batch))[OUTPUT_KEY].numpy()).all()
@@ -246,7 +246,7 @@ def test_the_replay_child_dies_with_a_killed_parent(tmp_path):
 
     pid_file = tmp_path / "child.pid"
     child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
-    parent = subprocess.Popen([sys.executable, "-c", "import sys; from ecdctr.gate import run_child; "
+    parent = subprocess.Popen([sys.executable, "-c", "import sys; from ecdctr.serving.gate import run_child; "
                                f"run_child([sys.executable, '-c', {child!r}], timeout=300)"])
     try:
         deadline = time.monotonic() + 120
@@ -272,7 +272,7 @@ def test_the_replay_child_dies_with_a_killed_parent(tmp_path):
 def test_an_unloadable_serving_version_does_not_block_a_good_candidate(staged, tmp_path):
     import shutil
 
-    from ecdctr.gate import run_gate
+    from ecdctr.serving.gate import run_gate
 
     model, _, path = staged
     broken = tmp_path / "7"
@@ -291,8 +291,8 @@ def test_an_unloadable_serving_version_does_not_block_a_good_candidate(staged, t
 
 
 def test_the_gate_scores_the_serving_version_streamed_as_on_whole_arrays(staged, tmp_path):
-    from ecdctr import metrics
-    from ecdctr.gate import saved_model_auc, score_saved_model
+    from ecdctr.evaluation import metrics
+    from ecdctr.serving.gate import saved_model_auc, score_saved_model
 
     model, _, path = staged
     files = _held_out(tmp_path, copies=5)  # 60 rows: batches of 7 leave a remainder

@@ -10,7 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from ecdctr.simulator import SimConfig, World, simulate
+from ecdctr.data.simulator import SimConfig, World, simulate
 
 START = datetime.date(2026, 3, 1)
 DAYS = 3

@@ -5,8 +5,8 @@ import copy
 import pytest
 import yaml
 
-from ecdctr.spec import load_spec, parse_spec
-from ecdctr.validation import ConfigError
+from ecdctr.spec.feature_spec import load_spec, parse_spec
+from ecdctr.spec.validation import ConfigError
 
 DEFAULT = "features/default.yaml"
 

@@ -1,4 +1,4 @@
-"""Tests for `ecdctr spec check` and `ecdctr spec diff` (ecdctr/spec_tools.py)."""
+"""Tests for `ecdctr spec check` and `ecdctr spec diff` (ecdctr/cli/spec_commands.py)."""
 
 import datetime as dt
 import json
@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 import ecdctr  # noqa: F401  (before TensorFlow)
-from ecdctr import spec_tools
-from ecdctr.cli import main
-from ecdctr.spec import load_spec
+from ecdctr.cli import spec_commands as spec_tools
+from ecdctr.cli.main import main
+from ecdctr.spec.feature_spec import load_spec
 
 DEFAULT = "features/default.yaml"
 DAY = dt.date(2024, 1, 2)
@@ -154,8 +154,8 @@ def _dim_only(doc):
 def test_tpm_snapshot_verdict_follows_the_model_code(tmp_path, mutate, verdict):
     """The verdict is what the CPM's model code does: existing snapshots (tables keyed by the
     old entity features) with the new spec, alone and next to a snapshot of the new spec."""
-    from ecdctr.data import example_batch
-    from ecdctr.models import ModelConfig, build_model
+    from ecdctr.data.datasets import example_batch
+    from ecdctr.models.ctr_model import ModelConfig, build_model
 
     old, new = load_spec(DEFAULT), load_spec(_spec_file(tmp_path, "new.yaml", mutate))
     report = spec_tools.diff(DEFAULT, new.path)[0]["tpm_snapshots"]

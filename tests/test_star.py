@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from ecdctr.layers import Mlp
-from ecdctr.star import PartitionedNormalization, StarMlp, block_diagonal_matmul
+from ecdctr.layers.core import Mlp
+from ecdctr.models.star import PartitionedNormalization, StarMlp, block_diagonal_matmul
 
 RNG = np.random.default_rng(0)
 DOMAINS = 5

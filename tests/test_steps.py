@@ -15,12 +15,12 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from ecdctr.checkpoint import Snapshot, describe, is_current, load_checkpoint
 from ecdctr.config import Windows, load_config
-from ecdctr.data import example_batch
-from ecdctr.simulator import SimConfig, simulate
-from ecdctr.spec import load_spec
-from ecdctr.training import BestEpoch
+from ecdctr.data.datasets import example_batch
+from ecdctr.data.simulator import SimConfig, simulate
+from ecdctr.spec.feature_spec import load_spec
+from ecdctr.training.checkpoint import Snapshot, describe, is_current, load_checkpoint
+from ecdctr.training.loop import BestEpoch
 from pipelines import daily, steps
 from pipelines.ablations import Ablations
 from pipelines.daily import run_daily

@@ -3,7 +3,7 @@
 import pytest
 
 import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
-from ecdctr import storage
+from ecdctr.io import storage
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -9,10 +9,10 @@ import json
 import numpy as np
 import tensorflow as tf
 
-from ecdctr.data import example_batch
-from ecdctr.models import ModelConfig, build_model
-from ecdctr.spec import load_spec
-from ecdctr.vocab import OOV_TOKEN, build_vocabularies, read_vocabularies, write_vocabularies
+from ecdctr.data.datasets import example_batch
+from ecdctr.data.vocab import OOV_TOKEN, build_vocabularies, read_vocabularies, write_vocabularies
+from ecdctr.models.ctr_model import ModelConfig, build_model
+from ecdctr.spec.feature_spec import load_spec
 from pipelines.build import build
 
 SPEC = load_spec("features/default.yaml")

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ecdctr.data import example_batch
-from ecdctr.export import (
+from ecdctr.data.datasets import example_batch
+from ecdctr.data.rows import RowParser, to_example
+from ecdctr.models.ctr_model import ModelConfig, build_model
+from ecdctr.serving.export import (
     MAX_SAFE_VOCAB,
     OUTPUT_KEY,
     WARMUP_BATCH_SIZES,
@@ -18,10 +20,8 @@ from ecdctr.export import (
     stage_saved_model,
     warmup_examples,
 )
-from ecdctr.gate import GateConfig, infra_gate
-from ecdctr.models import ModelConfig, build_model
-from ecdctr.rows import RowParser, to_example
-from ecdctr.spec import load_spec, parse_spec
+from ecdctr.serving.gate import GateConfig, infra_gate
+from ecdctr.spec.feature_spec import load_spec, parse_spec
 
 SPEC = load_spec("features/default.yaml")
 USERS = ["user-secret-1234", "user-secret-5678", "user-secret-9012"]

@@ -15,7 +15,7 @@ from typing import Any
 import tensorflow as tf
 import tf_keras as keras
 
-from ecdctr import storage
+from ecdctr.io import storage
 
 STRATEGIES = ("none", "mirrored", "multi_worker_mirrored", "parameter_server")
 BATCH_SIZES = ("global", "per_replica")

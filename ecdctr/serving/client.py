@@ -14,8 +14,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2
 
-from ecdctr.export import INPUT_KEY, OUTPUT_KEY
-from ecdctr.rows import RowError, RowParser, features_example
+from ecdctr.data.rows import RowError, RowParser, features_example
+from ecdctr.serving.export import INPUT_KEY, OUTPUT_KEY
 
 PROTOCOLS = ("grpc", "rest")
 DEFAULT_SIGNATURE = "serving_default"

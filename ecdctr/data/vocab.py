@@ -8,8 +8,8 @@ import json
 import math
 from collections.abc import Iterable
 
-from ecdctr import storage
-from ecdctr.spec import Spec
+from ecdctr.io import storage
+from ecdctr.spec.feature_spec import Spec
 
 Partition = tuple[str, dt.date]  # (source, date)
 OOV_PLACEHOLDER = "<no-vocabulary>"  # keeps lookups valid when a window has no tokens

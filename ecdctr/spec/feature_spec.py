@@ -11,7 +11,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ecdctr.validation import ConfigError, is_int, is_number, load_yaml, unknown_keys
+from ecdctr.spec.validation import ConfigError, is_int, is_number, load_yaml, unknown_keys
 
 KINDS = ("categorical", "numeric", "categorical_list")
 NORMALIZERS = ("zscore", "log", "none")

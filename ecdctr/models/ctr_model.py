@@ -15,18 +15,18 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
-from ecdctr.adasparse import AdaSparseConfig, AdaSparseMlp
-from ecdctr.aggregator import MergedTpmLookup, TpmAggregator
-from ecdctr.apg import ApgMlp
-from ecdctr.layers import FeatureEncoder, Mlp, known_from_rows
-from ecdctr.spec import Feature
-from ecdctr.star import StarMlp
+from ecdctr.layers.aggregator import MergedTpmLookup, TpmAggregator
+from ecdctr.layers.core import FeatureEncoder, Mlp, known_from_rows
+from ecdctr.models.adasparse import AdaSparseConfig, AdaSparseMlp
+from ecdctr.models.apg import ApgMlp
+from ecdctr.models.star import StarMlp
+from ecdctr.spec.feature_spec import Feature
 
 BACKBONES = ("dnn", "dcnv2")
 MULTI_DOMAIN = ("none", "adasparse", "star", "apg")
 CROSS_STRUCTURES = ("parallel", "stacked")
 NO_DOMAIN = "<no-domain>"  # domain list placeholder when no domains are known
-# Keys of CtrModel.preprocess's output; a feature name never starts with "." (ecdctr.spec).
+# Keys of CtrModel.preprocess's output; a feature name never starts with "." (ecdctr.spec.feature_spec).
 IDS, TPM_ROWS, DOMAIN_INDEX = ".ids", ".tpm_rows", ".domain_index"
 TpmSnapshot = Mapping[str, tuple[Sequence[str], np.ndarray]]  # entity feature -> (ids, vectors)
 TpmSnapshots = TpmSnapshot | Sequence[TpmSnapshot]

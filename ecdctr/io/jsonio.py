@@ -6,7 +6,7 @@ import json
 import math
 from typing import Any
 
-from ecdctr import storage
+from ecdctr.io import storage
 
 
 def json_safe(obj: Any) -> Any:

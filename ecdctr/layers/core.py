@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from ecdctr.spec import Feature
+from ecdctr.spec.feature_spec import Feature
 
 # Key of a list feature's mean weights in FeatureEncoder.preprocess (a name never holds "/").
 LIST_WEIGHTS = "/weights"

@@ -53,7 +53,7 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
 def load_yaml(path: str) -> Any:
     """Reads a YAML file, turning I/O, encoding and syntax problems, duplicate keys and
     oversized files into ConfigError (naming the file, the line and the fix)."""
-    from ecdctr import storage  # TensorFlow's file layer, imported only when a file is read
+    from ecdctr.io import storage  # TensorFlow's file layer, imported only when a file is read
 
     try:
         if storage.isdir(path):

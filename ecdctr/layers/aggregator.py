@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from ecdctr.layers import TpmLookup, known_from_rows
+from ecdctr.layers.core import TpmLookup, known_from_rows
 
 # The serving form of a TpmAggregator: one StringLookup + gather per entity feature over
 # `TpmAggregator.merged_tables()`, features in name order, a zero vector for unseen ids, tables

@@ -9,9 +9,9 @@ import math
 import statistics
 from collections.abc import Callable, Sequence
 
-from ecdctr import storage
-from ecdctr.spec import Spec
-from ecdctr.vocab import merge_counts, read_stats
+from ecdctr.data.vocab import merge_counts, read_stats
+from ecdctr.io import storage
+from ecdctr.spec.feature_spec import Spec
 
 TRAILING_DAYS = 7  # built days before a day that it is compared with
 MIN_TRAILING = 3  # fewer built days before it: no comparison yet

@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ecdctr.spec import Feature, Spec
+from ecdctr.spec.feature_spec import Feature, Spec
 
 if TYPE_CHECKING:  # imported where used: the build's Beam workers never load TensorFlow
     import tensorflow as tf

@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from ecdctr.spec import Feature, Spec, load_spec
+from ecdctr.spec.feature_spec import Feature, Spec, load_spec
 
 EXAMPLES_PER_REASON = 2
 
@@ -43,7 +43,7 @@ def sample_logs(spec: Spec, logs: str, days: int, rows: int,
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from ecdctr import storage
+    from ecdctr.io import storage
     from pipelines import build
 
     logs = storage.absolute(logs)
@@ -69,7 +69,7 @@ def _sample_source(spec: Spec, source: str, partitions: list[tuple[str, list[str
                    rows: int, unreadable: list[dict]) -> dict:
     """One source's sample (see sample_logs); each row goes through the build's own
     validation step (pipelines.build._RowChecker), duplicates are found as the build does."""
-    from ecdctr.rows import RowError, RowParser, _is_missing
+    from ecdctr.data.rows import RowError, RowParser, _is_missing
     from pipelines import build
 
     files = [(source, date, path) for date, paths in partitions for path in paths]

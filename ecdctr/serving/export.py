@@ -27,12 +27,12 @@ import tensorflow as tf
 import tf_keras as keras
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from ecdctr import storage
-from ecdctr.data import feature_description, features_by_name, serving_features
-from ecdctr.jsonio import write_json
-from ecdctr.models import CtrModel, merged_tpm
-from ecdctr.rows import features_example
-from ecdctr.spec import Spec
+from ecdctr.data.datasets import feature_description, features_by_name, serving_features
+from ecdctr.data.rows import features_example
+from ecdctr.io import storage
+from ecdctr.io.jsonio import write_json
+from ecdctr.models.ctr_model import CtrModel, merged_tpm
+from ecdctr.spec.feature_spec import Spec
 
 OUTPUT_KEY = "click_probability"
 INPUT_KEY = "examples"

@@ -6,7 +6,7 @@ Data paths (logs, work folder, exports, models) go through this module, never th
 Object stores have no atomic rename and no real folders: `rename` of a folder copies then
 deletes, and folders exist only while something is inside them. Callers that need a reader
 never to see half of something write it under a name the reader ignores, then publish it
-(see ecdctr/export.py).
+(see ecdctr/serving/export.py).
 
 Credentials and endpoints come from the environment, as every AWS tool reads them:
 AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,

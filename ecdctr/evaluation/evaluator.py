@@ -191,7 +191,7 @@ class _Counter:
 
 
 def auc_from_counts(clicks: np.ndarray, non_clicks: np.ndarray, u2: np.ndarray) -> np.ndarray:
-    """AUC of each group from its counts, computed as ecdctr.metrics.auc does (the same
+    """AUC of each group from its counts, computed as ecdctr.evaluation.metrics.auc does (the same
     float64 operations on the same exact integers); NaN with one class only."""
     pairs = (np.asarray(clicks, np.int64) * np.asarray(non_clicks, np.int64)).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -201,12 +201,12 @@ def auc_from_counts(clicks: np.ndarray, non_clicks: np.ndarray, u2: np.ndarray) 
 
 class Evaluator:
     """LogLoss, AUC, GAUC (impression-weighted mean of per-user AUC over users with both
-    classes), CTR and mean prediction of scored batches, the figures ecdctr.metrics computes
+    classes), CTR and mean prediction of scored batches, the figures ecdctr.evaluation.metrics computes
     on whole arrays; with per_domain, the AUC and rows of every domain with both classes;
     with domain_bins (lists of domain keys), the rows and AUC of each bin.
 
     Memory: the GroupedAuc bounds (a few tens of MB) plus one dict entry per user and per
-    domain; never the rows. AUC, GAUC, CTR, rows and per-domain figures equal ecdctr.metrics'
+    domain; never the rows. AUC, GAUC, CTR, rows and per-domain figures equal ecdctr.evaluation.metrics'
     exactly; LogLoss and mean prediction are sums taken batch by batch, equal up to float
     rounding (summation order)."""
 
@@ -286,7 +286,7 @@ class Evaluator:
         return out
 
     def _gauc(self) -> tuple[float, int]:
-        """GAUC summed user by user in the order of their ids, as ecdctr.metrics.gauc does
+        """GAUC summed user by user in the order of their ids, as ecdctr.evaluation.metrics.gauc does
         (so the float sum rounds the same)."""
         c = self.gauc.counts()
         both = (c["clicks"] > 0) & (c["non_clicks"] > 0)

@@ -12,7 +12,7 @@ A folder (TPM snapshot, CPM, A-CTR, or a compare variant) holds:
 read. Writes go to `<folder>.tmp`, renamed into place when whole; on an object store (no
 atomic rename) straight into the folder, its meta.json removed first and written last, so a
 reader (and the daily job) never takes a half-written folder for a checkpoint. Folders may be
-local paths or URIs (ecdctr.storage).
+local paths or URIs (ecdctr.io.storage).
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ecdctr import storage
-from ecdctr.adasparse import AdaSparseConfig
-from ecdctr.aggregator import TpmAggregator
 from ecdctr.config import MODEL_KEYS
-from ecdctr.data import example_batch
-from ecdctr.jsonio import read_json, write_json
-from ecdctr.models import CtrModel, ModelConfig, TpmSnapshot, build_model
-from ecdctr.spec import Spec, load_spec
-from ecdctr.vocab import read_vocabularies, write_vocabularies
+from ecdctr.data.datasets import example_batch
+from ecdctr.data.vocab import read_vocabularies, write_vocabularies
+from ecdctr.io import storage
+from ecdctr.io.jsonio import read_json, write_json
+from ecdctr.layers.aggregator import TpmAggregator
+from ecdctr.models.adasparse import AdaSparseConfig
+from ecdctr.models.ctr_model import CtrModel, ModelConfig, TpmSnapshot, build_model
+from ecdctr.spec.feature_spec import Spec, load_spec
 
 META = "meta.json"
 

@@ -19,8 +19,8 @@ from absl import app
 from absl.flags import argparse_flags
 
 import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from ecdctr import logs
-from ecdctr.validation import ConfigError
+from ecdctr.cli import logs
+from ecdctr.spec.validation import ConfigError
 
 log = logging.getLogger(logs.LOGGER)
 
@@ -253,7 +253,7 @@ def _exit(status: int, whole_process: bool) -> None:
     """Ends the process with status. Once tensorflow-io's S3 file system was used, the
     interpreter aborts at exit (status 134, 'pure virtual method called'): then the output
     is flushed and the process ends here, skipping the interpreter's teardown."""
-    storage = sys.modules.get("ecdctr.storage")
+    storage = sys.modules.get("ecdctr.io.storage")
     if whole_process and storage is not None and storage.native_loaded():
         logging.shutdown()
         sys.stdout.flush()
@@ -263,7 +263,7 @@ def _exit(status: int, whole_process: bool) -> None:
 
 
 def _simulate(args: argparse.Namespace, _: list[str]) -> None:
-    from ecdctr.simulator import SimConfig, simulate
+    from ecdctr.data.simulator import SimConfig, simulate
 
     sizes = {"users": args.users, "items": args.items, "natural_rows_per_day": args.rows_per_day,
              "away_rate": args.away_rate, "return_rate": args.return_rate}
@@ -273,8 +273,8 @@ def _simulate(args: argparse.Namespace, _: list[str]) -> None:
 
 
 def _build(args: argparse.Namespace, beam_args: list[str]) -> None:
-    from ecdctr.spec import load_spec
-    from ecdctr.vocab import build_vocabularies
+    from ecdctr.data.vocab import build_vocabularies
+    from ecdctr.spec.feature_spec import load_spec
     from pipelines.build import build, built_partitions
 
     spec = load_spec(args.spec)
@@ -291,7 +291,7 @@ def _daily(args: argparse.Namespace, beam_args: list[str]) -> int:
     from dataclasses import replace
 
     from ecdctr.config import load_config
-    from ecdctr.jsonio import json_safe
+    from ecdctr.io.jsonio import json_safe
     from pipelines.daily import OUTCOMES, run_daily
 
     config = load_config(args.config)
@@ -345,8 +345,8 @@ def _compare(args: argparse.Namespace, beam_args: list[str]) -> None:
 
 
 def _inspect(args: argparse.Namespace, _: list[str]) -> None:
-    from ecdctr import storage
-    from ecdctr.checkpoint import META, describe
+    from ecdctr.io import storage
+    from ecdctr.training.checkpoint import META, describe
 
     if args.json:
         path = storage.join(args.folder, META)
@@ -361,11 +361,11 @@ def _inspect(args: argparse.Namespace, _: list[str]) -> None:
 def _predict(args: argparse.Namespace, _: list[str]) -> int:
     import tensorflow as tf
 
-    from ecdctr import storage
-    from ecdctr.client import read_examples
-    from ecdctr.export import INPUT_KEY, OUTPUT_KEY, SPEC_FILE, versions
-    from ecdctr.rows import RowParser
-    from ecdctr.spec import load_spec
+    from ecdctr.data.rows import RowParser
+    from ecdctr.io import storage
+    from ecdctr.serving.client import read_examples
+    from ecdctr.serving.export import INPUT_KEY, OUTPUT_KEY, SPEC_FILE, versions
+    from ecdctr.spec.feature_spec import load_spec
 
     path = args.model
     if not storage.exists(storage.join(path, "saved_model.pb")):
@@ -397,14 +397,14 @@ def _predict(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def _export_base(folder: str) -> str:
-    from ecdctr import storage
+    from ecdctr.io import storage
 
     nested = storage.join(folder, "actr")
     return nested if storage.isdir(nested) else folder
 
 
 def _versions(args: argparse.Namespace, _: list[str]) -> None:
-    from ecdctr.export import describe_versions, held
+    from ecdctr.serving.export import describe_versions, held
 
     base = _export_base(args.export)
     rows, hold = describe_versions(base), held(base)
@@ -430,7 +430,7 @@ def _versions(args: argparse.Namespace, _: list[str]) -> None:
 
 
 def _rollback(args: argparse.Namespace, _: list[str]) -> None:
-    from ecdctr.export import release, rollback
+    from ecdctr.serving.export import release, rollback
 
     base = _export_base(args.export)
     if args.release:
@@ -442,9 +442,9 @@ def _rollback(args: argparse.Namespace, _: list[str]) -> None:
 
 
 def _query(args: argparse.Namespace, _: list[str]) -> int:
-    from ecdctr.client import query, read_examples
-    from ecdctr.rows import RowParser
-    from ecdctr.spec import load_spec
+    from ecdctr.data.rows import RowParser
+    from ecdctr.serving.client import query, read_examples
+    from ecdctr.spec.feature_spec import load_spec
 
     rows, problems = read_examples(args.input, RowParser(load_spec(args.spec)))
     for problem in problems:
@@ -461,7 +461,7 @@ def _query(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def _spec(args: argparse.Namespace, _: list[str]) -> int:
-    from ecdctr import spec_tools
+    from ecdctr.cli import spec_commands as spec_tools
 
     if args.spec_command == "check":
         report, status = spec_tools.check(args.file, args.logs, args.days, args.rows)

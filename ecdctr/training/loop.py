@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from ecdctr.spec import Spec
+from ecdctr.spec.feature_spec import Spec
 
 Log = Callable[[str], None]
 # Train steps per call of the compiled train function when the input's size is known: the
@@ -119,7 +119,7 @@ def fit(model: keras.Model, dataset: tf.data.Dataset, epochs: int, batch_size: i
     every epoch); without it, runs all `epochs`. `rows` (the dataset's size, when known) is
     reported as rows_read. With tensorboard_dir, the loss and the metrics (AdaSparse's
     per-layer sparsity among them) go to TensorBoard every 50 steps.
-    Distributed fits (ecdctr.distribute): `dataset` and `validation` are per-worker inputs,
+    Distributed fits (ecdctr.training.distribute): `dataset` and `validation` are per-worker inputs,
     batch_size the global batch; with backup_dir the training state is backed up there after
     every epoch (keras BackupAndRestore: a rerun resumes from the last whole epoch, the
     folder is deleted when the fit ends); steps_per_epoch and validation_steps bound the

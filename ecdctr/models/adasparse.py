@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from ecdctr.layers import constant_weight, folded_dense_batchnorm
+from ecdctr.layers.core import constant_weight, folded_dense_batchnorm
 
 FORMS = ("binarization", "scaling", "fusion")
 PLACEMENTS = ("input", "output")

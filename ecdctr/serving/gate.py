@@ -19,12 +19,12 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from ecdctr import storage
-from ecdctr.data import feature_description, features_by_name
-from ecdctr.evaluation import GroupedAuc, auc_from_counts
-from ecdctr.export import INPUT_KEY, OUTPUT_KEY, WARMUP_FILE, read_warmup
-from ecdctr.models import CtrModel, merged_tpm
-from ecdctr.spec import Spec
+from ecdctr.data.datasets import feature_description, features_by_name
+from ecdctr.evaluation.evaluator import GroupedAuc, auc_from_counts
+from ecdctr.io import storage
+from ecdctr.models.ctr_model import CtrModel, merged_tpm
+from ecdctr.serving.export import INPUT_KEY, OUTPUT_KEY, WARMUP_FILE, read_warmup
+from ecdctr.spec.feature_spec import Spec
 
 Log = Callable[[str], None]
 FOLD_TOLERANCE = 1e-3  # a warmup row whose exported-form prediction moves more counts as moved

@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 import tensorflow as tf
 
-from ecdctr import storage
-from ecdctr.spec import Spec
+from ecdctr.io import storage
+from ecdctr.spec.feature_spec import Spec
 
 
 def feature_description(spec: Spec, with_label: bool = True) -> dict:
@@ -85,7 +85,7 @@ def make_dataset(spec: Spec, files: Sequence[str], batch_size: int, shuffle: boo
     runs on each parsed batch in the same parallel map, so its lookups leave the train step.
     rows (the files' Example count, from the build's stats) gives the dataset its number of
     batches (tf.data raises if the files hold another count), which lets training run several
-    steps per call (ecdctr.training.fit)."""
+    steps per call (ecdctr.training.loop.fit)."""
     if not files:
         raise ValueError("no input files: the requested days hold no examples.")
     ds = tf.data.Dataset.from_tensor_slices(list(files))

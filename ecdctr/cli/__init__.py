@@ -1,0 +1,1 @@
+"""The `ecdctr` command: argument parsing, logging set-up and the spec commands."""

@@ -1,0 +1,1 @@
+"""Scoring models: streamed evaluation, exact metrics and plots."""

@@ -1,0 +1,1 @@
+"""Files on any filesystem: storage, JSON, the work-folder layout, whole-then-visible commits, locks."""

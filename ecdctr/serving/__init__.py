@@ -1,0 +1,1 @@
+"""What TF Serving receives: SavedModel export and versions, the gate, the client."""

@@ -1,0 +1,1 @@
+"""The feature spec: its schema, validation and the strict YAML loader every config uses."""

@@ -1,0 +1,1 @@
+"""Fitting models: the training loop, checkpoints and snapshots, distribution strategies."""
