@@ -8,7 +8,6 @@ import contextlib
 import csv
 import datetime as dt
 import errno
-import fcntl
 import gzip
 import io
 import json
@@ -32,6 +31,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from ecdctr.data import drift
 from ecdctr.data.rows import ParsedRow, RowEncoder, RowError
+from ecdctr.io import lock as file_lock
 from ecdctr.io import storage
 from ecdctr.spec.feature_spec import Spec
 
@@ -961,14 +961,7 @@ def build_lock(work: str, lock: str | None, log: Callable[[str], None]) -> Itera
         yield
         return
     path = lock or storage.join(work, ".build.lock")
-    if lock is not None:
-        os.makedirs(os.path.dirname(os.path.abspath(lock)), exist_ok=True)  # a local lock file
-    with open(path, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(f"another build is running in {work} (it holds {path}); "
-                               f"wait for it to finish") from None
+    with file_lock.exclusive(path, f"another build in {work}"):
         yield
 
 

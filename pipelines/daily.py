@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import json
 import os
 import re
@@ -46,6 +45,7 @@ from ecdctr.config import RunConfig
 from ecdctr.data.datasets import partition_files
 from ecdctr.data.drift import read_drift
 from ecdctr.data.vocab import Partition
+from ecdctr.io import lock as file_lock
 from ecdctr.io import storage
 from ecdctr.io.jsonio import json_safe, read_json, write_json
 from ecdctr.models.ctr_model import merged_tpm
@@ -84,27 +84,19 @@ ACTR_KEEP = 7  # newest A-CTR checkpoints kept
 _NAME = re.compile(r"^\d{4}-\d{2}(-\d{2})?$")  # snapshot / checkpoint folder names
 
 
-class DailyError(RuntimeError):
-    """The daily job cannot run for this date; the message says what is missing."""
-
-
 def report_path(config: RunConfig, date: dt.date) -> str:
     """Where the report of day `date` lives."""
     return storage.join(config.work, "reports", f"{date.isoformat()}.json")
 
 
-@contextlib.contextmanager
-def work_lock(path: str) -> Iterator[None]:
-    """Refuses a second daily run of the same work folder while one runs: a flock on the
-    local file `path` (the config's `lock`, <work>/.daily.lock for a local work folder),
-    released by the kernel if the process dies."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as lock:  # a local lock file, not a data path
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DailyError(f"another daily run holds {lock.name}; wait for it to finish") from None
-        yield
+class DailyError(RuntimeError):
+    """The daily job cannot run for this date; the message says what is missing."""
+
+
+def work_lock(path: str) -> contextlib.AbstractContextManager[None]:
+    """Refuses a second daily run of the same work folder while one runs (ecdctr.io.lock on
+    the config's `lock`, <work>/.daily.lock for a local work folder)."""
+    return file_lock.exclusive(path, "another daily run")
 
 
 def run_daily(config: RunConfig, date: dt.date, log: Log = print, force: bool = False) -> dict:

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from ecdctr.data.simulator import SimConfig, simulate
 from ecdctr.io import storage
+from ecdctr.io.lock import Busy
 from ecdctr.spec.feature_spec import load_spec
 from pipelines.build import _pipeline_args, build, built_partitions
 
@@ -162,6 +163,6 @@ def test_a_given_lock_file_refuses_a_second_build(tmp_path):
     lock.parent.mkdir()
     with open(lock, "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        with pytest.raises(RuntimeError, match="another build is running"):
+        with pytest.raises(Busy, match="another build in .* holds .*build.lock"):
             build(SPEC, str(tmp_path / "logs"), str(tmp_path / "work"), lock=str(lock),
                   log=lambda _: None)

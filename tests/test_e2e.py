@@ -15,8 +15,9 @@ import tensorflow as tf
 from ecdctr.cli.main import main
 from ecdctr.config import load_config
 from ecdctr.data.simulator import SimConfig, simulate
+from ecdctr.io.lock import Busy
 from ecdctr.serving.export import WARMUP_FILE, read_warmup
-from pipelines.daily import DailyError, run_daily, work_lock
+from pipelines.daily import run_daily, work_lock
 
 START = dt.date(2026, 1, 1)
 DATE = dt.date(2026, 1, 12)
@@ -119,7 +120,7 @@ def test_rerun_of_a_finished_day_does_nothing_and_force_reuses_what_exists(run):
 def test_a_second_run_on_the_same_work_folder_is_refused(run):
     _, config, _, _ = run
     cfg = load_config(str(config))
-    with work_lock(cfg.lock), pytest.raises(DailyError, match="another daily run"):
+    with work_lock(cfg.lock), pytest.raises(Busy, match="another daily run holds"):
         run_daily(cfg, DATE + dt.timedelta(days=1), log=lambda _: None)
 
 
