@@ -69,7 +69,7 @@ def _sample_source(spec: Spec, source: str, partitions: list[tuple[str, list[str
                    rows: int, unreadable: list[dict]) -> dict:
     """One source's sample (see sample_logs); each row goes through the build's own
     validation step (pipelines.build._RowChecker), duplicates are found as the build does."""
-    from ecdctr.data.rows import RowError, RowParser, _is_missing
+    from ecdctr.data.rows import RowError, RowParser, is_missing
     from pipelines import build
 
     files = [(source, date, path) for date, paths in partitions for path in paths]
@@ -103,7 +103,7 @@ def _sample_source(spec: Spec, source: str, partitions: list[tuple[str, list[str
                                 row = None
                             if isinstance(row, dict):
                                 objects += 1
-                                missing.update(c for c in spec.columns if _is_missing(row.get(c)))
+                                missing.update(c for c in spec.columns if is_missing(row.get(c)))
                                 unread.update(str(c) for c in row if c not in parser.known)
                         try:
                             request_id = checker.check(kind, payload, day)[0].request_id
