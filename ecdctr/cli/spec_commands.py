@@ -40,21 +40,18 @@ def sample_logs(spec: Spec, logs: str, days: int, rows: int,
     each source under <logs>/<source>/date=YYYY-MM-DD/, up to `rows` rows a day. Per source:
     rows sampled, the rows the build would quarantine by reason (with examples), the spec's
     columns missing from the rows (share of rows) and the log columns the spec does not read."""
-    from apache_beam.io.filesystems import FileSystems
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    from ecdctr.io import storage
-    from pipelines import build
+    from ecdctr.data.log_partitions import LOGS_LAYOUT, SOURCES, find_partitions
+    from ecdctr.io import beam_files, storage
 
     logs = storage.absolute(logs)
-    FileSystems.set_options(PipelineOptions(build._pipeline_args((), (logs,))))
-    sources = list(sources or build.SOURCES)
+    beam_files.configure((), (logs,))
+    sources = list(sources or SOURCES)
     notes: list[str] = []
     unreadable: dict[tuple[str, str], list[dict]] = {}
-    found = build._find_partitions(logs, sources, None, None, notes.append, unreadable)
+    found = find_partitions(logs, sources, None, None, notes.append, unreadable)
     if not found:
         raise ValueError(f"no log partitions found under {logs!r} for sources {sources}. "
-                         f"Expected layout: {build.LAYOUT}")
+                         f"Expected layout: {LOGS_LAYOUT}")
     report: dict[str, Any] = {"logs": logs, "days": days, "rows_per_day": rows, "sources": {},
                               "notes": notes}
     for source in sources:
@@ -68,12 +65,12 @@ def sample_logs(spec: Spec, logs: str, days: int, rows: int,
 def _sample_source(spec: Spec, source: str, partitions: list[tuple[str, list[str]]],
                    rows: int, unreadable: list[dict]) -> dict:
     """One source's sample (see sample_logs); each row goes through the build's own
-    validation step (pipelines.build._RowChecker), duplicates are found as the build does."""
+    validation step (readers.RowChecker), duplicates are found as the build does."""
+    from ecdctr.data.readers import ERROR, TEXT, FileCounters, RowChecker, decode_json, read_log_file
     from ecdctr.data.rows import RowError, RowParser, is_missing
-    from pipelines import build
 
     files = [(source, date, path) for date, paths in partitions for path in paths]
-    checker = build._RowChecker(spec)
+    checker = RowChecker(spec)
     parser = RowParser(spec)
     sampled = objects = 0
     reasons: dict[str, dict] = {}
@@ -92,13 +89,13 @@ def _sample_source(spec: Spec, source: str, partitions: list[tuple[str, list[str
         seen: set[str] = set()  # request ids kept so far this day: later ones are duplicates
         for path in paths:
             if taken < rows:
-                reader = build.read_log_file(path, build._FileCounters())
+                reader = read_log_file(path, FileCounters())
                 with contextlib.closing(reader):
                     for line, kind, payload in reader:
                         taken += 1
-                        if kind != build.ERROR:
+                        if kind != ERROR:
                             try:
-                                row = build._decode_json(payload) if kind == build.TEXT else payload
+                                row = decode_json(payload) if kind == TEXT else payload
                             except RowError:
                                 row = None
                             if isinstance(row, dict):
