@@ -7,6 +7,9 @@ import gzip
 import json
 import math
 import os
+import pickle
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from ecdctr.io import beam_files
 from ecdctr.spec.feature_spec import load_spec
 from pipelines.build import (
     SLICE_BYTES,
+    Day,
     build,
     build_days,
     built_partitions,
@@ -29,6 +33,7 @@ from pipelines.build import (
     find_days,
     pipeline_runner,
 )
+from pipelines.build.dofn import BuildDay
 from pipelines.build.stats import DayStats
 
 SPEC = load_spec(str(Path(__file__).resolve().parents[1] / "features" / "default.yaml"))
@@ -575,3 +580,24 @@ def test_slice_count_comes_from_the_input_sizes():
     assert discovery.slice_count(inputs, 180) == 1
     assert discovery.slice_count(inputs, 179) == 2
     assert discovery.slice_count(inputs, 60) == 3
+
+
+def test_a_worker_builds_a_day_without_loading_tensorflow(tmp_path):
+    """What a Beam worker runs (the build's DoFn unpickled, a day read, checked, encoded and
+    written) never imports TensorFlow, whose import costs each worker seconds."""
+    logs = partition(tmp_path / "logs", "ad", D1)
+    write_jsonl(logs / "a.jsonl", [row("r1", D1), row("r1", D1), "not json"])
+    day = Day("ad", D1.isoformat(), (str(logs / "a.jsonl"),), shards=2)
+    (tmp_path / "worker.pickle").write_bytes(
+        pickle.dumps(BuildDay(SPEC, [day], str(tmp_path / "staging"))))
+    code = ("import pickle, sys\n"
+            f"worker = pickle.loads(open({str(tmp_path / 'worker.pickle')!r}, 'rb').read())\n"
+            "worker.setup()\n"
+            "list(worker.process((0, 0)))\n"
+            "assert 'tensorflow' not in sys.modules, 'a build worker loaded TensorFlow'\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    stats = json.loads((tmp_path / "staging" / "stats" / "ad" / f"{D1}.json").read_text())
+    assert stats["rows_written"] == 1 and stats["quarantine_reasons"] == {
+        "duplicate_request_id": 1, "invalid_json": 1}
