@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ecdctr.spec.feature_spec import Feature, Spec, load_spec
@@ -66,7 +66,7 @@ def _sample_source(spec: Spec, source: str, partitions: list[tuple[str, list[str
                    rows: int, unreadable: list[dict]) -> dict:
     """One source's sample (see sample_logs); each row goes through the build's own
     validation step (readers.RowChecker), duplicates are found as the build does."""
-    from ecdctr.data.readers import ERROR, TEXT, FileCounters, RowChecker, decode_json, read_log_file
+    from ecdctr.data.readers import ERROR, TEXT, RowChecker, decode_json
     from ecdctr.data.rows import RowError, RowParser, is_missing
 
     files = [(source, date, path) for date, paths in partitions for path in paths]
@@ -83,39 +83,32 @@ def _sample_source(spec: Spec, source: str, partitions: list[tuple[str, list[str
         if len(entry["examples"]) < EXAMPLES_PER_REASON:
             entry["examples"].append({"where": f"{path}:{line}", "message": message})
 
-    for date, paths in partitions:
-        day = dt.date.fromisoformat(date)
-        taken = 0
-        seen: set[str] = set()  # request ids kept so far this day: later ones are duplicates
-        for path in paths:
-            if taken < rows:
-                reader = read_log_file(path, FileCounters())
-                with contextlib.closing(reader):
-                    for line, kind, payload in reader:
-                        taken += 1
-                        if kind != ERROR:
-                            try:
-                                row = decode_json(payload) if kind == TEXT else payload
-                            except RowError:
-                                row = None
-                            if isinstance(row, dict):
-                                objects += 1
-                                missing.update(c for c in spec.columns if is_missing(row.get(c)))
-                                unread.update(str(c) for c in row if c not in parser.known)
-                        try:
-                            request_id = checker.check(kind, payload, day)[0].request_id
-                        except RowError as e:
-                            quarantine(e.reason, path, line, str(e))
-                        else:
-                            if request_id in seen:
-                                quarantine("duplicate_request_id", path, line,
-                                           f"request_id {request_id[:100]!r} already seen; the "
-                                           f"first occurrence is kept")
-                            else:
-                                seen.add(request_id)
-                        if taken >= rows:
-                            break
-        sampled += taken
+    seen: set[str] = set()  # request ids kept so far this day: later ones are duplicates
+    seen_day = None  # the day whose request ids `seen` holds
+    for day, path, line, kind, payload in _sampled_rows(partitions, rows):
+        if day != seen_day:
+            seen, seen_day = set(), day
+        sampled += 1
+        if kind != ERROR:
+            try:
+                row = decode_json(payload) if kind == TEXT else payload
+            except RowError:
+                row = None
+            if isinstance(row, dict):
+                objects += 1
+                missing.update(c for c in spec.columns if is_missing(row.get(c)))
+                unread.update(str(c) for c in row if c not in parser.known)
+        try:
+            request_id = checker.check(kind, payload, day)[0].request_id
+        except RowError as e:
+            quarantine(e.reason, path, line, str(e))
+        else:
+            if request_id in seen:
+                quarantine("duplicate_request_id", path, line,
+                           f"request_id {request_id[:100]!r} already seen; the "
+                           f"first occurrence is kept")
+            else:
+                seen.add(request_id)
     return {
         "days": [d for d, _ in partitions], "files": len(files), "rows_sampled": sampled,
         "rows_quarantined": sum(r["rows"] for r in reasons.values()),
@@ -125,6 +118,27 @@ def _sample_source(spec: Spec, source: str, partitions: list[tuple[str, list[str
         "unread_columns": sorted(unread),
         "unreadable_files": unreadable,
     }
+
+
+def _sampled_rows(partitions: list[tuple[str, list[str]]],
+                  rows: int) -> Iterator[tuple[dt.date, str, int, str, Any]]:
+    """The first `rows` rows of each day, as the build reads them: (day, path, line, kind,
+    payload)."""
+    from ecdctr.data.readers import FileCounters, read_log_file
+
+    for date, paths in partitions:
+        day = dt.date.fromisoformat(date)
+        taken = 0
+        for path in paths:
+            if taken >= rows:
+                break
+            reader = read_log_file(path, FileCounters())
+            with contextlib.closing(reader):
+                for line, kind, payload in reader:
+                    taken += 1
+                    yield day, path, line, kind, payload
+                    if taken >= rows:
+                        break
 
 
 def check(path: str, logs: str | None = None, days: int = 3, rows: int = 1000) -> tuple[dict, int]:
