@@ -14,7 +14,6 @@ from typing import Any
 
 import apache_beam as beam
 
-import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from ecdctr.data.readers import (
     ERROR,
     TEXT,

@@ -16,6 +16,7 @@ from ecdctr.spec.feature_spec import Spec
 
 COUNT_EVERY = 1 << 16  # rows whose tokens are gathered before one Counter.update per feature
 _NO_VALUES = (0, 0.0, 0.0, math.inf, -math.inf)  # count, sum, sum of squares, min, max
+_NOT_SAVED = ("counts", "domain_columns", "_gathered", "_rows_gathered")  # DayStats.write
 
 
 def numeric_columns(spec: Spec) -> list[str]:
@@ -204,5 +205,3 @@ class DayStats:
             stats["tokens_with_line_breaks"] = self.tokens_with_line_breaks
         return stats
 
-
-_NOT_SAVED = ("counts", "domain_columns", "_gathered", "_rows_gathered")
