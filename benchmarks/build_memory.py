@@ -17,7 +17,7 @@ pays; `build_mb` is the peak above it. The figures are in MB (1 MB = 2**20 bytes
 --slices S1,S2,...: each size is built once per S, repeats interleaved; S = 1 is the
 build's default slice_bytes, S > 1 sets slice_bytes to ceil(largest day's weighted input
 bytes / S), so the largest day is built in S slices by request-id hash (see
-pipelines.build._slice_count) and smaller days in fewer or one.
+pipelines.build.discovery.slice_count) and smaller days in fewer or one.
 """
 
 from __future__ import annotations
@@ -71,10 +71,10 @@ def measure(logs: str, work: str, beam_args: list[str], slice_bytes: int = 0) ->
 
 
 def _weighted_bytes(folder: Path) -> int:
-    """A day's input bytes as the build weighs them (pipelines.build._input_bytes)."""
-    from pipelines.build import _input_bytes
+    """A day's input bytes as the build weighs them (discovery.input_bytes)."""
+    from pipelines.build.discovery import input_bytes
 
-    return sum(_input_bytes(str(f), f.stat().st_size) for f in folder.iterdir() if f.is_file())
+    return sum(input_bytes(str(f), f.stat().st_size) for f in folder.iterdir() if f.is_file())
 
 
 def logs_for(days: int, per_day: int) -> str:

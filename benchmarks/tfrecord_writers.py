@@ -5,7 +5,7 @@ alternating).
     python benchmarks/tfrecord_writers.py [--rows 45000] [--repeats 5]
 
 Arms, each writing every record to one .tfrecord.gz file:
-  build_frames      pipelines.build._Shards: tfrecord_frame (google-crc32c, struct) joined
+  build_frames      ecdctr.io.tfrecord.ShardWriter: tfrecord_frame (google-crc32c, struct) joined
                     about 1 MB at a time into gzip.GzipFile over a FileSystems file (what the
                     build runs)
   beam_write_record apache_beam.io.tfrecordio._TFRecordUtil.write_record, one call per record,
@@ -39,7 +39,8 @@ from apache_beam.io.tfrecordio import _TFRecordUtil
 
 from ecdctr.data.rows import ExampleEncoder, RowParser
 from ecdctr.spec.feature_spec import load_spec
-from pipelines.build import _create, _Shards
+from ecdctr.io.beam_files import create
+from ecdctr.io.tfrecord import ShardWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,15 +57,15 @@ def records(rows: int) -> list[bytes]:
 
 def build_frames(data: list[bytes], path: str) -> None:
     with contextlib.ExitStack() as stack:
-        shards = _Shards(os.path.dirname(path), 1, stack)
+        shards = ShardWriter(os.path.dirname(path), 1, stack)
         for record in data:
             shards.write(0, record)
         shards.close()
 
 
 def beam_write_record(data: list[bytes], path: str) -> None:
-    with _create(path) as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6,
-                                             mtime=0) as out:
+    with create(path) as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6,
+                                            mtime=0) as out:
         for record in data:
             _TFRecordUtil.write_record(out, record)
 

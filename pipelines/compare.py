@@ -24,12 +24,13 @@ from ecdctr.data.vocab import domain_sizes, traffic
 from ecdctr.evaluation import metrics
 from ecdctr.evaluation.evaluator import Evaluator
 from ecdctr.io.jsonio import write_json
+from ecdctr.io.layout import built_partitions
 from ecdctr.models.adasparse import FORMS, PLACEMENTS, PRUNER_INPUTS
 from ecdctr.models.ctr_model import BACKBONES, CtrModel, ModelConfig
 from ecdctr.spec.feature_spec import Spec, load_spec
 from pipelines import steps
 from pipelines.ablations import ABLATIONS, FOCUS_GROUPS, TPM_PERIOD, Ablations, focus_rows
-from pipelines.build import build, built_partitions
+from pipelines.build import build
 
 Log = Callable[[str], None]
 BINS = 5

@@ -48,6 +48,7 @@ from ecdctr.data.vocab import Partition
 from ecdctr.io import lock as file_lock
 from ecdctr.io import storage
 from ecdctr.io.jsonio import json_safe, read_json, write_json
+from ecdctr.io.layout import built_partitions
 from ecdctr.models.ctr_model import merged_tpm
 from ecdctr.serving.export import (
     EXPORT_MARKER,
@@ -76,7 +77,7 @@ from ecdctr.training.checkpoint import (
 )
 from ecdctr.training.distribute import Distribution, create, serve
 from pipelines import steps
-from pipelines.build import build, built_partitions
+from pipelines.build import build
 
 Log = Callable[[str], None]
 CPM_KEEP = 4  # newest CPM checkpoints kept

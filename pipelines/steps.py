@@ -29,6 +29,7 @@ from ecdctr.config import TransferConfig, Windows
 from ecdctr.data.datasets import example_batch, make_dataset, partition_files
 from ecdctr.data.vocab import Partition, build_vocabularies, domain_sizes, numeric_stats, traffic
 from ecdctr.evaluation.evaluator import Evaluator
+from ecdctr.io.layout import built_partitions
 from ecdctr.models.ctr_model import (
     CtrModel,
     ModelConfig,
@@ -41,7 +42,6 @@ from ecdctr.spec.feature_spec import Spec
 from ecdctr.training.checkpoint import Checkpoint, Snapshot
 from ecdctr.training.distribute import Distribution, copy_weights, sharded_variables
 from ecdctr.training.loop import fit, recalibrate_batchnorm, scored_batches
-from pipelines.build import built_partitions
 
 Log = Callable[[str], None]
 

@@ -7,6 +7,9 @@ import gzip
 import json
 import math
 import os
+import pickle
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -17,9 +20,21 @@ import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+from ecdctr.data.log_partitions import LOG_SUFFIXES
+from ecdctr.io import beam_files
 from ecdctr.spec.feature_spec import load_spec
-from pipelines import build as build_module
-from pipelines.build import _pipeline_runner, build, built_partitions
+from pipelines.build import (
+    SLICE_BYTES,
+    Day,
+    build,
+    build_days,
+    built_partitions,
+    discovery,
+    find_days,
+    pipeline_runner,
+)
+from pipelines.build.dofn import BuildDay
+from pipelines.build.stats import DayStats
 
 SPEC = load_spec(str(Path(__file__).resolve().parents[1] / "features" / "default.yaml"))
 D1, D2, D3 = dt.date(2024, 3, 1), dt.date(2024, 3, 2), dt.date(2024, 3, 3)
@@ -301,7 +316,7 @@ def test_rebuild_replaces_a_day_and_skip_built_keeps_it(tmp_path, monkeypatch):
     write_jsonl(day / "b.jsonl", [row("new-1", D1, user_id="new")])
     before = read_stats(work, "ad", D1)
     with monkeypatch.context() as patch:  # a crash inside the pipeline publishes nothing
-        patch.setattr(build_module, "_write_counts", crash)
+        patch.setattr(DayStats, "write_counts", crash)
         with pytest.raises(Exception, match="disk on fire"):
             build(SPEC, str(logs), str(work), sources=["ad"], log=lambda m: None)
     assert read_stats(work, "ad", D1) == before and len(read_examples(work, "ad", D1)) == 4
@@ -364,9 +379,9 @@ def test_default_runner_runs_in_process_without_prism(built):
     # Beam's DirectRunner would first try Prism, which downloads a binary at run time.
     _, _, messages = built
     assert any("DirectRunner (in-process FnApiRunner)" in m for m in messages)
-    runner, _ = _pipeline_runner(PipelineOptions([]))
+    runner, _ = pipeline_runner(PipelineOptions([]))
     assert isinstance(runner, FnApiRunner)
-    assert _pipeline_runner(PipelineOptions(["--runner=FlinkRunner"])) == (None, "FlinkRunner")
+    assert pipeline_runner(PipelineOptions(["--runner=FlinkRunner"])) == (None, "FlinkRunner")
 
 
 def test_unreadable_log_files_are_reported_never_silently_dropped(tmp_path):
@@ -465,7 +480,7 @@ def test_shards_hold_the_plain_writers_examples_in_file_and_line_order(tmp_path)
     assert stats["quarantine_reasons"] == {"duplicate_request_id": 1, "invalid_json": 1}
 
 
-def test_a_log_that_grows_after_it_was_found_is_built_as_read(tmp_path, monkeypatch):
+def test_a_log_that_grows_after_it_was_found_is_built_as_read(tmp_path):
     """The shard count comes from the sizes found before the pipeline runs, not from a
     reading pass: a log file that grows in between does not fail the build; the day holds
     every row read, once, in the shards made for the size found, and its recorded inputs
@@ -474,16 +489,12 @@ def test_a_log_that_grows_after_it_was_found_is_built_as_read(tmp_path, monkeypa
     log_file = partition(logs, "ad", D1) / "a.jsonl"
     write_jsonl(log_file, [row(f"r{i}", D1) for i in range(4)])
     found = log_file.stat().st_size
-    run = build_module._run_pipeline
-
-    def grow_then_run(*args, **kwargs):
-        with open(log_file, "a") as f:
-            f.write("".join(json.dumps(row(f"late{i}", D1)) + "\n" for i in range(3)))
-        return run(*args, **kwargs)
-
-    monkeypatch.setattr(build_module, "_run_pipeline", grow_then_run)
-    (stats,) = build(SPEC, str(logs), str(work), shard_bytes=found // 4 + 1, log=lambda m: None)
-    monkeypatch.undo()
+    options = beam_files.configure((), (str(logs), str(work)))
+    plan = find_days(str(logs), str(work), ["natural", "ad"], None, None, lambda m: None,
+                     shard_bytes=found // 4 + 1)
+    with open(log_file, "a") as f:  # between finding the day and reading it
+        f.write("".join(json.dumps(row(f"late{i}", D1)) + "\n" for i in range(3)))
+    (stats,) = build_days(SPEC, plan, str(work), options, log=lambda m: None)
     assert built_partitions(str(work), "ad") == [D1] and stats["shards"] == 4
     assert stats["rows_read"] == stats["rows_written"] == 7
     assert stats["inputs"][0][1] == found < log_file.stat().st_size
@@ -501,10 +512,10 @@ def test_a_log_that_grows_after_it_was_found_is_built_as_read(tmp_path, monkeypa
 def test_shard_count_comes_from_the_input_sizes_gz_and_parquet_weighted():
     inputs = [["/l/a.jsonl", 100, 1.0], ["/l/b.JSONL.GZ", 10, 1.0], ["/l/c.parquet", 5, 1.0],
               ["/l/d.csv", None, None]]
-    assert build_module._shard_count(inputs, 220) == 1  # 100 + 8 * 10 + 8 * 5 = 220 bytes
-    assert build_module._shard_count(inputs, 219) == 2
-    assert build_module._shard_count(inputs, 1) == 220
-    assert build_module._shard_count([], 1) == 1
+    assert discovery.shard_count(inputs, 220) == 1  # 100 + 8 * 10 + 8 * 5 = 220 bytes
+    assert discovery.shard_count(inputs, 219) == 2
+    assert discovery.shard_count(inputs, 1) == 220
+    assert discovery.shard_count([], 1) == 1
 
 
 def test_a_sliced_day_is_byte_for_byte_the_one_pass_day(tmp_path):
@@ -519,10 +530,10 @@ def test_a_sliced_day_is_byte_for_byte_the_one_pass_day(tmp_path):
            row(True, D3), row(" ", D3), row("m5", D3, user_id="late-dup"), row(1.5, D3)]
     write_jsonl(p / "many.jsonl", many[:30] + odd)
     write_csv(p / "many.csv", HEADER, [csv_cells(r, HEADER) for r in many[30:] + many[:3]])
-    files = [f for f in p.iterdir() if f.name.endswith(build_module.LOG_SUFFIXES)]
-    size = sum(build_module._input_bytes(str(f), f.stat().st_size) for f in files)
+    files = [f for f in p.iterdir() if f.name.endswith(LOG_SUFFIXES)]
+    size = sum(discovery.input_bytes(str(f), f.stat().st_size) for f in files)
     runs = {}
-    for name, slice_bytes in (("one", build_module.SLICE_BYTES), ("sliced", size // 3 + 1)):
+    for name, slice_bytes in (("one", SLICE_BYTES), ("sliced", size // 3 + 1)):
         messages: list[str] = []
         (stats,) = build(SPEC, str(logs), str(tmp_path / name), shard_bytes=size // 6 + 1,
                          slice_bytes=slice_bytes, log=messages.append)
@@ -565,7 +576,28 @@ def test_a_sliced_day_is_byte_for_byte_the_one_pass_day(tmp_path):
 
 def test_slice_count_comes_from_the_input_sizes():
     inputs = [["a.jsonl", 100, 0.0], ["b.jsonl.gz", 10, 0.0]]  # 180 weighted bytes
-    assert build_module._slice_count(inputs, 181) == 1
-    assert build_module._slice_count(inputs, 180) == 1
-    assert build_module._slice_count(inputs, 179) == 2
-    assert build_module._slice_count(inputs, 60) == 3
+    assert discovery.slice_count(inputs, 181) == 1
+    assert discovery.slice_count(inputs, 180) == 1
+    assert discovery.slice_count(inputs, 179) == 2
+    assert discovery.slice_count(inputs, 60) == 3
+
+
+def test_a_worker_builds_a_day_without_loading_tensorflow(tmp_path):
+    """What a Beam worker runs (the build's DoFn unpickled, a day read, checked, encoded and
+    written) never imports TensorFlow, whose import costs each worker seconds."""
+    logs = partition(tmp_path / "logs", "ad", D1)
+    write_jsonl(logs / "a.jsonl", [row("r1", D1), row("r1", D1), "not json"])
+    day = Day("ad", D1.isoformat(), (str(logs / "a.jsonl"),), shards=2)
+    (tmp_path / "worker.pickle").write_bytes(
+        pickle.dumps(BuildDay(SPEC, [day], str(tmp_path / "staging"))))
+    code = ("import pickle, sys\n"
+            f"worker = pickle.loads(open({str(tmp_path / 'worker.pickle')!r}, 'rb').read())\n"
+            "worker.setup()\n"
+            "list(worker.process((0, 0)))\n"
+            "assert 'tensorflow' not in sys.modules, 'a build worker loaded TensorFlow'\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    stats = json.loads((tmp_path / "staging" / "stats" / "ad" / f"{D1}.json").read_text())
+    assert stats["rows_written"] == 1 and stats["quarantine_reasons"] == {
+        "duplicate_request_id": 1, "invalid_json": 1}

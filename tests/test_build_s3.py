@@ -15,9 +15,10 @@ import tensorflow as tf
 
 from ecdctr.data.simulator import SimConfig, simulate
 from ecdctr.io import storage
+from ecdctr.io.beam_files import pipeline_args
 from ecdctr.io.lock import Busy
 from ecdctr.spec.feature_spec import load_spec
-from pipelines.build import _pipeline_args, build, built_partitions
+from pipelines.build import build, built_partitions
 
 SPEC = load_spec(str(Path(__file__).resolve().parents[1] / "features" / "default.yaml"))
 START = dt.date(2026, 1, 1)
@@ -148,10 +149,10 @@ def test_s3_options_come_from_the_aws_variables_unless_given(monkeypatch):
     for key in ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                 "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION"):
         monkeypatch.delenv(key, raising=False)
-    assert _pipeline_args(["--x=1"], ("/local/logs", "/local/work")) == ["--x=1"]
-    assert _pipeline_args([], ("s3://b/logs", "/local/work")) == [
+    assert pipeline_args(["--x=1"], ("/local/logs", "/local/work")) == ["--x=1"]
+    assert pipeline_args([], ("s3://b/logs", "/local/work")) == [
         "--s3_endpoint_url=http://127.0.0.1:9", "--s3_region_name=eu-west-1", "--s3_disable_ssl"]
-    assert _pipeline_args(["--s3_region_name=us-west-2"], ("/l", "s3://b/w")) == [
+    assert pipeline_args(["--s3_region_name=us-west-2"], ("/l", "s3://b/w")) == [
         "--s3_region_name=us-west-2", "--s3_endpoint_url=http://127.0.0.1:9", "--s3_disable_ssl"]
 
 

@@ -7,7 +7,8 @@ import tensorflow as tf
 
 from ecdctr.data.datasets import make_dataset, partition_files
 from ecdctr.data.rows import RowParser, to_example
-from ecdctr.data.vocab import build_vocabularies, counts_path, read_vocabularies, write_vocabularies
+from ecdctr.data.vocab import build_vocabularies, read_vocabularies, write_vocabularies
+from ecdctr.io.layout import counts_file
 from ecdctr.spec.feature_spec import load_spec
 
 SPEC = load_spec("features/default.yaml")
@@ -39,7 +40,7 @@ def test_vocabularies_apply_min_count_and_max_size(tmp_path):
     work = str(tmp_path)
     day = dt.date(2026, 1, 1)
     for source, counts in (("natural", {"a": 5, "b": 1, "c": 3}), ("ad", {"b": 1, "d": 9})):
-        path = counts_path(work, source, day, "user_id")
+        path = counts_file(work, source, day, "user_id")
         tf.io.gfile.makedirs(path.rsplit("/", 1)[0])
         with open(path, "w") as f:
             f.writelines(f"{t}\t{c}\n" for t, c in counts.items())

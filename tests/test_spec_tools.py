@@ -180,7 +180,7 @@ def test_tpm_snapshot_verdict_follows_the_model_code(tmp_path, mutate, verdict):
 def test_built_days_ignore_the_spec_fingerprint(tmp_path):
     """What the diff says about rebuilding: a day counts as built (skip_built skips it)
     whatever spec built it."""
-    from pipelines.build import built_partitions
+    from ecdctr.io.layout import built_partitions
 
     stats = tmp_path / "stats" / "natural"
     stats.mkdir(parents=True)

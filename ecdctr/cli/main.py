@@ -274,8 +274,9 @@ def _simulate(args: argparse.Namespace, _: list[str]) -> None:
 
 def _build(args: argparse.Namespace, beam_args: list[str]) -> None:
     from ecdctr.data.vocab import build_vocabularies
+    from ecdctr.io.layout import built_partitions
     from ecdctr.spec.feature_spec import load_spec
-    from pipelines.build import build, built_partitions
+    from pipelines.build import build
 
     spec = load_spec(args.spec)
     sources = [s for s in args.sources.split(",") if s]

@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ecdctr.spec.feature_spec import Feature, Spec, load_spec
@@ -40,21 +40,18 @@ def sample_logs(spec: Spec, logs: str, days: int, rows: int,
     each source under <logs>/<source>/date=YYYY-MM-DD/, up to `rows` rows a day. Per source:
     rows sampled, the rows the build would quarantine by reason (with examples), the spec's
     columns missing from the rows (share of rows) and the log columns the spec does not read."""
-    from apache_beam.io.filesystems import FileSystems
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    from ecdctr.io import storage
-    from pipelines import build
+    from ecdctr.data.log_partitions import LOGS_LAYOUT, SOURCES, find_partitions
+    from ecdctr.io import beam_files, storage
 
     logs = storage.absolute(logs)
-    FileSystems.set_options(PipelineOptions(build._pipeline_args((), (logs,))))
-    sources = list(sources or build.SOURCES)
+    beam_files.configure((), (logs,))
+    sources = list(sources or SOURCES)
     notes: list[str] = []
     unreadable: dict[tuple[str, str], list[dict]] = {}
-    found = build._find_partitions(logs, sources, None, None, notes.append, unreadable)
+    found = find_partitions(logs, sources, None, None, notes.append, unreadable)
     if not found:
         raise ValueError(f"no log partitions found under {logs!r} for sources {sources}. "
-                         f"Expected layout: {build.LAYOUT}")
+                         f"Expected layout: {LOGS_LAYOUT}")
     report: dict[str, Any] = {"logs": logs, "days": days, "rows_per_day": rows, "sources": {},
                               "notes": notes}
     for source in sources:
@@ -68,12 +65,12 @@ def sample_logs(spec: Spec, logs: str, days: int, rows: int,
 def _sample_source(spec: Spec, source: str, partitions: list[tuple[str, list[str]]],
                    rows: int, unreadable: list[dict]) -> dict:
     """One source's sample (see sample_logs); each row goes through the build's own
-    validation step (pipelines.build._RowChecker), duplicates are found as the build does."""
-    from ecdctr.data.rows import RowError, RowParser, _is_missing
-    from pipelines import build
+    validation step (readers.RowChecker), duplicates are found as the build does."""
+    from ecdctr.data.readers import ERROR, TEXT, RowChecker, decode_json
+    from ecdctr.data.rows import RowError, RowParser, is_missing
 
     files = [(source, date, path) for date, paths in partitions for path in paths]
-    checker = build._RowChecker(spec)
+    checker = RowChecker(spec)
     parser = RowParser(spec)
     sampled = objects = 0
     reasons: dict[str, dict] = {}
@@ -86,39 +83,32 @@ def _sample_source(spec: Spec, source: str, partitions: list[tuple[str, list[str
         if len(entry["examples"]) < EXAMPLES_PER_REASON:
             entry["examples"].append({"where": f"{path}:{line}", "message": message})
 
-    for date, paths in partitions:
-        day = dt.date.fromisoformat(date)
-        taken = 0
-        seen: set[str] = set()  # request ids kept so far this day: later ones are duplicates
-        for path in paths:
-            if taken < rows:
-                reader = build.read_log_file(path, build._FileCounters())
-                with contextlib.closing(reader):
-                    for line, kind, payload in reader:
-                        taken += 1
-                        if kind != build.ERROR:
-                            try:
-                                row = build._decode_json(payload) if kind == build.TEXT else payload
-                            except RowError:
-                                row = None
-                            if isinstance(row, dict):
-                                objects += 1
-                                missing.update(c for c in spec.columns if _is_missing(row.get(c)))
-                                unread.update(str(c) for c in row if c not in parser.known)
-                        try:
-                            request_id = checker.check(kind, payload, day)[0].request_id
-                        except RowError as e:
-                            quarantine(e.reason, path, line, str(e))
-                        else:
-                            if request_id in seen:
-                                quarantine("duplicate_request_id", path, line,
-                                           f"request_id {request_id[:100]!r} already seen; the "
-                                           f"first occurrence is kept")
-                            else:
-                                seen.add(request_id)
-                        if taken >= rows:
-                            break
-        sampled += taken
+    seen: set[str] = set()  # request ids kept so far this day: later ones are duplicates
+    seen_day = None  # the day whose request ids `seen` holds
+    for day, path, line, kind, payload in _sampled_rows(partitions, rows):
+        if day != seen_day:
+            seen, seen_day = set(), day
+        sampled += 1
+        if kind != ERROR:
+            try:
+                row = decode_json(payload) if kind == TEXT else payload
+            except RowError:
+                row = None
+            if isinstance(row, dict):
+                objects += 1
+                missing.update(c for c in spec.columns if is_missing(row.get(c)))
+                unread.update(str(c) for c in row if c not in parser.known)
+        try:
+            request_id = checker.check(kind, payload, day)[0].request_id
+        except RowError as e:
+            quarantine(e.reason, path, line, str(e))
+        else:
+            if request_id in seen:
+                quarantine("duplicate_request_id", path, line,
+                           f"request_id {request_id[:100]!r} already seen; the "
+                           f"first occurrence is kept")
+            else:
+                seen.add(request_id)
     return {
         "days": [d for d, _ in partitions], "files": len(files), "rows_sampled": sampled,
         "rows_quarantined": sum(r["rows"] for r in reasons.values()),
@@ -128,6 +118,27 @@ def _sample_source(spec: Spec, source: str, partitions: list[tuple[str, list[str
         "unread_columns": sorted(unread),
         "unreadable_files": unreadable,
     }
+
+
+def _sampled_rows(partitions: list[tuple[str, list[str]]],
+                  rows: int) -> Iterator[tuple[dt.date, str, int, str, Any]]:
+    """The first `rows` rows of each day, as the build reads them: (day, path, line, kind,
+    payload)."""
+    from ecdctr.data.readers import FileCounters, read_log_file
+
+    for date, paths in partitions:
+        day = dt.date.fromisoformat(date)
+        taken = 0
+        for path in paths:
+            if taken >= rows:
+                break
+            reader = read_log_file(path, FileCounters())
+            with contextlib.closing(reader):
+                for line, kind, payload in reader:
+                    taken += 1
+                    yield day, path, line, kind, payload
+                    if taken >= rows:
+                        break
 
 
 def check(path: str, logs: str | None = None, days: int = 3, rows: int = 1000) -> tuple[dict, int]:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import tensorflow as tf
 
-from ecdctr.io import storage
+from ecdctr.io import layout, storage
 from ecdctr.spec.feature_spec import Spec
 
 
@@ -64,7 +64,7 @@ def partition_files(work: str, source: str, dates: Iterable[dt.date]) -> list[st
     """The TFRecord shards of the given built days; a day that is not built is an error."""
     files: list[str] = []
     for date in dates:
-        folder = storage.join(work, "examples", source, f"date={date.isoformat()}")
+        folder = layout.examples_folder(work, source, date)
         if not storage.isdir(folder):
             raise FileNotFoundError(f"{folder}: day not built. Fix: run `ecdctr build` for "
                                     f"{source} {date.isoformat()} first.")

@@ -10,7 +10,7 @@ import statistics
 from collections.abc import Callable, Sequence
 
 from ecdctr.data.vocab import merge_counts, read_stats
-from ecdctr.io import storage
+from ecdctr.io import layout, storage
 from ecdctr.spec.feature_spec import Spec
 
 TRAILING_DAYS = 7  # built days before a day that it is compared with
@@ -26,7 +26,7 @@ DISTINCT_RATIO = 0.2  # or fewer than this share of the usual distinct tokens
 
 def drift_path(work: str, source: str, date: dt.date) -> str:
     """Where the drift warnings of one built day are kept."""
-    return storage.join(work, "drift", source, f"{date.isoformat()}.json")
+    return layout.drift_file(work, source, date)
 
 
 def profile(work: str, spec: Spec, source: str, date: dt.date) -> dict:

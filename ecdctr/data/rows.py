@@ -40,7 +40,8 @@ class ParsedRow:
     dropped_columns: list[str] = field(default_factory=list)
 
 
-def _is_missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
+    """Whether a row value counts as missing: absent (None) or blank text."""
     return value is None or (isinstance(value, str) and value.strip() == "")
 
 
@@ -67,7 +68,8 @@ def _to_float(column: str, value: Any) -> float:
     return number
 
 
-def _to_id(column: str, value: Any) -> str:
+def to_id(column: str, value: Any) -> str:
+    """A row value of an id column as its text id, or RowError naming the column."""
     if isinstance(value, str):
         if not value.isascii():
             try:
@@ -86,7 +88,7 @@ def _to_id_list(column: str, value: Any) -> list[str]:
     if isinstance(value, str):
         return [v for v in value.split(LIST_SEPARATOR) if v]
     if isinstance(value, (list, tuple)):
-        return [_to_id(column, v) for v in value]
+        return [to_id(column, v) for v in value]
     raise RowError("wrong_type", f"column {column!r}: expected a list of ids, "
                                  f"got {type(value).__name__}")
 
@@ -104,9 +106,9 @@ class RowParser:
     def request_id(self, row: dict) -> str:
         """The row's request id as parse reads it, or RowError (missing or not an id)."""
         column = self.spec.request_id
-        if _is_missing(row.get(column)):
+        if is_missing(row.get(column)):
             raise RowError("missing_request_id", f"column {column!r} is missing")
-        return _to_id(column, row[column])
+        return to_id(column, row[column])
 
     def parse(self, row: Any, date: dt.date | None = None) -> ParsedRow:
         """Returns the typed row or raises RowError; `date` bounds the timestamp (UTC day)."""
@@ -115,10 +117,10 @@ class RowParser:
             raise RowError("not_an_object", f"expected an object of columns, got {type(row).__name__}")
         request_id = self.request_id(row)
         label_value = row.get(spec.label)
-        if _is_missing(label_value):
+        if is_missing(label_value):
             raise RowError("missing_label", f"label column {spec.label!r} is missing")
         label = _parse_label(spec.label, label_value)
-        if _is_missing(row.get(spec.timestamp)):
+        if is_missing(row.get(spec.timestamp)):
             raise RowError("missing_timestamp", f"timestamp column {spec.timestamp!r} is missing")
         try:
             timestamp = int(_to_float(spec.timestamp, row[spec.timestamp]))
@@ -141,12 +143,12 @@ class RowParser:
         values: dict[str, Any] = {}
         for column, kind in self.kinds.items():
             value = row.get(column)
-            if _is_missing(value):
+            if is_missing(value):
                 continue
             if kind == "numeric":
                 values[column] = _to_float(column, value)
             elif kind == "categorical":
-                values[column] = _to_id(column, value)
+                values[column] = to_id(column, value)
             else:
                 values[column] = _to_id_list(column, value)
         return values, [str(c) for c in row if c not in self.known]
@@ -340,11 +342,11 @@ class RowEncoder:
                     return self.slow(row, date)
                 part = cache.get(value)
                 if part is None:
-                    if _is_missing(value):
+                    if is_missing(value):
                         part = b""
                     else:
                         try:
-                            _to_id(column, value)
+                            to_id(column, value)
                         except RowError:
                             return self.slow(row, date)
                         part = ExampleEncoder._entry(

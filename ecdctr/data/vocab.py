@@ -8,7 +8,7 @@ import json
 import math
 from collections.abc import Iterable
 
-from ecdctr.io import storage
+from ecdctr.io import layout, storage
 from ecdctr.spec.feature_spec import Spec
 
 Partition = tuple[str, dt.date]  # (source, date)
@@ -17,19 +17,9 @@ OOV_TOKEN = "[UNK]"  # tf_keras StringLookup's OOV token: it drops it from the h
 # vocabulary, which would shift every row by one, so an id spelled "[UNK]" is left out (OOV)
 
 
-def counts_path(work: str, source: str, date: dt.date, feature: str) -> str:
-    """Where the Beam job writes one day's token counts of a vocabulary feature."""
-    return storage.join(work, "counts", source, f"date={date.isoformat()}", f"{feature}.tsv")
-
-
-def stats_path(work: str, source: str, date: dt.date) -> str:
-    """Where the Beam job writes one day's statistics."""
-    return storage.join(work, "stats", source, f"{date.isoformat()}.json")
-
-
 def read_stats(work: str, source: str, date: dt.date) -> dict:
     """One built day's statistics."""
-    return json.loads(storage.read_text(stats_path(work, source, date)))
+    return json.loads(storage.read_text(layout.stats_file(work, source, date)))
 
 
 def traffic(work: str, partitions: Iterable[Partition]) -> tuple[int, float]:
@@ -43,7 +33,7 @@ def merge_counts(work: str, feature: str, partitions: Iterable[Partition]) -> co
     """Sums one feature's token counts over partitions."""
     total: collections.Counter = collections.Counter()
     for source, date in partitions:
-        path = counts_path(work, source, date, feature)
+        path = layout.counts_file(work, source, date, feature)
         if not storage.exists(path):
             continue
         with storage.open(path) as f:

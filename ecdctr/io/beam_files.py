@@ -1,0 +1,136 @@
+"""Files through Beam's FileSystems (local, s3 via boto3, gs, hdfs), for the build's driver and
+its workers: the workers reach every data path here and never load TensorFlow or
+tensorflow-io. Object stores have no folders and no atomic rename."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from typing import Any, BinaryIO
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from ecdctr.io import storage
+
+
+def pipeline_args(beam_args: Sequence[str], paths: Sequence[str]) -> list[str]:
+    """beam_args, plus Beam's S3 options from the standard AWS variables when a path is on
+    s3:// (each only if beam_args does not set it already)."""
+    args = list(beam_args)
+    if any(storage.scheme(p) == "s3" for p in paths):
+        given = {a.split("=", 1)[0] for a in args if a.startswith("--")}
+        args += [o for o in storage.beam_s3_options() if o.split("=", 1)[0] not in given]
+    return args
+
+
+def configure(beam_args: Sequence[str], paths: Sequence[str]) -> PipelineOptions:
+    """The pipeline options for beam_args and paths (see pipeline_args), also given to this
+    process's FileSystems so that its own calls reach the same stores as the workers'."""
+    options = PipelineOptions(pipeline_args(beam_args, paths))
+    FileSystems.set_options(options)
+    return options
+
+
+def open_raw(path: str) -> BinaryIO:
+    """A file opened for reading its stored bytes (no decompression)."""
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def create(path: str) -> BinaryIO:
+    """A new file opened for writing its stored bytes (no compression)."""
+    return FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def write_bytes(path: str, data: bytes, sync: bool = False) -> None:
+    """Writes a whole file; sync=True also fsyncs it where the file system allows."""
+    if not data and storage.scheme(path) == "s3":
+        _put_empty_s3_object(path)
+        return
+    with create(path) as f:
+        f.write(data)
+        if sync:  # a local file: durable before it is renamed into place
+            with contextlib.suppress(AttributeError, OSError, ValueError):  # no file descriptor
+                f.flush()
+                os.fsync(f.fileno())
+
+
+_S3_CLIENTS: dict[int, tuple[Any, Any]] = {}  # id(options) -> (options, boto3 client)
+
+
+def _put_empty_s3_object(path: str) -> None:
+    """Beam's S3 writer always uploads in parts and S3 refuses a multipart upload without
+    parts, so an empty object is one plain PUT, through a boto3 client made from the options
+    Beam's S3 file system holds (kept: making one takes 50-200 ms here)."""
+    from apache_beam.io.aws.clients.s3.boto3_client import Client
+
+    options = getattr(FileSystems.get_filesystem(path), "_options", None)
+    if options is None:
+        options = PipelineOptions(storage.beam_s3_options())
+    if id(options) not in _S3_CLIENTS:
+        _S3_CLIENTS[id(options)] = (options, Client(options).client)
+    bucket, _, key = path[len("s3://"):].partition("/")
+    _S3_CLIENTS[id(options)][1].put_object(Bucket=bucket, Key=key, Body=b"")
+
+
+def read_bytes(path: str) -> bytes:
+    """A whole file's stored bytes."""
+    with open_raw(path) as f:
+        return f.read()
+
+
+def exists(path: str) -> bool:
+    """Whether a file or folder exists at path."""
+    return FileSystems.exists(path)
+
+
+def has_dirs(path: str) -> bool:
+    """Whether path's file system has real folders (local, HDFS) rather than key prefixes."""
+    return FileSystems.get_filesystem(path).has_dirs()
+
+
+def makedirs(path: str) -> None:
+    """Creates folder path and its parents where folders exist (object stores have none)."""
+    if has_dirs(path) and not FileSystems.exists(path):
+        FileSystems.mkdirs(path)
+
+
+def match(patterns: list[str]) -> list[str]:
+    """Paths matching any of the patterns (`**` crosses folders), sorted."""
+    results = FileSystems.match(patterns) if patterns else []
+    return sorted({m.path for result in results for m in result.metadata_list})
+
+
+def files_under(folder: str) -> list[str]:
+    """Every file below folder, at any depth (none if it does not exist)."""
+    return match([storage.join(folder, "**")])
+
+
+def delete(paths: list[str]) -> None:
+    """Deletes the given files (or folders, with everything below them)."""
+    FileSystems.delete(paths)
+
+
+def delete_tree(folder: str) -> None:
+    """Deletes folder and everything below it, if it exists."""
+    if has_dirs(folder):
+        if FileSystems.exists(folder):
+            FileSystems.delete([folder])
+        return
+    files = files_under(folder)
+    if files:
+        FileSystems.delete(files)
+
+
+def rename(sources: list[str], destinations: list[str]) -> None:
+    """Renames each source to its destination (object stores: copy, then delete)."""
+    FileSystems.rename(sources, destinations)
+
+
+def move_folder(source: str, destination: str) -> None:
+    """Renames folder source to destination, which must not exist (file systems with folders:
+    local, HDFS; on object stores move the files, see rename)."""
+    makedirs(storage.dirname(destination))
+    FileSystems.rename([source], [destination])

@@ -1,0 +1,116 @@
+"""The build's staging folder and how built days leave it: leftovers of unfinished builds
+deleted, each day completed (empty shards, quarantine and counts files) and published, its
+stats file last, so that a day with stats is a whole day."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import uuid
+from collections.abc import Callable
+
+from ecdctr.io import beam_files, layout, storage
+from ecdctr.io.tfrecord import shard_name, write_empty_shard
+from ecdctr.spec.feature_spec import Spec
+from pipelines.build.discovery import Day
+
+
+def clean_staging(work: str, log: Callable[[str], None]) -> None:
+    """Deletes what unfinished builds left in <work>/.staging."""
+    root = layout.staging_folder(work)
+    if storage.is_remote(root):  # object stores: the runs that left files behind
+        prefix = root.rstrip("/") + "/"
+        names = {path[len(prefix):].split("/", 1)[0] for path in beam_files.files_under(root)}
+    else:
+        names = set(storage.listdir(root))
+    for name in sorted(names):
+        log(f"deleting leftovers of an unfinished build: {storage.join(root, name)}")
+        beam_files.delete_tree(storage.join(root, name))
+
+
+def new_run_folder(work: str) -> str:
+    """A new, empty staging folder for one build: <work>/.staging/<UTC time>-<random>."""
+    run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    run_dir = storage.join(layout.staging_folder(work), run_id)
+    beam_files.makedirs(run_dir)
+    return run_dir
+
+
+def complete_day(spec: Spec, run_dir: str, staged: set[str], day: Day) -> None:
+    """Fills what the pipeline writes only when there is data: empty shards, quarantine, counts.
+    staged: the files the pipeline wrote (one listing, not one request per file)."""
+    examples = layout.examples_folder(run_dir, day.source, day.date)
+    beam_files.makedirs(examples)
+    for shard in range(day.shards):
+        path = storage.join(examples, shard_name(shard, day.shards))
+        if path not in staged:
+            write_empty_shard(path)
+    quarantine_folder = layout.quarantine_folder(run_dir, day.source, day.date)
+    beam_files.makedirs(quarantine_folder)
+    quarantine = storage.join(quarantine_folder, "part-00000.jsonl")
+    if quarantine not in staged:
+        beam_files.write_bytes(quarantine, b"")
+    beam_files.makedirs(layout.counts_folder(run_dir, day.source, day.date))
+    for f in spec.features:
+        path = layout.counts_file(run_dir, day.source, day.date, f.name)
+        if f.uses_vocab and path not in staged:
+            beam_files.write_bytes(path, b"")
+
+
+def publish(work: str, run_dir: str, days: list[dict]) -> None:
+    """Puts the built days (their stats) in place. A day's stats file lands after all its
+    data, so it marks a whole day: readers (built_partitions) take a day without it as not
+    built."""
+    if beam_files.has_dirs(work):
+        for stats in days:
+            _publish_day(work, run_dir, stats)
+    else:
+        _publish_objects(work, run_dir, days)
+
+
+def _publish_day(work: str, run_dir: str, stats: dict) -> None:
+    """Where folders exist (local, HDFS): each folder of the day swapped in by renames."""
+    source, date = stats["source"], stats["date"]
+    final_stats = layout.stats_file(work, source, date)
+    if beam_files.exists(final_stats):
+        beam_files.delete([final_stats])  # the day counts as unbuilt until its new stats land
+    replaced = storage.join(run_dir, "replaced")
+    for kind in layout.DAY_FOLDERS:
+        final = layout.day_folder(work, kind, source, date)
+        if beam_files.exists(final):
+            beam_files.move_folder(final, layout.day_folder(replaced, kind, source, date))
+        beam_files.move_folder(layout.day_folder(run_dir, kind, source, date), final)
+    beam_files.makedirs(storage.dirname(final_stats))
+    tmp = f"{final_stats}.tmp-{os.getpid()}"  # a reader sees the whole file or none
+    beam_files.write_bytes(tmp, json.dumps(stats, indent=1).encode("utf-8"), sync=True)
+    beam_files.rename([tmp], [final_stats])
+    beam_files.delete_tree(replaced)
+
+
+def _publish_objects(work: str, run_dir: str, days: list[dict]) -> None:
+    """Object stores (no folders, no atomic rename), all days at once, since every request
+    costs: their old stats go, then their old objects, the new ones are moved in (copy, then
+    delete) and the stats files are written last, each one PUT that appears whole."""
+    keys = [(s["source"], s["date"]) for s in days]
+    sources = sorted({source for source, _ in keys})
+    wanted = {layout.stats_file(work, source, date) for source, date in keys}
+    old_stats = [p for p in beam_files.match([layout.stats_file(work, s, "*") for s in sources])
+                 if p in wanted]
+    if old_stats:
+        beam_files.delete(old_stats)
+    folders = tuple(layout.day_folder(work, kind, source, date) + "/"
+                    for kind in layout.DAY_FOLDERS for source, date in keys)
+    trees = [storage.join(work, kind, source, "**")
+             for kind in layout.DAY_FOLDERS for source in sources]
+    old = [p for p in beam_files.match(trees) if p.startswith(folders)]
+    if old:
+        beam_files.delete(old)
+    prefix = run_dir.rstrip("/") + "/"
+    new = [p for p in beam_files.files_under(run_dir)
+           if p[len(prefix):].split("/", 1)[0] in layout.DAY_FOLDERS]
+    if new:
+        beam_files.rename(new, [storage.join(work, p[len(prefix):]) for p in new])
+    for stats in days:
+        beam_files.write_bytes(layout.stats_file(work, stats["source"], stats["date"]),
+                               json.dumps(stats, indent=1).encode("utf-8"))
