@@ -1,7 +1,7 @@
 # Training image: the same pins as `make install`, runtime dependencies only.
 #   docker build -t ecdctr .                          the `ecdctr` command (default target)
 #   docker build --target=worker -t ecdctr-worker .   Beam worker image for the build job on a
-#                                                     cluster (README: Running the build on a cluster)
+#                                                     cluster (docs/cluster.md)
 FROM python:3.11-slim AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TF_USE_LEGACY_KERAS=1
@@ -24,7 +24,7 @@ ENTRYPOINT ["/opt/apache/beam/boot"]
 
 FROM base
 # Not root: a training job needs no privileges; mount the work folder writable for uid 10001
-# (or use object storage, README "Object storage").
+# (or use object storage, docs/storage.md).
 RUN useradd --system --uid 10001 --create-home --home-dir /home/ecdctr ecdctr
 USER 10001:10001
 WORKDIR /home/ecdctr
