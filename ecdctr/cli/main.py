@@ -53,14 +53,38 @@ class _Parser(argparse_flags.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    """The command line: one subcommand per command, each command's arguments in its own function."""
     p = _Parser(prog="ecdctr", description=__doc__,
                 epilog="Logging: ecdctr's progress at info on stderr; libraries' warnings. "
                        "-v 0 adds libraries' info and TensorFlow's native start-up lines, "
                        "-v 1 debug, --verbosity=-2 errors only; --log_dir=DIR writes absl log "
                        "files (add --alsologtostderr to keep stderr).")
     sub = p.add_subparsers(dest="command", required=True)
+    _simulate_arguments(sub.add_parser("simulate", help="write simulated natural and ad logs"))
+    _build_arguments(sub.add_parser(
+        "build", help="Beam job: raw logs -> TFRecords, token counts, stats",
+        epilog="Arguments after `--` are Beam pipeline options, e.g. "
+               "-- --direct_num_workers=2 --direct_running_mode=multi_processing"))
+    _daily_arguments(sub.add_parser(
+        "daily", help="run what is due for a day: build, TPM, CPM, A-CTR, export"))
+    _compare_arguments(sub.add_parser(
+        "compare", help="train model variants on the same days, score held-out days"))
+    _inspect_arguments(sub.add_parser(
+        "inspect", help="say what a model folder is (reads its meta.json only)"))
+    _versions_arguments(sub.add_parser(
+        "versions", help="list the published versions: day, metrics, gate"))
+    _rollback_arguments(sub.add_parser(
+        "rollback", help="serve an earlier version again, and hold new ones"))
+    _predict_arguments(sub.add_parser(
+        "predict", help="score raw-log rows with an exported SavedModel"))
+    _query_arguments(sub.add_parser(
+        "query", help="score raw-log rows through a running TF Serving"))
+    _spec_arguments(sub.add_parser(
+        "spec", help="check a feature spec (and its logs); say what a spec change does"))
+    return p
 
-    s = sub.add_parser("simulate", help="write simulated natural and ad logs")
+
+def _simulate_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--out", required=True, help="logs folder to write")
     s.add_argument("--start", type=_date, required=True, help="first day, YYYY-MM-DD")
     s.add_argument("--days", type=_positive_int, required=True, help="number of days")
@@ -72,9 +96,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="intermittent users: daily chance a user leaves for a while (default 0)")
     s.add_argument("--return_rate", type=float, help="daily chance an away user returns (0.05)")
 
-    b = sub.add_parser("build", help="Beam job: raw logs -> TFRecords, token counts, stats",
-                       epilog="Arguments after `--` are Beam pipeline options, e.g. "
-                              "-- --direct_num_workers=2 --direct_running_mode=multi_processing")
+
+def _build_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--spec", required=True, help="feature spec YAML")
     b.add_argument("--logs", required=True,
                    help="raw logs folder (<logs>/<source>/date=D/): a path, s3://, gs://, hdfs://")
@@ -87,7 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--sources", default="natural,ad", help="comma-separated sources")
     b.add_argument("--skip_built", action="store_true", help="leave days already built alone")
 
-    d = sub.add_parser("daily", help="run what is due for a day: build, TPM, CPM, A-CTR, export")
+
+def _daily_arguments(d: argparse.ArgumentParser) -> None:
     d.add_argument("--config", required=True, help="run config YAML (see configs/demo.yaml)")
     when = d.add_mutually_exclusive_group(required=True)
     when.add_argument("--date", type=_date, help="evaluation day D, YYYY-MM-DD")
@@ -95,7 +119,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="run the days from START to END in order")
     d.add_argument("--force", action="store_true", help="run a day again even if its report says ok")
 
-    c = sub.add_parser("compare", help="train model variants on the same days, score held-out days")
+
+def _compare_arguments(c: argparse.ArgumentParser) -> None:
     c.add_argument("--config", required=True, help="run config YAML")
     c.add_argument("--date", type=_date, required=True, help="first held-out day D")
     c.add_argument("--variants", required=True,
@@ -109,29 +134,34 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", type=_positive_int, default=1, help="repeat with N seeds: mean ± std")
     c.add_argument("--plots", help="folder for PNG figures (masks, AUC by bin, sparsity band)")
 
-    i = sub.add_parser("inspect", help="say what a model folder is (reads its meta.json only)")
+
+def _inspect_arguments(i: argparse.ArgumentParser) -> None:
     i.add_argument("folder", help="a TPM snapshot, CPM or A-CTR folder, e.g. work/models/actr/D")
     i.add_argument("--json", action="store_true", help="print the whole meta.json instead")
 
-    v = sub.add_parser("versions", help="list the published versions: day, metrics, gate")
+
+def _versions_arguments(v: argparse.ArgumentParser) -> None:
     v.add_argument("--export", required=True,
                    help="the run config's export folder (or its actr/ folder), local or a URI")
     v.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    b2 = sub.add_parser("rollback", help="serve an earlier version again, and hold new ones")
-    b2.add_argument("--export", required=True, help="the export folder (or its actr/ folder)")
-    which = b2.add_mutually_exclusive_group(required=True)
+
+def _rollback_arguments(r: argparse.ArgumentParser) -> None:
+    r.add_argument("--export", required=True, help="the export folder (or its actr/ folder)")
+    which = r.add_mutually_exclusive_group(required=True)
     which.add_argument("--to", type=_positive_int, help="the version to serve again")
     which.add_argument("--release", action="store_true",
                        help="end the hold: the next daily run publishes through the gate again")
 
-    r = sub.add_parser("predict", help="score raw-log rows with an exported SavedModel")
+
+def _predict_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("--model", required=True,
                    help="a SavedModel version folder, or its parent (newest version is used)")
     r.add_argument("--input", required=True, help="JSON Lines file of raw-log rows (.jsonl[.gz])")
     r.add_argument("--batch_size", type=_positive_int, default=1024, help="rows per call (default 1024)")
 
-    q = sub.add_parser("query", help="score raw-log rows through a running TF Serving")
+
+def _query_arguments(q: argparse.ArgumentParser) -> None:
     q.add_argument("--target", required=True,
                    help="HOST:PORT of TF Serving: its gRPC port (8500) or, with --protocol=rest, "
                         "its REST port (8501)")
@@ -146,7 +176,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--batch_size", type=_positive_int, default=256,
                    help="examples per request (default 256)")
 
-    sp = sub.add_parser("spec", help="check a feature spec (and its logs); say what a spec change does")
+
+def _spec_arguments(sp: argparse.ArgumentParser) -> None:
     spec_sub = sp.add_subparsers(dest="spec_command", required=True)
     sc = spec_sub.add_parser(
         "check", help="validate a spec; with --logs, run the build's row checks on a sample",
@@ -167,7 +198,6 @@ def _parser() -> argparse.ArgumentParser:
     sd.add_argument("old", help="the spec in use (e.g. a model folder's spec.yaml)")
     sd.add_argument("new", help="the edited spec")
     sd.add_argument("--json", action="store_true", help="print the report as JSON")
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
