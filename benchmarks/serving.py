@@ -1,6 +1,6 @@
 """Benchmark: in-process SavedModel latency of the serving signature (p50/p99 for 1, 100 and
 1,000 candidates) for an A-CTR with AdaSparse against a plain DNN export of the same size,
-each as exports ship it (models.merged_tpm: FoldedMlp, AdaSparseServingMlp on its dense and
+each as exports ship it (models.serving_form: FoldedMlp, AdaSparseServingMlp on its dense and
 its tf.sparse pruned-MLP path) and with its training tower exported unfolded (the exports
 before the folding); AdaSparse both as published (pruners reading [e_d ; h_l]) and with
 `pruner_input: domain` (pruners reading e_d alone: factors tabulated per domain ids at
@@ -27,7 +27,7 @@ from ecdctr.data.datasets import parse_batch
 from ecdctr.data.rows import RowParser, to_example
 from ecdctr.data.simulator import SimConfig, World, sample_day
 from ecdctr.models.adasparse import AdaSparseConfig
-from ecdctr.models.ctr_model import ModelConfig, build_model, merged_tpm
+from ecdctr.models.ctr_model import ModelConfig, build_model, serving_form
 from ecdctr.serving.export import OUTPUT_KEY, serving_function
 from ecdctr.spec.feature_spec import load_spec
 
@@ -51,7 +51,7 @@ def exports(multi_domain: str, examples: list[bytes], folder: str,
             adasparse: AdaSparseConfig | None = None, label: str = "adasparse",
             unfolded: bool = True) -> tuple[dict[str, str], list[float]]:
     """Exports a model of the demo's size after a few steps (so the pruner prunes) in the
-    form exports ship (merged_tpm: BatchNorm folded, AdaSparse on its dense and tf.sparse
+    form exports ship (serving_form: BatchNorm folded, AdaSparse on its dense and tf.sparse
     paths, arms named after label) and, if unfolded, with its training tower unfolded (the
     export before the folding). Returns the paths by arm and the AdaSparse tower's share of
     pruned factors per layer on the examples (empty for other towers)."""
@@ -81,17 +81,17 @@ def exports(multi_domain: str, examples: list[bytes], folder: str,
     tower = "dnn" if multi_domain == "none" else label
     paths = {f"{tower} unfolded (before)": save(f"{tower}-unfolded")} if unfolded else {}
     if multi_domain != "adasparse":
-        with merged_tpm(model):
+        with serving_form(model):
             paths[tower] = save(tower)
         return paths, []
     x, e_d, _, _ = model.tower_inputs(features)
     tower, sparsity = model.mlp, model.mlp.sparsity(x, e_d)
     for sparse, path in (False, "dense path"), (True, "tf.sparse path"):
-        with merged_tpm(model):
+        with serving_form(model):
             model.mlp.sparse_inference = sparse
             paths[f"{label} ({path})"] = save(f"{label}-{path.split()[0]}")
     if adasparse is not None and adasparse.pruner_input == "domain":
-        with merged_tpm(model):  # the factors from one matmul on e_d instead of tables
+        with serving_form(model):  # the factors from one matmul on e_d instead of tables
             model.mlp = tower.for_serving(model.encoder.domain_columns())
             paths[f"{label}, matmul (dense path)"] = save(f"{label}-matmul")
     return paths, sparsity

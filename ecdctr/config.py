@@ -122,43 +122,16 @@ class RunConfig:
 def load_config(path: str) -> RunConfig:
     """Loads and validates a run config; relative paths resolve against its folder."""
     doc = load_yaml(path)
-    errors: list[str] = []
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: the config must be a mapping with spec, logs, work and export. "
                           f"Fix: see configs/demo.yaml.")
-    errors += [f"unknown key {k!r}. Fix: remove it or use one of {list(TOP_KEYS)}."
-               for k in unknown_keys(doc, TOP_KEYS)]
+    errors = [f"unknown key {k!r}. Fix: remove it or use one of {list(TOP_KEYS)}."
+              for k in unknown_keys(doc, TOP_KEYS)]
     folder = os.path.dirname(os.path.abspath(path))
-    paths = {}
-    for key in ("spec", "logs", "work", "export"):
-        value = doc.get(key)
-        if not isinstance(value, str) or not value:
-            errors.append(f"'{key}' must be a path. Fix: e.g. `{key}: ../{key}`.")
-            continue
-        paths[key] = value if "://" in value else os.path.normpath(os.path.join(folder, value))
-    lock = doc.get("lock")
-    if lock is not None and (not isinstance(lock, str) or not lock or "://" in lock):
-        errors.append(f"'lock' must be a local file path, got {lock!r}. Fix: e.g. "
-                      "`lock: /var/lock/ecdctr-daily.lock`.")
-    elif lock:
-        lock = os.path.normpath(os.path.join(folder, lock))
-    elif "://" in paths.get("work", ""):
-        errors.append(f"work is {paths['work']}, where no file lock exists. Fix: give `lock:` a "
-                      "local file path that every scheduled run of this config shares, e.g. "
-                      "`lock: /var/lock/ecdctr-daily.lock`.")
-    else:
-        lock = os.path.join(paths.get("work", folder), ".daily.lock")
+    paths = _paths(doc, folder, errors)
+    lock = _lock(doc.get("lock"), folder, paths, errors)
     windows = _section(doc, "windows", WINDOW_KEYS, Windows(), errors)
-    base = RunConfig.__dataclass_fields__
-    shared = _section(doc, "model", MODEL_KEYS, ModelConfig(), errors)
-    models = {}
-    for name in ("tpm", "cpm", "actr"):
-        default = base[name].default
-        models[name] = _section(doc, name, TRAIN_KEYS + (MODEL_KEYS if name == "tpm" else ()),
-                                default, errors)
-        if name != "tpm":
-            structure = {k: getattr(shared, k) for k in MODEL_KEYS}
-            models[name] = replace(models[name], **structure)
+    models = _models(doc, errors)
     transfer = _transfer(doc.get("transfer") or {}, errors)
     schedule = _schedule(doc.get("schedule") or {}, errors)
     gate = _gate(doc.get("gate") or {}, errors)
@@ -180,6 +153,51 @@ def load_config(path: str) -> RunConfig:
     return RunConfig(path=os.path.abspath(path), windows=windows, transfer=transfer,
                      schedule=schedule, gate=gate, seed=seed, distribute=distribute,
                      beam_args=tuple(beam_args), lock=lock, alert=alert, **paths, **models)
+
+
+def _paths(doc: dict, folder: str, errors: list[str]) -> dict[str, str]:
+    """spec, logs, work and export: URIs as given, local paths resolved against folder."""
+    paths = {}
+    for key in ("spec", "logs", "work", "export"):
+        value = doc.get(key)
+        if not isinstance(value, str) or not value:
+            errors.append(f"'{key}' must be a path. Fix: e.g. `{key}: ../{key}`.")
+            continue
+        paths[key] = value if "://" in value else os.path.normpath(os.path.join(folder, value))
+    return paths
+
+
+def _lock(lock: Any, folder: str, paths: dict[str, str], errors: list[str]) -> str:
+    """The daily run's local lock file: as given (resolved against folder), else
+    <work>/.daily.lock for a local work folder; a remote one needs it given ("" with an error)."""
+    if lock is not None and (not isinstance(lock, str) or not lock or "://" in lock):
+        errors.append(f"'lock' must be a local file path, got {lock!r}. Fix: e.g. "
+                      "`lock: /var/lock/ecdctr-daily.lock`.")
+        return ""
+    if lock:
+        return os.path.normpath(os.path.join(folder, lock))
+    if "://" in paths.get("work", ""):
+        errors.append(f"work is {paths['work']}, where no file lock exists. Fix: give `lock:` a "
+                      "local file path that every scheduled run of this config shares, e.g. "
+                      "`lock: /var/lock/ecdctr-daily.lock`.")
+        return ""
+    return os.path.join(paths.get("work", folder), ".daily.lock")
+
+
+def _models(doc: dict, errors: list[str]) -> dict[str, ModelConfig]:
+    """The tpm, cpm and actr model configs: each section's training keys over its default;
+    CPM and A-CTR take their structure from the shared `model:` section, the TPM its own."""
+    base = RunConfig.__dataclass_fields__
+    shared = _section(doc, "model", MODEL_KEYS, ModelConfig(), errors)
+    models = {}
+    for name in ("tpm", "cpm", "actr"):
+        default = base[name].default
+        models[name] = _section(doc, name, TRAIN_KEYS + (MODEL_KEYS if name == "tpm" else ()),
+                                default, errors)
+        if name != "tpm":
+            structure = {k: getattr(shared, k) for k in MODEL_KEYS}
+            models[name] = replace(models[name], **structure)
+    return models
 
 
 def _section(doc: dict, key: str, allowed: tuple[str, ...], default: Any, errors: list[str]) -> Any:

@@ -49,7 +49,7 @@ from ecdctr.io import lock as file_lock
 from ecdctr.io import storage
 from ecdctr.io.jsonio import json_safe, read_json, write_json
 from ecdctr.io.layout import built_partitions
-from ecdctr.models.ctr_model import merged_tpm
+from ecdctr.models.ctr_model import serving_form
 from ecdctr.serving.export import (
     EXPORT_MARKER,
     REJECTED,
@@ -690,7 +690,7 @@ class _DailyJob:
         held_out = partition_files(self.work, "ad", [self.date])
         timing = [r.numpy() for r in
                   tf.data.TFRecordDataset(held_out, compression_type="GZIP").take(TIMING_ROWS)]
-        with merged_tpm(self.actr_model):  # serving does one lookup per entity, no attention
+        with serving_form(self.actr_model):  # serving does one lookup per entity, no attention
             staging = stage_saved_model(self.actr_model, self.spec, base, timing, log=self.log)
         serving = versions(base)
         gate = run_gate(self.actr_model, self.spec, staging,

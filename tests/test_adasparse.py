@@ -9,7 +9,6 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from ecdctr.layers.core import Mlp
 from ecdctr.models.adasparse import (
     FORMS,
     PLACEMENTS,
@@ -20,6 +19,7 @@ from ecdctr.models.adasparse import (
     sparsity_regularizer,
 )
 from ecdctr.models.ctr_model import ModelConfig, build_model, transfer_weights
+from ecdctr.models.mlp import Mlp
 from ecdctr.spec.feature_spec import load_spec
 
 RNG = np.random.default_rng(0)

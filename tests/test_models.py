@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from ecdctr.models.ctr_model import ModelConfig, build_model, merged_tpm, transfer_weights
+from ecdctr.models.ctr_model import ModelConfig, build_model, serving_form, transfer_weights
 from ecdctr.spec.feature_spec import load_spec
 from ecdctr.training.loop import recalibrate_batchnorm, scored_batches
 
@@ -85,7 +85,7 @@ def test_k_snapshots_are_aggregated_and_merged_for_serving():
                         [older, TPM], initial_ctr=0.1)
     model.fit(tf.data.Dataset.from_tensors((_batch(), tf.ones([16, 1]))).repeat(3), verbose=0)
     trained = model(_batch(), training=False).numpy()
-    with merged_tpm(model) as frozen:
+    with serving_form(model) as frozen:
         assert type(frozen.tpm).__name__ == "TpmLookup"  # one lookup per entity when serving
         np.testing.assert_allclose(frozen(_batch(), training=False).numpy(), trained, atol=1e-5)
     assert type(model.tpm).__name__ == "TpmAggregator"
@@ -104,7 +104,7 @@ def test_over_parameterized_apg_is_reachable_from_the_config_and_merged_for_serv
     assert model.mlp.dense[0].over_parameterize
     model.fit(tf.data.Dataset.from_tensors((_batch(), tf.ones([16, 1]))).repeat(2), verbose=0)
     trained = model(_batch(), training=False).numpy()
-    with merged_tpm(model) as serving:
+    with serving_form(model) as serving:
         assert not serving.mlp.over_parameterize  # U and V multiplied out
         np.testing.assert_allclose(serving(_batch(), training=False).numpy(), trained, atol=1e-5)
     assert model.mlp.over_parameterize  # the training form is back
@@ -116,7 +116,7 @@ def test_plain_tower_is_served_with_its_batchnorm_folded_into_the_dense_layers()
     data = tf.data.Dataset.from_tensors((_batch(shift=1000.0), tf.ones([16, 1]))).repeat(4)
     recalibrate_batchnorm(model, data, log=lambda _: None)
     trained = model(_batch(shift=1000.0), training=False).numpy()
-    with merged_tpm(model) as serving:
+    with serving_form(model) as serving:
         assert type(serving.mlp).__name__ == "FoldedMlp"
         call = tf.function(lambda x: serving.mlp(x, training=False))
         ops = {op.type for op in call.get_concrete_function(
@@ -148,7 +148,7 @@ def test_scoring_traces_the_model_once_when_the_last_batch_is_shorter():
         np.testing.assert_array_equal(batch["probs"], before(features).numpy().ravel())
 
 
-def test_merged_tpm_puts_the_training_form_back_in_order_even_when_it_fails():
+def test_serving_form_puts_the_training_form_back_in_order_even_when_it_fails():
     """After an export the model's weights keep their order (get_weights/set_weights by
     position), and a serving form that cannot be made leaves the training form in place."""
     import dataclasses
@@ -157,7 +157,7 @@ def test_merged_tpm_puts_the_training_form_back_in_order_even_when_it_fails():
         model = build_model(SPEC.features, _vocabs(["v0", "v1"]), {}, config, _batch(), TPM)
         names, weights = [v.name for v in model.weights], model.get_weights()
         aggregator, tower = model.tpm, model.mlp
-        with merged_tpm(model):
+        with serving_form(model):
             pass
         assert [v.name for v in model.weights] == names
         model.set_weights(weights)
@@ -165,7 +165,7 @@ def test_merged_tpm_puts_the_training_form_back_in_order_even_when_it_fails():
         try:
             type(tower).for_serving = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("x"))
             try:
-                with merged_tpm(model):
+                with serving_form(model):
                     pass
             except RuntimeError:
                 pass

@@ -11,9 +11,9 @@ import tensorflow as tf
 
 from ecdctr.data.datasets import make_dataset, parse_batch
 from ecdctr.data.rows import RowParser, to_example
-from ecdctr.layers import core as layers
+from ecdctr.models import mlp
 from ecdctr.models.adasparse import AdaSparseConfig
-from ecdctr.models.ctr_model import ModelConfig, build_model, is_preprocessed, merged_tpm
+from ecdctr.models.ctr_model import ModelConfig, build_model, is_preprocessed, serving_form
 from ecdctr.serving.export import (
     OUTPUT_KEY,
     RAW_SIGNATURE,
@@ -126,7 +126,7 @@ def test_a_model_trained_on_preprocessed_batches_serves_raw_examples_alike(tmp_p
     summary = fit(model, data, 2, 5, "actr", log=lambda _: None)
     assert summary["steps"] == 6 and model.steps_per_execution.numpy() > 1  # 3 batches an epoch
     training = np.concatenate([model(x, training=False).numpy().ravel() for x, _ in data])
-    with merged_tpm(model):
+    with serving_form(model):
         staged_path = stage_saved_model(model, SPEC, str(tmp_path / "actr"), log=lambda _: None)
     served = tf.saved_model.load(staged_path).signatures["serving_default"](
         examples=tf.constant(_examples()))[OUTPUT_KEY].numpy()
@@ -149,7 +149,7 @@ def test_an_adasparse_model_whose_pruners_read_the_domain_alone_serves_as_it_pre
     fit(model, data, 2, 5, "actr", log=lambda _: None)
     assert model.mlp.alpha.numpy() == 5.0  # the ramp is over: factors at their end value
     training = model(features, training=False).numpy().ravel()
-    with merged_tpm(model):
+    with serving_form(model):
         assert model.mlp.reads_domain_key  # the factors are tabulated per domain ids
         # scenario, position, segment: 7 tokens in each vocabulary and the OOV id
         assert [t.shape[0] for t in model.mlp.factor_tables] == [8 * 8 * 8] * 2
@@ -322,13 +322,13 @@ def test_infra_gate_compares_the_replay_with_the_form_the_export_saved(tmp_path)
 def test_infra_gate_rejects_an_export_whose_serving_form_is_wrong(tmp_path, monkeypatch):
     """Replay and saved form agree when the fold itself is wrong (both use it): the gate also
     holds the saved form against the training model, row by row."""
-    fold = layers.folded_dense_batchnorm
+    fold = mlp.folded_dense_batchnorm
 
     def forgets_the_variance(dense, norm):  # a wrong fold, for the test
         kernel, bias = fold(dense, norm)
         return kernel * 2.0, bias
 
-    monkeypatch.setattr(layers, "folded_dense_batchnorm", forgets_the_variance)
+    monkeypatch.setattr(mlp, "folded_dense_batchnorm", forgets_the_variance)
     model = _model(seed=4, multi_domain="none")  # a plain tower: Mlp.for_serving folds
     path = stage_saved_model(model, SPEC, str(tmp_path / "actr"), _examples(), log=lambda _: None)
     reasons, details = infra_gate(model, SPEC, path, GateConfig())

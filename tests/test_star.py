@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from ecdctr.layers.core import Mlp
+from ecdctr.models.mlp import Mlp
 from ecdctr.models.star import PartitionedNormalization, StarMlp, block_diagonal_matmul
 
 RNG = np.random.default_rng(0)

@@ -1,4 +1,5 @@
-"""Keras layers: the spec-driven feature encoder, the frozen TPM embedding lookup and the MLP."""
+"""Keras layers: the spec-driven feature encoder, the frozen TPM embedding lookup and the
+helpers that fold a tower's constants for serving."""
 
 from __future__ import annotations
 
@@ -168,57 +169,6 @@ class TpmLookup(keras.layers.Layer):
 def known_from_rows(rows: Mapping[str, tf.Tensor], names: Sequence[str]) -> tf.Tensor:
     """[B, len(names)] 1.0 where a TPM row is a known id's (> 0), else 0.0."""
     return tf.stack([tf.cast(rows[n] > 0, tf.float32) for n in names], axis=-1)
-
-
-class Mlp(keras.layers.Layer):
-    """Dense -> BatchNorm -> ReLU blocks; layer names are stable so weights transfer by name.
-
-    The tower contract every MLP variant (plain, AdaSparse, STAR, APG) follows:
-    `call(x [B, F], domain_embedding [B, E], domain_index int32 [B], training) -> [B, hidden[-1]]`,
-    sublayers named `dense_<i>` and `bn_<i>`, and optionally `extra_logit(...)` -> [B, 1] or None,
-    a term the model adds to its logit (STAR's auxiliary network). The plain MLP ignores domains.
-    """
-
-    def __init__(self, hidden: Sequence[int], dropout: float = 0.0, **kwargs):
-        super().__init__(**kwargs)
-        self.dense = [keras.layers.Dense(u, name=f"dense_{i}") for i, u in enumerate(hidden)]
-        self.norms = [keras.layers.BatchNormalization(name=f"bn_{i}") for i in range(len(hidden))]
-        self.dropout = keras.layers.Dropout(dropout) if dropout else None
-
-    def call(self, x: tf.Tensor, domain_embedding: tf.Tensor | None = None,
-             domain_index: tf.Tensor | None = None, training: bool | None = None) -> tf.Tensor:
-        for dense, norm in zip(self.dense, self.norms, strict=True):
-            x = tf.nn.relu(norm(dense(x), training=training))
-            if self.dropout is not None:
-                x = self.dropout(x, training=training)
-        return x
-
-    def for_serving(self) -> FoldedMlp:
-        """This tower at inference with each BatchNorm folded into its dense layer
-        (FoldedMlp), the form exports serve; the tower itself is left as it is."""
-        if not all(d.built for d in self.dense):
-            raise ValueError("for_serving needs a built Mlp: call it on a batch first")
-        return FoldedMlp([folded_dense_batchnorm(d, n) for d, n in zip(self.dense, self.norms,
-                                                                         strict=True)],
-                         name=self.name)
-
-
-class FoldedMlp(keras.layers.Layer):
-    """Mlp's inference forward with each BatchNorm folded into its dense layer: relu(x K + b)
-    per layer, one fused matmul, bias and ReLU on CPU (Mlp.for_serving; models.merged_tpm
-    swaps it in for exports). Inference only: `training` is ignored."""
-
-    def __init__(self, affine: Sequence[tuple[np.ndarray, np.ndarray]], **kwargs):
-        super().__init__(**kwargs)
-        self.kernels = [constant_weight(self, f"dense_{i}_kernel", k)
-                        for i, (k, _) in enumerate(affine)]
-        self.biases = [constant_weight(self, f"dense_{i}_bias", b) for i, (_, b) in enumerate(affine)]
-
-    def call(self, x: tf.Tensor, domain_embedding: tf.Tensor | None = None,
-             domain_index: tf.Tensor | None = None, training: bool | None = None) -> tf.Tensor:
-        for kernel, bias in zip(self.kernels, self.biases, strict=True):
-            x = tf.nn.relu(tf.nn.bias_add(tf.matmul(x, kernel), bias))
-        return x
 
 
 def constant_weight(layer: keras.layers.Layer, name: str, value: np.ndarray) -> tf.Variable:

@@ -19,6 +19,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ecdctr.layers.core import constant_weight, folded_dense_batchnorm
+from ecdctr.models.tower import Tower
 
 FORMS = ("binarization", "scaling", "fusion")
 PLACEMENTS = ("input", "output")
@@ -171,9 +172,9 @@ def _sparse_input_affine(x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -> tf
     return tf.nn.bias_add(tf.sparse.sparse_dense_matmul(rows, kernel), bias)
 
 
-class AdaSparseMlp(keras.layers.Layer):
-    """The Mlp tower (see layers.Mlp for the contract; dense_<l>, bn_<l> match it by name) with a
-    DomainPruner pruner_<l> per layer. domain_embedding is required; domain_index is unused.
+class AdaSparseMlp(Tower):
+    """The Mlp tower (dense_<l>, bn_<l> match it by name) with a DomainPruner pruner_<l> per
+    layer. domain_embedding is required; domain_index is unused.
 
     placement "input" (the default, as published): pi_l = pruner_l([e_d ; x_l]) has x_l's width,
     x_l' = x_l * pi_l, x_{l+1} = dropout(relu(bn(dense_l(x_l')))); x_0 is the tower input (the
@@ -204,6 +205,8 @@ class AdaSparseMlp(keras.layers.Layer):
     pruner logit within rounding of the threshold may flip its factor); which path is faster
     depends on sparsity: measure.
     """
+
+    has_sparse_path = True
 
     def __init__(self, hidden: Sequence[int], config: AdaSparseConfig = AdaSparseConfig(),
                  dropout: float = 0.0, **kwargs):
@@ -334,9 +337,9 @@ class AdaSparseMlp(keras.layers.Layer):
         return cls(**{**config, "config": AdaSparseConfig(**config["config"])})
 
 
-class AdaSparseServingMlp(keras.layers.Layer):
+class AdaSparseServingMlp(Tower):
     """The inference forward of a trained AdaSparseMlp with its constants folded at export
-    (AdaSparseMlp.for_serving; models.merged_tpm swaps it in for exports). Inference only:
+    (AdaSparseMlp.for_serving; models.ctr_model's serving_form swaps it in for exports). Inference only:
     `training` is ignored (SavedModel tracing passes both values), so it never trains.
 
     It computes what the tower computes at inference, up to float rounding (a pruner logit
@@ -365,6 +368,8 @@ class AdaSparseServingMlp(keras.layers.Layer):
     sparse_inference (the tf.sparse path of the layers whose input carries pruned zeros) works
     as in AdaSparseMlp.
     """
+
+    has_sparse_path = True
 
     def __init__(self, tower: AdaSparseMlp, domain_columns: Sequence[int] = (),
                  domain_tables: Sequence[np.ndarray] | None = None, **kwargs):

@@ -8,6 +8,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from ecdctr.models.tower import Tower
+
 OVER_WIDTH_FACTOR = 4  # over-parameterised U = U_l [N, P] U_r [P, K] with P = 4 K; V likewise
 
 
@@ -76,15 +78,15 @@ class ApgDense(keras.layers.Layer):
         return tf.matmul(mixed, v) + tf.gather(bias, position)
 
 
-class ApgMlp(keras.layers.Layer):
+class ApgMlp(Tower):
     """APG tower: ApgDense -> BatchNorm -> ReLU blocks (`dense_<i>`, `bn_<i>`).
 
-    Follows the tower contract of layers.Mlp; domain_embedding is required and conditions the
-    weights, domain_index is not needed (rows are grouped by their embedding). The parameter
-    count depends on the domain embedding size, never on the number of domains.
+    domain_embedding is required and conditions the weights, domain_index is not needed (rows
+    are grouped by their embedding). The parameter count depends on the domain embedding size,
+    never on the number of domains.
 
-    Export of an over-parameterised tower: `model.mlp = model.mlp.merged_for_export()` swaps
-    in the same function with U and V multiplied out.
+    Its serving form (for_serving, merged_for_export) is the same function with U and V
+    multiplied out when the tower is over-parameterised.
     """
 
     def __init__(self, hidden: Sequence[int], rank: int = 16, dropout: float = 0.0,
@@ -109,6 +111,11 @@ class ApgMlp(keras.layers.Layer):
             if self.dropout is not None:
                 x = self.dropout(x, training=training)
         return x
+
+    def for_serving(self, domain_columns: Sequence[int] = (),
+                    domain_tables: Sequence[np.ndarray] | None = None) -> ApgMlp:
+        """merged_for_export; the domain arguments of Tower.for_serving are ignored."""
+        return self.merged_for_export()
 
     def merged_for_export(self) -> ApgMlp:
         """This tower with every U = U_l U_r and V = V_l V_r multiplied out: a plain ApgMlp of the

@@ -16,10 +16,12 @@ import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
 from ecdctr.layers.aggregator import MergedTpmLookup, TpmAggregator
-from ecdctr.layers.core import FeatureEncoder, Mlp, known_from_rows
+from ecdctr.layers.core import FeatureEncoder, known_from_rows
 from ecdctr.models.adasparse import AdaSparseConfig, AdaSparseMlp
 from ecdctr.models.apg import ApgMlp
+from ecdctr.models.mlp import Mlp
 from ecdctr.models.star import StarMlp
+from ecdctr.models.tower import Tower
 from ecdctr.spec.feature_spec import Feature
 
 BACKBONES = ("dnn", "dcnv2")
@@ -61,8 +63,8 @@ class ModelConfig:
                 raise ValueError(f"model {name} {value!r} is not one of {list(allowed)}")
 
 
-def _tower(config: ModelConfig, num_domains: int) -> keras.layers.Layer:
-    """The MLP variant the config asks for; all follow the tower contract of layers.Mlp."""
+def _tower(config: ModelConfig, num_domains: int) -> Tower:
+    """The tower the config asks for (models.tower.Tower: plain MLP, AdaSparse, STAR or APG)."""
     if config.multi_domain == "adasparse":
         return AdaSparseMlp(config.hidden, config.adasparse, config.dropout, name="mlp")
     if config.multi_domain == "star":
@@ -96,7 +98,7 @@ class CtrModel(keras.Model):
         self.tpm = TpmAggregator(snapshots, name="tpm") if snapshots else None
         self.cross = [tfrs.layers.dcn.Cross(name=f"cross_{i}") for i in range(config.cross_layers)
                       ] if config.backbone == "dcnv2" else []
-        self.mlp = _tower(config, len(self.domains) + 1)
+        self.mlp: Tower = _tower(config, len(self.domains) + 1)
         # Starting the output at the data's CTR saves the first steps from learning a constant.
         bias = 0.0 if initial_ctr is None else float(np.log(initial_ctr / (1.0 - initial_ctr)))
         self.logit = keras.layers.Dense(1, bias_initializer=keras.initializers.Constant(bias),
@@ -145,7 +147,7 @@ class CtrModel(keras.Model):
                 raise ValueError("these preprocessed features have no domain index: "
                                  "preprocess them with with_index=True")
             domain_index = ids[DOMAIN_INDEX]
-        elif getattr(self.mlp, "reads_domain_key", False):  # a tower with per-domain tables
+        elif self.mlp.reads_domain_key:  # a tower with per-domain tables
             domain_index = self.encoder.domain_key(ids[IDS])
         else:
             domain_index = tf.zeros([tf.shape(x)[0]], tf.int32)
@@ -163,15 +165,14 @@ class CtrModel(keras.Model):
         if self.cross and self.config.cross_structure == "parallel":
             h = tf.concat([crossed, h], axis=-1)
         logit = self.logit(h)
-        extra = getattr(self.mlp, "extra_logit", None)
+        extra = self.mlp.extra_logit(tower_input, domain_embedding, domain_index, training=training)
         if extra is not None:
-            logit += extra(tower_input, domain_embedding, domain_index, training=training)
+            logit += extra
         return tf.sigmoid(logit)
 
     def set_total_steps(self, steps: int) -> None:
         """Tells schedules inside the tower (AdaSparse's alpha) how long training will run."""
-        if hasattr(self.mlp, "set_ramp_steps"):
-            self.mlp.set_ramp_steps(max(int(steps), 1))
+        self.mlp.set_ramp_steps(max(int(steps), 1))
 
 
 def is_preprocessed(inputs: Mapping[str, object]) -> bool:
@@ -202,27 +203,45 @@ def build_model(features: Sequence[Feature], vocabs: Mapping[str, Sequence[str]]
 
 
 @contextlib.contextmanager
-def merged_tpm(model: CtrModel) -> Iterator[CtrModel]:
-    """Within the block the model is in the form serving runs: its TPM aggregator frozen into
-    its merged table (one lookup per entity, no attention), an over-parameterised APG tower
-    multiplied out, a plain or AdaSparse tower in its folded inference form (for_serving:
-    BatchNorm folded into the dense layers, AdaSparse's constants folded); the training form
+def serving_form(model: CtrModel) -> Iterator[CtrModel]:
+    """Within the block the model is in the form serving runs: its TPM table merged
+    (merged_tpm_table) and its tower in its serving form (tower_for_serving); the training form
     is put back after."""
+    with merged_tpm_table(model), tower_for_serving(model):
+        yield model
+
+
+@contextlib.contextmanager
+def merged_tpm_table(model: CtrModel) -> Iterator[CtrModel]:
+    """Within the block the model's TPM aggregator is frozen into its merged table (one lookup
+    per entity, no attention); the aggregator is put back after."""
+    with _layers_put_back(model):
+        if isinstance(model.tpm, TpmAggregator):
+            model.tpm = MergedTpmLookup(model.tpm.merged_tables(), name="tpm")
+        yield model
+
+
+@contextlib.contextmanager
+def tower_for_serving(model: CtrModel) -> Iterator[CtrModel]:
+    """Within the block the model's tower is in its serving form (Tower.for_serving: a plain
+    or AdaSparse tower folded for inference, an over-parameterised APG tower multiplied out);
+    the training tower is put back after."""
+    stacked = model.cross and model.config.cross_structure == "stacked"
+    with _layers_put_back(model):  # the tower input holds the domain embedding, unless crossed
+        model.mlp = model.mlp.for_serving(() if stacked else model.encoder.domain_columns(),
+                                          model.encoder.domain_tables())
+        yield model
+
+
+@contextlib.contextmanager
+def _layers_put_back(model: CtrModel) -> Iterator[None]:
+    """After the block (also when it fails, e.g. a serving form could not be made), the
+    model's TPM layer and tower are the ones it had before, in their order among its layers."""
     aggregator, tower = model.tpm, model.mlp
     tracked = list(model._self_tracked_trackables)  # noqa: SLF001  (see finally)
     try:
-        if isinstance(aggregator, TpmAggregator):
-            model.tpm = MergedTpmLookup(aggregator.merged_tables(), name="tpm")
-        if isinstance(tower, ApgMlp):
-            model.mlp = tower.merged_for_export()
-        if isinstance(tower, Mlp):
-            model.mlp = tower.for_serving()
-        if isinstance(tower, AdaSparseMlp):  # its input holds the domain embedding, unless crossed
-            stacked = model.cross and model.config.cross_structure == "stacked"
-            model.mlp = tower.for_serving(() if stacked else model.encoder.domain_columns(),
-                                          model.encoder.domain_tables())
-        yield model
-    finally:  # also when a serving form could not be made
+        yield
+    finally:
         model.tpm, model.mlp = aggregator, tower
         # Keras appends a re-assigned layer to the model's tracked layers: put them back in
         # their order, so model.weights (get_weights/set_weights) keeps its order

@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 import tensorflow as tf
 import tf_keras as keras
 
+from ecdctr.models.tower import Tower
+
 
 def _moving_rate(momentum: float, batches: tf.Tensor) -> tf.Tensor:
     """Weight of a new batch statistic: the plain average over the first 1 / (1 - momentum)
@@ -172,13 +174,12 @@ class StarDense(keras.layers.Layer):
         return block_diagonal_matmul(x, kernels, slot) + tf.gather(biases, slot)
 
 
-class StarMlp(keras.layers.Layer):
+class StarMlp(Tower):
     """STAR tower: Partitioned Normalization of the input, then StarDense -> BatchNorm -> ReLU
     blocks (`dense_<i>`, `bn_<i>`), plus the auxiliary network whose logit the model adds.
 
-    W_p starts at ones and b_p at zeros, so training starts from the shared MLP. Follows the
-    tower contract of layers.Mlp; domain_index is required, domain_embedding feeds only the
-    auxiliary network (`extra_logit`).
+    W_p starts at ones and b_p at zeros, so training starts from the shared MLP. domain_index is
+    required, domain_embedding feeds only the auxiliary network (`extra_logit`).
     """
 
     def __init__(self, hidden: Sequence[int], num_domains: int, dropout: float = 0.0,

@@ -31,7 +31,8 @@ from ecdctr.data.datasets import feature_description, features_by_name, serving_
 from ecdctr.data.rows import features_example
 from ecdctr.io import storage
 from ecdctr.io.jsonio import write_json
-from ecdctr.models.ctr_model import CtrModel, merged_tpm
+from ecdctr.models.ctr_model import CtrModel, serving_form
+from ecdctr.models.tower import Tower
 from ecdctr.spec.feature_spec import Spec
 
 OUTPUT_KEY = "click_probability"
@@ -223,7 +224,7 @@ def choose_pruned_path(model: keras.Model, spec: Spec, examples: Sequence[bytes]
     """For a tower with a tf.sparse inference path (AdaSparse): times the dense and the sparse
     path on these examples (median of `repeats`) and keeps the faster one for the export."""
     tower = getattr(model, "mlp", None)
-    if not hasattr(tower, "sparse_inference") or not examples:
+    if not (isinstance(tower, Tower) and tower.has_sparse_path) or not examples:
         return None
     parsed = tf.io.parse_example(tf.constant(list(examples)), feature_description(spec, False))
     features = features_by_name(spec, parsed)
@@ -274,8 +275,8 @@ def stage_saved_model(model: keras.Model, spec: Spec, base: str,
                       log: Log = print) -> str:
     """Writes the SavedModel (both signatures, the spec and synthetic warmup requests in
     assets.extra/) into a staging folder under base that TF Serving ignores; returns its path.
-    A CtrModel is saved in its serving form (models.merged_tpm: merged TPM table, its tower
-    folded for inference).
+    A CtrModel is saved in its serving form (models.ctr_model.serving_form: merged TPM table,
+    its tower folded for inference).
     timing_examples (real held-out rows) only time the pruned inference path in memory
     (choose_pruned_path; the synthetic rows when there are none): nothing of them is written."""
     storage.makedirs(base)
@@ -283,7 +284,7 @@ def stage_saved_model(model: keras.Model, spec: Spec, base: str,
     storage.rmtree(staging)
     started = time.perf_counter()
     warmup = warmup_examples(model, spec)
-    with merged_tpm(model) if isinstance(model, CtrModel) else contextlib.nullcontext():
+    with serving_form(model) if isinstance(model, CtrModel) else contextlib.nullcontext():
         path_choice = choose_pruned_path(model, spec, list(timing_examples[:TIMING_ROWS]) or warmup)
         if path_choice:
             log(f"pruned MLP inference: dense {path_choice['dense_ms']} ms vs tf.sparse "

@@ -22,7 +22,7 @@ import tf_keras as keras
 from ecdctr.data.datasets import feature_description, features_by_name
 from ecdctr.evaluation.evaluator import GroupedAuc, auc_from_counts
 from ecdctr.io import storage
-from ecdctr.models.ctr_model import CtrModel, merged_tpm
+from ecdctr.models.ctr_model import CtrModel, serving_form
 from ecdctr.serving.export import INPUT_KEY, OUTPUT_KEY, WARMUP_FILE, read_warmup
 from ecdctr.spec.feature_spec import Spec
 
@@ -154,7 +154,7 @@ def replay_in_fresh_process(staging: str, timeout: float = 300) -> list[list[flo
 
 def infra_gate(model: keras.Model, spec: Spec, staging: str, config: GateConfig) -> tuple[list[str], dict]:
     """Replays the warmup records in a fresh process and compares them with the model's own
-    predictions on the same Examples, in the form the export saved (models.merged_tpm: folded
+    predictions on the same Examples, in the form the export saved (models.serving_form: folded
     towers, merged TPM table). Returns (reasons, details); details also give how far that form
     is from the training form: `fold_max_abs_diff`, reported, and `fold_moved_share`, the
     share of rows moved by more than FOLD_TOLERANCE, gated by max_fold_share (a pruner logit
@@ -174,7 +174,7 @@ def infra_gate(model: keras.Model, spec: Spec, staging: str, config: GateConfig)
         parsed = tf.io.parse_example(tf.constant(examples), feature_description(spec, False))
         inputs.append(features_by_name(spec, parsed))
     training = [model(features, training=False).numpy().ravel() for features in inputs]
-    with merged_tpm(model) if isinstance(model, CtrModel) else contextlib.nullcontext():
+    with serving_form(model) if isinstance(model, CtrModel) else contextlib.nullcontext():
         saved = [model(features, training=False).numpy().ravel() for features in inputs]
     diff = max(float(np.max(np.abs(e - np.asarray(a)))) for e, a in zip(saved, served, strict=True))
     moved = np.abs(np.concatenate(saved) - np.concatenate(training))
