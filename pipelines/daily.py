@@ -62,7 +62,7 @@ from ecdctr.serving.export import (
     versions,
 )
 from ecdctr.serving.gate import run_gate
-from ecdctr.spec.feature_spec import Spec, load_spec
+from ecdctr.spec.feature_spec import Spec, feature_diff, feature_fingerprints, load_spec
 from ecdctr.training.checkpoint import (
     META,
     Checkpoint,
@@ -201,20 +201,6 @@ def tracked(entry: dict, done: Callable[[], None]) -> Iterator[None]:
     finally:
         entry["seconds"] = round(time.perf_counter() - started, 1)
         done()
-
-
-def feature_diff(old: dict[str, str], new: dict[str, str]) -> dict[str, list[str]]:
-    """Compares two {feature: fingerprint} maps: features new in `new`, changed (fingerprint
-    differs), removed (only in `old`) and restored (same fingerprint: their weights carry over)."""
-    return {"new": sorted(set(new) - set(old)),
-            "changed": sorted(n for n in set(new) & set(old) if new[n] != old[n]),
-            "removed": sorted(set(old) - set(new)),
-            "restored": sorted(n for n in set(new) & set(old) if new[n] == old[n])}
-
-
-def feature_fingerprints(spec: Spec) -> dict[str, str]:
-    """{feature name: fingerprint} of a spec, as checkpoints record it."""
-    return {f.name: f.fingerprint for f in spec.features}
 
 
 class _DailyJob:
