@@ -63,7 +63,7 @@ def three_days(logs, tmp_path_factory):
     weekly = _config(root, logs, "weekly", extra="schedule: {tpm: monthly, cpm: weekly}\n")
     daily_cpm = _config(root, logs, "daily", spec=str(changed), extra="schedule: {cpm: daily}\n")
     patch = pytest.MonkeyPatch()
-    patch.setattr(daily._DailyJob, "export", lambda self, entry: entry.update(status="skipped"))
+    patch.setattr(daily.DailyJob, "export", lambda self, entry, _: entry.update(status="skipped"))
     runs = []
     try:
         for day, config in (("2026-01-09", weekly), ("2026-01-10", weekly),
