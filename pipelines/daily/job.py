@@ -373,11 +373,11 @@ class DailyJob:
     def due(self, step: str, store: ModelStore, entry: dict) -> str | None:
         """The folder name step must write for D, or None when D's period already has its
         output (the entry then says skipped and why)."""
-        due = schedule.due(self.config.schedule, step, self.date, store)
-        entry.update(schedule=due.frequency, period=due.period)
-        if due.folder is None:
-            entry.update(status="skipped", reason=due.reason)
-        return due.folder
+        place = schedule.due(self.config.schedule, step, self.date, store)
+        entry.update(schedule=place.frequency, period=place.period)
+        if place.folder is None:
+            entry.update(status="skipped", reason=place.reason)
+        return place.folder
 
     def fresh_features(self, source_meta: dict, what: str) -> tuple[list[str], dict]:
         """Features new or changed since a checkpoint was trained (they start fresh in a warm
