@@ -17,9 +17,9 @@ import yaml
 from ecdctr.config import load_config
 from ecdctr.data.simulator import SimConfig, simulate
 from ecdctr.models.ctr_model import ModelConfig, build_model, transfer_weights
-from ecdctr.spec.feature_spec import load_spec
+from ecdctr.spec.feature_spec import feature_diff, load_spec
 from pipelines import daily
-from pipelines.daily import feature_diff, run_daily
+from pipelines.daily import run_daily
 
 START = dt.date(2026, 1, 1)
 DAYS = 12  # 2026-01-01 (Thursday) .. 2026-01-12 (Monday)
@@ -63,7 +63,7 @@ def three_days(logs, tmp_path_factory):
     weekly = _config(root, logs, "weekly", extra="schedule: {tpm: monthly, cpm: weekly}\n")
     daily_cpm = _config(root, logs, "daily", spec=str(changed), extra="schedule: {cpm: daily}\n")
     patch = pytest.MonkeyPatch()
-    patch.setattr(daily._DailyJob, "export", lambda self, entry: entry.update(status="skipped"))
+    patch.setattr(daily.DailyJob, "export", lambda self, entry, _: entry.update(status="skipped"))
     runs = []
     try:
         for day, config in (("2026-01-09", weekly), ("2026-01-10", weekly),

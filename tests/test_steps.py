@@ -45,7 +45,7 @@ def job(tmp_path_factory):
                     "cpm: {batch_size: 256, max_epochs: 2}\nactr: {batch_size: 128, max_epochs: 2}\n")
     config = load_config(str(path))
     patch = pytest.MonkeyPatch()
-    patch.setattr(daily._DailyJob, "export", lambda self, entry: entry.update(status="skipped"))
+    patch.setattr(daily.DailyJob, "export", lambda self, entry, _: entry.update(status="skipped"))
     lines: list[str] = []
     try:
         report = run_daily(config, DATE, log=lines.append)

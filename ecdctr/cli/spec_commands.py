@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ecdctr.spec.feature_spec import Feature, Spec, load_spec
+from ecdctr.spec.feature_spec import Feature, Spec, feature_diff, feature_fingerprints, load_spec
 
 EXAMPLES_PER_REASON = 2
 
@@ -367,11 +367,9 @@ def diff(old_path: str, new_path: str) -> tuple[dict, int]:
     """(report, exit status) of `ecdctr spec diff`: 0 when both specs have the same
     fingerprint (identical in effect), 1 when they differ. Both are validated first (one
     ConfigError naming every problem of the first invalid one)."""
-    from pipelines.daily import feature_diff, feature_fingerprints
-
     old, new = load_spec(old_path), load_spec(new_path)
     warm = feature_diff(feature_fingerprints(old), feature_fingerprints(new))
-    fresh = warm["new"] + warm["changed"]  # as _DailyJob.fresh_features returns them
+    fresh = warm["new"] + warm["changed"]  # as the daily job's warm starts take them
     old_by_name = {f.name: f for f in old.features}
     new_names = {f.name for f in new.features}
     features = []

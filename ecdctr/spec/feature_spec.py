@@ -109,6 +109,20 @@ class Spec:
         return _digest(body)
 
 
+def feature_fingerprints(spec: Spec) -> dict[str, str]:
+    """{feature name: fingerprint} of a spec, as checkpoints record it."""
+    return {f.name: f.fingerprint for f in spec.features}
+
+
+def feature_diff(old: dict[str, str], new: dict[str, str]) -> dict[str, list[str]]:
+    """Compares two {feature: fingerprint} maps: features new in `new`, changed (fingerprint
+    differs), removed (only in `old`) and restored (same fingerprint: their weights carry over)."""
+    return {"new": sorted(set(new) - set(old)),
+            "changed": sorted(n for n in set(new) & set(old) if new[n] != old[n]),
+            "removed": sorted(set(old) - set(new)),
+            "restored": sorted(n for n in set(new) & set(old) if new[n] == old[n])}
+
+
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

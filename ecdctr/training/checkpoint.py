@@ -34,7 +34,7 @@ from ecdctr.io.jsonio import read_json, write_json
 from ecdctr.layers.aggregator import TpmAggregator
 from ecdctr.models.adasparse import AdaSparseConfig
 from ecdctr.models.ctr_model import CtrModel, ModelConfig, TpmSnapshot, build_model
-from ecdctr.spec.feature_spec import Spec, load_spec
+from ecdctr.spec.feature_spec import Spec, feature_fingerprints, load_spec
 
 META = "meta.json"
 
@@ -139,7 +139,7 @@ def save_checkpoint(folder: str, model: CtrModel, spec: Spec, vocabs: Mapping[st
         writer(storage.join(tmp, relative))
     meta = {**meta, "model": structure(model.config), "model_name": model.name,
             "tpm_snapshots": described, "spec_fingerprint": spec.fingerprint,
-            "feature_fingerprints": {f.name: f.fingerprint for f in spec.features}}
+            "feature_fingerprints": feature_fingerprints(spec)}
     write_json(storage.join(tmp, META), meta)
     if not atomic:
         return

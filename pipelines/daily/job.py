@@ -1,0 +1,413 @@
+"""The daily job of day D, top-down: build the days it reads, retrain the TPM and the CPM when
+their period is due, derive or update the A-CTR of D and score it on D, then (the chief) export
+it, gate it against the serving version and publish or reject it. The training itself lives in
+pipelines/steps.py, shared with `compare`."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import time
+import uuid
+from collections.abc import Callable
+
+from ecdctr.config import RunConfig
+from ecdctr.data.drift import read_drift
+from ecdctr.data.vocab import Partition
+from ecdctr.io import lock as file_lock
+from ecdctr.io import storage
+from ecdctr.io.jsonio import read_json, write_json
+from ecdctr.io.layout import built_partitions
+from ecdctr.models.ctr_model import CtrModel
+from ecdctr.spec.feature_spec import Spec, feature_diff, feature_fingerprints, load_spec
+from ecdctr.training.checkpoint import (
+    META,
+    Checkpoint,
+    Snapshot,
+    load_checkpoint,
+    load_snapshot,
+    save_checkpoint,
+    save_snapshot,
+    structure,
+)
+from ecdctr.training.distribute import Distribution, create, serve
+from pipelines import steps
+from pipelines.build import build
+from pipelines.daily import schedule
+from pipelines.daily.cluster import ChiefProgress
+from pipelines.daily.leftovers import remove_leftovers
+from pipelines.daily.model_store import ACTR_KEEP, CPM_KEEP, ModelStore
+from pipelines.daily.publish import Candidate, export_candidate
+from pipelines.daily.report import (
+    ALERT_ON,
+    DailyError,
+    StepRecorder,
+    outcome,
+    report_path,
+    send_alert,
+    tracked,
+)
+
+Log = Callable[[str], None]
+
+
+def work_lock(path: str) -> contextlib.AbstractContextManager[None]:
+    """Refuses a second daily run of the same work folder while one runs (ecdctr.io.lock on
+    the config's `lock`, <work>/.daily.lock for a local work folder)."""
+    return file_lock.exclusive(path, "another daily run")
+
+
+def run_daily(config: RunConfig, date: dt.date, log: Log = print, force: bool = False) -> dict:
+    """Runs every step due for `date` and writes <work>/reports/<date>.json. A day whose
+    report says ok is not run again unless `force`; a day whose run was killed resumes."""
+    distribution = create(config.distribute, config.work, log)  # first: before any TF op
+    if distribution is not None and not distribution.runs_pipeline:
+        serve(distribution, log)  # a parameter_server worker or ps task: until it is stopped
+        return {"date": date.isoformat(), "status": "served", "task": str(distribution.task),
+                "outcome": "worker"}
+    path = report_path(config, date)
+    if not force and storage.exists(path) and read_json(path).get("status") == "ok":
+        log(f"{date} is done (report {path} says ok); nothing to do. Use --force to run it again.")
+        return {**read_json(path), "outcome": "done"}
+    spec = load_spec(config.spec)
+    report: dict = {"date": date.isoformat(), "config": config.path, "status": "running",
+                    "spec_fingerprint": spec.fingerprint, "steps": {}}
+    if distribution is not None and not distribution.is_chief:
+        report["task"] = str(distribution.task)
+        with tracked(report, lambda: log(f"{distribution.task}: {report['status']}")):
+            DailyJob(config, spec, date, report, log, force, distribution).run()
+        report["outcome"] = "worker"  # the chief's report and exit code say how the day went
+        return report
+
+    def written() -> None:
+        report["outcome"] = outcome(report)
+        write_json(path, report)
+        log(f"report written to {path}")
+
+    with work_lock(config.lock or storage.join(config.work, ".daily.lock")):
+        try:
+            with tracked(report, written):
+                DailyJob(config, spec, date, report, log, force, distribution).run()
+        finally:
+            if report["outcome"] in ALERT_ON:
+                send_alert(config, report, path, log)
+    return report
+
+
+class DailyJob:
+    """The steps of day D for one process. Every task of a cluster runs them: the chief alone
+    builds, saves, evaluates, exports and writes the report; the other workers wait for its
+    build, train every fit with it and wait for each model it saves before reading it."""
+
+    def __init__(self, config: RunConfig, spec: Spec, date: dt.date, report: dict, log: Log,
+                 force: bool = False, distribution: Distribution | None = None):
+        self.config, self.spec, self.date, self.report, self.log = config, spec, date, report, log
+        self.work, self.force = config.work, force
+        # a fit's backups go to <backup>/<D>/<step>, so no other day's can be restored into it
+        self.distribution = distribution.for_run(date.isoformat()) if distribution else None
+        self.chief = distribution is None or distribution.is_chief
+        path = report_path(config, date)
+        # a cluster fails together; a single process degrades (see StepRecorder.degradable)
+        self.record = StepRecorder(report, path if self.chief else None, log,
+                                   degrade=distribution is None)
+        self.chief_progress = None if self.chief else ChiefProgress(
+            path, str(distribution.task), date, config.distribute.wait_seconds, time.time(), log)
+        self.tpms = ModelStore(storage.join(self.work, "tpm"), log)
+        self.cpms = ModelStore(storage.join(self.work, "models", "cpm"), log)
+        self.actrs = ModelStore(storage.join(self.work, "models", "actr"), log)
+
+    def run(self) -> None:
+        """build → TPM → CPM → A-CTR → export (gate, then publish or reject)."""
+        if self.chief:
+            self.remove_leftovers()
+        with self.record.step("build") as entry:
+            self.build(entry)
+        # A failed TPM or CPM degrades the day instead of failing it (one process only; a
+        # cluster fails together): the A-CTR fine-tunes from the newest CPM there is.
+        with self.record.degradable("tpm") as entry:
+            self.tpm(entry)
+        with self.record.degradable("cpm") as entry:
+            self.cpm(entry)
+        with self.record.step("actr") as entry:
+            candidate = self.actr(entry)
+        if self.chief_progress is not None:  # trained with the chief, which alone exports
+            self.chief_progress.wait_for_finish()
+            return
+        with self.record.step("export") as entry:
+            self.export(entry, candidate)
+        if self.distribution is not None:  # each fit deleted its own backup when it ended
+            storage.rmtree(self.distribution.backup)
+
+    # -- build ----------------------------------------------------------------------------
+    def build(self, entry: dict) -> None:
+        """Builds the days the TPM, CPM and A-CTR windows read that are not built yet, and
+        records unreadable input files and data drift; a worker waits for the chief's build."""
+        if self.chief_progress is not None:
+            self.chief_progress.wait_for_build()
+            entry.update(status="skipped", reason="the chief builds")
+            return
+        w = self.config.windows
+        first_tpm = steps.tpm_window(self.date, w, self.config.transfer.tpm_historical)[0]
+        start = min(first_tpm, self.date - dt.timedelta(days=max(w.cpm_days, w.actr_days)))
+        built = build(self.spec, self.config.logs, self.work, start=start, end=self.date,
+                      beam_args=self.config.beam_args, skip_built=True, log=self.log,
+                      lock=self.build_lock())
+        entry["partitions_built"] = len(built)
+        unreadable = [f for stats in built for f in stats.get("unreadable_files", [])]
+        if unreadable:  # built without them; each is named in the log and the stats
+            entry["unreadable_files"] = unreadable
+        drifted = {f"{r['source']} {r['date']}": w for r in built if (w := read_drift(
+            self.work, r["source"], dt.date.fromisoformat(r["date"])))}
+        if drifted:
+            entry["drift"] = drifted
+
+    # -- TPM ------------------------------------------------------------------------------
+    def tpm(self, entry: dict) -> None:
+        """A TPM snapshot of D's period when due: trained on the long natural window (warm
+        from the newest earlier snapshot if transfer.tpm_warm_start), its tables exported."""
+        key = self.due("tpm", self.tpms, entry)
+        if key is None:
+            return
+        t = self.config.transfer
+        if t.tpm_snapshots == 0:
+            entry.update(status="skipped", reason="transfer.tpm_snapshots is 0: no TPM")
+            return
+        first, end = steps.tpm_window(self.date, self.config.windows, t.tpm_historical)
+        days = steps.built_days(self.work, "natural", first, end)
+        if not days:
+            entry.update(status="skipped", reason=f"no built natural day in the TPM window "
+                         f"{first}..{end - dt.timedelta(days=1)}")
+            self.log(f"TPM skipped: {entry['reason']} (a CPM then reads no new snapshot)")
+            return
+        # the parent: the newest snapshot trained on days before this one's window only
+        earlier = [n for n, m in self.tpms.usable(self.date)
+                   if n != key and m["window"][1] < days[0].isoformat()]
+        parent, fresh = None, []
+        if t.tpm_warm_start and earlier:
+            parent = load_checkpoint(self.tpms.path(earlier[-1]), self.config.tpm)
+            fresh, _ = self.fresh_features(parent.meta, f"TPM warm start from {parent.folder}")
+        trained = steps.train_tpm(self.spec, self.work, days, self.config.tpm, self.log, parent,
+                                  self.board("tpm"), fresh_features=fresh,
+                                  distribution=self.distribution)
+        folder = self.tpms.path(key)
+        if self.chief_progress is not None:
+            return self.chief_progress.wait_for_save(folder)
+        save_snapshot(folder, trained.model, self.spec, trained.vocabs, trained.meta,
+                      steps.tpm_tables(trained, t.tpm_standardize))
+        entry.update(snapshot=folder, train=trained.meta["train"], warm_start=trained.meta["parent"])
+        self.log(f"TPM snapshot {folder} of {trained.meta['window'][0]}..{trained.meta['window'][1]}")
+        cpms = self.cpms.complete()
+        used = {s["name"] for s in cpms[-1][1]["tpm_snapshots"]} if cpms else set()
+        self.tpms.prune(max(t.tpm_snapshots, 1), {key} | used)
+
+    def snapshots_for(self, cpm_first: dt.date) -> list[Snapshot]:
+        """The TPM snapshots (oldest first) a CPM whose window starts at cpm_first reads."""
+        t = self.config.transfer
+        names = steps.choose_snapshots(self.tpms.usable(self.date), cpm_first,
+                                       t.tpm_snapshots, t.tpm_historical)
+        return steps.readable_snapshots([load_snapshot(self.tpms.path(n)) for n in names],
+                                        self.spec, self.log)
+
+    # -- CPM ------------------------------------------------------------------------------
+    def cpm(self, entry: dict) -> None:
+        """A CPM of D's period when due: trained on the short natural window with the chosen
+        TPM snapshots, warm from the previous CPM (features whose fingerprint changed fresh)."""
+        key = self.due("cpm", self.cpms, entry)
+        if key is None:
+            return
+        folder = self.cpms.path(key)
+        days = self.window("natural", self.config.windows.cpm_days)
+        if not days:
+            raise DailyError(f"no built natural days before {self.date} in the CPM window. Fix: "
+                             f"put logs under {self.config.logs}/natural/date=YYYY-MM-DD/.")
+        snapshots = self.snapshots_for(days[0])
+        self.log(f"CPM on {len(days)} natural days with TPM snapshots "
+                 f"{[s.name for s in snapshots] or 'none'}")
+        previous = [name for name, _ in self.cpms.usable(self.date) if name != key]
+        parent, fresh = None, []
+        if previous:
+            parent = load_checkpoint(self.cpms.path(previous[-1]), self.config.cpm)
+            fresh, diff = self.fresh_features(parent.meta, f"CPM warm start from {parent.folder}")
+            entry["warm_start"] = {"from": parent.folder, **diff}
+        else:
+            entry["warm_start"] = None
+            self.log("CPM starts fresh: no earlier CPM checkpoint")
+        natural = [("natural", d) for d in days]
+        trained = steps.train_ctr(self.spec, self.work, natural, self.config.cpm, self.log,
+                                  kind="cpm", snapshots=snapshots,
+                                  vocab_parts=self.shared_partitions(), stats_parts=natural,
+                                  parent=parent, fresh_features=fresh, board=self.board("cpm"),
+                                  distribution=self.distribution)
+        if self.chief_progress is not None:
+            return self.chief_progress.wait_for_save(folder)
+        if entry["warm_start"]:
+            entry["warm_start"].update(trained.meta["transfer"])
+        entry["train"] = trained.meta["train"]
+        save_checkpoint(folder, trained.model, self.spec, trained.vocabs,
+                        {**trained.meta, "period": key, "schedule": self.config.schedule.cpm,
+                         "id": f"{key}-{uuid.uuid4().hex[:12]}"},
+                        trained.snapshots)
+        entry["checkpoint"] = folder
+        self.cpms.prune(CPM_KEEP, {key})
+
+    # -- A-CTR ----------------------------------------------------------------------------
+    def actr(self, entry: dict) -> Candidate | None:
+        """The A-CTR of D (see fine_tune), saved and scored with its CPM on D's ad traffic; an
+        earlier run's checkpoint of the same day and lineage is reused. None on a worker."""
+        days = self.window("ad", self.config.windows.actr_days)
+        if self.date not in built_partitions(self.work, "ad"):
+            raise DailyError(f"ad traffic of {self.date} (the evaluation day) is not built. Fix: "
+                             f"put its logs under {self.config.logs}/ad/date={self.date}/.")
+        if not days:
+            raise DailyError(f"no built ad days before {self.date} in the A-CTR window. Fix: put "
+                             f"logs under {self.config.logs}/ad/date=YYYY-MM-DD/.")
+        cpms = self.cpms.usable(self.date)
+        if not cpms:
+            raise DailyError(f"no CPM checkpoint trained before {self.date} in {self.cpms.root}. "
+                             f"Fix: let the cpm step run first.")
+        cpm = load_checkpoint(self.cpms.path(cpms[-1][0]), self.config.cpm)
+        self.log(f"loaded CPM {cpm.folder}")
+        folder = self.actrs.path(self.date.isoformat())
+        entry["checkpoint"] = folder
+        if self.chief_progress is not None:  # trains with the chief, which saves and evaluates
+            if not self.resumable(folder, cpm.meta.get("id")):
+                self.fine_tune(entry, cpm, days)
+            return None
+        if self.resumable(folder, cpm.meta.get("id")):
+            actr = load_checkpoint(folder, self.config.actr)
+            model, meta = actr.model, actr.meta
+            entry.update(start=meta["start"], start_reason=meta["start_reason"], resumed=True,
+                         train=meta["train"], transfer=meta["transfer"])
+            self.log(f"A-CTR checkpoint {folder} of this day exists (an earlier run of the day "
+                     f"trained it {meta['start']}): evaluating and exporting it as it is")
+        else:
+            trained = self.fine_tune(entry, cpm, days)
+            model, meta = trained.model, trained.meta
+            save_checkpoint(folder, model, self.spec, trained.vocabs, meta, trained.snapshots)
+            self.actrs.prune(ACTR_KEEP, {self.date.isoformat()})
+        self.evaluate(entry, folder, model, cpm)
+        self.report["metrics"] = entry["metrics"]["actr"]
+        return Candidate(model, folder, meta, entry["metrics"]["actr"],
+                         entry.get("trained_days", []))
+
+    def evaluate(self, entry: dict, folder: str, actr: CtrModel, cpm: Checkpoint) -> None:
+        """Scores the A-CTR and its CPM on D's ad traffic, into the step's entry and the
+        A-CTR checkpoint's meta.json."""
+        entry["metrics"] = {}
+        for name, m, spec in (("actr", actr, self.spec), ("cpm", cpm.model, cpm.spec)):
+            r = entry["metrics"][name] = steps.evaluate(m, spec, self.work, [("ad", self.date)])
+            self.log(f"{name} on ad {self.date} ({r['rows']:,} rows): logloss {r['logloss']:.4f} "
+                     f"AUC {r['auc']:.4f} GAUC {r['gauc']:.4f} over {r['gauc_groups']} users "
+                     f"(CTR {r['ctr']:.4f}, mean prediction {r['mean_prediction']:.4f})")
+        saved = read_json(storage.join(folder, META))
+        saved["metrics"] = {f"{name} on ad {self.date}": r for name, r in entry["metrics"].items()}
+        write_json(storage.join(folder, META), saved)
+
+    def resumable(self, folder: str, cpm_id: str | None) -> bool:
+        """True when an earlier (killed) run of this day saved the A-CTR checkpoint that this
+        run would train: same CPM, spec and structure; --force trains it again."""
+        if self.force or not storage.exists(storage.join(folder, META)):
+            return False
+        meta = read_json(storage.join(folder, META))
+        same = (meta.get("cpm_id") == cpm_id and meta.get("spec_fingerprint") == self.spec.fingerprint
+                and meta.get("model") == structure(self.config.actr))
+        if not same:
+            self.log(f"A-CTR checkpoint {folder} was trained with another CPM, spec or model "
+                     f"structure: training it again")
+        return same
+
+    def fine_tune(self, entry: dict, cpm: Checkpoint, days: list[dt.date]) -> steps.Trained:
+        """A-CTR of D: updated from the previous day's A-CTR on the ad days it has not learned
+        from when it descends from the same CPM, else re-derived from the CPM."""
+        cfg = self.config.actr
+        cpm_name = storage.basename(cpm.folder)
+        earlier = [(n, m) for n, m in self.actrs.complete() if n < self.date.isoformat()]
+        previous, previous_meta = earlier[-1] if earlier else (None, {})
+        shared = self.shared_partitions()
+        if previous and previous_meta.get("cpm_id") == cpm.meta.get("id"):
+            source_folder = self.actrs.path(previous)
+            yesterday = (self.date - dt.timedelta(days=1)).isoformat()
+            start = (f"from yesterday's A-CTR {source_folder}" if previous == yesterday
+                     else f"from the A-CTR of {previous} {source_folder} (the newest earlier one)")
+            reason = f"it descends from the newest CPM {cpm_name}"
+            source = load_checkpoint(source_folder, cfg)
+            fresh, diff = self.fresh_features(source.meta, f"A-CTR {start}")
+            # Only the ad days the previous A-CTR has not learned from: re-reading the whole
+            # window every day would be one more epoch over it a day, and overfits the ids.
+            seen = dt.date.fromisoformat(source.meta["learned_through"])
+            train_days = [d for d in days if d > seen]
+            self.log(f"A-CTR starts {start} ({reason})")
+            trained = steps.update_actr(source, self.spec, self.work, train_days, cfg, self.log,
+                                        vocab_parts=shared, fresh_features=fresh,
+                                        board=self.board("actr"),
+                                        distribution=self.distribution)
+        else:
+            start = f"re-derived from CPM {cpm.folder}"
+            reason = (f"CPM {cpm_name} landed after CPM {previous_meta.get('cpm')} that the "
+                      f"previous A-CTR ({previous}) descends from" if previous
+                      else "no earlier A-CTR checkpoint")
+            fresh, diff = self.fresh_features(cpm.meta, f"A-CTR {start}")
+            self.log(f"A-CTR starts {start} ({reason})")
+            trained = steps.derive_actr(cpm, self.spec, self.work, days, cfg,
+                                        self.config.transfer, self.log, vocab_parts=shared,
+                                        fresh_features=fresh, board=self.board("actr"),
+                                        distribution=self.distribution)
+            train_days = days
+        transfer = {**diff, **trained.meta["transfer"]}
+        entry.update(start=start, start_reason=reason, transfer=transfer,
+                     trained_days=[d.isoformat() for d in train_days
+                                   if d.isoformat() <= trained.meta["learned_through"]],
+                     train=trained.meta["train"])
+        trained.meta.update(id=f"{self.date.isoformat()}-{uuid.uuid4().hex[:12]}",
+                            date=self.date.isoformat(), cpm=cpm_name, cpm_id=cpm.meta.get("id"),
+                            cpm_path=cpm.folder,
+                            start=start, start_reason=reason, transfer=transfer)
+        return trained
+
+    # -- export ---------------------------------------------------------------------------
+    def export(self, entry: dict, candidate: Candidate) -> None:
+        """Stages, gates and publishes or rejects today's A-CTR (pipelines/daily/publish.py)."""
+        export_candidate(candidate, self.config, self.spec, self.date, self.report, entry,
+                         self.log)
+
+    # -- helpers --------------------------------------------------------------------------
+    def due(self, step: str, store: ModelStore, entry: dict) -> str | None:
+        """The folder name step must write for D, or None when D's period already has its
+        output (the entry then says skipped and why)."""
+        place = schedule.due(self.config.schedule, step, self.date, store)
+        entry.update(schedule=place.frequency, period=place.period)
+        if place.folder is None:
+            entry.update(status="skipped", reason=place.reason)
+        return place.folder
+
+    def fresh_features(self, source_meta: dict, what: str) -> tuple[list[str], dict]:
+        """Features new or changed since a checkpoint was trained (they start fresh in a warm
+        start; unchanged ones are restored, removed ones dropped), and the whole diff."""
+        diff = feature_diff(source_meta.get("feature_fingerprints", {}),
+                            feature_fingerprints(self.spec))
+        self.log(f"{what}: features new {diff['new']}, changed {diff['changed']}, removed "
+                 f"{diff['removed']} (new and changed start fresh), restored {diff['restored']}")
+        return diff["new"] + diff["changed"], diff
+
+    def window(self, source: str, days: int) -> list[dt.date]:
+        """Built days of source in [date - days, date)."""
+        return steps.window_days(self.work, source, self.date, days)
+
+    def shared_partitions(self) -> list[Partition]:
+        """Where the CPM's and A-CTR's vocabularies and domains come from."""
+        return steps.shared_parts(self.work, self.date, self.config.windows)
+
+    def board(self, name: str) -> str:
+        """The TensorBoard folder of step `name`'s fit of D."""
+        return storage.join(self.work, "tensorboard", name, self.date.isoformat())
+
+    def build_lock(self) -> str | None:
+        """The build's lock file: <work>/.build.lock for a local work folder (the one a
+        standalone `ecdctr build` takes too), else beside the config's `lock`."""
+        return self.config.lock + ".build" if storage.is_remote(self.work) else None
+
+    def remove_leftovers(self) -> None:
+        """Deletes what killed runs left (pipelines/daily/leftovers.py)."""
+        backups = storage.dirname(self.distribution.backup) if self.distribution else None
+        remove_leftovers((self.tpms, self.cpms, self.actrs), storage.join(self.config.export, "actr"),
+                         storage.join(self.work, "reports"), backups, self.date, self.log)

@@ -1,0 +1,78 @@
+"""The model folders of one kind: TPM snapshots under <work>/tpm, CPM and A-CTR checkpoints
+under <work>/models/{cpm,actr}. Which are whole and current, which a day may use, how old ones
+are pruned and what a killed run left unfinished. A folder is whole once its meta.json is in
+place (ecdctr/training/checkpoint.py writes it last)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Callable
+
+from ecdctr.io import storage
+from ecdctr.io.jsonio import read_json
+from ecdctr.training.checkpoint import META, is_current
+
+Log = Callable[[str], None]
+CPM_KEEP = 4  # newest CPM checkpoints kept
+ACTR_KEEP = 7  # newest A-CTR checkpoints kept
+FOLDER_NAME = re.compile(r"^\d{4}-\d{2}(-\d{2})?$")  # YYYY-MM (a monthly TPM) or YYYY-MM-DD
+
+
+class ModelStore:
+    """The model folders under `root`, each named for its period or day (FOLDER_NAME)."""
+
+    def __init__(self, root: str, log: Log):
+        self.root, self.log = root, log
+        self.legacy: set[str] = set()  # folders of an older format, logged once
+
+    def path(self, name: str) -> str:
+        """The folder of the output called name."""
+        return storage.join(self.root, name)
+
+    def complete(self) -> list[tuple[str, dict]]:
+        """(name, meta) of the whole outputs, oldest first (by the last day they were trained
+        on, then name). Folders an older ecdctr wrote are left out (logged once)."""
+        found = [(name, read_json(storage.join(self.root, name, META)))
+                 for name in storage.listdir(self.root)
+                 if FOLDER_NAME.match(name) and storage.exists(storage.join(self.root, name, META))]
+        for name, meta in found:
+            if not is_current(meta) and name not in self.legacy:
+                self.legacy.add(name)
+                self.log(f"{self.path(name)} was written by an older ecdctr and cannot be rebuilt: "
+                         f"ignored (retrained when due; delete it to free the disk)")
+        found = [(name, meta) for name, meta in found if is_current(meta)]
+        return sorted(found, key=lambda item: (item[1].get("window", [item[0]] * 2)[-1], item[0]))
+
+    def usable(self, date: dt.date) -> list[tuple[str, dict]]:
+        """The whole outputs trained on days before `date` only (so date stays held out)."""
+        return [(name, meta) for name, meta in self.complete()
+                if meta.get("window", [name] * 2)[-1] < date.isoformat()]
+
+    def prune(self, keep: int, protect: set[str]) -> None:
+        """Removes all but the newest `keep` outputs (never those in protect); each is renamed
+        to <name>.tmp first, so a kill mid-delete leaves nothing that looks whole."""
+        for name, _ in self.complete()[:-keep]:
+            if name in protect:
+                continue
+            folder = self.path(name)
+            if storage.renames_atomically(folder):
+                trash = folder + ".tmp"
+                storage.rmtree(trash)
+                storage.rename(folder, trash)
+                storage.rmtree(trash)
+            else:  # without its meta.json first, nothing reads it as whole while it goes
+                storage.remove(storage.join(folder, META))
+                storage.rmtree(folder)
+            self.log(f"removed old {folder}")
+
+    def remove_unfinished(self) -> None:
+        """Deletes what killed runs left here: `<name>.tmp` folders (a save or a prune cut
+        short) and meta.json temp files (a metrics update cut short)."""
+        for name in storage.listdir(self.root):
+            if name.endswith(".tmp"):
+                self.log(f"removing leftovers of an interrupted run: {self.path(name)}")
+                storage.rmtree(self.path(name))
+            for leftover in storage.listdir(self.path(name)):
+                if leftover.startswith(f"{META}.tmp-"):
+                    storage.remove(storage.join(self.root, name, leftover))

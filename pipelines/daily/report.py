@@ -1,0 +1,141 @@
+"""The day's report: where it lives, how the run and each of its steps record their status as
+they go, what the day came to (its outcome and the exit code `ecdctr daily` gives it) and the
+alert a bad day sends."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+
+from ecdctr.config import RunConfig
+from ecdctr.io import storage
+from ecdctr.io.jsonio import json_safe, write_json
+
+Log = Callable[[str], None]
+
+# What a day's run came to, and the exit code `ecdctr daily` gives it (README "Exit codes").
+OUTCOMES = {"published": 0, "failed": 1, "rejected": 3, "done": 4, "degraded": 5, "worker": 0}
+ALERT_ON = ("failed", "rejected", "degraded")
+ALERT_SECONDS = 120
+
+
+class DailyError(RuntimeError):
+    """The daily job cannot run for this date; the message says what is missing."""
+
+
+def report_path(config: RunConfig, date: dt.date) -> str:
+    """Where the report of day `date` lives."""
+    return storage.join(config.work, "reports", f"{date.isoformat()}.json")
+
+
+@contextlib.contextmanager
+def tracked(entry: dict, done: Callable[[], None]) -> Iterator[None]:
+    """Status bookkeeping of the report and of each step: `ok` unless the block set another
+    status (e.g. skipped), `failed` with the error if it raised; the seconds it took; then
+    `done` (write the report, log), whatever happened."""
+    started = time.perf_counter()
+    try:
+        yield
+        if entry["status"] == "running":
+            entry["status"] = "ok"
+    except Exception as e:
+        entry["status"] = "failed"
+        entry["error"] = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        entry["seconds"] = round(time.perf_counter() - started, 1)
+        done()
+
+
+class StepRecorder:
+    """Records the steps of a run in its report (`report["steps"][name]`), saved to `path` as
+    each step starts and ends, so a killed run's report shows how far it got. `path` is None
+    for a worker that is not the chief (only the chief's report is written); `degrade` is
+    False in a cluster, which fails together (see degradable)."""
+
+    def __init__(self, report: dict, path: str | None, log: Log, degrade: bool = True):
+        self.report, self.path, self.log, self.degrade = report, path, log, degrade
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[dict]:
+        """The entry of step `name` for the block: logged and saved when it starts and ends."""
+        entry: dict = {"status": "running"}
+        self.report["steps"][name] = entry
+        self.save()
+        self.log(f"== {name} ==")
+
+        def done() -> None:
+            self.log(f"== {name}: {entry['status']} in {entry['seconds']}s ==")
+            self.save()
+
+        with tracked(entry, done):
+            yield entry
+
+    @contextlib.contextmanager
+    def degradable(self, name: str) -> Iterator[dict]:
+        """A step whose failure is logged and recorded in report["degraded"] rather than
+        raised, so the day goes on with the outputs of earlier days."""
+        try:
+            with self.step(name) as entry:
+                yield entry
+        except Exception as e:  # noqa: BLE001  (recorded in the report, the day goes on)
+            if not self.degrade:
+                raise
+            reason = f"{name} failed ({type(e).__name__}: {e}); the A-CTR uses the newest earlier output"
+            self.report.setdefault("degraded", []).append(reason)
+            self.log(f"error: {reason}")
+            self.save()
+
+    def save(self) -> None:
+        """The report so far (status "running"): shows how far a killed run got (the chief's)."""
+        if self.path is not None:
+            write_json(self.path, self.report)
+
+
+def outcome(report: dict) -> str:
+    """published (a new version is served), degraded (published, but the TPM or CPM step
+    failed and the A-CTR used earlier outputs), rejected (the gate kept the candidate out),
+    failed (a step failed: see the report) or done (nothing was left to do)."""
+    if report.get("status") == "failed":
+        return "failed"
+    if report.get("status") == "ok":
+        if not report.get("published"):
+            return "rejected"
+        return "degraded" if report.get("degraded") else "published"
+    return report.get("outcome", "failed")
+
+
+def send_alert(config: RunConfig, report: dict, path: str, log: Log) -> None:
+    """Runs the config's `alert` command (a shell command line) for a failed or rejected day:
+    the report on its standard input and ECDCTR_DATE, ECDCTR_OUTCOME, ECDCTR_REPORT (the
+    report's path), ECDCTR_ERROR in its environment. Its own failure is logged, never raised:
+    the day's outcome stands."""
+    if not config.alert:
+        return
+    env = {**os.environ, "ECDCTR_DATE": report["date"], "ECDCTR_OUTCOME": report["outcome"],
+           "ECDCTR_REPORT": path, "ECDCTR_ERROR": first_error(report)}
+    try:
+        done = subprocess.run(["/bin/sh", "-c", config.alert], input=json.dumps(json_safe(report)),
+                              text=True, env=env, capture_output=True, timeout=ALERT_SECONDS)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log(f"error: the alert command failed to run ({e})")
+        return
+    if done.returncode != 0:
+        log(f"error: the alert command exited {done.returncode}: {done.stderr.strip()[-500:]}")
+    else:
+        log(f"alert sent ({report['outcome']}) by: {config.alert}")
+
+
+def first_error(report: dict) -> str:
+    """What went wrong first, for the alert: the first failed step's error, else the run's
+    error, the degraded steps or the gate's reasons (at most 1,000 characters each)."""
+    for name, step in report.get("steps", {}).items():
+        if step.get("status") == "failed":
+            return f"{name}: {step.get('error', '')}"[:1000]
+    return (report.get("error", "")[:1000] or "; ".join(report.get("degraded", []))[:1000]
+            or "; ".join(report.get("gate", {}).get("reasons", [])))

@@ -1,0 +1,77 @@
+"""The daily job's report bookkeeping (pipelines/daily/report.py) and a worker's wait for the
+chief (pipelines/daily/cluster.py), on plain files."""
+
+import datetime as dt
+import json
+import os
+import time
+
+import pytest
+
+from pipelines.daily.cluster import ChiefProgress
+from pipelines.daily.report import DailyError, StepRecorder, first_error
+
+DATE = dt.date(2026, 1, 15)
+
+
+def test_steps_are_recorded_and_saved_as_they_run(tmp_path):
+    path = tmp_path / "report.json"
+    report: dict = {"status": "running", "steps": {}}
+    lines: list[str] = []
+    record = StepRecorder(report, str(path), lines.append)
+    with record.step("build") as entry:
+        assert json.loads(path.read_text())["steps"]["build"] == {"status": "running"}
+        entry["partitions_built"] = 3
+    with record.step("tpm") as entry:
+        entry.update(status="skipped", reason="not due")
+    saved = json.loads(path.read_text())
+    assert saved["steps"]["build"]["status"] == "ok" and saved["steps"]["build"]["partitions_built"] == 3
+    assert saved["steps"]["tpm"]["status"] == "skipped" and "seconds" in saved["steps"]["tpm"]
+    assert lines[0] == "== build ==" and lines[1].startswith("== build: ok in ")
+
+
+def test_a_degradable_step_that_fails_degrades_the_day_unless_in_a_cluster(tmp_path):
+    report: dict = {"status": "running", "steps": {}}
+    lines: list[str] = []
+    with StepRecorder(report, None, lines.append).degradable("cpm"):
+        raise OSError("disk full")
+    assert report["steps"]["cpm"] == {"status": "failed", "error": "OSError: disk full",
+                                      "seconds": report["steps"]["cpm"]["seconds"]}
+    assert report["degraded"] == ["cpm failed (OSError: disk full); the A-CTR uses the newest "
+                                  "earlier output"]
+    assert lines[-1] == "error: " + report["degraded"][0]
+    assert not list(tmp_path.iterdir())  # a worker's recorder writes nothing
+    with pytest.raises(OSError), StepRecorder(report, None, lines.append,
+                                              degrade=False).degradable("tpm"):
+        raise OSError("disk full")
+
+
+def test_first_error_names_the_failed_step_else_the_degraded_steps_or_the_gate():
+    steps = {"build": {"status": "ok"}, "cpm": {"status": "failed", "error": "ValueError: x"}}
+    assert first_error({"steps": steps}) == "cpm: ValueError: x"
+    assert first_error({"steps": {}, "degraded": ["tpm failed", "cpm failed"]}) == "tpm failed; cpm failed"
+    assert first_error({"steps": {}, "gate": {"reasons": ["auc dropped"]}}) == "auc dropped"
+
+
+def _chief(tmp_path, since, seconds=5.0):
+    return ChiefProgress(str(tmp_path / "report.json"), "worker:1", DATE, seconds, since,
+                         lambda _: None, poll_seconds=0.01)
+
+
+def test_a_worker_waits_for_the_chiefs_report_of_this_run(tmp_path):
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps({"status": "ok", "steps": {"build": {"status": "ok"}}}))
+    old = time.time() - 60
+    os.utime(path, (old, old))  # the report of an earlier run of the day
+    assert _chief(tmp_path, since=time.time()).status() is None
+    with pytest.raises(DailyError, match=r"worker:1 waited 0.05s for the chief to finish 2026-01-15"):
+        _chief(tmp_path, since=time.time(), seconds=0.05).wait_for_finish()
+    chief = _chief(tmp_path, since=old - 1)
+    chief.wait_for_build()
+    chief.wait_for_finish()
+    (tmp_path / "cpm").mkdir()
+    (tmp_path / "cpm" / "meta.json").write_text("{}")
+    chief.wait_for_save(str(tmp_path / "cpm"))
+    path.write_text(json.dumps({"status": "failed", "steps": {"build": {"status": "running"}}}))
+    with pytest.raises(DailyError, match="the chief's run of 2026-01-15 failed"):
+        chief.wait_for_build()
