@@ -17,7 +17,8 @@ TRAILING_DAYS = 28  # built days before a day that it is compared with (4 of eac
 MIN_TRAILING = 3  # fewer built days before it: no comparison yet
 MIN_WEEKDAY = 2  # trailing days of the day's weekday needed to judge its rows by them alone
 ROWS_RATIO = 1.6  # rows off the expected level by this factor (a drop of 37%, a rise of 60%) ...
-ROWS_Z = 4.0  # ... and by this many of the trailing days' own spreads (robust, on log rows)
+ROWS_Z = 3.0  # ... and by this many of the trailing days' own spreads (robust, on log rows;
+#               3 rather than 4: as few false alarms, more shifts caught (docs/quality.md)
 CTR_Z = 5.0  # clicks (or a mean) this many standard errors off the trailing days, counting
 #              the day's sampling noise and the trailing days' spread beyond it ...
 CTR_RELATIVE = 0.3  # ... and the CTR off by this share of it
