@@ -203,6 +203,7 @@ def _score(model: CtrModel, data: _Data, train: dict, name: str, seed: int,
         for evaluator in groups.values():
             evaluator.close()
     result["parameters"] = int(model.count_params())
+    result["tpm_snapshots"] = model.tpm.snapshot_count if model.tpm is not None else 0
     result["tower_parameters"] = int(sum(np.prod(v.shape) for v in model.mlp.trainable_variables))
     result["examples_per_second"] = train["examples_per_second"]
     if model.config.multi_domain == "adasparse":
@@ -261,6 +262,7 @@ def _aggregate(runs: list[dict]) -> dict:
     if "sparsity" in runs[0]:
         out["sparsity"] = np.mean([r["sparsity"] for r in runs], axis=0).round(4).tolist()
     out["noise"] = _noise(runs)
+    out["tpm_snapshots"] = min(int(r.get("tpm_snapshots", 0)) for r in runs)
     return out
 
 
@@ -322,6 +324,19 @@ def _calibration_cell(result: dict) -> str:
     return f"{ratio:.2f}" + (f" / {error:.4f}" if np.isfinite(error) else "")
 
 
+def _label(name: str, result: dict) -> str:
+    """The variant's name, said plainly when an E-CDCTR variant ran without a TPM snapshot
+    (the TPM's windows held no built day): it is then not the method its name says."""
+    if _tpm_missing(name, result):
+        return f"{name} WITHOUT TPM (no snapshot)"
+    return name
+
+
+def _tpm_missing(name: str, result: dict) -> bool:
+    return (name in ABLATIONS and name.startswith("ecdctr") and "no_tpm" not in name
+            and result.get("tpm_snapshots") == 0)
+
+
 def markdown_table(report: dict) -> str:
     """The compare report as Markdown tables: mean ± std over seeds, the 95% noise of the
     evaluation rows in brackets, ties with the first variant marked."""
@@ -340,13 +355,18 @@ def markdown_table(report: dict) -> str:
              "| tower params | train ex/s | train s | sparsity per layer |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in report["results"].items():
-        lines.append(f"| {name} | {_with_noise(report, name, 'auc')} | "
+        lines.append(f"| {_label(name, r)} | {_with_noise(report, name, 'auc')} | "
                      f"{_with_noise(report, name, 'gauc')} | {_fmt(r['logloss'])} | "
                      f"{_calibration_cell(r)} | "
                      f"{_fmt(r['uplifted_domains'], 2)} | {r['parameters']['mean']:,.0f} | "
                      f"{r['tower_parameters']['mean']:,.0f} | "
                      f"{r['examples_per_second']['mean']:,.0f} | "
                      f"{r['train_seconds']['mean']:,.0f} | {r.get('sparsity', '')} |")
+    missing = [name for name, r in report["results"].items() if _tpm_missing(name, r)]
+    if missing:
+        lines += ["", f"{', '.join(missing)} ran without a TPM snapshot: the TPM's windows held no "
+                      f"built natural day (e.g. windows covering the whole history with "
+                      f"transfer.tpm_historical), so these rows are not E-CDCTR with its TPM."]
     for group, info in report.get("focus_groups", {}).items():
         lines += ["", f"On the {info['users']:,} {info['description']}:", "",
                   "| variant | AUC | GAUC |", "|---|---|---|"]

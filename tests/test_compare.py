@@ -174,3 +174,7 @@ def test_the_table_carries_intervals_clicks_calibration_and_marks_ties():
     assert rows["near"][1].endswith(" tie") and not rows["far"][1].endswith(" tie")
     assert rows["near"][2].endswith(" tie")  # equal GAUC
     assert rows["far"][4] == "1.40 / 0.0040"
+    assert "WITHOUT TPM" not in table
+    results["ecdctr"] = {**results["far"], "tpm_snapshots": 0}
+    assert "| ecdctr WITHOUT TPM (no snapshot) |" in markdown_table(report)
+    assert "ecdctr ran without a TPM snapshot" in markdown_table(report)
