@@ -3,8 +3,6 @@ expected calibration error over equal-mass bins, taken from the evaluator's sort
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ecdctr.evaluation.uncertainty import calibration_interval
@@ -47,12 +45,3 @@ def calibration(rows: int, clicks: int, predicted: float) -> dict:
     return {"predicted_clicks": predicted,
             "calibration_ratio": ratio if rows else float("nan"),
             "calibration_ci": calibration_interval(predicted, clicks) if rows else None}
-
-
-def ratio_text(result: dict) -> str:
-    """"1.03 [0.95, 1.12]" (or "n/a"): a result's calibration ratio and its interval."""
-    ratio, ci = result.get("calibration_ratio"), result.get("calibration_ci")
-    if ratio is None or not math.isfinite(ratio) or not ci:
-        return "n/a"
-    high = "inf" if ci[1] is None else f"{ci[1]:.2f}"
-    return f"{ratio:.2f} [{ci[0]:.2f}, {high}]"
