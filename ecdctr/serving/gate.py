@@ -328,6 +328,31 @@ def infra_gate(model: keras.Model, spec: Spec, staging: str, config: GateConfig)
     return reasons, details
 
 
+def _scored_serving(serving_path: str | None, staging: str, held_out: Sequence[str], label: str,
+                    log: Log) -> dict | None:
+    """score_serving of the serving version paired with the staged candidate; alone when the
+    pair cannot be scored (a candidate that does not load fails the infra gate anyway); a
+    serving version that cannot be scored is reported, and the candidate judged without it."""
+    if not serving_path:
+        return None
+    errors = (tf.errors.OpError, OSError, ValueError, KeyError)
+    try:
+        return score_serving(serving_path, held_out, label, candidate=staging)
+    except errors:
+        pass
+    try:
+        serving = score_serving(serving_path, held_out, label)
+        log(f"WARNING: the staged candidate {staging} cannot be scored beside the serving "
+            f"version; comparing with unpaired intervals")
+        return serving
+    except errors as e:
+        # A broken serving version must not block a good candidate: judged on its own.
+        problem = " ".join(str(e).split())[:300]
+        log(f"WARNING: the serving version {serving_path} cannot be scored ({problem}); "
+            f"the candidate is judged without it")
+        return {"path": serving_path, "auc": None, "unloadable": problem}
+
+
 def run_gate(model: keras.Model, spec: Spec, staging: str, serving_path: str | None,
              held_out: Sequence[str], candidate: dict, config: GateConfig,
              log: Log = print) -> dict:
@@ -336,16 +361,7 @@ def run_gate(model: keras.Model, spec: Spec, staging: str, serving_path: str | N
     the same rows, streamed, for the paired comparisons. Returns the gate's report: passed,
     reasons, every metric check with whether it ran and why (metric_checks), the candidate's
     figures with their intervals, the serving version's and the infra details."""
-    serving = None
-    if serving_path:
-        try:
-            serving = score_serving(serving_path, held_out, spec.label, candidate=staging)
-        except (tf.errors.OpError, OSError, ValueError, KeyError) as e:
-            # A broken serving version must not block a good candidate: judged on its own.
-            problem = " ".join(str(e).split())[:300]
-            log(f"WARNING: the serving version {serving_path} cannot be scored ({problem}); "
-                f"the candidate is judged without it")
-            serving = {"path": serving_path, "auc": None, "unloadable": problem}
+    serving = _scored_serving(serving_path, staging, held_out, spec.label, log)
     checks = metric_checks(candidate, serving if serving and serving["auc"] is not None else None,
                            config)
     reasons = [check["reason"] for check in checks.values() if check.get("reason")]
