@@ -211,6 +211,9 @@ def _paired(difference, se, logloss_rise=0.0, logloss_se=0.001):
     (_figures(float("nan"), float("nan"), 0.05, 10), None, ["not a number"]),
     (_figures(0.7, 0.10, 0.05, 10_000), None, ["far from the observed CTR"]),
     (_figures(0.7, 0.10, 0.05, 40), None, []),  # 4 expected clicks vs 2 seen: a tiny day
+    # the real logs' fifth night: 0.24 predicted against a CTR of 0.52 on 27 rows (6.5 clicks
+    # predicted, 14 seen: the ratio's interval [0.28, 0.85] reaches the allowed band)
+    (_figures(0.7, 0.24, 0.52, 27), None, []),
     # no clicks on 500 rows where 2 were predicted: AUC is not defined, the day still passes
     (_figures(float("nan"), 0.004, 0.0, 500), _paired(float("nan"), float("nan")), []),
     # ... but 30 predicted clicks and none seen is a miscalibrated model
