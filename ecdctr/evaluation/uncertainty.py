@@ -110,7 +110,7 @@ class PairedAuc:
     the AUCs themselves come exact from the evaluator's sorted counts."""
 
     def __init__(self) -> None:
-        self.histograms = np.zeros((2, LOGIT_BINS * LOGIT_BINS), np.int64)
+        self.histograms = np.zeros((2, LOGIT_BINS * LOGIT_BINS), np.int64)  # 16 MB
 
     def add(self, labels: np.ndarray, first: np.ndarray, second: np.ndarray) -> None:
         """Adds rows: 0/1 labels and the two models' click probabilities."""

@@ -104,17 +104,16 @@ def score_serving(path: str, files: Sequence[str], label: str, candidate: str | 
     the files' Examples; with `candidate` (the staged SavedModel), also `paired`: both models
     scored on the same rows, the AUC difference's variance (uncertainty.PairedAuc) and the
     LogLoss difference with its variance, row by row. Streamed in bounded memory."""
-    counter, paired = GroupedAuc(), PairedAuc() if candidate else None
+    counter, paired = GroupedAuc(), PairedAuc()
     rows, sums = 0, np.zeros(3)  # serving log loss; candidate minus serving, and its square
-    batches = score_saved_model(path, files, label)
     theirs = score_saved_model(candidate, files, label) if candidate else None
     try:
-        for labels, probs in batches:
+        for labels, probs in score_saved_model(path, files, label):
             counter.add(np.zeros(len(labels), np.int64), probs, labels)
             served = _row_logloss(labels, probs)
             sums[0] += served.sum()
             rows += len(labels)
-            if theirs is not None and paired is not None:
+            if theirs is not None:  # the same files in the same batches: the same rows
                 probs_c = next(theirs)[1]
                 paired.add(labels, probs_c, probs)
                 rise = _row_logloss(labels, probs_c) - served
@@ -130,7 +129,7 @@ def score_serving(path: str, files: Sequence[str], label: str, candidate: str | 
            "auc_se": math.sqrt(variance[0]) if len(aucs) and variance[0] >= 0 else float("nan"),
            "auc_ci": interval(auc, variance[0]) if len(aucs) else None,
            "logloss": sums[0] / rows if rows else float("nan")}
-    if paired is not None and rows > 1:
+    if theirs is not None and rows > 1:
         mean = sums[1] / rows
         out["paired"] = {**paired.result(), "logloss_difference": mean,
                          "logloss_difference_variance":
