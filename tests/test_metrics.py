@@ -78,7 +78,9 @@ def test_streamed_metrics_equal_the_whole_array_ones(spill):
         d: {"auc": metrics.auc(labels[domains == d], scores[domains == d]),
             "rows": int((domains == d).sum())} for d in ("d0", "d1", "d2", "d3")}
     both = np.isin(domains, ["d0", "d1"])
-    assert out["bins"][0] == {"rows": int(both.sum()), "auc": metrics.auc(labels[both], scores[both])}
+    assert {k: out["bins"][0][k] for k in ("rows", "auc")} == {
+        "rows": int(both.sum()), "auc": metrics.auc(labels[both], scores[both])}
+    assert out["bins"][0]["clicks"] == int(labels[both].sum()) and out["bins"][0]["auc_ci"]
     assert out["bins"][2]["rows"] == 0 and math.isnan(out["bins"][2]["auc"])
 
 

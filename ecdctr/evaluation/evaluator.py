@@ -329,10 +329,12 @@ class Evaluator:
         if self.bin_auc is not None:
             c = self.bin_auc.counts()
             aucs = auc_from_counts(c["clicks"], c["non_clicks"], c["u2"])
-            found = {int(g): (int(cl + n), float(a)) for g, cl, n, a in
-                     zip(c["groups"], c["clicks"], c["non_clicks"], aucs, strict=True)}
-            out["bins"] = [{"rows": found.get(b, (0, 0.0))[0],
-                            "auc": found.get(b, (0, float("nan")))[1]} for b in range(self.bins)]
+            found = {int(g): {"rows": int(cl + n), "auc": float(a), "clicks": int(cl),
+                              "auc_ci": interval(float(a), v)}
+                     for g, cl, n, a, v in zip(c["groups"], c["clicks"], c["non_clicks"], aucs,
+                                               _delong(c), strict=True)}
+            empty = {"rows": 0, "auc": float("nan"), "clicks": 0, "auc_ci": None}
+            out["bins"] = [found.get(b, empty) for b in range(self.bins)]
         return out
 
     def _gauc(self) -> tuple[float, int, float]:
