@@ -225,7 +225,7 @@ def _auc_check(candidate: dict, serving: dict | None, config: GateConfig) -> dic
     if min(clicks, non_clicks) < config.min_clicks:
         return {"ran": False, "why": f"{clicks} clicks and {non_clicks} non-clicks held out: "
                                      f"fewer than gate.min_clicks={config.min_clicks} of a "
-                                     f"class, so AUC is noise and is not compared"}
+                                     f"class, AUC is undefined or noise: not compared"}
     if serving is None or serving.get("auc") is None or not math.isfinite(serving["auc"]):
         return {"ran": False, "why": "no serving version to compare with"}
     drop = serving["auc"] - candidate["auc"]
