@@ -15,8 +15,8 @@ from ecdctr.training.distribute import BATCH_SIZES, DISTRIBUTE_KEYS, STRATEGIES,
 
 TOP_KEYS = ("spec", "logs", "work", "export", "windows", "model", "tpm", "cpm", "actr",
             "transfer", "schedule", "gate", "seed", "beam_args", "lock", "distribute", "alert")
-GATE_KEYS = ("max_auc_drop", "max_calibration_error", "max_abs_diff", "max_fold_share",
-             "keep_versions", "max_drift")
+GATE_KEYS = ("max_auc_drop", "min_clicks", "max_calibration_error", "max_logloss_rise",
+             "max_abs_diff", "max_fold_share", "keep_versions", "max_drift")
 WINDOW_KEYS = ("tpm_days", "cpm_days", "actr_days")
 TRAIN_KEYS = ("max_epochs", "patience", "validation_days", "batch_size", "learning_rate")
 MODEL_KEYS = ("hidden", "dropout", "backbone", "cross_layers", "cross_structure", "multi_domain",
@@ -334,6 +334,8 @@ def _gate(body: Any, errors: list[str]) -> GateConfig:
             ok, need = is_int(value) and value >= 1, "a positive integer"
         elif key == "max_drift":
             ok, need = is_int(value) and value >= 0, "an integer >= 0"
+        elif key == "min_clicks":  # DeLong's variance needs two of each class
+            ok, need = is_int(value) and value >= 2, "an integer >= 2"
         else:
             ok, need = is_number(value) and value >= 0, "a number >= 0"
         if not ok:

@@ -23,6 +23,7 @@ from ecdctr.data.datasets import make_dataset, partition_files
 from ecdctr.data.vocab import domain_sizes, traffic
 from ecdctr.evaluation import metrics
 from ecdctr.evaluation.evaluator import Evaluator
+from ecdctr.evaluation.uncertainty import Z95
 from ecdctr.io.jsonio import write_json
 from ecdctr.io.layout import built_partitions
 from ecdctr.models.adasparse import FORMS, PLACEMENTS, PRUNER_INPUTS
@@ -203,6 +204,7 @@ def _score(model: CtrModel, data: _Data, train: dict, name: str, seed: int,
         for evaluator in groups.values():
             evaluator.close()
     result["parameters"] = int(model.count_params())
+    result["tpm_snapshots"] = model.tpm.snapshot_count if model.tpm is not None else 0
     result["tower_parameters"] = int(sum(np.prod(v.shape) for v in model.mlp.trainable_variables))
     result["examples_per_second"] = train["examples_per_second"]
     if model.config.multi_domain == "adasparse":
@@ -260,7 +262,19 @@ def _aggregate(runs: list[dict]) -> dict:
                        for b in range(len(runs[0]["bins"]))]
     if "sparsity" in runs[0]:
         out["sparsity"] = np.mean([r["sparsity"] for r in runs], axis=0).round(4).tolist()
+    out["noise"] = _noise(runs)
+    out["tpm_snapshots"] = min(int(r.get("tpm_snapshots", 0)) for r in runs)
     return out
+
+
+def _noise(runs: list[dict]) -> dict:
+    """Mean over seeds of what the evaluation rows can tell (NaN where no run says): the
+    clicks, the standard errors of AUC and GAUC (overall and per focus group), the calibration
+    ratio (predicted over observed clicks) and the calibration error."""
+    parts = {"": runs, **{f"{g}_": [r.get(g) or {} for r in runs] for g in FOCUS_GROUPS}}
+    return {prefix + key: _nanmean([float(r.get(key, float("nan"))) for r in rows])
+            for prefix, rows in parts.items()
+            for key in ("clicks", "auc_se", "gauc_se", "calibration_ratio", "calibration_error")}
 
 
 def _nanmean(values: list[float]) -> float:
@@ -282,26 +296,84 @@ def _fmt(stat: dict, digits: int = 4) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
+def _with_noise(report: dict, name: str, key: str) -> str:
+    """"0.7123 ± 0.0010 (±0.0120)": mean ± std over seeds, then the 95% half-width of the
+    evaluation rows' noise; "tie" when it differs from the first variant by less than the
+    noise of the difference (the two standard errors added: unpaired, so it leans to tie)."""
+    results = report["results"]
+    stat, noise = results[name][key], results[name].get("noise", {})
+    text = _fmt(stat)
+    se = noise.get(f"{key}_se", float("nan"))
+    if stat["mean"] is None or not np.isfinite(se):
+        return text
+    text += f" (±{Z95 * se:.4f})"
+    first = next(iter(results))
+    base, base_se = results[first][key]["mean"], results[first].get("noise", {}).get(
+        f"{key}_se", float("nan"))
+    if name != first and base is not None and np.isfinite(base_se):
+        if abs(stat["mean"] - base) < Z95 * float(np.hypot(se, base_se)):
+            text += " tie"
+    return text
+
+
+def _calibration_cell(result: dict) -> str:
+    noise = result.get("noise", {})
+    ratio, error = noise.get("calibration_ratio", float("nan")), noise.get(
+        "calibration_error", float("nan"))
+    if not np.isfinite(ratio):
+        return "n/a"
+    return f"{ratio:.2f}" + (f" / {error:.4f}" if np.isfinite(error) else "")
+
+
+def _label(name: str, result: dict) -> str:
+    """The variant's name, said plainly when an E-CDCTR variant ran without a TPM snapshot
+    (the TPM's windows held no built day): it is then not the method its name says."""
+    if _tpm_missing(name, result):
+        return f"{name} WITHOUT TPM (no snapshot)"
+    return name
+
+
+def _tpm_missing(name: str, result: dict) -> bool:
+    return (name in ABLATIONS and name.startswith("ecdctr") and "no_tpm" not in name
+            and result.get("tpm_snapshots") == 0)
+
+
 def markdown_table(report: dict) -> str:
-    """The compare report as Markdown tables (mean ± std over seeds)."""
+    """The compare report as Markdown tables: mean ± std over seeds, the 95% noise of the
+    evaluation rows in brackets, ties with the first variant marked."""
+    clicks = next(iter(report["results"].values())).get("noise", {}).get("clicks", float("nan"))
     lines = [f"Compare on {report['source']} traffic: train {report['train_days'][0]}.."
              f"{report['train_days'][1]} ({report['train_rows']:,} rows), evaluated on "
-             f"{', '.join(report['eval_days'])} ({report['eval_rows']:,} rows), "
-             f"{report['domains']} domains, {report['seeds']} seed(s).", "",
-             "| variant | AUC | GAUC | LogLoss | uplifted domains | params | tower params "
-             "| train ex/s | train s | sparsity per layer |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"{', '.join(report['eval_days'])} ({report['eval_rows']:,} rows"
+             + (f", {clicks:,.0f} clicks" if np.isfinite(clicks) else "")
+             + f"), {report['domains']} domains, {report['seeds']} seed(s).", "",
+             "AUC and GAUC: mean ± std over seeds (± the 95% half-width of the evaluation rows' "
+             "noise: DeLong for AUC, users for GAUC); tie: differs from "
+             f"{next(iter(report['results']))} by less than the noise of the difference. "
+             "Calibration: predicted over observed clicks / expected calibration error "
+             "(docs/quality.md).", "",
+             "| variant | AUC | GAUC | LogLoss | calibration | uplifted domains | params "
+             "| tower params | train ex/s | train s | sparsity per layer |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in report["results"].items():
-        lines.append(f"| {name} | {_fmt(r['auc'])} | {_fmt(r['gauc'])} | {_fmt(r['logloss'])} | "
+        lines.append(f"| {_label(name, r)} | {_with_noise(report, name, 'auc')} | "
+                     f"{_with_noise(report, name, 'gauc')} | {_fmt(r['logloss'])} | "
+                     f"{_calibration_cell(r)} | "
                      f"{_fmt(r['uplifted_domains'], 2)} | {r['parameters']['mean']:,.0f} | "
                      f"{r['tower_parameters']['mean']:,.0f} | "
                      f"{r['examples_per_second']['mean']:,.0f} | "
                      f"{r['train_seconds']['mean']:,.0f} | {r.get('sparsity', '')} |")
+    missing = [name for name, r in report["results"].items() if _tpm_missing(name, r)]
+    if missing:
+        lines += ["", f"{', '.join(missing)} ran without a TPM snapshot: the TPM's windows held no "
+                      f"built natural day (e.g. windows covering the whole history with "
+                      f"transfer.tpm_historical), so these rows are not E-CDCTR with its TPM."]
     for group, info in report.get("focus_groups", {}).items():
         lines += ["", f"On the {info['users']:,} {info['description']}:", "",
                   "| variant | AUC | GAUC |", "|---|---|---|"]
-        lines += [f"| {name} | {_fmt(r[group + '_auc'])} | {_fmt(r[group + '_gauc'])} |"
-                  for name, r in report["results"].items()]
+        lines += [f"| {name} | {_with_noise(report, name, group + '_auc')} | "
+                  f"{_with_noise(report, name, group + '_gauc')} |"
+                  for name in report["results"]]
     bins = report["bins"]
     lines += ["", "AUC by domain-size bin (equal training rows per bin, largest domains first):", "",
               "| variant | " + " | ".join(f"bin {i + 1} ({b['domains']} domains)"

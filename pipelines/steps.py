@@ -400,9 +400,11 @@ def update_actr(previous: Checkpoint | Trained, spec: Spec, work: str,
 
 def evaluate(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
              batch_size: int = 4096) -> dict:
-    """LogLoss, AUC, GAUC, CTR and mean prediction of the model on the given partitions,
-    streamed batch by batch (memory does not grow with the rows; ecdctr.evaluation.evaluator)."""
-    return score(model, spec, make_dataset(spec, _files(work, parts), batch_size), Evaluator())
+    """LogLoss, AUC, GAUC, CTR, mean prediction and calibration of the model on the given
+    partitions, overall and per domain, streamed batch by batch (memory does not grow with the
+    rows; ecdctr.evaluation.evaluator)."""
+    return score(model, spec, make_dataset(spec, _files(work, parts), batch_size),
+                 Evaluator(per_domain=True))
 
 
 def score(model: CtrModel, spec: Spec, dataset: tf.data.Dataset, evaluator: Evaluator,

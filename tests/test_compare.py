@@ -149,3 +149,32 @@ def test_ablation_snapshots_follow_the_tpm_schedule_and_warm_start(tmp_path):
                                                                  tpm_snapshots=1))
     one = Ablations(cold, load_spec(cfg.spec), dt.date(2026, 1, 8), lines.append)
     assert [s.name for s in one.snapshots(0, dt.date(2026, 1, 8))] == ["tpm-2026-01-08"]
+
+
+def test_the_table_carries_intervals_clicks_calibration_and_marks_ties():
+    from pipelines.compare import _aggregate, markdown_table
+
+    def run(auc, se, ratio):
+        return {"logloss": 0.2, "auc": auc, "gauc": 0.6, "uplifted_domains": 0.5,
+                "examples_per_second": 10, "parameters": 5, "tower_parameters": 3,
+                "train_seconds": 1, "bins": [{"auc": auc}], "clicks": 400, "auc_se": se,
+                "gauc_se": 0.02, "calibration_ratio": ratio, "calibration_error": 0.004}
+
+    results = {"dnn": _aggregate([run(0.700, 0.01, 1.05)]),
+               "near": _aggregate([run(0.710, 0.01, 0.98)]),  # 0.01 apart, noise 0.028: a tie
+               "far": _aggregate([run(0.760, 0.01, 1.40)])}
+    report = {"source": "ad", "train_days": ["2026-01-01", "2026-01-07"], "train_rows": 1000,
+              "eval_days": ["2026-01-08"], "eval_rows": 9000, "domains": 3, "seeds": 1,
+              "results": results, "bins": [{"domains": 3}]}
+    table = markdown_table(report)
+    assert "(9,000 rows, 400 clicks)" in table
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in table.splitlines()
+            if line.startswith("| ") and " ± " in line}  # the main table's rows
+    assert rows["dnn"][1] == "0.7000 ± 0.0000 (±0.0196)"
+    assert rows["near"][1].endswith(" tie") and not rows["far"][1].endswith(" tie")
+    assert rows["near"][2].endswith(" tie")  # equal GAUC
+    assert rows["far"][4] == "1.40 / 0.0040"
+    assert "WITHOUT TPM" not in table
+    results["ecdctr"] = {**results["far"], "tpm_snapshots": 0}
+    assert "| ecdctr WITHOUT TPM (no snapshot) |" in markdown_table(report)
+    assert "ecdctr ran without a TPM snapshot" in markdown_table(report)

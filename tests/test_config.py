@@ -175,3 +175,11 @@ def test_the_production_config_loads_and_says_what_production_needs():
     demo = load_config("configs/demo.yaml")
     assert config.cpm == demo.cpm and config.actr == demo.actr and config.tpm == demo.tpm
     assert config.transfer == demo.transfer and config.schedule == demo.schedule
+
+
+def test_gate_min_clicks_and_logloss_rise_are_read_and_checked(tmp_path):
+    config = load_config(_write(tmp_path, "gate: {min_clicks: 50, max_logloss_rise: 0.2}\n"))
+    assert config.gate.min_clicks == 50 and config.gate.max_logloss_rise == 0.2
+    for bad in ("min_clicks: 1", "min_clicks: 2.5", "max_logloss_rise: -1"):
+        with pytest.raises(ConfigError, match=r"gate\.(min_clicks|max_logloss_rise) must be"):
+            load_config(_write(tmp_path, f"gate: {{{bad}}}\n"))

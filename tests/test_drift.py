@@ -55,3 +55,44 @@ def test_too_few_days_are_not_compared_and_a_ctr_jump_is():
     assert compare(usual, [usual] * 7) == []
     noisy = {**usual, "means": {"price": {"mean": 16.0, "stderr": 4.0}}}  # a small, heavy-tailed day
     assert compare(noisy, [usual] * 3) == []
+
+
+def _day(date, rows, ctr=0.3, price=10.0):
+    clicks = round(rows * ctr)
+    return {"rows": rows, "clicks": clicks, "ctr": clicks / rows if rows else 0.0,
+            "date": date.isoformat(), "tokens": {},
+            "means": {"price": {"mean": price, "stderr": 8.0 / max(rows, 1) ** 0.5}}}
+
+
+# ad days of the size the real logs have: 16 to 133 rows, CTR around 0.3 (their spread)
+SMALL = [16, 133, 40, 90, 25, 60, 110, 35, 71, 48, 120, 22, 66, 85]
+SMALL_CTR = [0.25, 0.33, 0.2, 0.31, 0.4, 0.28, 0.3, 0.37, 0.27, 0.29, 0.32, 0.18, 0.35, 0.3]
+
+
+def test_the_natural_spread_of_small_days_is_not_drift():
+    trailing = [_day(START + dt.timedelta(days=k), rows, ctr)
+                for k, (rows, ctr) in enumerate(zip(SMALL, SMALL_CTR, strict=True))]
+    date = START + dt.timedelta(days=len(SMALL))
+    for rows, ctr in ((16, 0.5), (27, 0.52), (133, 0.2), (30, 0.0)):
+        assert compare(_day(date, rows, ctr), trailing) == [], (rows, ctr)
+
+
+def test_a_real_shift_on_small_days_is_still_flagged():
+    trailing = [_day(START + dt.timedelta(days=k), rows, ctr)
+                for k, (rows, ctr) in enumerate(zip(SMALL, SMALL_CTR, strict=True))]
+    date = START + dt.timedelta(days=len(SMALL))
+    assert [w.split()[0] for w in compare(_day(date, 0), trailing)] == ["rows"]  # logs lost
+    assert [w.split()[0] for w in compare(_day(date, 2000, 0.3), trailing)] == ["rows"]
+    assert [w.split()[0] for w in compare(_day(date, 120, 0.95), trailing)] == ["CTR"]
+
+
+def test_weekends_are_compared_with_weekends():
+    """Weekend traffic at a third of weekdays' is the usual weekly cycle, not drift; the same
+    drop on a weekday is."""
+    monday = dt.date(2024, 3, 4)
+    trailing = [_day(monday + dt.timedelta(days=k),
+                     3000 if (monday + dt.timedelta(days=k)).weekday() >= 5 else 9000)
+                for k in range(28)]
+    sunday, tuesday = monday + dt.timedelta(days=34), monday + dt.timedelta(days=29)
+    assert compare(_day(sunday, 3100), trailing) == []
+    assert [w.split()[0] for w in compare(_day(tuesday, 3100), trailing)] == ["rows"]

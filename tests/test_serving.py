@@ -186,22 +186,115 @@ def test_publish_is_a_rename_and_keeps_the_newest(tmp_path):
     assert versions(base) == [3, 4] and os.path.exists(os.path.join(folder, "reason.json"))
 
 
+def _figures(auc, mean, ctr, rows, auc_se=0.004):
+    return {"auc": auc, "logloss": 0.2, "mean_prediction": mean, "ctr": ctr, "rows": rows,
+            "clicks": round(ctr * rows), "predicted_clicks": mean * rows, "auc_se": auc_se}
+
+
+def _paired(difference, se, logloss_rise=0.0, logloss_se=0.001):
+    return {"auc": 0.70, "logloss": 0.2,
+            "paired": {"auc_difference": difference, "difference_variance": se ** 2,
+                       "logloss_difference": logloss_rise,
+                       "logloss_difference_variance": logloss_se ** 2}}
+
+
 @pytest.mark.parametrize("candidate, serving, expected", [
-    ({"auc": 0.70, "logloss": 0.2, "mean_prediction": 0.05, "ctr": 0.05, "rows": 10_000},
-     {"auc": 0.70}, []),
-    ({"auc": 0.68, "logloss": 0.2, "mean_prediction": 0.05, "ctr": 0.05, "rows": 10_000},
-     {"auc": 0.70}, ["below the serving version"]),
-    ({"auc": float("nan"), "logloss": 0.2, "mean_prediction": 0.05, "ctr": 0.05, "rows": 10},
-     None, ["not a number"]),
-    ({"auc": 0.7, "logloss": 0.2, "mean_prediction": 0.10, "ctr": 0.05, "rows": 10_000},
-     None, ["far from the observed CTR"]),
-    ({"auc": 0.7, "logloss": 0.2, "mean_prediction": 0.10, "ctr": 0.05, "rows": 40},
-     None, []),  # 4 expected clicks vs 2 seen: within 3 sigma on a tiny day
+    (_figures(0.70, 0.05, 0.05, 10_000), _paired(0.0, 0.005), []),
+    # 0.02 below on 500 clicks, paired noise 0.005: a drop beyond noise and the allowance
+    (_figures(0.68, 0.05, 0.05, 10_000), _paired(-0.02, 0.005), ["below the serving version"]),
+    # the same drop where the difference's noise is 0.015: a tie, it passes
+    (_figures(0.68, 0.05, 0.05, 10_000), _paired(-0.02, 0.015), []),
+    # no paired result: the two intervals' variances add up (0.004 each: 0.0057)
+    (_figures(0.68, 0.05, 0.05, 10_000), {"auc": 0.70}, ["below the serving version"]),
+    # a candidate whose LogLoss is 25% above the serving version's, beyond noise
+    (_figures(0.70, 0.05, 0.05, 10_000), _paired(0.0, 0.005, 0.05, 0.004), ["LogLoss is"]),
+    (_figures(float("nan"), float("nan"), 0.05, 10), None, ["not a number"]),
+    (_figures(0.7, 0.10, 0.05, 10_000), None, ["far from the observed CTR"]),
+    (_figures(0.7, 0.10, 0.05, 40), None, []),  # 4 expected clicks vs 2 seen: a tiny day
+    # the real logs' fifth night: 0.24 predicted against a CTR of 0.52 on 27 rows (6.5 clicks
+    # predicted, 14 seen: the ratio's interval [0.28, 0.85] reaches the allowed band)
+    (_figures(0.7, 0.24, 0.52, 27), None, []),
+    # no clicks on 500 rows where 2 were predicted: AUC is not defined, the day still passes
+    (_figures(float("nan"), 0.004, 0.0, 500), _paired(float("nan"), float("nan")), []),
+    # ... but 30 predicted clicks and none seen is a miscalibrated model
+    (_figures(float("nan"), 0.06, 0.0, 500), None, ["far from the observed CTR"]),
 ])
 def test_metric_gate(candidate, serving, expected):
     reasons = metric_gate(candidate, serving, GateConfig())
     assert len(reasons) == len(expected)
     assert all(e in r for e, r in zip(expected, reasons, strict=True))
+
+
+def test_few_clicks_skip_the_auc_comparison_and_say_so():
+    from ecdctr.serving.gate import metric_checks
+
+    few = _figures(0.55, 0.05, 0.05, 400)  # 20 clicks: below gate.min_clicks = 30
+    checks = metric_checks(few, _paired(-0.15, 0.01), GateConfig())
+    assert not checks["auc"]["ran"] and "gate.min_clicks=30" in checks["auc"]["why"]
+    assert checks["calibration"]["ran"] and checks["logloss"]["ran"]
+    assert not [c for c in checks.values() if c.get("reason")]
+    checks = metric_checks(few, _paired(-0.15, 0.01), GateConfig(min_clicks=10))
+    assert checks["auc"]["ran"] and "below the serving version" in checks["auc"]["reason"]
+
+
+def test_paired_auc_variance_equals_delong_on_the_same_rows():
+    from ecdctr.evaluation.uncertainty import LOGIT_BINS, LOGIT_RANGE, PairedAuc
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random(400) < 0.3).astype(int)
+    # scores on the logit grid's cell centres (so binning is exact), correlated, with ties
+    shared = rng.normal(size=400) + labels
+    cells = [np.clip(np.round(LOGIT_BINS / 2 - 20 + 8 * (shared + noise * rng.normal(size=400))),
+                     0, LOGIT_BINS - 1) for noise in (0.3, 0.6)]
+    logits = [(c + 0.5) / LOGIT_BINS * 2 * LOGIT_RANGE - LOGIT_RANGE for c in cells]
+    probs = [1 / (1 + np.exp(-x)) for x in logits]
+    paired = PairedAuc()
+    for start in range(0, 400, 150):
+        paired.add(labels[start:start + 150], probs[0][start:start + 150], probs[1][start:start + 150])
+    out = paired.result()
+    pos, neg = labels == 1, labels == 0
+
+    def placements(x):
+        psi = (x[pos][:, None] > x[neg][None, :]) + 0.5 * (x[pos][:, None] == x[neg][None, :])
+        return psi.mean(axis=1), psi.mean(axis=0), psi.mean()
+
+    (v10a, v01a, auc_a), (v10b, v01b, auc_b) = placements(logits[0]), placements(logits[1])
+    s10, s01 = np.cov(v10a, v10b), np.cov(v01a, v01b)
+    variance = ((s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / pos.sum()
+                + (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / neg.sum())
+    assert out["auc_difference"] == pytest.approx(auc_a - auc_b, abs=1e-12)
+    assert out["difference_variance"] == pytest.approx(variance, rel=1e-9)
+    unpaired = (np.var(v10a, ddof=1) + np.var(v10b, ddof=1)) / pos.sum() + (
+        np.var(v01a, ddof=1) + np.var(v01b, ddof=1)) / neg.sum()
+    assert out["difference_variance"] < unpaired / 2  # alike models: pairing matters
+
+
+def test_a_zero_click_day_publishes_on_the_checks_that_are_defined(staged, tmp_path):
+    from ecdctr.evaluation.evaluator import Evaluator
+    from ecdctr.serving.gate import run_gate
+
+    model, _, path = staged
+    quiet = [{**row, "click": 0} for row in ROWS[:4]]  # 4 rows, no click
+    parser = RowParser(SPEC)
+    examples = [to_example(SPEC, parser.parse(r)).SerializeToString() for r in quiet]
+    held_out = str(tmp_path / "part-00000.tfrecord.gz")
+    with tf.io.TFRecordWriter(held_out, tf.io.TFRecordOptions(compression_type="GZIP")) as writer:
+        for example in examples:
+            writer.write(example)
+    features, labels = parse_batch(SPEC, tf.constant(examples))
+    evaluator = Evaluator()
+    evaluator.add(labels.numpy(), model(features, training=False).numpy().ravel(),
+                  features[SPEC.group_by].numpy())
+    candidate = evaluator.result()
+    assert candidate["clicks"] == 0 and math.isnan(candidate["auc"])
+    lines = []
+    report = run_gate(model, SPEC, path, path, [held_out], candidate, GateConfig(), lines.append)
+    assert report["passed"], report
+    checks = report["checks"]
+    assert not checks["auc"]["ran"] and "0 clicks" in checks["auc"]["why"]
+    assert checks["calibration"]["ran"] and checks["logloss"]["ran"] and checks["infra"]["ran"]
+    assert report["serving"]["clicks"] == 0 and report["candidate"]["clicks"] == 0
+    assert any("not checked: auc (0 clicks" in line for line in lines)
 
 
 def test_infra_gate_replays_warmup_in_a_fresh_process(staged):

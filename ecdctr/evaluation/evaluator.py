@@ -1,20 +1,28 @@
 """Exact LogLoss, AUC, GAUC and per-domain AUC of scored batches in bounded memory: each row
 becomes one 64-bit key (group, float32 score, label); keys are sorted in chunks, spilled to
-temporary files and merged block by block into per-group counts (an external sort)."""
+temporary files and merged block by block into per-group counts (an external sort). The same
+pass gives DeLong's variances and the calibration bins."""
 
 from __future__ import annotations
 
+import math
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import IO
 
 import numpy as np
+
+from ecdctr.evaluation.calibration import EqualMassBins, calibration
+from ecdctr.evaluation.uncertainty import delong_variance, gauc_variance, interval
 
 CHUNK_ROWS = 1 << 20  # keys sorted in memory before a run is spilled (8 MB)
 BLOCK_ROWS = 1 << 16  # keys read from each run at a time while merging (512 kB)
 FAN_IN = 64  # runs merged at once; more runs are first merged into longer ones
 _SCORE_BITS = np.uint64(32)
 _SIGN = np.uint32(1 << 31)
+# a group's sums in the sorted pass: the squares are DeLong's (ecdctr.evaluation.uncertainty)
+COUNT_NAMES = {"groups": np.int64, "clicks": np.int64, "non_clicks": np.int64, "u2": np.int64,
+               "click_squares": np.float64, "non_click_squares": np.float64}
 
 
 def pack(groups: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -85,13 +93,17 @@ class GroupedAuc:
             self._runs = merged
         yield from _merge(self._runs, self.block_rows)
 
-    def counts(self) -> dict[str, np.ndarray]:
-        """{"groups", "clicks", "non_clicks", "u2"} of every group seen, by ascending group
-        (u2: twice the U statistic, an exact integer). Once per instance: it closes the runs."""
+    def counts(self, observe: Callable[[np.ndarray], None] | None = None
+               ) -> dict[str, np.ndarray]:
+        """COUNT_NAMES of every group seen, by ascending group (u2: twice the U statistic, an
+        exact integer; the squares: DeLong's sums). `observe` sees each block of sorted keys.
+        Once per instance: it closes the runs."""
         counter = _Counter()
         try:
             for block in self._sorted_blocks():
                 counter.feed(block)
+                if observe is not None:
+                    observe(block)
         finally:
             self.close()
         return counter.finish()
@@ -101,6 +113,12 @@ class GroupedAuc:
         for run in self._runs:
             run.close()
         self._runs = []
+
+
+def unpack_scores(keys: np.ndarray) -> np.ndarray:
+    """The float32 scores of packed keys (pack's order-preserving bits turned back)."""
+    bits = ((keys >> np.uint64(1)) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    return np.where(bits & _SIGN, bits ^ _SIGN, ~bits).astype(np.uint32).view(np.float32)
 
 
 def _merge(runs: Sequence[IO[bytes]], block_rows: int) -> Iterator[np.ndarray]:
@@ -129,7 +147,8 @@ class _Counter:
 
     def __init__(self) -> None:
         self.tie: tuple[np.uint64, int, int] | None = None  # (value, clicks, non-clicks)
-        self.group: tuple[np.uint64, int, int, int] | None = None  # (group, clicks, non, u2)
+        # (group, clicks, non-clicks, u2, click squares, non-click squares): COUNT_NAMES
+        self.group: tuple | None = None
         self.done: list[tuple[np.ndarray, ...]] = []
 
     def feed(self, keys: np.ndarray) -> None:
@@ -160,20 +179,26 @@ class _Counter:
         sizes = np.diff(np.r_[starts, len(values)])
         below = np.cumsum(non) - non  # non-clicks scored lower, over all groups ...
         below -= np.repeat(below[starts], sizes)  # ... then within the tie's group
+        clicks_below = np.cumsum(clicks) - clicks
+        clicks_below -= np.repeat(clicks_below[starts], sizes)
         if self.group is not None and self.group[0] == group[0]:
             below[:sizes[0]] += self.group[2]
-        u2 = clicks * (2 * below + non)
+            clicks_below[:sizes[0]] += self.group[1]
+        placement = 2 * below + non  # of each click in the tie (twice the non-clicks below it)
+        placed = (2 * clicks_below + clicks).astype(np.float64)  # of each non-click, likewise
+        u2 = clicks * placement
+        squares = clicks * placement.astype(np.float64) ** 2, non * placed ** 2
         ids = group[starts]
-        totals = [np.add.reduceat(x, starts) for x in (clicks, non, u2)]
+        totals = [np.add.reduceat(x, starts) for x in (clicks, non, u2, *squares)]
         if self.group is not None:
-            g, c, n, u = self.group
+            g, *carried = self.group
             if g == ids[0]:
-                for total, carried in zip(totals, (c, n, u), strict=True):
-                    total[0] += carried
+                for total, value in zip(totals, carried, strict=True):
+                    total[0] += value
             else:
-                self.done.append((np.array([g], np.uint64), np.array([c]), np.array([n]),
-                                  np.array([u])))
-        self.group = (ids[-1], *(int(total[-1]) for total in totals))
+                self.done.append((np.array([g], np.uint64),
+                                  *(np.array([value]) for value in carried)))
+        self.group = (ids[-1], *(total[-1].item() for total in totals))
         self.done.append((ids[:-1], *(total[:-1] for total in totals)))
 
     def finish(self) -> dict[str, np.ndarray]:
@@ -181,13 +206,12 @@ class _Counter:
             v, c, n = self.tie
             self._ties(np.array([v], np.uint64), np.array([c]), np.array([n]))
         if self.group is not None:
-            g, c, n, u = self.group
-            self.done.append((np.array([g], np.uint64), np.array([c]), np.array([n]),
-                              np.array([u])))
-        names = ("groups", "clicks", "non_clicks", "u2")
-        columns = zip(*self.done, strict=True) if self.done else [[]] * 4
-        return {name: np.concatenate([np.zeros(0, np.int64), *(a.astype(np.int64) for a in column)])
-                for name, column in zip(names, columns, strict=True)}
+            g, *carried = self.group
+            self.done.append((np.array([g], np.uint64), *(np.array([value]) for value in carried)))
+        columns = zip(*self.done, strict=True) if self.done else [[]] * len(COUNT_NAMES)
+        return {name: np.concatenate([np.zeros(0, dtype), *(np.asarray(a).astype(dtype)
+                                                            for a in column)])
+                for (name, dtype), column in zip(COUNT_NAMES.items(), columns, strict=True)}
 
 
 def auc_from_counts(clicks: np.ndarray, non_clicks: np.ndarray, u2: np.ndarray) -> np.ndarray:
@@ -225,6 +249,7 @@ class Evaluator:
         self.bin_of = {key: i for i, keys in enumerate(domain_bins) for key in keys}
         self.bins = len(domain_bins)
         self.bin_auc = grouped() if domain_bins else None
+        self.domain_sums = np.zeros((3, 0))  # per domain index: rows, clicks, predicted clicks
 
     def add(self, labels: np.ndarray, probs: np.ndarray, groups: np.ndarray,
             domains: np.ndarray | None = None, eps: float = 1e-7) -> None:
@@ -246,52 +271,79 @@ class Evaluator:
             d = _indices(self.domains, np.asarray(domains).astype(str))
             if self.domain_auc is not None:
                 self.domain_auc.add(d, s, y)
+                self._add_domain_sums(d, y, s)
             if self.bin_auc is not None:
                 of = np.array([self.bin_of.get(name, -1) for name in self.domains])[d]
                 self.bin_auc.add(of[of >= 0], s[of >= 0], y[of >= 0])
 
+    def _add_domain_sums(self, d: np.ndarray, y: np.ndarray, s: np.ndarray) -> None:
+        grown = np.zeros((3, len(self.domains)))
+        grown[:, :self.domain_sums.shape[1]] = self.domain_sums
+        for row, weights in enumerate((None, y.astype(np.float64), s.astype(np.float64))):
+            grown[row] += np.bincount(d, weights=weights, minlength=len(self.domains))
+        self.domain_sums = grown
+
     def result(self) -> dict:
-        """The summary (keys of the daily report's metrics), plus per_domain_auc and bins
-        when asked. Once per instance: it deletes the spilled runs."""
+        """The summary (keys of the daily report's metrics), plus per_domain_auc,
+        per_domain_calibration and bins when asked. Every AUC and GAUC comes with the clicks
+        behind it and a 95% interval (ecdctr.evaluation.uncertainty); None where it is not
+        defined. Once per instance: it deletes the spilled runs."""
         rows = self.rows
-        overall = self.auc.counts()
+        bins = EqualMassBins(rows)
+        overall = self.auc.counts(lambda keys: bins.add(unpack_scores(keys), keys & np.uint64(1)))
         auc = auc_from_counts(overall["clicks"], overall["non_clicks"], overall["u2"])
-        gauc, counted = self._gauc()
+        auc_variance = _delong(overall)
+        gauc, counted, gauc_variance = self._gauc()
+        first = float(auc[0]) if len(auc) else float("nan")
         out = {
             "rows": rows,
+            "clicks": self.clicks,
             "logloss": -self.log_sum / rows if rows else float("nan"),
-            "auc": float(auc[0]) if len(auc) else float("nan"),
+            "auc": first,
+            "auc_se": _se(auc_variance[0] if len(auc) else float("nan")),
+            "auc_ci": interval(first, auc_variance[0]) if len(auc) else None,
             "gauc": gauc,
+            "gauc_se": _se(gauc_variance),
+            "gauc_ci": interval(gauc, gauc_variance),
             "gauc_groups": counted,
             # rounded to float32 as numpy's mean of the float32 labels and probabilities was
             "ctr": float(np.float32(float(np.float32(self.clicks)) / rows)) if rows else float("nan"),
             "mean_prediction": float(np.float32(self.prob_sum / rows)) if rows else float("nan"),
+            **calibration(rows, self.clicks, self.prob_sum),
+            "calibration_error": bins.error(),
         }
         names = list(self.domains)
         if self.domain_auc is not None:
             c = self.domain_auc.counts()
             aucs = auc_from_counts(c["clicks"], c["non_clicks"], c["u2"])
-            both = [(names[g], a, cl + n) for g, a, cl, n in
-                    zip(c["groups"], aucs, c["clicks"], c["non_clicks"], strict=True)
+            both = [(names[g], a, cl + n, cl, v) for g, a, cl, n, v in
+                    zip(c["groups"], aucs, c["clicks"], c["non_clicks"], _delong(c), strict=True)
                     if cl and n]
-            out["per_domain_auc"] = {k: {"auc": float(a), "rows": int(r)}
-                                     for k, a, r in sorted(both)}
+            out["per_domain_auc"] = {k: {"auc": float(a), "rows": int(r), "clicks": int(cl),
+                                         "auc_ci": interval(float(a), v)}
+                                     for k, a, r, cl, v in sorted(both)}
+            out["per_domain_calibration"] = {
+                name: {"rows": int(r), "clicks": int(cl),
+                       **calibration(int(r), int(cl), float(p))}
+                for name, r, cl, p in sorted(zip(names, *self.domain_sums, strict=True))}
         if self.bin_auc is not None:
             c = self.bin_auc.counts()
             aucs = auc_from_counts(c["clicks"], c["non_clicks"], c["u2"])
-            found = {int(g): (int(cl + n), float(a)) for g, cl, n, a in
-                     zip(c["groups"], c["clicks"], c["non_clicks"], aucs, strict=True)}
-            out["bins"] = [{"rows": found.get(b, (0, 0.0))[0],
-                            "auc": found.get(b, (0, float("nan")))[1]} for b in range(self.bins)]
+            found = {int(g): {"rows": int(cl + n), "auc": float(a), "clicks": int(cl),
+                              "auc_ci": interval(float(a), v)}
+                     for g, cl, n, a, v in zip(c["groups"], c["clicks"], c["non_clicks"], aucs,
+                                               _delong(c), strict=True)}
+            empty = {"rows": 0, "auc": float("nan"), "clicks": 0, "auc_ci": None}
+            out["bins"] = [found.get(b, empty) for b in range(self.bins)]
         return out
 
-    def _gauc(self) -> tuple[float, int]:
+    def _gauc(self) -> tuple[float, int, float]:
         """GAUC summed user by user in the order of their ids, as ecdctr.evaluation.metrics.gauc does
-        (so the float sum rounds the same)."""
+        (so the float sum rounds the same), the users it averages and its user-level variance."""
         c = self.gauc.counts()
         both = (c["clicks"] > 0) & (c["non_clicks"] > 0)
         if not both.any():
-            return float("nan"), 0
+            return float("nan"), 0, float("nan")
         users = np.empty(len(self.users), object)
         users[:] = list(self.users)
         ids = c["groups"][both]
@@ -299,7 +351,7 @@ class Evaluator:
         sizes = (c["clicks"] + c["non_clicks"])[both][order]
         aucs = auc_from_counts(c["clicks"][both], c["non_clicks"][both], c["u2"][both])[order]
         total = np.add.accumulate(aucs * sizes)[-1]
-        return float(total / int(sizes.sum())), int(both.sum())
+        return float(total / int(sizes.sum())), int(both.sum()), gauc_variance(aucs, sizes)
 
     def close(self) -> None:
         """Deletes the spilled runs (result() does it too)."""
@@ -312,6 +364,15 @@ class Evaluator:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _delong(counts: dict[str, np.ndarray]) -> np.ndarray:
+    return delong_variance(counts["clicks"], counts["non_clicks"], counts["u2"],
+                           counts["click_squares"], counts["non_click_squares"])
+
+
+def _se(variance: float) -> float:
+    return math.sqrt(variance) if math.isfinite(variance) else float("nan")
 
 
 def _indices(index: dict, values: np.ndarray) -> np.ndarray:
