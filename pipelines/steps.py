@@ -224,9 +224,7 @@ def fit_on(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
         validation = None
     rows = traffic(work, parts)[0] - (validation.rows if validation else 0)
     log(f"[{name}] training on {len(parts)} partitions ({rows:,} rows), "
-        + (f"validating on {validation.share:.0%} of the requests of "
-           f"{len(validation.days)} newest partition(s) ({validation.rows:,} rows, "
-           f"{validation.clicks:,} clicks), up to {epochs} epochs"
+        + (f"validating on {_described(validation, config)}, up to {epochs} epochs"
            if validation else f"{epochs} epoch(s), no validation"))
     if distribution is None:
         summary = fit(model, dataset(spec, work, parts, config, shuffle=True, model=model,
@@ -250,6 +248,15 @@ def fit_on(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
         summary.update(validation_share=validation.share, validation_rows=validation.rows,
                        validation_clicks=validation.clicks)
     return summary
+
+
+def _described(validation: Validation, config: ModelConfig) -> str:
+    """What a fit validates on, for its log line."""
+    short = validation.clicks < config.validation_min_clicks
+    return (f"{validation.share:.0%} of the requests of {len(validation.days)} newest "
+            f"partition(s) ({validation.rows:,} rows, {validation.clicks:,} clicks"
+            + (f"; fewer than validation_min_clicks {config.validation_min_clicks}, all the "
+               "window holds" if short else "") + ")")
 
 
 def _fit_distributed(model: CtrModel, build: Callable[[], CtrModel], spec: Spec, work: str,
