@@ -111,7 +111,7 @@ class RunConfig:
     export: str
     windows: Windows = field(default_factory=Windows)
     tpm: ModelConfig = ModelConfig(hidden=(32,), learning_rate=0.002)
-    cpm: ModelConfig = ModelConfig()
+    cpm: ModelConfig = ModelConfig(batch_size=256, learning_rate=0.003)  # recipe_grid.md
     actr: ModelConfig = ModelConfig(learning_rate=0.0005, batch_size=512)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     schedule: Schedule = field(default_factory=Schedule)

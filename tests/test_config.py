@@ -17,6 +17,8 @@ def test_demo_config_resolves_paths_against_its_folder():
     assert config.cpm.hidden == config.actr.hidden == (128, 64)  # same structure: transfer by name
     assert config.tpm.hidden == (32,)
     assert config.actr.batch_size == 512 and config.transfer.reset_batchnorm
+    assert (config.cpm.batch_size, config.cpm.learning_rate) == (256, 0.003)  # recipe_grid.md
+    assert config.cpm.validation_share == 0.1 and config.cpm.validation_min_clicks == 200
     assert config.transfer.tpm_snapshots == 3 and config.transfer.tpm_historical  # measured
     assert config.cpm.multi_domain == config.actr.multi_domain == "none"  # measured: BENCHMARKS 4
     assert config.actr.adasparse.form == "fusion" and config.actr.adasparse.placement == "input"
