@@ -44,7 +44,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ARMS: dict[str, tuple[dict, list[str]]] = {
     "main": ({}, ["finetune", "ecdctr", "ecdctr-no_tpm", "ecdctr-no_bn_reinit"]),
     "leaky": ({"transfer": {"tpm_historical": False}}, ["ecdctr"]),
-    "tpm1": ({"tpm": {"max_epochs": 1, "validation_days": 0}}, ["ecdctr"]),
+    "tpm1": ({"tpm": {"max_epochs": 1, "validation_share": 0}}, ["ecdctr"]),
     "standardize": ({"transfer": {"tpm_standardize": True}}, ["ecdctr"]),
     "known": ({"model": {"tpm_known_flag": True}}, ["ecdctr"]),
     "k1": ({"transfer": {"tpm_snapshots": 1}}, ["ecdctr"]),
@@ -52,9 +52,9 @@ ARMS: dict[str, tuple[dict, list[str]]] = {
     "forgetting": ({"windows": {"actr_days": 60}}, ["ecdctr-daily", "ecdctr-no_tpm-daily"]),
     # the recipe against fixed epoch counts: a plain dnn on natural traffic (cpm settings)
     "recipe": ({}, ["dnn"]),
-    "epochs1": ({"cpm": {"max_epochs": 1, "validation_days": 0}}, ["dnn"]),
-    "epochs2": ({"cpm": {"max_epochs": 2, "validation_days": 0}}, ["dnn"]),
-    "epochs3": ({"cpm": {"max_epochs": 3, "validation_days": 0}}, ["dnn"]),
+    "epochs1": ({"cpm": {"max_epochs": 1, "validation_share": 0}}, ["dnn"]),
+    "epochs2": ({"cpm": {"max_epochs": 2, "validation_share": 0}}, ["dnn"]),
+    "epochs3": ({"cpm": {"max_epochs": 3, "validation_share": 0}}, ["dnn"]),
 }
 NATURAL_ARMS = ("recipe", "epochs1", "epochs2", "epochs3")
 

@@ -18,7 +18,11 @@ TOP_KEYS = ("spec", "logs", "work", "export", "windows", "model", "tpm", "cpm", 
 GATE_KEYS = ("max_auc_drop", "min_clicks", "max_calibration_error", "max_logloss_rise",
              "max_abs_diff", "max_fold_share", "keep_versions", "max_drift")
 WINDOW_KEYS = ("tpm_days", "cpm_days", "actr_days")
-TRAIN_KEYS = ("max_epochs", "patience", "validation_days", "batch_size", "learning_rate")
+TRAIN_KEYS = ("max_epochs", "patience", "validation_share", "validation_min_clicks", "batch_size",
+              "learning_rate")
+RENAMED_KEYS = {"epochs": "epochs is now max_epochs: fits stop early on their validation share",
+                "validation_days": "the validation set is now a share of requests sized by its "
+                                   "clicks: validation_share, validation_min_clicks"}
 MODEL_KEYS = ("hidden", "dropout", "backbone", "cross_layers", "cross_structure", "multi_domain",
               "apg_rank", "apg_over_parameterize", "tpm_known_flag", "adasparse")
 TRANSFER_KEYS = ("reset_batchnorm", "reset_batchnorm_affine", "shift_output_prior", "tpm_snapshots",
@@ -107,7 +111,7 @@ class RunConfig:
     export: str
     windows: Windows = field(default_factory=Windows)
     tpm: ModelConfig = ModelConfig(hidden=(32,), learning_rate=0.002)
-    cpm: ModelConfig = ModelConfig()
+    cpm: ModelConfig = ModelConfig(batch_size=256, learning_rate=0.003)  # recipe_grid.md
     actr: ModelConfig = ModelConfig(learning_rate=0.0005, batch_size=512)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     schedule: Schedule = field(default_factory=Schedule)
@@ -206,8 +210,8 @@ def _section(doc: dict, key: str, allowed: tuple[str, ...], default: Any, errors
         errors.append(f"'{key}' must be a mapping of {list(allowed)}.")
         return default
     errors += [f"{key}: unknown key {k!r}. Fix: use one of {list(allowed)}"
-               + (" (epochs is now max_epochs: fits stop early on the validation days)."
-                  if k == "epochs" else ".") for k in unknown_keys(body, allowed)]
+               + (f" ({RENAMED_KEYS[k]})." if k in RENAMED_KEYS else ".")
+               for k in unknown_keys(body, allowed)]
     values = {}
     for name in allowed:
         if name not in body:
@@ -235,10 +239,15 @@ def _section(doc: dict, key: str, allowed: tuple[str, ...], default: Any, errors
             if not isinstance(value, bool):
                 errors.append(f"{key}.{name} must be true or false, got {value!r}.")
                 continue
-        elif name == "validation_days":
+        elif name == "validation_share":
+            if not is_number(value) or not 0 <= value < 1:
+                errors.append(f"{key}.validation_share must be a number in [0, 1) (0: no "
+                              f"validation, train max_epochs), got {value!r}.")
+                continue
+            value = float(value)
+        elif name == "validation_min_clicks":
             if not is_int(value) or value < 0:
-                errors.append(f"{key}.validation_days must be an integer >= 0 (0: no validation, "
-                              f"train max_epochs), got {value!r}.")
+                errors.append(f"{key}.validation_min_clicks must be an integer >= 0, got {value!r}.")
                 continue
         elif not is_int(value) or value < 1:
             errors.append(f"{key}.{name} must be a positive integer, got {value!r}.")

@@ -170,7 +170,7 @@ class Ablations:
         # as the daily job runs with one CPM: the CPM of the ad window's first day, the A-CTR
         # derived from it on the first days, then updated one new day at a time
         cpm = self.cpm(seed, with_tpm, self.ad_days[0])
-        first = max(mc.validation_days + 1, 1)
+        first = 2  # the derivation's days: its validation share, then one update a day
         trained = steps.derive_actr(cpm, self.spec, work, self.ad_days[:first], mc, transfer,
                                     quiet, vocab_parts=self.shared)
         for day in self.ad_days[first:]:

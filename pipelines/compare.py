@@ -207,6 +207,8 @@ def _score(model: CtrModel, data: _Data, train: dict, name: str, seed: int,
     result["tpm_snapshots"] = model.tpm.snapshot_count if model.tpm is not None else 0
     result["tower_parameters"] = int(sum(np.prod(v.shape) for v in model.mlp.trainable_variables))
     result["examples_per_second"] = train["examples_per_second"]
+    result["fit"] = {k: train[k] for k in ("chosen_epoch", "epochs_run", "validation_days",
+                                           "validation_rows", "validation_clicks") if k in train}
     if model.config.multi_domain == "adasparse":
         result["sparsity"] = _layer_sparsity(model, data)
     log(f"{name} seed {seed}: AUC {result['auc']:.4f} GAUC {result['gauc']:.4f} "

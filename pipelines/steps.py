@@ -4,8 +4,8 @@ scratch), derive the A-CTR from a CPM, update an A-CTR on new days, evaluate.
 `daily`, `compare` and every ablation call these; an ablation is a set of their options. A
 step takes what it needs explicitly (spec, work folder, the days it reads, model config,
 parent checkpoint, TPM snapshots) and knows nothing of the schedule. Every fit follows one
-recipe (`fit_on`): the last `validation_days` days of its window are held out, training
-stops when their AUC stops improving, and the best epoch's weights are kept. A step returns
+recipe (`fit_on`): a share of the requests of the newest days, sized by the clicks it holds, is
+held out; training stops when its AUC stops improving, and the best epoch's weights are kept. A step returns
 a `Trained` (model, vocabularies, self-describing meta); saving it is the caller's choice.
 
 With a `distribution` (ecdctr.training.distribute) the fit itself runs under its strategy on a replica
@@ -24,9 +24,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
+import tf_keras as keras
 
 from ecdctr.config import TransferConfig, Windows
-from ecdctr.data.datasets import example_batch, make_dataset, partition_files
+from ecdctr.data.datasets import (
+    HeldOut,
+    example_batch,
+    held_out_counts,
+    make_dataset,
+    partition_files,
+)
 from ecdctr.data.vocab import Partition, build_vocabularies, domain_sizes, numeric_stats, traffic
 from ecdctr.evaluation.evaluator import Evaluator
 from ecdctr.io.layout import built_partitions
@@ -124,12 +131,42 @@ def readable_snapshots(snapshots: Sequence[Snapshot], spec: Spec, log: Log) -> l
     return kept[::-1]
 
 
-def split_validation(parts: Sequence[Partition], days: int) -> tuple[list[Partition], list[Partition]]:
-    """(training, validation) partitions: the last `days` dates of the window are validation,
-    as long as at least one date is left to train on; else no validation."""
-    dates = sorted({d for _, d in parts})
-    held = set(dates[-days:]) if 0 < days < len(dates) else set()
-    return [p for p in parts if p[1] not in held], [p for p in parts if p[1] in held]
+@dataclass(frozen=True)
+class Validation:
+    """The evidence a fit validates on: the held-out share of requests (by request-id hash,
+    ecdctr.data.datasets.HeldOut) of the newest `days` of its window, with its rows and clicks.
+    Those rows are never trained on; the rest of those days is."""
+
+    share: float
+    days: tuple[Partition, ...]
+    rows: int
+    clicks: int
+
+    def held_out(self, work: str, held: bool) -> HeldOut:
+        """The split's side a dataset reads: the validation rows (held) or the training rows."""
+        return HeldOut(self.share, frozenset(_files(work, self.days)), held)
+
+
+def choose_validation(spec: Spec, work: str, parts: Sequence[Partition], share: float,
+                      min_clicks: int) -> Validation | None:
+    """The validation of a fit on parts: the held-out `share` of the newest day's requests,
+    grown a day at a time back into the window until it holds min_clicks clicks (or the window
+    ends). None (no validation) when share is 0 or the share holds no click or only clicks
+    (an AUC needs both)."""
+    if share <= 0:
+        return None
+    rows = clicks = 0
+    days: list[Partition] = []
+    for date in sorted({d for _, d in parts}, reverse=True):
+        day = [p for p in parts if p[1] == date]
+        held_rows, held_clicks = held_out_counts(spec, _files(work, day), share)
+        days += day
+        rows, clicks = rows + held_rows, clicks + held_clicks
+        if clicks >= min_clicks:
+            break
+    if clicks == 0 or clicks == rows:
+        return None
+    return Validation(share, tuple(sorted(days)), rows, clicks)
 
 
 def _files(work: str, parts: Sequence[Partition]) -> list[str]:
@@ -137,62 +174,95 @@ def _files(work: str, parts: Sequence[Partition]) -> list[str]:
 
 
 def dataset(spec: Spec, work: str, parts: Sequence[Partition], config: ModelConfig,
-            shuffle: bool, model: CtrModel | None = None) -> tf.data.Dataset:
-    """Batches of the given partitions (shuffled with the config's seed when asked). With a
-    model: its preprocess runs in the input pipeline (the batches are its inputs, not raw
-    features) and the dataset knows its number of batches (the build's row counts)."""
+            shuffle: bool, model: CtrModel | None = None, held_out: HeldOut | None = None,
+            rows: int | None = None) -> tf.data.Dataset:
+    """Batches of the given partitions (shuffled with the config's seed when asked); held_out:
+    one side of a request-id split (rows: that side's count). With a model: its preprocess runs
+    in the input pipeline (the batches are its inputs, not raw features) and the dataset knows
+    its number of batches (the build's row counts, or rows)."""
+    if model is not None and rows is None:
+        rows = traffic(work, parts)[0]
     return make_dataset(spec, _files(work, parts), config.batch_size, shuffle=shuffle,
                         seed=config.seed, preprocess=model.preprocess if model is not None else None,
-                        rows=traffic(work, parts)[0] if model is not None else None)
+                        rows=rows if model is not None else None, held_out=held_out)
 
 
 def _reestimate_batchnorm(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
-                          config: ModelConfig, log: Log) -> None:
-    """BatchNorm statistics re-estimated on the days a fit learns from (never its held-out ones)."""
-    learned = split_validation(parts, config.validation_days)[0]
-    recalibrate_batchnorm(model, dataset(spec, work, learned, config, shuffle=True), log=log)
+                          config: ModelConfig, log: Log, validation: Validation | None) -> None:
+    """BatchNorm statistics re-estimated on the rows a fit learns from (never its held-out ones)."""
+    held_out = validation.held_out(work, held=False) if validation is not None else None
+    recalibrate_batchnorm(model, dataset(spec, work, parts, config, shuffle=True,
+                                         held_out=held_out), log=log)
+
+
+def validation_of(spec: Spec, work: str, parts: Sequence[Partition], config: ModelConfig
+                  ) -> Validation | None:
+    """choose_validation with the config's share and click minimum."""
+    return choose_validation(spec, work, parts, config.validation_share,
+                             config.validation_min_clicks)
 
 
 def fit_on(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
            config: ModelConfig, name: str, log: Log, board: str | None = None,
            epochs: int | None = None, distribution: Distribution | None = None,
-           build: Callable[[], CtrModel] | None = None) -> dict:
-    """The training recipe every step uses: holds out the window's last config.validation_days
-    days, trains up to config.max_epochs epochs, stops after config.patience epochs without a
-    better validation AUC and keeps the best epoch. `epochs` (an incremental update) trains
-    exactly that many epochs on all of parts, without validation. With a distribution,
-    `build` makes another model like `model` (the replica trained under the strategy)."""
+           build: Callable[[], CtrModel] | None = None, validation: Validation | None = None,
+           callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict:
+    """The training recipe every step uses: holds out config.validation_share of the requests
+    of the window's newest days, as many days back as it takes to hold
+    config.validation_min_clicks clicks (`validation`, when the caller chose it already;
+    validation_of), trains on every other row for up to config.max_epochs epochs of
+    config.batch_size rows, stops after config.patience epochs without a better validation AUC
+    and keeps the best epoch. `epochs` (an incremental update) trains exactly that many epochs
+    on all of parts, without validation. With a distribution, `build` makes another model like
+    `model` (the replica trained under the strategy). callbacks: more Keras callbacks."""
     if not parts:
         raise ValueError(f"{name}: no days to train on")
     if epochs is None:
-        train, valid = split_validation(parts, config.validation_days)
+        validation = validation or validation_of(spec, work, parts, config)
         epochs = config.max_epochs
     else:
-        train, valid = list(parts), []
-    rows = traffic(work, train)[0]
-    log(f"[{name}] training on {len(train)} partitions ({rows:,} rows), "
-        + (f"validating on {sorted({d.isoformat() for _, d in valid})}, up to {epochs} epochs"
-           if valid else f"{epochs} epoch(s), no validation"))
+        validation = None
+    rows = traffic(work, parts)[0] - (validation.rows if validation else 0)
+    log(f"[{name}] training on {len(parts)} partitions ({rows:,} rows), "
+        + (f"validating on {_described(validation, config)}, up to {epochs} epochs"
+           if validation else f"{epochs} epoch(s), no validation"))
     if distribution is None:
-        summary = fit(model, dataset(spec, work, train, config, shuffle=True, model=model), epochs,
+        summary = fit(model, dataset(spec, work, parts, config, shuffle=True, model=model,
+                                     held_out=validation and validation.held_out(work, False),
+                                     rows=rows), epochs,
                       config.batch_size, name, log, board, rows,
-                      validation=dataset(spec, work, valid, config, shuffle=False, model=model)
-                      if valid else None, patience=config.patience)
+                      validation=dataset(spec, work, validation.days, config, shuffle=False,
+                                         model=model, held_out=validation.held_out(work, True),
+                                         rows=validation.rows)
+                      if validation else None, patience=config.patience, callbacks=callbacks)
     else:
         if build is None:
             raise ValueError(f"{name}: a distributed fit needs `build`, the model's builder")
-        summary = _fit_distributed(model, build, spec, work, train, valid, config, name, log,
-                                   board, epochs, rows, distribution)
-    dates = sorted({d for _, d in train})
+        summary = _fit_distributed(model, build, spec, work, parts, validation, config, name,
+                                   log, board, epochs, rows, distribution)
+    dates = sorted({d for _, d in parts})
     summary.update(train_days=[dates[0].isoformat(), dates[-1].isoformat()],
-                   validation_days=sorted({d.isoformat() for _, d in valid}))
+                   validation_days=sorted({d.isoformat() for _, d in validation.days})
+                   if validation else [])
+    if validation:
+        summary.update(validation_share=validation.share, validation_rows=validation.rows,
+                       validation_clicks=validation.clicks)
     return summary
 
 
+def _described(validation: Validation, config: ModelConfig) -> str:
+    """What a fit validates on, for its log line."""
+    short = validation.clicks < config.validation_min_clicks
+    return (f"{validation.share:.0%} of the requests of {len(validation.days)} newest "
+            f"partition(s) ({validation.rows:,} rows, {validation.clicks:,} clicks"
+            + (f"; fewer than validation_min_clicks {config.validation_min_clicks}, all the "
+               "window holds" if short else "") + ")")
+
+
 def _fit_distributed(model: CtrModel, build: Callable[[], CtrModel], spec: Spec, work: str,
-                     train: Sequence[Partition], valid: Sequence[Partition], config: ModelConfig,
-                     name: str, log: Log, board: str | None, epochs: int, rows: int,
-                     distribution: Distribution) -> dict:
+                     parts: Sequence[Partition], validation: Validation | None,
+                     config: ModelConfig, name: str, log: Log, board: str | None, epochs: int,
+                     rows: int, distribution: Distribution) -> dict:
     """fit_on's fit under a strategy: a replica of model built in its scope starts from the
     model's weights, reads its share of the rows on each worker (the global batch is the
     config's batch_size unless distribute.batch_size says per_replica), backs up every epoch,
@@ -205,17 +275,19 @@ def _fit_distributed(model: CtrModel, build: Callable[[], CtrModel], spec: Spec,
     if sharded:
         log(f"[{name}] {len(sharded)} variable(s) partitioned over the parameter servers: "
             + ", ".join(f"{n} in {k} shards" for n, k in sharded.items()))
-    def source(files: list[str], shuffle: bool) -> Callable[..., tf.data.Dataset]:
+    def source(files: list[str], shuffle: bool, held_out: HeldOut | None
+               ) -> Callable[..., tf.data.Dataset]:
         def make(batch: int, parts: int, indices: tuple[int, ...]) -> tf.data.Dataset:
             return make_dataset(spec, files, batch, shuffle=shuffle, seed=config.seed,
-                                shard=(parts, indices))
+                                shard=(parts, indices), held_out=held_out)
         return make
 
-    train_input, steps = distribution.input(source(_files(work, train), True),
-                                            config.batch_size, rows)
-    valid_input, valid_steps = (distribution.input(source(_files(work, valid), False),
-                                                   config.batch_size, traffic(work, valid)[0])
-                                if valid else (None, None))
+    train_input, steps = distribution.input(
+        source(_files(work, parts), True, validation and validation.held_out(work, False)),
+        config.batch_size, rows)
+    valid_input, valid_steps = (distribution.input(
+        source(_files(work, validation.days), False, validation.held_out(work, True)),
+        config.batch_size, validation.rows) if validation else (None, None))
     global_batch = distribution.global_batch(config.batch_size)
     log(f"[{name}] distributed: {distribution.describe()}, global batch {global_batch}, "
         f"{steps} steps an epoch")
@@ -287,13 +359,15 @@ def train_ctr(spec: Spec, work: str, parts: Sequence[Partition], config: ModelCo
               stats_parts: Sequence[Partition] | None = None,
               parent: Checkpoint | None = None, fresh_features: Sequence[str] = (),
               board: str | None = None, name: str | None = None,
-              label: str | None = None, distribution: Distribution | None = None) -> Trained:
+              label: str | None = None, distribution: Distribution | None = None,
+              callbacks: Sequence[keras.callbacks.Callback] = ()) -> Trained:
     """A CTR model (the CPM, or any compare variant) trained on parts, reading the given TPM
     snapshots (none: no TPM embeddings). Vocabularies and domains come from vocab_parts
     (default parts), numeric statistics from stats_parts (default parts). With a parent
     checkpoint it warm-starts from it (weights by name, embedding rows by token, BatchNorm
     kept; fresh_features start fresh). BatchNorm statistics are re-estimated after the fit.
-    name: the Keras model's (default kind); label: what progress lines say (default name)."""
+    name: the Keras model's (default kind); label: what progress lines say (default name);
+    callbacks: more Keras callbacks for the fit."""
     vocab_parts = list(vocab_parts or parts)
     vocabs = build_vocabularies(spec, work, vocab_parts)
     domains = list(domain_sizes(work, vocab_parts))
@@ -307,9 +381,11 @@ def train_ctr(spec: Spec, work: str, parts: Sequence[Partition], config: ModelCo
     if parent is not None:
         transfer = transfer_weights(parent.model, model, reset_batchnorm=False,
                                     fresh_features=fresh_features, log=log)
+    validation = validation_of(spec, work, parts, config)
     train = fit_on(model, spec, work, parts, config, label or name, log, board,
-                   distribution=distribution, build=make)
-    _reestimate_batchnorm(model, spec, work, parts, config, log)
+                   distribution=distribution, build=make, validation=validation,
+                   callbacks=callbacks)
+    _reestimate_batchnorm(model, spec, work, parts, config, log, validation)
     meta = _meta(kind, parts, work, train, stats, domains,
                  parent=parent.folder if parent else None,
                  transfer=_counts(transfer) if transfer else None)
@@ -355,12 +431,13 @@ def derive_actr(cpm: Checkpoint | Trained, spec: Spec, work: str, ad_days: Seque
                                 fresh_features=fresh_features, log=log)
     shift = (shift_output_prior(model, cpm.meta["ctr"], ad_ctr, log)
              if options.shift_output_prior else 0.0)
+    validation = validation_of(spec, work, parts, config)
     if options.reset_batchnorm:  # statistics of ad data from the start: validation reads them
-        _reestimate_batchnorm(model, spec, work, parts, config, log)
+        _reestimate_batchnorm(model, spec, work, parts, config, log, validation)
     train = fit_on(model, spec, work, parts, config, "actr", log, board,
-                   distribution=distribution, build=make)
+                   distribution=distribution, build=make, validation=validation)
     if options.reset_batchnorm:  # and again for the fine-tuned weights
-        _reestimate_batchnorm(model, spec, work, parts, config, log)
+        _reestimate_batchnorm(model, spec, work, parts, config, log, validation)
     meta = _meta("actr", parts, work, train, stats, list(cpm.meta["domains"]),
                  parent=getattr(cpm, "folder", None), transfer=_counts(transfer),
                  prior_shift=shift, options=dataclasses.asdict(options))

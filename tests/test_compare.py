@@ -12,6 +12,7 @@ from ecdctr.data.simulator import SimConfig, simulate
 from ecdctr.evaluation import plots
 from ecdctr.models.ctr_model import ModelConfig
 from ecdctr.spec.feature_spec import load_spec
+from pipelines import steps
 from pipelines.ablations import Ablations
 from pipelines.build import build
 from pipelines.compare import parse_variant, run_compare
@@ -60,6 +61,15 @@ def test_compare_end_to_end(tmp_path):
                          plots=str(tmp_path / "plots"), log=lambda _: None)
     on_disk = json.loads(out.read_text())
     assert on_disk["variants"] == variants and len(on_disk["runs"]["dnn"]) == 1
+    # each variant validates on the share of requests daily's fits hold out (steps.fit_on)
+    held = steps.choose_validation(load_spec(os.path.abspath("features/default.yaml")),
+                                   str(tmp_path / "work"),
+                                   [("natural", dt.date(2026, 1, d)) for d in range(1, 5)],
+                                   0.1, 200)
+    for runs in on_disk["runs"].values():
+        fit = runs[0]["fit"]
+        assert fit["validation_days"] == sorted({d.isoformat() for _, d in held.days})
+        assert (fit["validation_rows"], fit["validation_clicks"]) == (held.rows, held.clicks)
     dnn = report["results"]["dnn"]
     assert 0.4 < dnn["auc"]["mean"] < 1 and dnn["auc"]["std"] == 0
     assert dnn["uplifted_domains"]["mean"] == 0.0  # the baseline never beats itself
@@ -110,9 +120,10 @@ def test_ablations_on_ad_traffic(tmp_path):
     # one TPM per CPM date (01-08 for ecdctr; 01-05, the ad window's first day, for
     # ecdctr-daily), each trained once and shared by the variants that read it
     assert sum(line.startswith("[tpm] training") for line in lines) == 2
-    # ecdctr-daily: derived on 01-05 (validated on 01-06), then updated on 01-06..01-07
+    # ecdctr-daily: derived on 01-05..01-06 (validated on a share of their requests, trained on
+    # the rest: it has learned through 01-06), then updated on 01-07
     updates = [line for line in lines if line.startswith("[actr] training") and "no validation" in line]
-    assert len(updates) == 1 and "on 2 partitions" in updates[0]
+    assert len(updates) == 1 and "on 1 partitions" in updates[0]
     assert "users seen mostly in natural traffic" in (tmp_path / "ablations.md").read_text()
 
 

@@ -17,11 +17,23 @@ def test_demo_config_resolves_paths_against_its_folder():
     assert config.cpm.hidden == config.actr.hidden == (128, 64)  # same structure: transfer by name
     assert config.tpm.hidden == (32,)
     assert config.actr.batch_size == 512 and config.transfer.reset_batchnorm
+    assert (config.cpm.batch_size, config.cpm.learning_rate) == (256, 0.003)  # recipe_grid.md
+    assert config.cpm.validation_share == 0.1 and config.cpm.validation_min_clicks == 200
     assert config.transfer.tpm_snapshots == 3 and config.transfer.tpm_historical  # measured
     assert config.cpm.multi_domain == config.actr.multi_domain == "none"  # measured: BENCHMARKS 4
     assert config.actr.adasparse.form == "fusion" and config.actr.adasparse.placement == "input"
     assert config.actr.adasparse.pruner_input == "layer"  # as published
     assert config.tpm.multi_domain == "none"
+
+
+def test_recipe_keys_reach_each_models_config(tmp_path):
+    config = load_config(_write(tmp_path, "cpm: {validation_share: 0.2, validation_min_clicks: 50, "
+                                          "batch_size: 128, learning_rate: 0.004}\n"
+                                          "actr: {validation_share: 0}\n"))
+    assert (config.cpm.validation_share, config.cpm.validation_min_clicks) == (0.2, 50)
+    assert (config.cpm.batch_size, config.cpm.learning_rate) == (128, 0.004)
+    assert config.actr.validation_share == 0.0  # no validation: max_epochs are trained
+    assert config.tpm.validation_min_clicks == config.actr.validation_min_clicks > 0
 
 
 def _write(tmp_path, text):
@@ -53,6 +65,11 @@ def _write(tmp_path, text):
     ("schedule: {cpm_weekday: true}\n", "schedule.cpm_weekday must be an integer 0-6"),
     ("schedule: {tpm_day: 31}\n", "schedule.tpm_day must be an integer 1-28"),
     ("schedule: {tpm_day: 0}\n", "schedule.tpm_day must be an integer 1-28"),
+    ("actr: {validation_share: 1}\n", "actr.validation_share must be a number in [0, 1)"),
+    ("cpm: {validation_share: -0.1}\n", "cpm.validation_share must be a number in [0, 1)"),
+    ("tpm: {validation_min_clicks: 2.5}\n", "tpm.validation_min_clicks must be an integer >= 0"),
+    ("actr: {validation_days: 1}\n", "the validation set is now a share of requests sized by"),
+    ("cpm: {batch_size: 0}\n", "cpm.batch_size must be a positive integer"),
 ])
 def test_config_errors_name_the_key(tmp_path, text, expected):
     with pytest.raises(ConfigError) as e:

@@ -1,11 +1,20 @@
 """Tests for the tf.data input and the vocabulary merge."""
 
 import datetime as dt
+import random
+import zlib
 
 import pytest
 import tensorflow as tf
 
-from ecdctr.data.datasets import make_dataset, partition_files
+from ecdctr.data.datasets import (
+    HASH_BUCKETS,
+    HeldOut,
+    crc32,
+    held_out_counts,
+    make_dataset,
+    partition_files,
+)
 from ecdctr.data.rows import RowParser, to_example
 from ecdctr.data.vocab import build_vocabularies, read_vocabularies, write_vocabularies
 from ecdctr.io.layout import counts_file
@@ -29,6 +38,50 @@ def test_dataset_parses_batches_from_gzip_tfrecords(tmp_path):
     assert features["user_id"].numpy().tolist() == [b"u0", b"u1", b"u2", b"u3"]
     assert features["hist_categories"].row_lengths().numpy().tolist() == [0, 1, 2, 0]
     assert features["price"].numpy().tolist() == [0.0] * 4  # spec default
+
+
+def test_crc32_in_the_graph_is_zlibs():
+    rng = random.Random(3)
+    strings = [bytes(rng.randrange(256) for _ in range(rng.randrange(40))) for _ in range(300)]
+    strings += [b"", b"r-000123", "é".encode()]
+    assert crc32(tf.constant(strings)).numpy().tolist() == [zlib.crc32(s) for s in strings]
+
+
+def _day_file(path, rows, first_id=0):
+    parser = RowParser(SPEC)
+    with tf.io.TFRecordWriter(path, options="GZIP") as w:
+        for i in range(first_id, first_id + rows):
+            row = parser.parse({"request_id": f"req-{i}", "ts": 5, "click": int(i % 3 == 0),
+                                "user_id": f"u{i}"})
+            w.write(to_example(SPEC, row).SerializeToString())
+    return path
+
+
+def _ids(dataset):
+    return [u.decode() for features, _ in dataset for u in features["user_id"].numpy()]
+
+
+def test_request_share_split_is_disjoint_stable_and_reads_other_files_whole(tmp_path):
+    held_day = _day_file(str(tmp_path / "new.tfrecord.gz"), 300)
+    old_day = _day_file(str(tmp_path / "old.tfrecord.gz"), 50, first_id=1000)
+    files = [old_day, held_day]
+
+    def side(held, shuffle=False, seed=0):
+        split = HeldOut(0.2, frozenset([held_day]), held)
+        return _ids(make_dataset(SPEC, files, 64, shuffle=shuffle, seed=seed, held_out=split))
+
+    held, rest = side(True), side(False)
+    expected = {f"u{i}" for i in range(300)
+                if zlib.crc32(f"req-{i}".encode()) % HASH_BUCKETS < 0.2 * HASH_BUCKETS}
+    assert set(held) == expected and 40 < len(held) < 80  # the request-id rule, about 20%
+    assert set(held).isdisjoint(rest) and len(held) + len(rest) == 350
+    assert {f"u{i}" for i in range(1000, 1050)} <= set(rest)  # a day outside the split: whole
+    assert side(True) == held and sorted(side(False, shuffle=True, seed=7)) == sorted(rest)
+    clicks = sum(int(u[1:]) % 3 == 0 for u in held)
+    assert held_out_counts(SPEC, [held_day], 0.2) == (len(held), clicks)
+    sized = make_dataset(SPEC, files, 64, held_out=HeldOut(0.2, frozenset([held_day]), False),
+                         rows=len(rest))
+    assert len(_ids(sized)) == len(rest)  # the count given as rows matches the rows read
 
 
 def test_missing_day_is_a_clear_error(tmp_path):

@@ -30,13 +30,13 @@ DATE = dt.date(2026, 1, 8)
 SPEC = os.path.abspath("features/default.yaml")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROCESS_SECONDS = 240  # no task of a cluster may run longer
-# Fixed epochs (validation_days 0): an early-stopping choice between two close validation AUCs
+# Fixed epochs (validation_share 0): an early-stopping choice between two close validation AUCs
 # could pick another epoch in either run and hide what is compared.
 FIXED = ("windows: {tpm_days: 30, cpm_days: 4, actr_days: 3}\ntransfer: {tpm_snapshots: 1}\n"
          "model: {hidden: [16, 8]}\ngate: {max_auc_drop: 0.5}\n"
-         "tpm: {hidden: [8], batch_size: 256, max_epochs: 2, validation_days: 0}\n"
-         "cpm: {batch_size: 256, max_epochs: 2, validation_days: 0}\n"
-         "actr: {batch_size: 128, max_epochs: 2, validation_days: 0}\n")
+         "tpm: {hidden: [8], batch_size: 256, max_epochs: 2, validation_share: 0}\n"
+         "cpm: {batch_size: 256, max_epochs: 2, validation_share: 0}\n"
+         "actr: {batch_size: 128, max_epochs: 2, validation_share: 0}\n")
 # Predictions of the 2-worker models vs the one-process ones on the held-out day's rows. Both
 # start from the same weights and read the same rows in every step (each global batch is cut
 # into one part per replica), so the gradients agree up to float summation order, but they
@@ -222,7 +222,7 @@ def test_two_workers_train_the_model_one_process_trains(tmp_path, logs, clusters
 def test_parameter_server_partitions_embeddings_and_exports_one_saved_model(tmp_path, logs,
                                                                               clusters):
     folder = tmp_path / "ps"
-    config = _config(folder, logs, FIXED.replace("validation_days: 0", "validation_days: 1"),
+    config = _config(folder, logs, FIXED.replace("validation_share: 0", "validation_share: 0.1"),
                      "{strategy: parameter_server, max_shards: 2, min_shard_bytes: 1024}")
     cluster = clusters(folder, {"chief": 1, "worker": 2, "ps": 1})
     cluster.start(config)
@@ -262,8 +262,8 @@ def test_parameter_server_partitions_embeddings_and_exports_one_saved_model(tmp_
 
 def test_a_worker_killed_mid_training_is_recovered_from_the_backup(tmp_path, logs, clusters):
     folder = tmp_path / "killed"
-    body = FIXED.replace("cpm: {batch_size: 256, max_epochs: 2, validation_days: 0}",
-                         "cpm: {batch_size: 256, max_epochs: 4, validation_days: 1}")
+    body = FIXED.replace("cpm: {batch_size: 256, max_epochs: 2, validation_share: 0}",
+                         "cpm: {batch_size: 256, max_epochs: 4, validation_share: 0.1}")
     config = _config(folder, logs, body, "{strategy: multi_worker_mirrored}")
     cluster = clusters(folder, {"worker": 2})
     cluster.start(config, run=0)

@@ -16,8 +16,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ecdctr.config import Windows, load_config
-from ecdctr.data.datasets import example_batch
+from ecdctr.data.datasets import example_batch, held_out_counts
 from ecdctr.data.simulator import SimConfig, simulate
+from ecdctr.data.vocab import traffic
 from ecdctr.spec.feature_spec import load_spec
 from ecdctr.training.checkpoint import Snapshot, describe, is_current, load_checkpoint
 from ecdctr.training.loop import BestEpoch
@@ -28,6 +29,7 @@ from pipelines.daily import run_daily
 START = dt.date(2026, 1, 1)
 DATE = dt.date(2026, 1, 9)
 SPEC = os.path.abspath("features/default.yaml")
+SPEC_OBJECT = load_spec(SPEC)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,9 @@ def job(tmp_path_factory):
                     "windows: {tpm_days: 30, cpm_days: 4, actr_days: 4}\ntransfer: {tpm_snapshots: 3}\n"
                     "model: {hidden: [16, 8], multi_domain: adasparse}\n"
                     "tpm: {hidden: [8], batch_size: 256, max_epochs: 2}\n"
-                    "cpm: {batch_size: 256, max_epochs: 2}\nactr: {batch_size: 128, max_epochs: 2}\n")
+                    "cpm: {batch_size: 256, max_epochs: 2}\n"
+                    # a tenth of 4 ad days of 80 rows holds about one click: hold out half
+                    "actr: {batch_size: 128, max_epochs: 2, validation_share: 0.5}\n")
     config = load_config(str(path))
     patch = pytest.MonkeyPatch()
     patch.setattr(daily.DailyJob, "export", lambda self, entry, _: entry.update(status="skipped"))
@@ -96,7 +100,9 @@ def test_inspect_says_what_a_model_folder_is(job):
     train = report["steps"]["actr"]["train"]
     assert "kind:              actr" in text
     assert f"chosen epoch:      {train['chosen_epoch']} of {train['epochs_run']} run" in text
-    assert "2026-01-05 .. 2026-01-08 (validation 2026-01-08)" in text
+    held = train["validation_days"]
+    assert (f"2026-01-05 .. 2026-01-08 (validation: 50% of the requests of {held[0]} .. "
+            f"{held[-1]}, {train['validation_clicks']:,} clicks)") in text
     assert str(root / "work" / "models" / "cpm") in text  # its parent
     out = subprocess.run([sys.executable, "-m", "ecdctr", "inspect", str(folder)],
                          capture_output=True, text=True, check=True).stdout
@@ -106,13 +112,43 @@ def test_inspect_says_what_a_model_folder_is(job):
     assert bad.returncode == 2 and "not a model folder" in bad.stderr
 
 
-def test_every_fit_holds_out_its_last_day_and_reports_the_chosen_epoch(job):
-    _, _, report, _ = job
-    for step, last in (("tpm", "2026-01-04"), ("cpm", "2026-01-08"), ("actr", "2026-01-08")):
+def test_every_fit_trains_through_its_newest_day_and_validates_on_its_held_out_share(job):
+    root, config, report, _ = job
+    work = str(root / "work")
+    for step, source, first, last, share in (("tpm", "natural", "2026-01-01", "2026-01-04", 0.1),
+                                             ("cpm", "natural", "2026-01-05", "2026-01-08", 0.1),
+                                             ("actr", "ad", "2026-01-05", "2026-01-08", 0.5)):
         train = report["steps"][step]["train"]
-        assert train["validation_days"] == [last], step
-        assert train["train_days"][1] < last and 1 <= train["chosen_epoch"] <= train["epochs_run"]
+        assert train["train_days"] == [first, last], step  # the newest day is learned from too
+        held = [(source, dt.date.fromisoformat(d)) for d in train["validation_days"]]
+        assert held and train["validation_days"][-1] == last and train["validation_share"] == share
+        counts = [held_out_counts(SPEC_OBJECT, steps.partition_files(work, s, [d]), share)
+                  for s, d in held]
+        rows, clicks = sum(r for r, _ in counts), sum(c for _, c in counts)
+        assert (train["validation_rows"], train["validation_clicks"]) == (rows, clicks), step
+        window = [(source, d) for d in steps.built_days(work, source, dt.date.fromisoformat(first),
+                                                        dt.date.fromisoformat(last) + dt.timedelta(1))]
+        # the held-out rows are never trained on: each epoch reads the window less them
+        assert train["rows_read"] == (traffic(work, window)[0] - rows) * train["epochs_run"], step
+        assert 1 <= train["chosen_epoch"] <= train["epochs_run"]
         assert len(train["validation_auc"]) == train["epochs_run"]
+
+
+def test_validation_grows_back_from_the_newest_day_to_the_click_minimum(job):
+    root, _, _, _ = job
+    work = str(root / "work")
+    days = steps.built_days(work, "natural", dt.date(2026, 1, 5), DATE)
+    parts = [("natural", d) for d in days]
+    counts = {d: held_out_counts(SPEC_OBJECT, steps.partition_files(work, "natural", [d]), 0.3)
+              for d in days}
+    newest, second = days[-1], days[-2]
+    one = steps.choose_validation(SPEC_OBJECT, work, parts, 0.3, counts[newest][1])
+    assert one.days == (("natural", newest),) and (one.rows, one.clicks) == counts[newest]
+    two = steps.choose_validation(SPEC_OBJECT, work, parts, 0.3, counts[newest][1] + 1)
+    assert two.days == (("natural", second), ("natural", newest))
+    assert two.clicks == counts[newest][1] + counts[second][1] > counts[newest][1]
+    assert len(steps.choose_validation(SPEC_OBJECT, work, parts, 0.3, 10**9).days) == 4
+    assert steps.choose_validation(SPEC_OBJECT, work, parts, 0.0, 1) is None  # share 0: none
 
 
 @pytest.mark.parametrize("options, reset, reestimated, shifted, affine", [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import tensorflow as tf
 
@@ -72,11 +73,103 @@ def partition_files(work: str, source: str, dates: Iterable[dt.date]) -> list[st
     return files
 
 
+# A row's request id hashes into one of this many buckets; a held-out share is a prefix of them.
+HASH_BUCKETS = 1000
+
+
+def _crc32_table() -> list[int]:
+    """The byte table of the CRC-32 that zlib computes (reflected polynomial 0xEDB88320)."""
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xEDB88320 if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_CRC32_TABLE = _crc32_table()
+
+
+def crc32(strings: tf.Tensor) -> tf.Tensor:
+    """zlib.crc32 of each string of a 1-D string tensor (int64), computed in the graph: the
+    hash the build slices a day by (pipelines.build), so no row leaves tf.data for Python."""
+    chars = tf.strings.bytes_split(strings)
+    codes = tf.cast(tf.io.decode_raw(chars.flat_values, tf.uint8, fixed_length=1)[:, 0], tf.int64)
+    padded = tf.RaggedTensor.from_row_splits(codes, chars.row_splits).to_tensor(-1)
+    table = tf.constant(_CRC32_TABLE, tf.int64)
+
+    def step(crc: tf.Tensor, byte: tf.Tensor) -> tf.Tensor:
+        index = tf.bitwise.bitwise_and(tf.bitwise.bitwise_xor(crc, byte), 255)
+        updated = tf.bitwise.bitwise_xor(tf.gather(table, index), tf.bitwise.right_shift(crc, 8))
+        return tf.where(byte >= 0, updated, crc)  # -1: past the string's end
+
+    start = tf.fill(tf.shape(strings), tf.constant(0xFFFFFFFF, tf.int64))
+    return tf.bitwise.bitwise_xor(tf.foldl(step, tf.transpose(padded), initializer=start),
+                                  tf.constant(0xFFFFFFFF, tf.int64))
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """A share of requests held out of training by request-id hash: a row is held out when
+    crc32(request id) % HASH_BUCKETS < share * HASH_BUCKETS. Only rows of `files` (the held-out
+    days) are ever held out; `held` says which side a dataset reads: the held-out rows of
+    those files (a validation set), or everything else (the training set)."""
+
+    share: float
+    files: frozenset[str]
+    held: bool
+
+    def is_held(self, spec: Spec, serialized: tf.Tensor) -> tf.Tensor:
+        """Whether each serialized Example of a batch is in the held-out share."""
+        ids = tf.io.parse_example(serialized, {spec.request_id: tf.io.FixedLenFeature(
+            [], tf.string, default_value="")})[spec.request_id]
+        return crc32(ids) % HASH_BUCKETS < round(self.share * HASH_BUCKETS)
+
+    def records(self, spec: Spec, files: Sequence[str], shuffle: bool, seed: int
+                ) -> tf.data.Dataset:
+        """The serialized Examples of files this side reads, file by file (shuffled: in a
+        seeded file order): the held side reads only `files`; the other reads the rest of
+        them and every other file whole."""
+        if self.held:
+            files = [f for f in files if f in self.files]
+        split = [f in self.files for f in files]
+        ds = tf.data.Dataset.from_tensor_slices((list(files), split))
+        if shuffle:
+            ds = ds.shuffle(len(files), seed=seed)
+
+        def read(file: tf.Tensor, in_split: tf.Tensor) -> tf.data.Dataset:
+            def keep(batch: tf.Tensor) -> tf.Tensor:
+                held = self.is_held(spec, batch)
+                return tf.boolean_mask(batch, held if self.held else ~held)
+
+            records = tf.data.TFRecordDataset(file, compression_type="GZIP").batch(4096)
+            return records.map(lambda b: tf.cond(in_split, lambda: keep(b), lambda: b)).unbatch()
+
+        return ds.flat_map(read)
+
+
+def held_out_counts(spec: Spec, files: Sequence[str], share: float) -> tuple[int, int]:
+    """(rows, clicks) of the held-out share (HeldOut) of files, read once: parses only the
+    request id and the label."""
+    if not files:
+        return 0, 0
+    held_out = HeldOut(share, frozenset(files), held=True)
+    description = {spec.label: tf.io.FixedLenFeature([], tf.int64)}
+    ds = held_out.records(spec, files, shuffle=False, seed=0).batch(8192)
+    ds = ds.map(lambda s: tf.io.parse_example(s, description)[spec.label])
+    rows = clicks = 0
+    for labels in ds:
+        rows += int(tf.size(labels))
+        clicks += int(tf.reduce_sum(labels))
+    return rows, clicks
+
+
 def make_dataset(spec: Spec, files: Sequence[str], batch_size: int, shuffle: bool = False,
                  seed: int = 0, shuffle_buffer: int = 50_000,
                  shard: tuple[int, Sequence[int]] | None = None,
                  preprocess: Callable[[dict], dict] | None = None,
-                 rows: int | None = None) -> tf.data.Dataset:
+                 rows: int | None = None, held_out: HeldOut | None = None) -> tf.data.Dataset:
     """A dataset of (features, labels) batches; shuffling is seeded so runs repeat.
     shard=(count, indices): each batch of batch_size rows is cut into `count` strided parts
     (rows i, i + count, ...) and only parts `indices` are yielded, one batch each: the
@@ -85,15 +178,19 @@ def make_dataset(spec: Spec, files: Sequence[str], batch_size: int, shuffle: boo
     runs on each parsed batch in the same parallel map, so its lookups leave the train step.
     rows (the files' Example count, from the build's stats) gives the dataset its number of
     batches (tf.data raises if the files hold another count), which lets training run several
-    steps per call (ecdctr.training.loop.fit)."""
+    steps per call (ecdctr.training.loop.fit). held_out: only one side of a request-id split
+    is read (HeldOut; rows is then that side's count)."""
     if not files:
         raise ValueError("no input files: the requested days hold no examples.")
-    ds = tf.data.Dataset.from_tensor_slices(list(files))
-    if shuffle:
-        ds = ds.shuffle(len(files), seed=seed)
     # Files are read one after another: on 2 cores a parallel interleave of GZIP readers
     # measured about 2x slower (benchmarks/BENCHMARKS.md); the shuffle buffer mixes rows.
-    ds = tf.data.TFRecordDataset(ds, compression_type="GZIP")
+    if held_out is not None:
+        ds = held_out.records(spec, files, shuffle, seed)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices(list(files))
+        if shuffle:
+            ds = ds.shuffle(len(files), seed=seed)
+        ds = tf.data.TFRecordDataset(ds, compression_type="GZIP")
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)

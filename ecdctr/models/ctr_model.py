@@ -44,7 +44,8 @@ class ModelConfig:
     batch_size: int = 1024
     max_epochs: int = 5  # a fit stops earlier when the validation AUC stops improving
     patience: int = 1  # epochs without a better validation AUC before the fit stops
-    validation_days: int = 1  # the last days of a fit's window held out as its validation
+    validation_share: float = 0.1  # share of requests (by id hash) held out of the newest days
+    validation_min_clicks: int = 200  # the held-out share grows back day by day to this many clicks
     seed: int = 0
     backbone: str = "dnn"  # dnn | dcnv2 (TFRS Cross layers with the MLP)
     cross_layers: int = 2

@@ -216,8 +216,9 @@ def describe(folder: str) -> str:
         f"folder:            {folder}",
         f"kind:              {meta.get('kind', '?')}",
         f"training window:   {window[0]} .. {window[-1]}"
-        + (f" (validation {', '.join(train['validation_days'])})"
-           if train.get("validation_days") else ""),
+        + (f" (validation: {train['validation_share']:.0%} of the requests of "
+           f"{train['validation_days'][0]} .. {train['validation_days'][-1]}, "
+           f"{train['validation_clicks']:,} clicks)" if train.get("validation_share") else ""),
         f"rows:              {meta.get('rows', '?'):,}" if isinstance(meta.get("rows"), int)
         else f"rows:              {meta.get('rows', '?')}",
         f"spec fingerprint:  {meta.get('spec_fingerprint', '?')}",

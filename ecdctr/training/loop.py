@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -112,7 +112,8 @@ def fit(model: keras.Model, dataset: tf.data.Dataset, epochs: int, batch_size: i
         validation: tf.data.Dataset | None = None, patience: int = 1,
         backup_dir: str | None = None, steps_per_epoch: int | None = None,
         validation_steps: int | None = None,
-        steps_per_execution: int = STEPS_PER_EXECUTION) -> dict:
+        steps_per_execution: int = STEPS_PER_EXECUTION,
+        callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict:
     """Trains up to `epochs` passes; returns loss, steps, seconds, examples/s and the epochs
     run. With `validation`, stops once the validation AUC has not improved for `patience`
     epochs and restores the best epoch's weights (reported as chosen_epoch, with the AUC of
@@ -127,24 +128,24 @@ def fit(model: keras.Model, dataset: tf.data.Dataset, epochs: int, batch_size: i
     since (the backup holds the weights, not the earlier epochs' validation AUCs).
     When `dataset` (and `validation`) have a known number of batches (tf.data cardinality,
     e.g. make_dataset given `rows`), each call of the train function runs
-    steps_per_execution steps; otherwise one."""
+    steps_per_execution steps; otherwise one. `callbacks` run after the fit's own."""
     coordinated = isinstance(model.distribute_strategy,
                              tf.distribute.experimental.ParameterServerStrategy)
     sized = not coordinated and all(_known_size(d) for d in (dataset, validation) if d is not None)
     set_steps_per_execution(model, steps_per_execution if sized else 1)
     progress = ProgressLog(name, batch_size, log, batches=not coordinated)
-    callbacks: list[keras.callbacks.Callback] = [progress]
+    hooks: list[keras.callbacks.Callback] = [progress]
     if backup_dir:  # first, so that the state is restored before the others begin
-        callbacks.insert(0, keras.callbacks.BackupAndRestore(backup_dir))
+        hooks.insert(0, keras.callbacks.BackupAndRestore(backup_dir))
     best = BestEpoch(patience, log, name) if validation is not None else None
     if best is not None:
-        callbacks.append(best)
+        hooks.append(best)
     if tensorboard_dir:
-        callbacks.append(keras.callbacks.TensorBoard(tensorboard_dir,
-                                                     update_freq="epoch" if coordinated else 50,
-                                                     write_graph=False, profile_batch=0))
+        hooks.append(keras.callbacks.TensorBoard(tensorboard_dir,
+                                                 update_freq="epoch" if coordinated else 50,
+                                                 write_graph=False, profile_batch=0))
     started = time.perf_counter()
-    history = model.fit(dataset, epochs=epochs, verbose=0, callbacks=callbacks,
+    history = model.fit(dataset, epochs=epochs, verbose=0, callbacks=[*hooks, *callbacks],
                         validation_data=validation, steps_per_epoch=steps_per_epoch,
                         validation_steps=validation_steps)
     seconds = time.perf_counter() - started
