@@ -70,7 +70,7 @@ def test_native_lines_that_are_not_noise_are_kept(tmp_path):
     known noise; a user's TF_CPP_MIN_LOG_LEVEL wins over the CLI's."""
     code = ("import os, sys\n"
             "from absl import flags\n"
-            "from ecdctr import logs\n"
+            "from ecdctr.cli import logs\n"
             "flags.FLAGS(['x'])\n"
             "os.write(2, b'E kept: a real error\\n')\n"
             "sys.modules.pop('tensorflow', None)\n"
