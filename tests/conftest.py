@@ -1,7 +1,9 @@
-"""Shared test fixtures: a local S3 server (moto) on 127.0.0.1 for the object-store tests."""
+"""Shared test fixtures: the simulated worlds the daily-job tests read (made once per test
+process) and a local S3 server (moto) on 127.0.0.1 for the object-store tests."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import socket
 import subprocess
@@ -10,6 +12,34 @@ import time
 import uuid
 
 import pytest
+
+WORLD_START = dt.date(2026, 1, 1)
+
+
+def _simulated(tmp_path_factory, name: str, days: int, **config) -> str:
+    from ecdctr.data.simulator import SimConfig, simulate
+
+    root = tmp_path_factory.mktemp(name)
+    simulate(str(root), WORLD_START, days, SimConfig(**config), log=lambda _: None)
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> str:
+    """Logs of 2026-01-01 .. 01-12 (Thu .. Mon; 800 users, 1,000 natural rows a day, seed 3),
+    the world of test_e2e and test_daily. Read only: a test's work folder goes elsewhere (a
+    test that needs it under its own folder links it there)."""
+    return _simulated(tmp_path_factory, "world", 12, users=800, items=300, new_users_per_day=20,
+                      new_items_per_day=5, natural_rows_per_day=1000, seed=3)
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory) -> str:
+    """Logs of 2026-01-01 .. 01-09 (500 users, 800 natural rows a day, seed 4), the world of
+    test_steps and test_distribute (which reads up to 01-08: the simulator's days do not
+    depend on how many follow). Read only, as world."""
+    return _simulated(tmp_path_factory, "small-world", 9, users=500, items=200, new_users_per_day=10,
+                      new_items_per_day=5, natural_rows_per_day=800, seed=4)
 
 
 def _free_port() -> int:
@@ -77,3 +107,4 @@ def pytest_unconfigure(config):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(_exit_status[-1])
+

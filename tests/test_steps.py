@@ -7,17 +7,15 @@ import datetime as dt
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
 
+from ecdctr.cli.main import main
 from ecdctr.config import Windows, load_config
 from ecdctr.data.datasets import example_batch
-from ecdctr.data.simulator import SimConfig, simulate
 from ecdctr.spec.feature_spec import load_spec
 from ecdctr.training.checkpoint import Snapshot, describe, is_current, load_checkpoint
 from ecdctr.training.loop import BestEpoch
@@ -31,12 +29,11 @@ SPEC = os.path.abspath("features/default.yaml")
 
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory):
-    """The daily job of DATE on a fresh work folder (export left out for speed)."""
+def job(small_world, tmp_path_factory):
+    """The daily job of DATE on a fresh work folder (export left out for speed), on conftest's
+    small world linked in as root/logs."""
     root = tmp_path_factory.mktemp("steps")
-    simulate(str(root / "logs"), START, 9,
-             SimConfig(users=500, items=200, new_users_per_day=10, new_items_per_day=5,
-                       natural_rows_per_day=800, seed=4), log=lambda _: None)
+    (root / "logs").symlink_to(small_world, target_is_directory=True)
     path = root / "config.yaml"
     path.write_text(f"spec: {SPEC}\nlogs: logs\nwork: work\nexport: export\n"
                     "windows: {tpm_days: 30, cpm_days: 4, actr_days: 4}\ntransfer: {tpm_snapshots: 3}\n"
@@ -89,7 +86,7 @@ def test_checkpoint_rebuilds_from_its_folder_alone(job, tmp_path):
         shutil.move(moved, str(root / "work"))
 
 
-def test_inspect_says_what_a_model_folder_is(job):
+def test_inspect_says_what_a_model_folder_is(job, capsys):
     root, _, report, _ = job
     folder = root / "work" / "models" / "actr" / DATE.isoformat()
     text = describe(str(folder))
@@ -98,12 +95,13 @@ def test_inspect_says_what_a_model_folder_is(job):
     assert f"chosen epoch:      {train['chosen_epoch']} of {train['epochs_run']} run" in text
     assert "2026-01-05 .. 2026-01-08 (validation 2026-01-08)" in text
     assert str(root / "work" / "models" / "cpm") in text  # its parent
-    out = subprocess.run([sys.executable, "-m", "ecdctr", "inspect", str(folder)],
-                         capture_output=True, text=True, check=True).stdout
-    assert "metrics actr on ad 2026-01-09:" in out
-    bad = subprocess.run([sys.executable, "-m", "ecdctr", "inspect", str(root)],
-                         capture_output=True, text=True)
-    assert bad.returncode == 2 and "not a model folder" in bad.stderr
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:  # the command in-process (test_logs runs the process)
+        main(["inspect", str(folder)])
+    assert done.value.code == 0 and "metrics actr on ad 2026-01-09:" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as bad:
+        main(["inspect", str(root)])
+    assert bad.value.code == 2 and "not a model folder" in capsys.readouterr().err
 
 
 def test_every_fit_holds_out_its_last_day_and_reports_the_chosen_epoch(job):
