@@ -108,3 +108,32 @@ def pytest_unconfigure(config):
         sys.stderr.flush()
         os._exit(_exit_status[-1])
 
+
+# pytest-xdist (`make test` runs `-n 2`): the tests of one module run on one worker, one after
+# the other, so a module-scoped fixture (a daily run, a build, an export) is made once; the
+# tests of these modules share none and are spread one by one.
+SPREAD_MODULES = ("test_distribute.py", "test_compare.py")
+# The longest modules first, so that no worker starts one of them as the other runs out of work.
+LONGEST_FIRST = ("test_distribute.py", "test_e2e.py", "test_daily.py", "test_compare.py",
+                 "test_object_store.py", "test_steps.py", "test_build_s3.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {module: i for i, module in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, when it is installed
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        """Work units of whole modules, in collection order (LONGEST_FIRST), except the
+        tests of SPREAD_MODULES, one unit each."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return nodeid if module.rsplit("/", 1)[-1] in SPREAD_MODULES else module
+
+    config.option.loadscopereorder = False  # keep LONGEST_FIRST, not the most tests first
+    return ModuleScheduling(config, log)
