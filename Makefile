@@ -33,8 +33,9 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# Two test processes (pytest-xdist; tests/conftest.py keeps each module's tests on one of them).
 test: $(STAMP) lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 # Every throughput, latency and memory figure of benchmarks/BENCHMARKS.md (about 1.5 h on a
 # busy 2-core machine, most of it eval_memory's 5M-row day); each script also runs alone.

@@ -1,7 +1,9 @@
-"""Shared test fixtures: a local S3 server (moto) on 127.0.0.1 for the object-store tests."""
+"""Shared test fixtures: the simulated worlds the daily-job tests read (made once per test
+process) and a local S3 server (moto) on 127.0.0.1 for the object-store tests."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import socket
 import subprocess
@@ -10,6 +12,34 @@ import time
 import uuid
 
 import pytest
+
+WORLD_START = dt.date(2026, 1, 1)
+
+
+def _simulated(tmp_path_factory, name: str, days: int, **config) -> str:
+    from ecdctr.data.simulator import SimConfig, simulate
+
+    root = tmp_path_factory.mktemp(name)
+    simulate(str(root), WORLD_START, days, SimConfig(**config), log=lambda _: None)
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> str:
+    """Logs of 2026-01-01 .. 01-12 (Thu .. Mon; 800 users, 1,000 natural rows a day, seed 3),
+    the world of test_e2e and test_daily. Read only: a test's work folder goes elsewhere (a
+    test that needs it under its own folder links it there)."""
+    return _simulated(tmp_path_factory, "world", 12, users=800, items=300, new_users_per_day=20,
+                      new_items_per_day=5, natural_rows_per_day=1000, seed=3)
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory) -> str:
+    """Logs of 2026-01-01 .. 01-09 (500 users, 800 natural rows a day, seed 4), the world of
+    test_steps and test_distribute (which reads up to 01-08: the simulator's days do not
+    depend on how many follow). Read only, as world."""
+    return _simulated(tmp_path_factory, "small-world", 9, users=500, items=200, new_users_per_day=10,
+                      new_items_per_day=5, natural_rows_per_day=800, seed=4)
 
 
 def _free_port() -> int:
@@ -77,3 +107,33 @@ def pytest_unconfigure(config):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(_exit_status[-1])
+
+
+# pytest-xdist (`make test` runs `-n 2`): the tests of one module run on one worker, one after
+# the other, so a module-scoped fixture (a daily run, a build, an export) is made once; the
+# tests of these modules share none and are spread one by one.
+SPREAD_MODULES = ("test_distribute.py", "test_compare.py")
+# The longest modules first, so that no worker starts one of them as the other runs out of work.
+LONGEST_FIRST = ("test_distribute.py", "test_e2e.py", "test_daily.py", "test_compare.py",
+                 "test_object_store.py", "test_steps.py", "test_build_s3.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {module: i for i, module in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, when it is installed
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        """Work units of whole modules, in collection order (LONGEST_FIRST), except the
+        tests of SPREAD_MODULES, one unit each."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return nodeid if module.rsplit("/", 1)[-1] in SPREAD_MODULES else module
+
+    config.option.loadscopereorder = False  # keep LONGEST_FIRST, not the most tests first
+    return ModuleScheduling(config, log)

@@ -5,9 +5,11 @@ import datetime as dt
 import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,14 +17,13 @@ import tensorflow as tf
 import yaml
 
 from ecdctr.config import load_config
-from ecdctr.data.simulator import SimConfig, simulate
 from ecdctr.models.ctr_model import ModelConfig, build_model, transfer_weights
 from ecdctr.spec.feature_spec import feature_diff, load_spec
 from pipelines import daily
 from pipelines.daily import run_daily
 
 START = dt.date(2026, 1, 1)
-DAYS = 12  # 2026-01-01 (Thursday) .. 2026-01-12 (Monday)
+DAYS = 12  # 2026-01-01 (Thursday) .. 2026-01-12 (Monday): conftest's world
 SPEC = os.path.abspath("features/default.yaml")
 BASE = ("windows: {tpm_days: 30, cpm_days: 5, actr_days: 5}\ntransfer: {tpm_snapshots: 3}\n"
         "model: {hidden: [16, 8], multi_domain: adasparse}\n"
@@ -32,12 +33,8 @@ BASE = ("windows: {tpm_days: 30, cpm_days: 5, actr_days: 5}\ntransfer: {tpm_snap
 
 
 @pytest.fixture(scope="module")
-def logs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("daily-logs")
-    simulate(str(root), START, DAYS,
-             SimConfig(users=800, items=300, new_users_per_day=20, new_items_per_day=5,
-                       natural_rows_per_day=1000, seed=3), log=lambda _: None)
-    return root
+def logs(world):
+    return Path(world)
 
 
 def _config(folder, logs, name="config", spec=SPEC, extra=""):
@@ -46,13 +43,31 @@ def _config(folder, logs, name="config", spec=SPEC, extra=""):
     return str(path)
 
 
-# -- warm starts, in process (the export step, covered by test_e2e, is left out for speed) ----
+# -- warm starts, in process (after the first day the export step, covered by test_e2e, is ----
+# -- left out for speed) ------------------------------------------------------------------------
+
+WEEKLY = "schedule: {tpm: monthly, cpm: weekly}\n"
+
 
 @pytest.fixture(scope="module")
-def three_days(logs, tmp_path_factory):
-    """Fri 01-09 and Sat 01-10 on the default spec with weekly CPMs; Sun 01-11 with a changed
-    spec (gender's dim changed, brand removed, category_hash added) and daily CPMs."""
+def friday(logs, tmp_path_factory):
+    """Fri 01-09 on the default spec with weekly CPMs, exported, in a folder three_days goes
+    on in; and a copy of that folder as the day left it, which tests copy in turn."""
     root = tmp_path_factory.mktemp("daily-warm")
+    weekly = _config(root, logs, "weekly", extra=WEEKLY)
+    lines: list[str] = []
+    report = run_daily(load_config(weekly), dt.date(2026, 1, 9), log=lines.append)
+    left = tmp_path_factory.mktemp("daily-friday")
+    for folder in ("work", "export"):
+        shutil.copytree(root / folder, left / folder)
+    return root, weekly, (report, lines), left
+
+
+@pytest.fixture(scope="module")
+def three_days(friday, logs):
+    """Fri 01-09 (friday's) and Sat 01-10 on the default spec with weekly CPMs; Sun 01-11 with
+    a changed spec (gender's dim changed, brand removed, category_hash added) and daily CPMs."""
+    root, weekly, first, _ = friday
     spec = yaml.safe_load(open(SPEC))
     spec["features"]["gender"]["dim"] = 6
     del spec["features"]["brand"]
@@ -60,14 +75,12 @@ def three_days(logs, tmp_path_factory):
                                          "hash_buckets": 50, "dim": 4}
     changed = root / "changed.yaml"
     changed.write_text(yaml.safe_dump(spec))
-    weekly = _config(root, logs, "weekly", extra="schedule: {tpm: monthly, cpm: weekly}\n")
     daily_cpm = _config(root, logs, "daily", spec=str(changed), extra="schedule: {cpm: daily}\n")
     patch = pytest.MonkeyPatch()
     patch.setattr(daily.DailyJob, "export", lambda self, entry, _: entry.update(status="skipped"))
-    runs = []
+    runs = [first]
     try:
-        for day, config in (("2026-01-09", weekly), ("2026-01-10", weekly),
-                            ("2026-01-11", daily_cpm)):
+        for day, config in (("2026-01-10", weekly), ("2026-01-11", daily_cpm)):
             lines: list[str] = []
             report = run_daily(load_config(config), dt.date.fromisoformat(day), log=lines.append)
             runs.append((report, lines))
@@ -280,9 +293,11 @@ def test_killed_runs_resume_to_the_same_result(logs, tmp_path):
     assert sorted(os.listdir(tmp_path / "export" / "actr")) == ["1"]
 
 
-def test_a_failed_cpm_degrades_the_day_and_the_actr_uses_the_newest_cpm(logs, tmp_path):
-    config = load_config(_config(tmp_path, logs, extra="schedule: {tpm: monthly, cpm: weekly}\n"))
-    first = run_daily(config, dt.date(2026, 1, 9), log=lambda _: None)
+def test_a_failed_cpm_degrades_the_day_and_the_actr_uses_the_newest_cpm(friday, logs, tmp_path):
+    config = load_config(_config(tmp_path, logs, extra=WEEKLY))
+    _, _, (first, _), left = friday  # run_daily(config, 2026-01-09), in a copy of its folders
+    for folder in ("work", "export"):
+        shutil.copytree(left / folder, tmp_path / folder)
     assert first["outcome"] == "published"
     # a bad artifact: the TPM snapshot the next CPM reads is corrupt
     snapshot = tmp_path / "work" / "tpm" / "2026-01"

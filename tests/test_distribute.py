@@ -19,13 +19,11 @@ import tensorflow as tf
 
 from ecdctr.config import load_config
 from ecdctr.data.datasets import make_dataset, partition_files
-from ecdctr.data.simulator import SimConfig, simulate
 from ecdctr.training.checkpoint import load_checkpoint
 from ecdctr.training.distribute import DistributeConfig, Task, read_task
 from ecdctr.training.loop import scored_batches
 from pipelines.daily import run_daily
 
-START = dt.date(2026, 1, 1)
 DATE = dt.date(2026, 1, 8)
 SPEC = os.path.abspath("features/default.yaml")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,12 +47,9 @@ MAX_TOLERANCE = 0.2
 
 
 @pytest.fixture(scope="module")
-def logs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dist-logs")
-    simulate(str(root), START, 8,
-             SimConfig(users=500, items=200, new_users_per_day=10, new_items_per_day=5,
-                       natural_rows_per_day=800, seed=4), log=lambda _: None)
-    return root
+def logs(small_world):
+    """conftest's small world: the days up to DATE are what the job reads."""
+    return small_world
 
 
 def _config(folder, logs, body, distribute=""):

@@ -1,4 +1,6 @@
-"""End to end on a tiny simulated set: simulate -> daily (build, TPM, CPM, A-CTR, export) -> predict."""
+"""End to end on a tiny simulated set: simulate -> daily (build, TPM, CPM, A-CTR, export) -> predict.
+One daily run (`run`) is shared by the tests that only read it; a test that runs the job again
+or changes what the run left works on its own copy (`run_copy`)."""
 
 import datetime as dt
 import gzip
@@ -6,6 +8,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -14,24 +17,22 @@ import tensorflow as tf
 
 from ecdctr.cli.main import main
 from ecdctr.config import load_config
-from ecdctr.data.simulator import SimConfig, simulate
 from ecdctr.io.lock import Busy
 from ecdctr.serving.export import WARMUP_FILE, read_warmup
-from pipelines.daily import run_daily, work_lock
+from pipelines.daily import DailyError, run_daily, work_lock
 
-START = dt.date(2026, 1, 1)
 DATE = dt.date(2026, 1, 12)
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(world, tmp_path_factory):
+    """The daily run of DATE on conftest's world, linked in as root/logs for the tests to read
+    (the config names the world itself: a copy of root builds nothing again). Read only."""
     root = tmp_path_factory.mktemp("e2e")
-    simulate(str(root / "logs"), START, 12,
-             SimConfig(users=800, items=300, new_users_per_day=20, new_items_per_day=5,
-                       natural_rows_per_day=1000, seed=3), log=lambda _: None)
+    (root / "logs").symlink_to(world, target_is_directory=True)
     config = root / "config.yaml"
     config.write_text(
-        f"spec: {os.path.abspath('features/default.yaml')}\nlogs: logs\nwork: work\nexport: export\n"
+        f"spec: {os.path.abspath('features/default.yaml')}\nlogs: {world}\nwork: work\nexport: export\n"
         "windows: {tpm_days: 30, cpm_days: 5, actr_days: 5}\ntransfer: {tpm_snapshots: 3}\n"
         "model: {hidden: [16, 8], multi_domain: adasparse}\n"
         "gate: {max_auc_drop: 0.2}\n"
@@ -40,6 +41,15 @@ def run(tmp_path_factory):
     lines: list[str] = []
     report = run_daily(load_config(str(config)), DATE, log=lines.append)
     return root, config, report, lines
+
+
+@pytest.fixture
+def run_copy(run, tmp_path):
+    """The run's folder (config, logs link, work, export) copied for a test that changes it."""
+    root, config, report, lines = run
+    copy = tmp_path / "e2e"
+    shutil.copytree(root, copy, symlinks=True)
+    return copy, copy / config.name, report, lines
 
 
 def test_daily_runs_every_step_and_writes_the_report(run):
@@ -90,6 +100,7 @@ def test_no_request_or_user_id_of_the_logs_is_in_the_exports_warmup(run):
                 for column, seen in ids.items():
                     seen.add(str(row[column]))
     pattern = re.compile(rb"[a-z]2026\d{4}-\d{6}")  # the simulator's request ids
+    assert ids["request_id"] and all(pattern.fullmatch(r.encode()) for r in ids["request_id"])
     for path in (root / "export" / "actr" / "1").rglob("*"):
         if path.is_file():
             found = {m.decode() for m in pattern.findall(path.read_bytes())} & ids["request_id"]
@@ -102,8 +113,8 @@ def test_no_request_or_user_id_of_the_logs_is_in_the_exports_warmup(run):
     assert values and not values & (ids["request_id"] | ids["user_id"] | ids["item_id"])
 
 
-def test_rerun_of_a_finished_day_does_nothing_and_force_reuses_what_exists(run):
-    root, config, first, _ = run
+def test_rerun_of_a_finished_day_does_nothing_and_force_reuses_what_exists(run_copy):
+    root, config, first, _ = run_copy
     lines: list[str] = []
     again = run_daily(load_config(str(config)), DATE, log=lines.append)
     assert again == json.loads(json.dumps(again)) and again["export"] == first["export"]
@@ -166,8 +177,8 @@ def test_predict_on_a_corrupt_version_says_so_in_one_line(run, tmp_path, capsys)
     assert f"error: {version}: the SavedModel cannot be loaded" in err and "Fix:" in err
 
 
-def test_exit_codes_and_the_alert_command(run, tmp_path, capsys):
-    root, config, _, _ = run
+def test_exit_codes_and_the_alert_command(run_copy, tmp_path, capsys):
+    root, config, _, _ = run_copy
     alerted = tmp_path / "alert.json"
     with_alert = root / "alerting.yaml"
     with_alert.write_text(config.read_text() + f"alert: cat > {alerted} && echo $ECDCTR_OUTCOME "
@@ -207,14 +218,15 @@ def test_python_dash_m_entry_point():
     assert out.returncode == 0 and "daily" in out.stdout
 
 
-def test_daily_without_ad_logs_on_the_date_says_what_is_missing(run):
-    _, config, _, _ = run
-    with pytest.raises(Exception, match="evaluation day"):
-        run_daily(load_config(str(config)), DATE + dt.timedelta(days=1), log=lambda _: None)
+def test_daily_without_ad_logs_on_the_date_says_what_is_missing(run_copy):
+    _, config, _, _ = run_copy
+    later = DATE + dt.timedelta(days=1)
+    with pytest.raises(DailyError, match=rf"ad traffic of {later} \(the evaluation day\) is not built"):
+        run_daily(load_config(str(config)), later, log=lambda _: None)
 
 
-def test_versions_rollback_and_the_hold_on_the_next_run(run, capsys):
-    root, config, _, _ = run
+def test_versions_rollback_and_the_hold_on_the_next_run(run_copy, capsys):
+    root, config, _, _ = run_copy
     export = root / "export"
     with pytest.raises(SystemExit) as e:
         main(["versions", f"--export={export}"])
@@ -246,10 +258,10 @@ def test_versions_rollback_and_the_hold_on_the_next_run(run, capsys):
     assert e.value.code == 0 and not (export / "actr" / "rollback.json").exists()
 
 
-def test_a_model_that_learned_from_a_drifted_day_is_not_published(run, capsys):
+def test_a_model_that_learned_from_a_drifted_day_is_not_published(run_copy, capsys):
     from ecdctr.data.drift import drift_path
 
-    root, config, _, _ = run
+    root, config, _, _ = run_copy
     drifted = DATE - dt.timedelta(days=2)  # learned (the day before D is held out for validation)
     path = drift_path(str(root / "work"), "ad", drifted)
     saved = open(path).read()

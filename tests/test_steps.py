@@ -7,17 +7,15 @@ import datetime as dt
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
 
+from ecdctr.cli.main import main
 from ecdctr.config import Windows, load_config
 from ecdctr.data.datasets import example_batch, held_out_counts
-from ecdctr.data.simulator import SimConfig, simulate
 from ecdctr.data.vocab import traffic
 from ecdctr.spec.feature_spec import load_spec
 from ecdctr.training.checkpoint import Snapshot, describe, is_current, load_checkpoint
@@ -33,12 +31,11 @@ SPEC_OBJECT = load_spec(SPEC)
 
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory):
-    """The daily job of DATE on a fresh work folder (export left out for speed)."""
+def job(small_world, tmp_path_factory):
+    """The daily job of DATE on a fresh work folder (export left out for speed), on conftest's
+    small world linked in as root/logs."""
     root = tmp_path_factory.mktemp("steps")
-    simulate(str(root / "logs"), START, 9,
-             SimConfig(users=500, items=200, new_users_per_day=10, new_items_per_day=5,
-                       natural_rows_per_day=800, seed=4), log=lambda _: None)
+    (root / "logs").symlink_to(small_world, target_is_directory=True)
     path = root / "config.yaml"
     path.write_text(f"spec: {SPEC}\nlogs: logs\nwork: work\nexport: export\n"
                     "windows: {tpm_days: 30, cpm_days: 4, actr_days: 4}\ntransfer: {tpm_snapshots: 3}\n"
@@ -93,7 +90,7 @@ def test_checkpoint_rebuilds_from_its_folder_alone(job, tmp_path):
         shutil.move(moved, str(root / "work"))
 
 
-def test_inspect_says_what_a_model_folder_is(job):
+def test_inspect_says_what_a_model_folder_is(job, capsys):
     root, _, report, _ = job
     folder = root / "work" / "models" / "actr" / DATE.isoformat()
     text = describe(str(folder))
@@ -104,12 +101,13 @@ def test_inspect_says_what_a_model_folder_is(job):
     assert (f"2026-01-05 .. 2026-01-08 (validation: 50% of the requests of {held[0]} .. "
             f"{held[-1]}, {train['validation_clicks']:,} clicks)") in text
     assert str(root / "work" / "models" / "cpm") in text  # its parent
-    out = subprocess.run([sys.executable, "-m", "ecdctr", "inspect", str(folder)],
-                         capture_output=True, text=True, check=True).stdout
-    assert "metrics actr on ad 2026-01-09:" in out
-    bad = subprocess.run([sys.executable, "-m", "ecdctr", "inspect", str(root)],
-                         capture_output=True, text=True)
-    assert bad.returncode == 2 and "not a model folder" in bad.stderr
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:  # the command in-process (test_logs runs the process)
+        main(["inspect", str(folder)])
+    assert done.value.code == 0 and "metrics actr on ad 2026-01-09:" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as bad:
+        main(["inspect", str(root)])
+    assert bad.value.code == 2 and "not a model folder" in capsys.readouterr().err
 
 
 def test_every_fit_trains_through_its_newest_day_and_validates_on_its_held_out_share(job):

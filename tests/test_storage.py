@@ -1,6 +1,7 @@
 """The storage layer behaves the same on a local folder and on S3 (a local moto server)."""
 
 import pytest
+import tensorflow as tf
 
 import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 from ecdctr.io import storage
@@ -27,7 +28,7 @@ def test_files_and_folders_round_trip(root):
     storage.rename(storage.join(root, "b"), storage.join(root, "c"))
     assert storage.listdir(root) == ["a", "c"]
     assert storage.read_bytes(storage.join(root, "c", "sub", "y.bin")) == b"\x00\x01"
-    with pytest.raises(Exception):  # noqa: B017  (gfile raises its own error types)
+    with pytest.raises(tf.errors.AlreadyExistsError, match="exists"):  # never overwrites
         storage.rename(storage.join(root, "a", "x.txt"), storage.join(root, "c", "x.txt"))
 
     storage.rmtree(storage.join(root, "c"))
