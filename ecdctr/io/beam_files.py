@@ -1,6 +1,7 @@
 """Files through Beam's FileSystems (local, s3 via boto3, gs, hdfs), for the build's driver and
 its workers: the workers reach every data path here and never load TensorFlow or
-tensorflow-io. Object stores have no folders and no atomic rename."""
+tensorflow-io. Object stores have no folders and no atomic rename. `FILES` is this layer's side
+of ecdctr/io/commit.py."""
 
 from __future__ import annotations
 
@@ -134,3 +135,44 @@ def move_folder(source: str, destination: str) -> None:
     local, HDFS; on object stores move the files, see rename)."""
     makedirs(storage.dirname(destination))
     FileSystems.rename([source], [destination])
+
+
+class BeamFiles:
+    """This module's file operations as commit.Files, for the build's publish."""
+
+    join = staticmethod(storage.join)
+    dirname = staticmethod(storage.dirname)
+    renames_atomically = staticmethod(has_dirs)
+    exists = staticmethod(exists)
+    makedirs = staticmethod(makedirs)
+    write_bytes = staticmethod(write_bytes)
+    rename = staticmethod(move_folder)
+    delete_tree = staticmethod(delete_tree)
+
+    def listdir(self, folder: str) -> list[str]:
+        """Sorted names of the files and folders right below folder (on object stores, the
+        names that have files below them)."""
+        if not storage.is_remote(folder):
+            return storage.listdir(folder)
+        prefix = folder.rstrip("/") + "/"
+        return sorted({path[len(prefix):].split("/", 1)[0] for path in files_under(folder)})
+
+    def replace(self, source: str, destination: str) -> None:
+        """Renames file source over destination."""
+        rename([source], [destination])
+
+    def remove(self, path: str) -> None:
+        """Deletes file path if it exists."""
+        if exists(path):
+            delete([path])
+
+    def copy_tree(self, source: str, destination: str, last: Sequence[str]) -> None:
+        """Copies folder source to destination, the relative paths in `last` after the rest."""
+        prefix = source.rstrip("/") + "/"
+        relative = [path[len(prefix):] for path in files_under(source)]
+        ordered = [r for r in relative if r not in last] + [r for r in last if r in relative]
+        for name in ordered:
+            FileSystems.copy([storage.join(source, name)], [storage.join(destination, name)])
+
+
+FILES = BeamFiles()

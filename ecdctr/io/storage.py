@@ -19,8 +19,10 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
+
+from ecdctr.io import commit
 
 
 class _TensorFlow:
@@ -195,22 +197,16 @@ def read_bytes(path: str) -> bytes:
 
 def write_text(path: str, text: str) -> None:
     """Writes text to path: through a temporary file and a rename on local disks, so readers
-    never see half; one PUT on object stores, which is atomic there."""
+    never see half (commit.write_file); one PUT on object stores, which is atomic there."""
     write_bytes(path, text.encode("utf-8"))
 
 
 def write_bytes(path: str, data: bytes) -> None:
     """Writes data to path atomically (see write_text)."""
-    register(path)
     if is_remote(path):
-        with tf.io.gfile.GFile(path, "wb") as f:
-            f.write(data)
+        FILES.write_bytes(path, data)
         return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    commit.write_file(FILES, path, data)
 
 
 def remove(path: str) -> None:
@@ -266,3 +262,38 @@ def rename(source: str, destination: str) -> None:
         rmtree(source)
         return
     tf.io.gfile.rename(source, destination, overwrite=False)
+
+
+class GfileFiles:
+    """This module's file operations as commit.Files, for outputs that must appear whole."""
+
+    join = staticmethod(join)
+    dirname = staticmethod(dirname)
+    renames_atomically = staticmethod(renames_atomically)
+    exists = staticmethod(exists)
+    listdir = staticmethod(listdir)
+    rename = staticmethod(rename)
+    remove = staticmethod(remove)
+    delete_tree = staticmethod(rmtree)
+
+    def makedirs(self, folder: str) -> None:
+        """Creates folder and its parents ('': the current folder, nothing to do)."""
+        if folder:
+            makedirs(folder)
+
+    def write_bytes(self, path: str, data: bytes, sync: bool = False) -> None:
+        """Writes a file in place (gfile has no fsync: sync is not honoured)."""
+        with open(path, "wb") as f:
+            f.write(data)
+
+    def replace(self, source: str, destination: str) -> None:
+        """Renames file source over destination."""
+        register(source)
+        tf.io.gfile.rename(source, destination, overwrite=True)
+
+    def copy_tree(self, source: str, destination: str, last: Sequence[str]) -> None:
+        """Copies folder source to destination, `last` after the rest (see copytree)."""
+        copytree(source, destination, tuple(last))
+
+
+FILES = GfileFiles()

@@ -12,13 +12,13 @@ published (`publish`):
   marker `assets.extra/published.json`. Only versions with the marker count as published
   (`versions`): the gate compares against them and the next run deletes an integer folder
   without it (a publish killed mid-copy) before choosing the next version number.
+Staging and publishing go through ecdctr/io/commit.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,7 +29,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from ecdctr.data.datasets import feature_description, features_by_name, serving_features
 from ecdctr.data.rows import features_example
-from ecdctr.io import storage
+from ecdctr.io import commit, storage
 from ecdctr.io.jsonio import write_json
 from ecdctr.models.ctr_model import CtrModel, serving_form
 from ecdctr.models.tower import Tower
@@ -280,7 +280,7 @@ def stage_saved_model(model: keras.Model, spec: Spec, base: str,
     timing_examples (real held-out rows) only time the pruned inference path in memory
     (choose_pruned_path; the synthetic rows when there are none): nothing of them is written."""
     storage.makedirs(base)
-    staging = storage.join(base, f".staging-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    staging = commit.staging_folder(base, storage.FILES)
     storage.rmtree(staging)
     started = time.perf_counter()
     warmup = warmup_examples(model, spec)
@@ -314,13 +314,8 @@ def publish(staging: str, base: str, keep: int = 5, log: Log = print) -> str:
     marker = storage.join("assets.extra", PUBLISHED_MARKER)
     body = json.dumps({"version": version, "published_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                        "files": len(storage.files_under(staging)) + 1})
-    if not storage.renames_atomically(base):
-        storage.copytree(staging, final, last=(SAVED_MODEL,))
-        storage.write_text(storage.join(final, marker), body)
-        storage.rmtree(staging)
-    else:
-        storage.write_text(storage.join(staging, marker), body)
-        storage.rename(staging, final)
+    commit.publish_folder(storage.FILES, staging, final, (SAVED_MODEL,), marker,
+                          body.encode("utf-8"))
     for old in versions(base)[:-keep]:
         remove_version(storage.join(base, str(old)))
         log(f"removed old version {old}")
@@ -386,7 +381,7 @@ def rollback(base: str, to: int, keep: int = 5, log: Log = print) -> dict:
         raise ValueError(f"{base}: no published version {to} (published: {versions(base)}). "
                          f"Fix: pick one that `ecdctr versions` lists.")
     source = storage.join(base, str(to))
-    staging = storage.join(base, f".staging-rollback-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    staging = commit.staging_folder(base, storage.FILES, label="rollback-")
     storage.rmtree(staging)
     skip = {storage.join("assets.extra", PUBLISHED_MARKER)}
     for relative in storage.files_under(source):

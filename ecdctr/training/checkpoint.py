@@ -11,7 +11,8 @@ A folder (TPM snapshot, CPM, A-CTR, or a compare variant) holds:
 `load_checkpoint` rebuilds the model from these alone: no TFRecords, stats or TPM folders are
 read. Writes go to `<folder>.tmp`, renamed into place when whole; on an object store (no
 atomic rename) straight into the folder, its meta.json removed first and written last, so a
-reader (and the daily job) never takes a half-written folder for a checkpoint. Folders may be
+reader (and the daily job) never takes a half-written folder for a checkpoint
+(ecdctr.io.commit.writing_folder). Folders may be
 local paths or URIs (ecdctr.io.storage).
 """
 
@@ -29,7 +30,7 @@ import numpy as np
 from ecdctr.config import MODEL_KEYS
 from ecdctr.data.datasets import example_batch
 from ecdctr.data.vocab import read_vocabularies, write_vocabularies
-from ecdctr.io import storage
+from ecdctr.io import commit, storage
 from ecdctr.io.jsonio import read_json, write_json
 from ecdctr.layers.aggregator import TpmAggregator
 from ecdctr.models.adasparse import AdaSparseConfig
@@ -119,38 +120,24 @@ def save_checkpoint(folder: str, model: CtrModel, spec: Spec, vocabs: Mapping[st
     meta must hold kind, features ("all" or "tpm"), numeric_stats and domains; the structure,
     the snapshots' names and hashes and the spec fingerprints are added here. `extra`: more
     files, {relative path: callable(path)} writers (a TPM snapshot's exported tables)."""
-    atomic = storage.renames_atomically(folder)
-    tmp = folder + ".tmp" if atomic else folder
-    if not atomic:  # no longer a checkpoint from here until meta.json lands again
-        storage.remove(storage.join(folder, META))
-    storage.rmtree(tmp)
-    write_vocabularies(dict(vocabs), storage.join(tmp, "vocab"))
-    model.save_weights(storage.join(tmp, "weights", "ckpt"))
-    storage.copy(spec.path, storage.join(tmp, "spec.yaml"))
-    described = []
-    for k, snapshot in enumerate(snapshots):
-        for feature, (keys, _) in snapshot.tables.items():
-            storage.write_text(storage.join(tmp, "tpm", str(k), f"{feature}.keys.json"),
-                               json.dumps(list(keys)))
-        described.append({"name": snapshot.name, "sha256": snapshot.sha256,
-                          "features": {n: {"rows": len(t[0]), "dim": int(np.shape(t[1])[1])}
-                                       for n, t in snapshot.tables.items()}})
-    for relative, writer in (extra or {}).items():
-        writer(storage.join(tmp, relative))
-    meta = {**meta, "model": structure(model.config), "model_name": model.name,
-            "tpm_snapshots": described, "spec_fingerprint": spec.fingerprint,
-            "feature_fingerprints": feature_fingerprints(spec)}
-    write_json(storage.join(tmp, META), meta)
-    if not atomic:
-        return
-    if storage.exists(folder):
-        old = folder + ".old.tmp"
-        storage.rmtree(old)
-        storage.rename(folder, old)
-        storage.rename(tmp, folder)
-        storage.rmtree(old)
-    else:
-        storage.rename(tmp, folder)
+    with commit.writing_folder(storage.FILES, folder, last=META) as tmp:
+        write_vocabularies(dict(vocabs), storage.join(tmp, "vocab"))
+        model.save_weights(storage.join(tmp, "weights", "ckpt"))
+        storage.copy(spec.path, storage.join(tmp, "spec.yaml"))
+        described = []
+        for k, snapshot in enumerate(snapshots):
+            for feature, (keys, _) in snapshot.tables.items():
+                storage.write_text(storage.join(tmp, "tpm", str(k), f"{feature}.keys.json"),
+                                   json.dumps(list(keys)))
+            described.append({"name": snapshot.name, "sha256": snapshot.sha256,
+                              "features": {n: {"rows": len(t[0]), "dim": int(np.shape(t[1])[1])}
+                                           for n, t in snapshot.tables.items()}})
+        for relative, writer in (extra or {}).items():
+            writer(storage.join(tmp, relative))
+        meta = {**meta, "model": structure(model.config), "model_name": model.name,
+                "tpm_snapshots": described, "spec_fingerprint": spec.fingerprint,
+                "feature_fingerprints": feature_fingerprints(spec)}
+        write_json(storage.join(tmp, META), meta)
 
 
 def is_checkpoint(folder: str) -> bool:

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import uuid
 from collections.abc import Callable
 
-from ecdctr.io import beam_files, layout, storage
+from ecdctr.io import beam_files, commit, layout, storage
 from ecdctr.io.tfrecord import shard_name, write_empty_shard
 from ecdctr.spec.feature_spec import Spec
 from pipelines.build.discovery import Day
@@ -19,12 +18,7 @@ from pipelines.build.discovery import Day
 def clean_staging(work: str, log: Callable[[str], None]) -> None:
     """Deletes what unfinished builds left in <work>/.staging."""
     root = layout.staging_folder(work)
-    if storage.is_remote(root):  # object stores: the runs that left files behind
-        prefix = root.rstrip("/") + "/"
-        names = {path[len(prefix):].split("/", 1)[0] for path in beam_files.files_under(root)}
-    else:
-        names = set(storage.listdir(root))
-    for name in sorted(names):
+    for name in beam_files.FILES.listdir(root):  # object stores: the runs that left files behind
         log(f"deleting leftovers of an unfinished build: {storage.join(root, name)}")
         beam_files.delete_tree(storage.join(root, name))
 
@@ -62,7 +56,7 @@ def publish(work: str, run_dir: str, days: list[dict]) -> None:
     """Puts the built days (their stats) in place. A day's stats file lands after all its
     data, so it marks a whole day: readers (built_partitions) take a day without it as not
     built."""
-    if beam_files.has_dirs(work):
+    if beam_files.FILES.renames_atomically(work):
         for stats in days:
             _publish_day(work, run_dir, stats)
     else:
@@ -77,14 +71,10 @@ def _publish_day(work: str, run_dir: str, stats: dict) -> None:
         beam_files.delete([final_stats])  # the day counts as unbuilt until its new stats land
     replaced = storage.join(run_dir, "replaced")
     for kind in layout.DAY_FOLDERS:
-        final = layout.day_folder(work, kind, source, date)
-        if beam_files.exists(final):
-            beam_files.move_folder(final, layout.day_folder(replaced, kind, source, date))
-        beam_files.move_folder(layout.day_folder(run_dir, kind, source, date), final)
-    beam_files.makedirs(storage.dirname(final_stats))
-    tmp = f"{final_stats}.tmp-{os.getpid()}"  # a reader sees the whole file or none
-    beam_files.write_bytes(tmp, json.dumps(stats, indent=1).encode("utf-8"), sync=True)
-    beam_files.rename([tmp], [final_stats])
+        commit.swap_in(beam_files.FILES, layout.day_folder(run_dir, kind, source, date),
+                       layout.day_folder(work, kind, source, date),
+                       layout.day_folder(replaced, kind, source, date))
+    commit.write_file(beam_files.FILES, final_stats, json.dumps(stats, indent=1).encode("utf-8"))
     beam_files.delete_tree(replaced)
 
 
@@ -112,5 +102,5 @@ def _publish_objects(work: str, run_dir: str, days: list[dict]) -> None:
     if new:
         beam_files.rename(new, [storage.join(work, p[len(prefix):]) for p in new])
     for stats in days:
-        beam_files.write_bytes(layout.stats_file(work, stats["source"], stats["date"]),
-                               json.dumps(stats, indent=1).encode("utf-8"))
+        commit.write_file(beam_files.FILES, layout.stats_file(work, stats["source"], stats["date"]),
+                          json.dumps(stats, indent=1).encode("utf-8"))

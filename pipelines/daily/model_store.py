@@ -9,7 +9,7 @@ import datetime as dt
 import re
 from collections.abc import Callable
 
-from ecdctr.io import storage
+from ecdctr.io import commit, storage
 from ecdctr.io.jsonio import read_json
 from ecdctr.training.checkpoint import META, is_current
 
@@ -56,23 +56,16 @@ class ModelStore:
             if name in protect:
                 continue
             folder = self.path(name)
-            if storage.renames_atomically(folder):
-                trash = folder + ".tmp"
-                storage.rmtree(trash)
-                storage.rename(folder, trash)
-                storage.rmtree(trash)
-            else:  # without its meta.json first, nothing reads it as whole while it goes
-                storage.remove(storage.join(folder, META))
-                storage.rmtree(folder)
+            commit.delete_folder(storage.FILES, folder, first=META)
             self.log(f"removed old {folder}")
 
     def remove_unfinished(self) -> None:
         """Deletes what killed runs left here: `<name>.tmp` folders (a save or a prune cut
         short) and meta.json temp files (a metrics update cut short)."""
         for name in storage.listdir(self.root):
-            if name.endswith(".tmp"):
+            if name.endswith(commit.STAGING_SUFFIX):
                 self.log(f"removing leftovers of an interrupted run: {self.path(name)}")
                 storage.rmtree(self.path(name))
             for leftover in storage.listdir(self.path(name)):
-                if leftover.startswith(f"{META}.tmp-"):
+                if commit.is_temp_file(leftover, of=META):
                     storage.remove(storage.join(self.root, name, leftover))
