@@ -153,6 +153,20 @@ def test_duplicate_keys_are_errors_that_name_the_file_line_and_key(tmp_path):
         load_spec(str(spec))
 
 
+def test_duplicate_keys_within_one_inline_mapping_are_errors(tmp_path):
+    path = _write(tmp_path, "windows: {cpm_days: 5, actr_days: 4, actr_days: 3}\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: line 5, column 38: .*duplicate key "
+                                          r"'actr_days' \(first on line 5\)"):
+        load_config(path)
+    spec = tmp_path / "inline.yaml"
+    spec.write_text(open("features/default.yaml").read().replace(
+        "vocab: {min_count: 2, max_size: 200000}", "vocab: {min_count: 2, max_size: 200000, max_size: 5}", 1))
+    from ecdctr.spec.feature_spec import load_spec
+
+    with pytest.raises(ConfigError, match="duplicate key 'max_size'"):
+        load_spec(str(spec))
+
+
 def test_an_alias_bomb_is_refused_fast_and_small(tmp_path):
     import time
 

@@ -24,14 +24,15 @@ class _StrictLoader(yaml.SafeLoader):
         seen: dict = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
+            at = (key_node.start_mark.line, key_node.start_mark.column)  # two keys may share a line
             try:
-                first = seen.setdefault(key, key_node.start_mark.line + 1)
+                first = seen.setdefault(key, at)
             except TypeError:
                 continue  # an unhashable key: SafeLoader reports it
-            if first != key_node.start_mark.line + 1:
+            if first != at:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {str(key)[:80]!r} (first on line {first}); the "
-                    f"second would silently replace the first", key_node.start_mark)
+                    None, None, f"duplicate key {str(key)[:80]!r} (first on line {first[0] + 1}); "
+                    f"the second would silently replace the first", key_node.start_mark)
         return super().construct_mapping(node, deep=deep)
 
 
