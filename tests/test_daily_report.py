@@ -5,11 +5,12 @@ import datetime as dt
 import json
 import os
 import time
+import types
 
 import pytest
 
 from pipelines.daily.cluster import ChiefProgress
-from pipelines.daily.report import DailyError, StepRecorder, first_error
+from pipelines.daily.report import DailyError, StepRecorder, first_error, send_alert
 
 DATE = dt.date(2026, 1, 15)
 
@@ -75,3 +76,26 @@ def test_a_worker_waits_for_the_chiefs_report_of_this_run(tmp_path):
     path.write_text(json.dumps({"status": "failed", "steps": {"build": {"status": "running"}}}))
     with pytest.raises(DailyError, match="the chief's run of 2026-01-15 failed"):
         chief.wait_for_build()
+
+
+def test_an_alert_that_times_out_is_killed_with_everything_it_started(tmp_path):
+    pid_file = tmp_path / "sleeper.pid"
+    config = types.SimpleNamespace(alert=f"sleep 250 & echo $! > {pid_file}; wait")
+    lines: list[str] = []
+    report = {"date": "2026-01-02", "outcome": "failed", "status": "failed", "steps": {}}
+    started = time.monotonic()
+    send_alert(config, report, str(tmp_path / "r.json"), lines.append, timeout=2)
+    assert time.monotonic() - started < 30
+    assert any(line.startswith("error: the alert command failed to run") for line in lines), lines
+    sleeper = int(pid_file.read_text())
+    for _ in range(50):  # the kill is delivered at once; reaping by init may take a moment
+        try:
+            os.kill(sleeper, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{sleeper}/stat") as stat:
+            if stat.read().split()[2] == "Z":
+                break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the alert's child {sleeper} still runs after the timeout")

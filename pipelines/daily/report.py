@@ -8,6 +8,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -110,18 +111,20 @@ def outcome(report: dict) -> str:
     return report.get("outcome", "failed")
 
 
-def send_alert(config: RunConfig, report: dict, path: str, log: Log) -> None:
+def send_alert(config: RunConfig, report: dict, path: str, log: Log,
+               timeout: float = ALERT_SECONDS) -> None:
     """Runs the config's `alert` command (a shell command line) for a failed or rejected day:
     the report on its standard input and ECDCTR_DATE, ECDCTR_OUTCOME, ECDCTR_REPORT (the
-    report's path), ECDCTR_ERROR in its environment. Its own failure is logged, never raised:
-    the day's outcome stands."""
+    report's path), ECDCTR_ERROR in its environment, in a process group of its own that is
+    killed whole at `timeout` seconds. Its own failure is logged, never raised: the day's
+    outcome stands."""
     if not config.alert:
         return
     env = {**os.environ, "ECDCTR_DATE": report["date"], "ECDCTR_OUTCOME": report["outcome"],
            "ECDCTR_REPORT": path, "ECDCTR_ERROR": first_error(report)}
     try:
-        done = subprocess.run(["/bin/sh", "-c", config.alert], input=json.dumps(json_safe(report)),
-                              text=True, env=env, capture_output=True, timeout=ALERT_SECONDS)
+        done = run_in_own_group(["/bin/sh", "-c", config.alert], json.dumps(json_safe(report)),
+                                env, timeout)
     except (OSError, subprocess.TimeoutExpired) as e:
         log(f"error: the alert command failed to run ({e})")
         return
@@ -129,6 +132,24 @@ def send_alert(config: RunConfig, report: dict, path: str, log: Log) -> None:
         log(f"error: the alert command exited {done.returncode}: {done.stderr.strip()[-500:]}")
     else:
         log(f"alert sent ({report['outcome']}) by: {config.alert}")
+
+
+def run_in_own_group(argv: list[str], stdin: str, env: dict, timeout: float
+                     ) -> subprocess.CompletedProcess:
+    """subprocess.run(capture_output, text) in a new session (its own process group): at the
+    timeout the whole group is killed (the shell and whatever it started), then
+    TimeoutExpired is raised."""
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=env,
+                          start_new_session=True) as child:
+        try:
+            out, err = child.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+            child.communicate()
+            raise
+    return subprocess.CompletedProcess(argv, child.returncode, out, err)
 
 
 def first_error(report: dict) -> str:
