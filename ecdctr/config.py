@@ -18,6 +18,7 @@ TOP_KEYS = ("spec", "logs", "work", "export", "windows", "model", "tpm", "cpm", 
 GATE_KEYS = ("max_auc_drop", "min_clicks", "max_calibration_error", "max_logloss_rise",
              "max_abs_diff", "max_fold_share", "keep_versions", "max_drift")
 WINDOW_KEYS = ("tpm_days", "cpm_days", "actr_days")
+MAX_WINDOW_DAYS = 3660  # ten years: a longer window is a typo (and dates would overflow)
 TRAIN_KEYS = ("max_epochs", "patience", "validation_share", "validation_min_clicks", "batch_size",
               "learning_rate")
 RENAMED_KEYS = {"epochs": "epochs is now max_epochs: fits stop early on their validation share",
@@ -249,6 +250,10 @@ def _section(doc: dict, key: str, allowed: tuple[str, ...], default: Any, errors
             if not is_int(value) or value < 0:
                 errors.append(f"{key}.validation_min_clicks must be an integer >= 0, got {value!r}.")
                 continue
+        elif name in WINDOW_KEYS and is_int(value) and value > MAX_WINDOW_DAYS:
+            errors.append(f"{key}.{name} is {value!r} days; a window is at most {MAX_WINDOW_DAYS} "
+                          f"(ten years). Fix: give the number of days the window covers.")
+            continue
         elif not is_int(value) or value < 1:
             errors.append(f"{key}.{name} must be a positive integer, got {value!r}.")
             continue

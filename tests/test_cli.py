@@ -49,6 +49,14 @@ def test_a_spec_path_that_is_a_folder_is_one_error_line(tmp_path, capsys):
     assert "spec.yaml: is a folder, not a YAML file" in err
 
 
+@pytest.mark.parametrize("date", ["0001-01-01", "9999-12-31"])
+def test_a_date_out_of_range_is_one_error_line(date, capsys):
+    with pytest.raises(SystemExit) as e:  # no traceback: dates around it would overflow
+        main(["daily", "--config=configs/demo.yaml", f"--date={date}"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err and f"{date} is out of range" in err
+
+
 @pytest.fixture
 def full_disk(tmp_path):
     """A 64 KiB tmpfs (needs root and a kernel that lets it mount: CI's machine does)."""

@@ -46,6 +46,7 @@ def _write(tmp_path, text):
     ("windowz: {}\n", "unknown key 'windowz'"),
     ("windows: {tpm_days: 0}\n", "windows.tpm_days must be a positive integer"),
     ("windows: {cpm_weeks: 2}\n", "windows: unknown key 'cpm_weeks'"),
+    ("windows: {actr_days: 100000000}\n", "windows.actr_days is 100000000 days; a window is at most"),
     ("model: {hidden: [128, -1]}\n", "model.hidden must be a list of positive layer sizes"),
     ("cpm: {hidden: [8]}\n", "cpm: unknown key 'hidden'"),
     ("actr: {learning_rate: 0}\n", "actr.learning_rate is 0"),

@@ -10,12 +10,18 @@ from absl.flags import argparse_flags
 
 from ecdctr.cli import logs
 
+FIRST_DATE, LAST_DATE = dt.date(1970, 1, 1), dt.date(9990, 12, 31)  # windows fit around them
+
 
 def _date(text: str) -> dt.date:
     try:
-        return dt.date.fromisoformat(text)
+        date = dt.date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date; use YYYY-MM-DD") from None
+    if not FIRST_DATE <= date <= LAST_DATE:
+        raise argparse.ArgumentTypeError(f"{text} is out of range; use a date from {FIRST_DATE} "
+                                         f"to {LAST_DATE}")
+    return date
 
 
 def _positive_int(text: str) -> int:
