@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import subprocess
 import time
@@ -16,7 +17,8 @@ from ecdctr.config import RunConfig
 from ecdctr.io import storage
 from ecdctr.io.jsonio import json_safe, write_json
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
+
 
 # What a day's run came to, and the exit code `ecdctr daily` gives it (README "Exit codes").
 OUTCOMES = {"published": 0, "failed": 1, "rejected": 3, "done": 4, "degraded": 5, "worker": 0}
@@ -37,7 +39,7 @@ def report_path(config: RunConfig, date: dt.date) -> str:
 def tracked(entry: dict, done: Callable[[], None]) -> Iterator[None]:
     """Status bookkeeping of the report and of each step: `ok` unless the block set another
     status (e.g. skipped), `failed` with the error if it raised; the seconds it took; then
-    `done` (write the report, log), whatever happened."""
+    `done` (write the report), whatever happened."""
     started = time.perf_counter()
     try:
         yield
@@ -58,8 +60,8 @@ class StepRecorder:
     for a worker that is not the chief (only the chief's report is written); `degrade` is
     False in a cluster, which fails together (see degradable)."""
 
-    def __init__(self, report: dict, path: str | None, log: Log, degrade: bool = True):
-        self.report, self.path, self.log, self.degrade = report, path, log, degrade
+    def __init__(self, report: dict, path: str | None, degrade: bool = True):
+        self.report, self.path, self.degrade = report, path, degrade
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[dict]:
@@ -67,10 +69,10 @@ class StepRecorder:
         entry: dict = {"status": "running"}
         self.report["steps"][name] = entry
         self.save()
-        self.log(f"== {name} ==")
+        logger.info(f"== {name} ==")
 
         def done() -> None:
-            self.log(f"== {name}: {entry['status']} in {entry['seconds']}s ==")
+            logger.info(f"== {name}: {entry['status']} in {entry['seconds']}s ==")
             self.save()
 
         with tracked(entry, done):
@@ -88,7 +90,7 @@ class StepRecorder:
                 raise
             reason = f"{name} failed ({type(e).__name__}: {e}); the A-CTR uses the newest earlier output"
             self.report.setdefault("degraded", []).append(reason)
-            self.log(f"error: {reason}")
+            logger.error(reason)
             self.save()
 
     def save(self) -> None:
@@ -110,7 +112,7 @@ def outcome(report: dict) -> str:
     return report.get("outcome", "failed")
 
 
-def send_alert(config: RunConfig, report: dict, path: str, log: Log) -> None:
+def send_alert(config: RunConfig, report: dict, path: str) -> None:
     """Runs the config's `alert` command (a shell command line) for a failed or rejected day:
     the report on its standard input and ECDCTR_DATE, ECDCTR_OUTCOME, ECDCTR_REPORT (the
     report's path), ECDCTR_ERROR in its environment. Its own failure is logged, never raised:
@@ -123,12 +125,12 @@ def send_alert(config: RunConfig, report: dict, path: str, log: Log) -> None:
         done = subprocess.run(["/bin/sh", "-c", config.alert], input=json.dumps(json_safe(report)),
                               text=True, env=env, capture_output=True, timeout=ALERT_SECONDS)
     except (OSError, subprocess.TimeoutExpired) as e:
-        log(f"error: the alert command failed to run ({e})")
+        logger.error(f"the alert command failed to run ({e})")
         return
     if done.returncode != 0:
-        log(f"error: the alert command exited {done.returncode}: {done.stderr.strip()[-500:]}")
+        logger.error(f"the alert command exited {done.returncode}: {done.stderr.strip()[-500:]}")
     else:
-        log(f"alert sent ({report['outcome']}) by: {config.alert}")
+        logger.info(f"alert sent ({report['outcome']}) by: {config.alert}")
 
 
 def first_error(report: dict) -> str:
