@@ -39,7 +39,7 @@ def report_path(config: RunConfig, date: dt.date) -> str:
 def tracked(entry: dict, done: Callable[[], None]) -> Iterator[None]:
     """Status bookkeeping of the report and of each step: `ok` unless the block set another
     status (e.g. skipped), `failed` with the error if it raised; the seconds it took; then
-    `done` (write the report), whatever happened."""
+    `done` (write the report, log), whatever happened."""
     started = time.perf_counter()
     try:
         yield
