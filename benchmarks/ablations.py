@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import os
 import sys
 
@@ -36,6 +37,7 @@ import yaml
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import ecdctr  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from ecdctr.cli.logs import LOGGERS  # noqa: E402
 from ecdctr.config import load_config  # noqa: E402
 from ecdctr.data.simulator import SimConfig, simulate  # noqa: E402
 from pipelines.compare import run_compare  # noqa: E402
@@ -84,6 +86,9 @@ def main() -> None:
     p.add_argument("--eval_days", type=int, default=5)
     p.add_argument("--seeds", type=int, default=3)
     args = p.parse_args()
+    logging.basicConfig(format="%(message)s")  # ecdctr's progress as plain lines
+    for name in LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
     data = os.path.join(HERE, ".data", f"ablations-s{args.sim_seed}-{args.rows_per_day}"
                         + (f"-away{args.away_rate}-{args.return_rate}" if args.away_rate else ""))
     logs = args.logs or os.path.join(data, "logs")
@@ -108,7 +113,7 @@ def main() -> None:
         report = run_compare(load_config(path), args.date, variants,
                              os.path.join(args.out, f"{arm}.json"), eval_days=args.eval_days,
                              source="natural" if arm in NATURAL_ARMS else "ad",
-                             seeds=args.seeds, log=print)
+                             seeds=args.seeds)
         for name, r in report["results"].items():
             cells = [r["auc"], r["gauc"], r["logloss"], r["natural_users_auc"],
                      r["returning_users_auc"], r["returning_users_gauc"]]

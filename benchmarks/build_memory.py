@@ -49,7 +49,7 @@ def child(logs: str, work: str, slice_bytes: int, beam_args: list[str]) -> None:
         import tensorflow  # noqa: F401  loads at its first ecdctr.io.storage call
         return
     shutil.rmtree(work, ignore_errors=True)
-    results = build(load_spec(str(SPEC)), logs, work, beam_args=beam_args, log=lambda m: None,
+    results = build(load_spec(str(SPEC)), logs, work, beam_args=beam_args,
                     slice_bytes=slice_bytes or SLICE_BYTES)
     print(json.dumps({"rows": sum(s["rows_read"] for s in results), "days": len(results),
                       "slices": max(s.get("slices", 1) for s in results)}))
@@ -84,7 +84,7 @@ def logs_for(days: int, per_day: int) -> str:
     if not (logs / "summary.json").exists():
         shutil.rmtree(logs, ignore_errors=True)
         summary = simulate(str(logs), START, days, SimConfig(natural_rows_per_day=per_day,
-                                                             ad_ratio=0.1), log=lambda m: None)
+                                                             ad_ratio=0.1))
         (logs / "summary.json").write_text(json.dumps(summary))
     return str(logs)
 

@@ -59,21 +59,20 @@ def main() -> None:
         day -= dt.timedelta(days=1)
     shutil.rmtree(DATA, ignore_errors=True)
     simulate(os.path.join(DATA, "logs"), start, args.days,
-             SimConfig(natural_rows_per_day=args.rows_per_day, seed=0), log=lambda _: None)
+             SimConfig(natural_rows_per_day=args.rows_per_day, seed=0))
     build(load_spec(os.path.join(HERE, "..", "features", "default.yaml")), os.path.join(DATA, "logs"),
-          os.path.join(DATA, "daily-work"), log=lambda _: None)
+          os.path.join(DATA, "daily-work"))
     os.makedirs(os.path.join(DATA, "scratch-work"))
     for folder in BUILT:
         shutil.copytree(os.path.join(DATA, "daily-work", folder),
                         os.path.join(DATA, "scratch-work", folder))
-    quiet = lambda _: None  # noqa: E731
     daily = load_config(config_file(os.path.join(DATA, "daily-work")))
-    run_daily(daily, day - dt.timedelta(days=1), log=quiet)
+    run_daily(daily, day - dt.timedelta(days=1))
     results = {}
     for name, config in (("daily", daily),
                          ("scratch", load_config(config_file(os.path.join(DATA, "scratch-work"))))):
         started = time.perf_counter()
-        report = run_daily(config, day, log=quiet)
+        report = run_daily(config, day)
         results[name] = {"seconds": round(time.perf_counter() - started, 1),
                          "rows_read": rows_read(report),
                          "steps": {k: v["status"] for k, v in report["steps"].items()},

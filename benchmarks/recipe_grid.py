@@ -59,8 +59,7 @@ class ScoreEachEpoch(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         saved = [v.numpy() for v in self.model.variables]
         recalibrate_batchnorm(self.model, steps.dataset(self.spec, self.work, self.train,
-                                                        self.config, shuffle=True),
-                              log=lambda _: None)
+                                                        self.config, shuffle=True))
         self.scores.append(steps.evaluate(self.model, self.spec, self.work, self.evaluation))
         for variable, value in zip(self.model.variables, saved, strict=True):
             variable.assign(value)

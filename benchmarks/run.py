@@ -131,8 +131,11 @@ def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def quiet(_: str) -> None:
-    pass
+class Say(logging.Handler):
+    """Says the records of a logger (the simulator's progress) as `say` does."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        say(record.getMessage())
 
 
 @contextlib.contextmanager
@@ -232,7 +235,7 @@ def ensure_logs(rows: int) -> tuple[Path, int]:
     else:
         shutil.rmtree(logs, ignore_errors=True)
         say(f"simulating ~{rows:,} rows over {DAYS} days into {logs}")
-        summary = simulate(str(logs), START, DAYS, sim_config(rows), log=say)
+        summary = simulate(str(logs), START, DAYS, sim_config(rows))
         marker.write_text(json.dumps(summary))
     return logs, summary["natural"]["rows"] + summary["ad"]["rows"]
 
@@ -282,7 +285,7 @@ def timed_build(spec: Spec, logs: Path, work: Path, beam_args: tuple[str, ...],
     shutil.rmtree(work, ignore_errors=True)
     with stderr_to(BEAM_LOG):
         cpu, began = cpu_seconds(), time.perf_counter()
-        results = build(spec, str(logs), str(work), beam_args=beam_args, log=quiet, **window)
+        results = build(spec, str(logs), str(work), beam_args=beam_args, **window)
         seconds, cpu = time.perf_counter() - began, cpu_seconds() - cpu
     return sum(s["rows_read"] for s in results), seconds, cpu
 
@@ -513,11 +516,11 @@ def bench_train(spec: Spec, args: argparse.Namespace) -> dict:
         "plain": (plain, ids, 1),
         "plain_multi_step": (plain_multi, ids.apply(sized), STEPS_PER_EXECUTION)}
     for m, ds, per_call in runs_of.values():  # warm-up epoch: tracing and cache fill
-        fit(m, ds, 1, BATCH, m.name, quiet, steps_per_execution=per_call)
+        fit(m, ds, 1, BATCH, m.name, steps_per_execution=per_call)
     epochs = args.train_epochs
 
     def arm(m: keras.Model, ds: tf.data.Dataset, per_call: int) -> Callable[[], int]:
-        return lambda: fit(m, ds, epochs, BATCH, m.name, quiet,
+        return lambda: fit(m, ds, epochs, BATCH, m.name,
                            steps_per_execution=per_call)["steps"] * BATCH
 
     arms = {name: arm(*run) for name, run in runs_of.items()}
@@ -575,6 +578,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats, --train-steps and --train-epochs must be >= 1, --rows >= 1000")
     logging.getLogger().setLevel(logging.ERROR)
     tf.get_logger().setLevel(logging.ERROR)
+    simulator = logging.getLogger(simulate.__module__)  # its progress, said; nothing else is
+    simulator.addHandler(Say())
+    simulator.setLevel(logging.INFO)
+    simulator.propagate = False
     DATA.mkdir(parents=True, exist_ok=True)
     BEAM_LOG.write_bytes(b"")
     spec = load_spec(str(SPEC_PATH))

@@ -24,9 +24,11 @@ activity is old, whom only long-term (TPM) knowledge describes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
-from collections.abc import Callable
+import logging
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -48,7 +50,16 @@ FOCUS_GROUPS = {
     "returning_users": f"users whose activity is old: rows (natural or ad) in the long TPM "
                        f"window, none in the last {RETURNING_GAP} days before the evaluation",
 }
-Log = Callable[[str], None]
+# The loggers of the steps an ablation trains through: while it trains, only the fits' progress
+# lines ("[name] ...") get through; the rest (windows, transfers) would repeat for every seed.
+QUIETED_LOGGERS = ("pipelines.steps", "ecdctr.models.ctr_model")
+
+
+class FitProgressOnly(logging.Filter):
+    """Lets through the per-epoch progress of a fit, whose lines start with its name in [ ]."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage().startswith("[")
 
 
 class Ablations:
@@ -57,8 +68,8 @@ class Ablations:
     Windows, vocabularies, snapshots and transfer options are chosen as the daily job chooses
     them on a fresh work folder, so `ecdctr` is the model the daily job would derive on date."""
 
-    def __init__(self, config: RunConfig, spec: Spec, date: dt.date, log: Log = print):
-        self.config, self.spec, self.date, self.log = config, spec, date, log
+    def __init__(self, config: RunConfig, spec: Spec, date: dt.date):
+        self.config, self.spec, self.date = config, spec, date
         w, work = config.windows, config.work
         self.natural_days = steps.window_days(work, "natural", date, w.cpm_days)
         self.ad_days = steps.window_days(work, "ad", date, w.actr_days)
@@ -71,6 +82,7 @@ class Ablations:
         self.focus_groups = {"natural_users": self._natural_heavy_users(),
                              "returning_users": self._returning_users()}
         self._cache: dict[tuple, object] = {}
+        self.quiet = True  # False: every line of the steps, not only the fits' progress
 
     def _natural_heavy_users(self) -> set[str]:
         group, work = self.spec.group_by, self.config.work
@@ -110,9 +122,10 @@ class Ablations:
                     tpm_date, self.config.windows, t.tpm_historical))
                 if not days:
                     continue
-                trained = steps.train_tpm(self.spec, work, days,
-                                          self._seeded(self.config.tpm, seed), self._quiet,
-                                          parent=previous if t.tpm_warm_start else None)
+                with self._fit_progress_only():
+                    trained = steps.train_tpm(self.spec, work, days,
+                                              self._seeded(self.config.tpm, seed),
+                                              parent=previous if t.tpm_warm_start else None)
                 previous = trained
                 snapshots.append(Snapshot(f"tpm-{tpm_date}",
                                           steps.tpm_tables(trained, t.tpm_standardize)))
@@ -127,31 +140,45 @@ class Ablations:
         if key not in self._cache:
             natural = [("natural", d) for d in steps.window_days(
                 self.config.work, "natural", date, self.config.windows.cpm_days)]
-            self._cache[key] = steps.train_ctr(
-                self.spec, self.config.work, natural, self._seeded(self.config.cpm, seed),
-                self._quiet, kind="cpm", snapshots=self.snapshots(seed, date) if with_tpm else (),
-                vocab_parts=self.shared, stats_parts=natural)
+            snapshots = self.snapshots(seed, date) if with_tpm else ()
+            with self._fit_progress_only():
+                self._cache[key] = steps.train_ctr(
+                    self.spec, self.config.work, natural, self._seeded(self.config.cpm, seed),
+                    kind="cpm", snapshots=snapshots, vocab_parts=self.shared, stats_parts=natural)
         return self._cache[key]
 
-    def _quiet(self, message: str) -> None:
-        if message.startswith("["):  # per-epoch progress of a fit
-            self.log(message)
+    @contextlib.contextmanager
+    def _fit_progress_only(self) -> Iterator[None]:
+        """While training: the steps' loggers let through only the fits' progress (quiet)."""
+        loggers = [logging.getLogger(name) for name in QUIETED_LOGGERS] if self.quiet else []
+        only = FitProgressOnly()
+        for quieted in loggers:
+            quieted.addFilter(only)
+        try:
+            yield
+        finally:
+            for quieted in loggers:
+                quieted.removeFilter(only)
 
     def train(self, name: str, seed: int) -> tuple[CtrModel, dict]:
         """The ad model of one ablation; returns it with its (last) training summary."""
         if name not in ABLATIONS:
             raise ValueError(f"unknown ablation {name!r}; known: {list(ABLATIONS)}")
+        with self._fit_progress_only():
+            return self._train(name, seed)
+
+    def _train(self, name: str, seed: int) -> tuple[CtrModel, dict]:
         mc = self._seeded(self.config.actr, seed)
-        work, quiet = self.config.work, self._quiet
+        work = self.config.work
         if name in ("ad_only", "ecdctr-no_cpm"):
-            trained = steps.train_ctr(self.spec, work, self.ad, mc, quiet, kind="actr",
+            trained = steps.train_ctr(self.spec, work, self.ad, mc, kind="actr",
                                       snapshots=(self.snapshots(seed, self.date)
                                                  if name != "ad_only" else ()),
                                       vocab_parts=self.shared, stats_parts=self.natural)
             return trained.model, trained.meta["train"]
         if name == "joint":
             trained = steps.train_ctr(self.spec, work, self.natural + self.ad,
-                                      self._seeded(self.config.cpm, seed), quiet, kind="actr",
+                                      self._seeded(self.config.cpm, seed), kind="actr",
                                       vocab_parts=self.shared, stats_parts=self.natural)
             return trained.model, trained.meta["train"]
         transfer = self.config.transfer
@@ -164,7 +191,7 @@ class Ablations:
         with_tpm = name not in ("finetune", "ecdctr-no_tpm", "ecdctr-no_tpm-daily")
         if not name.endswith("-daily"):
             cpm = self.cpm(seed, with_tpm)
-            trained = steps.derive_actr(cpm, self.spec, work, self.ad_days, mc, transfer, quiet,
+            trained = steps.derive_actr(cpm, self.spec, work, self.ad_days, mc, transfer,
                                         vocab_parts=self.shared)
             return trained.model, trained.meta["train"]
         # as the daily job runs with one CPM: the CPM of the ad window's first day, the A-CTR
@@ -172,11 +199,11 @@ class Ablations:
         cpm = self.cpm(seed, with_tpm, self.ad_days[0])
         first = 2  # the derivation's days: its validation share, then one update a day
         trained = steps.derive_actr(cpm, self.spec, work, self.ad_days[:first], mc, transfer,
-                                    quiet, vocab_parts=self.shared)
+                                    vocab_parts=self.shared)
         for day in self.ad_days[first:]:
             learned = dt.date.fromisoformat(trained.meta["learned_through"])
             new = [d for d in self.ad_days if learned < d <= day]
-            trained = steps.update_actr(trained, self.spec, work, new, mc, quiet,
+            trained = steps.update_actr(trained, self.spec, work, new, mc,
                                         vocab_parts=self.shared)
         return trained.model, trained.meta["train"]
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -33,7 +34,8 @@ from pipelines import steps
 from pipelines.ablations import ABLATIONS, FOCUS_GROUPS, TPM_PERIOD, Ablations, focus_rows
 from pipelines.build import build
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
+
 BINS = 5
 SUMMARY_KEYS = ("logloss", "auc", "gauc", "uplifted_domains", "examples_per_second")
 
@@ -77,7 +79,7 @@ def parse_variant(name: str, base: ModelConfig) -> ModelConfig:
 
 def run_compare(config: RunConfig, date: dt.date, variants: Sequence[str], out: str,
                 eval_days: int = 1, source: str = "natural", seeds: int = 1,
-                plots: str | None = None, log: Log = print) -> dict:
+                plots: str | None = None) -> dict:
     """Trains every variant with every seed, scores them on [date, date + eval_days), and
     writes `out` (JSON) and `out` with .md (a Markdown table)."""
     if source not in ("natural", "ad"):
@@ -95,14 +97,14 @@ def run_compare(config: RunConfig, date: dt.date, variants: Sequence[str], out: 
     first = date - dt.timedelta(days=window)
     last = date + dt.timedelta(days=eval_days - 1)
     build(spec, config.logs, config.work, start=first, end=last, sources=[source],
-          beam_args=config.beam_args, skip_built=True, log=log)
+          beam_args=config.beam_args, skip_built=True)
     if ablations:  # they also read the natural windows, back to the oldest TPM snapshot's
         w, t = config.windows, config.transfer
         back = (w.actr_days + w.cpm_days + w.tpm_days
                 + (t.tpm_snapshots - 1) * TPM_PERIOD[config.schedule.tpm])
         build(spec, config.logs, config.work, start=date - dt.timedelta(days=back),
               end=date - dt.timedelta(days=1), sources=["natural", "ad"],
-              beam_args=config.beam_args, skip_built=True, log=log)
+              beam_args=config.beam_args, skip_built=True)
     built = built_partitions(config.work, source)
     train_days = [d for d in built if first <= d < date]
     eval_dates = [d for d in built if date <= d <= last]
@@ -110,10 +112,10 @@ def run_compare(config: RunConfig, date: dt.date, variants: Sequence[str], out: 
         raise ValueError(f"compare needs {source} days {first}..{last}: found {len(train_days)} "
                          f"training and {len(eval_dates)} of {eval_days} evaluation days built.")
     data = _Data(spec, config.work, source, train_days, eval_dates)
-    log(f"compare on {source}: train {train_days[0]}..{train_days[-1]} ({data.train_rows:,} rows), "
-        f"eval {eval_dates[0]}..{eval_dates[-1]} ({data.eval_rows:,} rows), "
-        f"{len(data.domains)} domains, {len(variants)} variants x {seeds} seeds")
-    trainer = Ablations(config, spec, date, log) if ablations else None
+    logger.info(f"compare on {source}: train {train_days[0]}..{train_days[-1]} ({data.train_rows:,} rows), "
+                f"eval {eval_dates[0]}..{eval_dates[-1]} ({data.eval_rows:,} rows), "
+                f"{len(data.domains)} domains, {len(variants)} variants x {seeds} seeds")
+    trainer = Ablations(config, spec, date) if ablations else None
     focus = trainer.focus_groups if trainer else {}
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     masks: dict[str, dict] = {}
@@ -124,8 +126,8 @@ def run_compare(config: RunConfig, date: dt.date, variants: Sequence[str], out: 
                 model, train = trainer.train(name, seed)
             else:
                 model, train = _train(data, dataclasses.replace(configs[name],
-                                                                seed=config.seed + seed), name, log)
-            result = _score(model, data, train, name, seed, focus, log)
+                                                                seed=config.seed + seed), name)
+            result = _score(model, data, train, name, seed, focus)
             result["train_seconds"] = round(time.perf_counter() - started, 1)
             runs[name].append(result)
             if seed == 0 and model.config.multi_domain == "adasparse":
@@ -152,12 +154,12 @@ def run_compare(config: RunConfig, date: dt.date, variants: Sequence[str], out: 
     write_json(out, report)
     with open(_markdown_path(out), "w", encoding="utf-8") as f:
         f.write(markdown_table(report))
-    log(f"wrote {out} and {_markdown_path(out)}")
+    logger.info(f"wrote {out} and {_markdown_path(out)}")
     if plots:
         from ecdctr.evaluation import plots as plotting
 
         written = plotting.write_all(report, masks, plots)
-        log(f"wrote plots: {', '.join(written)}")
+        logger.info(f"wrote plots: {', '.join(written)}")
     return report
 
 
@@ -178,14 +180,14 @@ class _Data:
         return make_dataset(self.spec, self.eval_files, batch_size)
 
 
-def _train(data: _Data, mc: ModelConfig, name: str, log: Log) -> tuple[CtrModel, dict]:
-    trained = steps.train_ctr(data.spec, data.work, data.train_parts, mc, log,
+def _train(data: _Data, mc: ModelConfig, name: str) -> tuple[CtrModel, dict]:
+    trained = steps.train_ctr(data.spec, data.work, data.train_parts, mc,
                               label=f"{name} seed {mc.seed}")
     return trained.model, trained.meta["train"]
 
 
 def _score(model: CtrModel, data: _Data, train: dict, name: str, seed: int,
-           focus: dict[str, set[str]], log: Log) -> dict:
+           focus: dict[str, set[str]]) -> dict:
     """Metrics of a trained model on the evaluation days (and on each focus group's rows),
     streamed through the evaluator daily uses."""
     groups = {group: Evaluator() for group in focus}
@@ -211,8 +213,8 @@ def _score(model: CtrModel, data: _Data, train: dict, name: str, seed: int,
                                            "validation_rows", "validation_clicks") if k in train}
     if model.config.multi_domain == "adasparse":
         result["sparsity"] = _layer_sparsity(model, data)
-    log(f"{name} seed {seed}: AUC {result['auc']:.4f} GAUC {result['gauc']:.4f} "
-        f"logloss {result['logloss']:.4f}, {result['examples_per_second']:,} ex/s"
+    logger.info(f"{name} seed {seed}: AUC {result['auc']:.4f} GAUC {result['gauc']:.4f} "
+                f"logloss {result['logloss']:.4f}, {result['examples_per_second']:,} ex/s"
         + (f", sparsity {result['sparsity']}" if "sparsity" in result else "")
         + "".join(f"; {group}: AUC {result[group]['auc']:.4f} over {result[group]['rows']:,} rows"
                   for group in focus))

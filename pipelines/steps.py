@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -50,7 +51,7 @@ from ecdctr.training.checkpoint import Checkpoint, Snapshot
 from ecdctr.training.distribute import Distribution, copy_weights, sharded_variables
 from ecdctr.training.loop import fit, recalibrate_batchnorm, scored_batches
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -110,7 +111,7 @@ def snapshot_problem(snapshot: Snapshot, spec: Spec) -> str | None:
     return None
 
 
-def readable_snapshots(snapshots: Sequence[Snapshot], spec: Spec, log: Log) -> list[Snapshot]:
+def readable_snapshots(snapshots: Sequence[Snapshot], spec: Spec) -> list[Snapshot]:
     """The snapshots (oldest first) a model of spec reads together: the newest it can read and
     the older ones with the same tables and dims. The others, left behind by a spec change
     (an entity feature renamed, removed or resized), are left out with a log line instead of
@@ -123,8 +124,8 @@ def readable_snapshots(snapshots: Sequence[Snapshot], spec: Spec, log: Log) -> l
         if problem is None and newer is not None and layout != newer:
             problem = f"its tables {layout} differ from the newer snapshots' {newer}"
         if problem:
-            log(f"TPM snapshot {snapshot.name} left out: {problem} (the spec changed since it "
-                f"trained; it leaves the choice as newer snapshots arrive)")
+            logger.info(f"TPM snapshot {snapshot.name} left out: {problem} (the spec changed since it "
+                        f"trained; it leaves the choice as newer snapshots arrive)")
             continue
         newer = layout
         kept.append(snapshot)
@@ -188,11 +189,11 @@ def dataset(spec: Spec, work: str, parts: Sequence[Partition], config: ModelConf
 
 
 def _reestimate_batchnorm(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
-                          config: ModelConfig, log: Log, validation: Validation | None) -> None:
+                          config: ModelConfig, validation: Validation | None) -> None:
     """BatchNorm statistics re-estimated on the rows a fit learns from (never its held-out ones)."""
     held_out = validation.held_out(work, held=False) if validation is not None else None
     recalibrate_batchnorm(model, dataset(spec, work, parts, config, shuffle=True,
-                                         held_out=held_out), log=log)
+                                         held_out=held_out))
 
 
 def validation_of(spec: Spec, work: str, parts: Sequence[Partition], config: ModelConfig
@@ -203,7 +204,7 @@ def validation_of(spec: Spec, work: str, parts: Sequence[Partition], config: Mod
 
 
 def fit_on(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
-           config: ModelConfig, name: str, log: Log, board: str | None = None,
+           config: ModelConfig, name: str, board: str | None = None,
            epochs: int | None = None, distribution: Distribution | None = None,
            build: Callable[[], CtrModel] | None = None, validation: Validation | None = None,
            callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict:
@@ -223,14 +224,14 @@ def fit_on(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
     else:
         validation = None
     rows = traffic(work, parts)[0] - (validation.rows if validation else 0)
-    log(f"[{name}] training on {len(parts)} partitions ({rows:,} rows), "
+    logger.info(f"[{name}] training on {len(parts)} partitions ({rows:,} rows), "
         + (f"validating on {_described(validation, config)}, up to {epochs} epochs"
            if validation else f"{epochs} epoch(s), no validation"))
     if distribution is None:
         summary = fit(model, dataset(spec, work, parts, config, shuffle=True, model=model,
                                      held_out=validation and validation.held_out(work, False),
                                      rows=rows), epochs,
-                      config.batch_size, name, log, board, rows,
+                      config.batch_size, name, board, rows,
                       validation=dataset(spec, work, validation.days, config, shuffle=False,
                                          model=model, held_out=validation.held_out(work, True),
                                          rows=validation.rows)
@@ -239,7 +240,7 @@ def fit_on(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
         if build is None:
             raise ValueError(f"{name}: a distributed fit needs `build`, the model's builder")
         summary = _fit_distributed(model, build, spec, work, parts, validation, config, name,
-                                   log, board, epochs, rows, distribution)
+                                   board, epochs, rows, distribution)
     dates = sorted({d for _, d in parts})
     summary.update(train_days=[dates[0].isoformat(), dates[-1].isoformat()],
                    validation_days=sorted({d.isoformat() for _, d in validation.days})
@@ -261,7 +262,7 @@ def _described(validation: Validation, config: ModelConfig) -> str:
 
 def _fit_distributed(model: CtrModel, build: Callable[[], CtrModel], spec: Spec, work: str,
                      parts: Sequence[Partition], validation: Validation | None,
-                     config: ModelConfig, name: str, log: Log, board: str | None, epochs: int,
+                     config: ModelConfig, name: str, board: str | None, epochs: int,
                      rows: int, distribution: Distribution) -> dict:
     """fit_on's fit under a strategy: a replica of model built in its scope starts from the
     model's weights, reads its share of the rows on each worker (the global batch is the
@@ -273,7 +274,7 @@ def _fit_distributed(model: CtrModel, build: Callable[[], CtrModel], spec: Spec,
     copy_weights(model, replica)
     sharded = sharded_variables(replica)
     if sharded:
-        log(f"[{name}] {len(sharded)} variable(s) partitioned over the parameter servers: "
+        logger.info(f"[{name}] {len(sharded)} variable(s) partitioned over the parameter servers: "
             + ", ".join(f"{n} in {k} shards" for n, k in sharded.items()))
     def source(files: list[str], shuffle: bool, held_out: HeldOut | None
                ) -> Callable[..., tf.data.Dataset]:
@@ -289,9 +290,9 @@ def _fit_distributed(model: CtrModel, build: Callable[[], CtrModel], spec: Spec,
         source(_files(work, validation.days), False, validation.held_out(work, True)),
         config.batch_size, validation.rows) if validation else (None, None))
     global_batch = distribution.global_batch(config.batch_size)
-    log(f"[{name}] distributed: {distribution.describe()}, global batch {global_batch}, "
-        f"{steps} steps an epoch")
-    summary = fit(replica, train_input, epochs, global_batch, name, log, board, rows,
+    logger.info(f"[{name}] distributed: {distribution.describe()}, global batch {global_batch}, "
+                f"{steps} steps an epoch")
+    summary = fit(replica, train_input, epochs, global_batch, name, board, rows,
                   validation=valid_input, patience=config.patience,
                   backup_dir=distribution.backup_dir(name), steps_per_epoch=steps,
                   validation_steps=valid_steps)
@@ -314,7 +315,7 @@ def _meta(kind: str, parts: Sequence[Partition], work: str, train: dict, stats: 
             "numeric_stats": {k: list(v) for k, v in stats.items()}, "domains": domains, **more}
 
 
-def train_tpm(spec: Spec, work: str, days: Sequence[dt.date], config: ModelConfig, log: Log,
+def train_tpm(spec: Spec, work: str, days: Sequence[dt.date], config: ModelConfig,
               parent: Checkpoint | Trained | None = None, board: str | None = None,
               fresh_features: Sequence[str] = (),
               distribution: Distribution | None = None) -> Trained:
@@ -325,16 +326,16 @@ def train_tpm(spec: Spec, work: str, days: Sequence[dt.date], config: ModelConfi
     vocabs = build_vocabularies(spec, work, parts)
     stats = numeric_stats(spec, work, parts)
     rows, ctr = traffic(work, parts)
-    log(f"TPM on {len(days)} natural days ({rows:,} rows), features "
-        f"{[f.name for f in spec.tpm_features]}"
+    logger.info(f"TPM on {len(days)} natural days ({rows:,} rows), features "
+                f"{[f.name for f in spec.tpm_features]}"
         + (f", warm start from {getattr(parent, 'folder', 'the previous TPM')}" if parent else ""))
     make = functools.partial(build_model, spec.tpm_features, vocabs, stats, config,
                              example_batch(spec), initial_ctr=ctr, name="tpm")
     model = make()
     if parent is not None:
         transfer_weights(parent.model, model, reset_batchnorm=False,
-                         fresh_features=fresh_features, log=log)
-    train = fit_on(model, spec, work, parts, config, "tpm", log, board,
+                         fresh_features=fresh_features)
+    train = fit_on(model, spec, work, parts, config, "tpm", board,
                    distribution=distribution, build=make)
     return Trained(model, spec, vocabs, _meta("tpm", parts, work, train, stats, [], "tpm",
                                               parent=getattr(parent, "folder", None)))
@@ -353,7 +354,7 @@ def tpm_tables(trained: Trained, standardize: bool = False
     return tables
 
 
-def train_ctr(spec: Spec, work: str, parts: Sequence[Partition], config: ModelConfig, log: Log,
+def train_ctr(spec: Spec, work: str, parts: Sequence[Partition], config: ModelConfig,
               kind: str = "ctr", snapshots: Sequence[Snapshot] = (),
               vocab_parts: Sequence[Partition] | None = None,
               stats_parts: Sequence[Partition] | None = None,
@@ -380,12 +381,12 @@ def train_ctr(spec: Spec, work: str, parts: Sequence[Partition], config: ModelCo
     transfer = None
     if parent is not None:
         transfer = transfer_weights(parent.model, model, reset_batchnorm=False,
-                                    fresh_features=fresh_features, log=log)
+                                    fresh_features=fresh_features)
     validation = validation_of(spec, work, parts, config)
-    train = fit_on(model, spec, work, parts, config, label or name, log, board,
+    train = fit_on(model, spec, work, parts, config, label or name, board,
                    distribution=distribution, build=make, validation=validation,
                    callbacks=callbacks)
-    _reestimate_batchnorm(model, spec, work, parts, config, log, validation)
+    _reestimate_batchnorm(model, spec, work, parts, config, validation)
     meta = _meta(kind, parts, work, train, stats, domains,
                  parent=parent.folder if parent else None,
                  transfer=_counts(transfer) if transfer else None)
@@ -393,7 +394,7 @@ def train_ctr(spec: Spec, work: str, parts: Sequence[Partition], config: ModelCo
 
 
 def _actr_from(parent: Checkpoint | Trained, spec: Spec, work: str, config: ModelConfig,
-               vocab_parts: Sequence[Partition], initial_ctr: float, log: Log
+               vocab_parts: Sequence[Partition], initial_ctr: float
                ) -> tuple[CtrModel, dict[str, list[str]], dict, list[Snapshot],
                           Callable[[], CtrModel]]:
     """An A-CTR with a parent's numeric stats, domains and TPM snapshots and vocabularies of
@@ -405,7 +406,7 @@ def _actr_from(parent: Checkpoint | Trained, spec: Spec, work: str, config: Mode
     if any(f.kind == "numeric" and f.column not in stats for f in spec.features):
         own = numeric_stats(spec, work, vocab_parts)
         stats.update({k: v for k, v in own.items() if k not in stats})
-    snapshots = readable_snapshots(parent.snapshots, spec, log)
+    snapshots = readable_snapshots(parent.snapshots, spec)
     make = functools.partial(build_model, spec.features, vocabs, stats, config,
                              example_batch(spec), [s.tables for s in snapshots] or None,
                              initial_ctr, parent.meta["domains"], name="actr")
@@ -413,7 +414,7 @@ def _actr_from(parent: Checkpoint | Trained, spec: Spec, work: str, config: Mode
 
 
 def derive_actr(cpm: Checkpoint | Trained, spec: Spec, work: str, ad_days: Sequence[dt.date],
-                config: ModelConfig, options: TransferConfig, log: Log,
+                config: ModelConfig, options: TransferConfig,
                 vocab_parts: Sequence[Partition] | None = None,
                 fresh_features: Sequence[str] = (), board: str | None = None,
                 distribution: Distribution | None = None) -> Trained:
@@ -425,19 +426,19 @@ def derive_actr(cpm: Checkpoint | Trained, spec: Spec, work: str, ad_days: Seque
     parts = [("ad", d) for d in ad_days]
     ad_ctr = traffic(work, parts)[1]
     model, vocabs, stats, snapshots, make = _actr_from(cpm, spec, work, config,
-                                                       vocab_parts or parts, ad_ctr, log)
+                                                       vocab_parts or parts, ad_ctr)
     transfer = transfer_weights(cpm.model, model, reset_batchnorm=options.reset_batchnorm,
                                 reset_batchnorm_affine=options.reset_batchnorm_affine,
-                                fresh_features=fresh_features, log=log)
-    shift = (shift_output_prior(model, cpm.meta["ctr"], ad_ctr, log)
+                                fresh_features=fresh_features)
+    shift = (shift_output_prior(model, cpm.meta["ctr"], ad_ctr)
              if options.shift_output_prior else 0.0)
     validation = validation_of(spec, work, parts, config)
     if options.reset_batchnorm:  # statistics of ad data from the start: validation reads them
-        _reestimate_batchnorm(model, spec, work, parts, config, log, validation)
-    train = fit_on(model, spec, work, parts, config, "actr", log, board,
+        _reestimate_batchnorm(model, spec, work, parts, config, validation)
+    train = fit_on(model, spec, work, parts, config, "actr", board,
                    distribution=distribution, build=make, validation=validation)
     if options.reset_batchnorm:  # and again for the fine-tuned weights
-        _reestimate_batchnorm(model, spec, work, parts, config, log, validation)
+        _reestimate_batchnorm(model, spec, work, parts, config, validation)
     meta = _meta("actr", parts, work, train, stats, list(cpm.meta["domains"]),
                  parent=getattr(cpm, "folder", None), transfer=_counts(transfer),
                  prior_shift=shift, options=dataclasses.asdict(options))
@@ -445,7 +446,7 @@ def derive_actr(cpm: Checkpoint | Trained, spec: Spec, work: str, ad_days: Seque
 
 
 def update_actr(previous: Checkpoint | Trained, spec: Spec, work: str,
-                new_days: Sequence[dt.date], config: ModelConfig, log: Log,
+                new_days: Sequence[dt.date], config: ModelConfig,
                 vocab_parts: Sequence[Partition] | None = None,
                 fresh_features: Sequence[str] = (), board: str | None = None,
                 distribution: Distribution | None = None) -> Trained:
@@ -454,16 +455,15 @@ def update_actr(previous: Checkpoint | Trained, spec: Spec, work: str,
     own lineage chose on validation (one day is too little to hold out another)."""
     parts = [("ad", d) for d in new_days]
     model, vocabs, _, snapshots, make = _actr_from(previous, spec, work, config,
-                                                   vocab_parts or parts, previous.meta["ctr"],
-                                                   log)
+                                                   vocab_parts or parts, previous.meta["ctr"])
     transfer = transfer_weights(previous.model, model, reset_batchnorm=False,
-                                fresh_features=fresh_features, log=log)
+                                fresh_features=fresh_features)
     epochs = int(previous.meta["train"].get("chosen_epoch") or 1)
     if parts:
-        train = fit_on(model, spec, work, parts, config, "actr", log, board, epochs=epochs,
+        train = fit_on(model, spec, work, parts, config, "actr", board, epochs=epochs,
                        distribution=distribution, build=make)
     else:
-        log("A-CTR: no ad day it has not learned from yet; kept as it is")
+        logger.info("A-CTR: no ad day it has not learned from yet; kept as it is")
         train = {"rows_read": 0, "steps": 0, "epochs_run": 0,
                  "train_days": [previous.meta["learned_through"]] * 2}
     train["chosen_epoch"] = epochs

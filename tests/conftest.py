@@ -1,26 +1,68 @@
 """Shared test fixtures: the simulated worlds the daily-job tests read (made once per test
-process) and a local S3 server (moto) on 127.0.0.1 for the object-store tests."""
+process), a local S3 server (moto) on 127.0.0.1 for the object-store tests, and the records
+ecdctr's module loggers log (`logged` for a test, `recorded` for a wider fixture)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import logging
 import os
 import socket
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
+from ecdctr.cli.logs import LOGGERS
+
 WORLD_START = dt.date(2026, 1, 1)
+
+
+@pytest.fixture
+def logged(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """pytest's caplog with ecdctr's packages (ecdctr.cli.logs.LOGGERS) at info, whatever an
+    earlier command run in-process set them to: their progress is in caplog.records."""
+    for name in LOGGERS:
+        caplog.set_level(logging.INFO, logger=name)
+    return caplog
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def recorded() -> Iterator[list[logging.LogRecord]]:
+    """The records, info and above, that ecdctr's packages log meanwhile: for a fixture that
+    outlives a test, which caplog does not."""
+    keep = _Records()
+    loggers = [logging.getLogger(name) for name in LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(keep)
+        logger.setLevel(logging.INFO)
+    try:
+        yield keep.records
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.removeHandler(keep)
+            logger.setLevel(level)
 
 
 def _simulated(tmp_path_factory, name: str, days: int, **config) -> str:
     from ecdctr.data.simulator import SimConfig, simulate
 
     root = tmp_path_factory.mktemp(name)
-    simulate(str(root), WORLD_START, days, SimConfig(**config), log=lambda _: None)
+    simulate(str(root), WORLD_START, days, SimConfig(**config))
     return str(root)
 
 

@@ -154,7 +154,7 @@ def test_warm_start_copies_the_step_counter_but_takes_ramp_steps_from_its_own_co
 
     source, target = model(4, "cpm"), model(8, "actr")
     source.fit(tf.data.Dataset.from_tensors((features, tf.ones([16, 1]))).repeat(3), verbose=0)
-    report = transfer_weights(source, target, log=lambda _: None)
+    report = transfer_weights(source, target)
     assert {"mlp/pruning_step", "mlp/alpha"} <= set(report["copied"])
     assert int(target.mlp.step) == 3 and float(target.mlp.alpha) == float(source.mlp.alpha)
     target.fit(tf.data.Dataset.from_tensors((features, tf.ones([16, 1]))), verbose=0)

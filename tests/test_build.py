@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import json
+import logging
 import math
 import os
 import pickle
@@ -19,6 +20,7 @@ import pytest
 import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from conftest import recorded
 
 from ecdctr.data.log_partitions import LOG_SUFFIXES
 from ecdctr.io import beam_files
@@ -201,9 +203,9 @@ def built(tmp_path_factory):
     logs, work = root / "logs", root / "work"
     make_round_trip_logs(logs)
     make_bad_logs(logs)
-    messages: list[str] = []
-    results = build(SPEC, str(logs), str(work), end=dt.date(2024, 3, 10), log=messages.append)
-    return work, results, messages
+    with recorded() as records:
+        results = build(SPEC, str(logs), str(work), end=dt.date(2024, 3, 10))
+    return work, results, [r.getMessage() for r in records]
 
 
 def test_round_trip_examples_equal_input(built):
@@ -298,14 +300,13 @@ def weighted_bytes(*paths: Path) -> int:
     return sum(p.stat().st_size * (8 if p.name.endswith(".gz") else 1) for p in paths)
 
 
-def test_rebuild_replaces_a_day_and_skip_built_keeps_it(tmp_path, monkeypatch):
+def test_rebuild_replaces_a_day_and_skip_built_keeps_it(tmp_path, monkeypatch, logged):
     logs, work = tmp_path / "logs", tmp_path / "work"
     day = partition(logs, "ad", D1)
     write_jsonl(day / "a.jsonl", [row(f"old-{i}", D1, user_id="old") for i in range(4)]
                 + ["not json"])
     size = weighted_bytes(day / "a.jsonl")
-    first = build(SPEC, str(logs), str(work), sources=["ad"], shard_bytes=size // 3 + 1,
-                  log=lambda m: None)
+    first = build(SPEC, str(logs), str(work), sources=["ad"], shard_bytes=size // 3 + 1)
     examples_dir = work / "examples" / "ad" / "date=2024-03-01"
     assert sorted(p.name for p in examples_dir.iterdir()) == [
         f"part-0000{i}-of-00003.tfrecord.gz" for i in range(3)]
@@ -318,11 +319,11 @@ def test_rebuild_replaces_a_day_and_skip_built_keeps_it(tmp_path, monkeypatch):
     with monkeypatch.context() as patch:  # a crash inside the pipeline publishes nothing
         patch.setattr(DayStats, "write_counts", crash)
         with pytest.raises(Exception, match="disk on fire"):
-            build(SPEC, str(logs), str(work), sources=["ad"], log=lambda m: None)
+            build(SPEC, str(logs), str(work), sources=["ad"])
     assert read_stats(work, "ad", D1) == before and len(read_examples(work, "ad", D1)) == 4
     assert len(os.listdir(work / ".staging")) == 1  # the crashed run's junk
-    messages: list[str] = []
-    second = build(SPEC, str(logs), str(work), sources=["ad"], log=messages.append)
+    logged.clear()
+    second = build(SPEC, str(logs), str(work), sources=["ad"])
     assert sorted(p.name for p in examples_dir.iterdir()) == ["part-00000-of-00001.tfrecord.gz"]
     assert list(read_examples(work, "ad", D1)) == ["new-1"]
     assert read_quarantine(work, "ad", D1) == []
@@ -330,21 +331,20 @@ def test_rebuild_replaces_a_day_and_skip_built_keeps_it(tmp_path, monkeypatch):
     stats = read_stats(work, "ad", D1)
     assert stats == second[0] and stats["rows_read"] == 1 and stats["files"][0].endswith("b.jsonl")
     assert os.listdir(work / ".staging") == []
-    assert any("leftovers of an unfinished build" in m for m in messages)
+    assert any("leftovers of an unfinished build" in m for m in logged.messages)
 
     write_jsonl(partition(logs, "ad", D2) / "a.jsonl", [row("d2", D2)])
-    third = build(SPEC, str(logs), str(work), sources=["ad"], skip_built=True, log=lambda m: None)
+    third = build(SPEC, str(logs), str(work), sources=["ad"], skip_built=True)
     assert [s["date"] for s in third] == ["2024-03-02"]  # day 1's logs did not change: kept
     assert read_stats(work, "ad", D1) == stats
     assert built_partitions(str(work), "ad") == [D1, D2]
-    assert build(SPEC, str(logs), str(work), sources=["ad"], skip_built=True,
-                 log=lambda m: None) == []
+    assert build(SPEC, str(logs), str(work), sources=["ad"], skip_built=True) == []
 
 
 def test_no_partitions_is_an_error(tmp_path):
     (tmp_path / "logs" / "natural").mkdir(parents=True)
     with pytest.raises(ValueError, match="date=YYYY-MM-DD"):
-        build(SPEC, str(tmp_path / "logs"), str(tmp_path / "work"), log=lambda m: None)
+        build(SPEC, str(tmp_path / "logs"), str(tmp_path / "work"))
 
 
 def test_multi_processing_runner_gives_the_same_days(tmp_path):
@@ -355,7 +355,7 @@ def test_multi_processing_runner_gives_the_same_days(tmp_path):
     args = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
     size = weighted_bytes(day / "a.jsonl", day / "b.jsonl.gz")
     results = build(SPEC, str(logs), str(tmp_path / "work"), beam_args=args,
-                    shard_bytes=size // 4 + 1, log=lambda m: None)
+                    shard_bytes=size // 4 + 1)
     (stats,) = results
     assert (stats["rows_read"], stats["rows_written"], stats["shards"]) == (33, 30, 4)
     assert stats["quarantine_reasons"] == {"duplicate_request_id": 1, "invalid_json": 1,
@@ -365,7 +365,7 @@ def test_multi_processing_runner_gives_the_same_days(tmp_path):
         f"r{i}" for i in range(30))
     # in 2 slices on 2 worker processes: their partial stats cross processes to be merged
     (sliced,) = build(SPEC, str(logs), str(tmp_path / "sliced"), beam_args=args,
-                      shard_bytes=size // 4 + 1, slice_bytes=size // 2 + 1, log=lambda m: None)
+                      shard_bytes=size // 4 + 1, slice_bytes=size // 2 + 1)
     assert sliced.pop("slices") == 2
     for key in ("built_at", "seconds", "numeric"):
         sliced.pop(key), stats.pop(key)
@@ -384,7 +384,7 @@ def test_default_runner_runs_in_process_without_prism(built):
     assert pipeline_runner(PipelineOptions(["--runner=FlinkRunner"])) == (None, "FlinkRunner")
 
 
-def test_unreadable_log_files_are_reported_never_silently_dropped(tmp_path):
+def test_unreadable_log_files_are_reported_never_silently_dropped(tmp_path, logged):
     import signal
 
     logs, work = tmp_path / "logs", tmp_path / "work"
@@ -402,9 +402,8 @@ def test_unreadable_log_files_are_reported_never_silently_dropped(tmp_path):
 
     previous = signal.signal(signal.SIGALRM, hung)
     signal.alarm(300)
-    messages: list[str] = []
     try:
-        results = build(SPEC, str(logs), str(work), log=messages.append)
+        results = build(SPEC, str(logs), str(work))
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
@@ -416,33 +415,33 @@ def test_unreadable_log_files_are_reported_never_silently_dropped(tmp_path):
     assert reasons["dangling.jsonl"].startswith("a dangling symlink")
     assert reasons["loop.jsonl"].startswith("a symlink loop")
     assert reasons["folder.jsonl"] == "a folder" and reasons["pipe.jsonl"].startswith("a FIFO")
-    text = "\n".join(messages)
-    assert text.count("is not a readable log file") == 5
-    assert f"error: skipping partition {only_bad}: it holds no readable log files" in text
+    errors = [r.getMessage() for r in logged.records if r.levelno == logging.ERROR]
+    assert sum("is not a readable log file" in m for m in errors) == 5
+    assert f"skipping partition {only_bad}: it holds no readable log files" in errors
 
 
-def test_late_logs_rebuild_their_day_and_say_so(tmp_path):
+def test_late_logs_rebuild_their_day_and_say_so(tmp_path, logged):
     logs, work = tmp_path / "logs", tmp_path / "work"
     folder = partition(logs, "ad", D1)
     write_jsonl(folder / "a.jsonl", [row("r1", D1), row("r2", D1)])
-    build(SPEC, str(logs), str(work), log=lambda _: None)
+    build(SPEC, str(logs), str(work))
     stats = read_stats(work, "ad", D1)
     assert [os.path.basename(p) for p, _, _ in stats["inputs"]] == ["a.jsonl"]
-    messages: list[str] = []
-    assert build(SPEC, str(logs), str(work), skip_built=True, log=messages.append) == []
-    assert any("skipping ad 2024-03-01: already built" in m for m in messages)
+    logged.clear()
+    assert build(SPEC, str(logs), str(work), skip_built=True) == []
+    assert any("skipping ad 2024-03-01: already built" in m for m in logged.messages)
     write_jsonl(folder / "late.jsonl", [row("r3", D1, click=1)])  # arrives after the build
-    messages.clear()
-    results = build(SPEC, str(logs), str(work), skip_built=True, log=messages.append)
+    logged.clear()
+    results = build(SPEC, str(logs), str(work), skip_built=True)
     assert [(r["source"], r["date"]) for r in results] == [("ad", D1.isoformat())]
     assert any("rebuilding ad 2024-03-01: its logs changed since it was built (added late.jsonl)"
-               in m for m in messages)
+               in m for m in logged.messages)
     assert read_stats(work, "ad", D1)["rows_written"] == 3 and len(read_examples(work, "ad", D1)) == 3
     write_jsonl(folder / "a.jsonl", [row("r1", D1), row("r2", D1), row("r4", D1)])  # rewritten
     os.utime(folder / "a.jsonl", (1, 1))
-    messages.clear()
-    build(SPEC, str(logs), str(work), skip_built=True, log=messages.append)
-    assert any("(changed a.jsonl)" in m for m in messages)
+    logged.clear()
+    build(SPEC, str(logs), str(work), skip_built=True)
+    assert any("(changed a.jsonl)" in m for m in logged.messages)
     assert read_stats(work, "ad", D1)["rows_written"] == 4
 
 
@@ -459,8 +458,7 @@ def test_shards_hold_the_plain_writers_examples_in_file_and_line_order(tmp_path)
     write_jsonl(day / "a.jsonl.gz", first, gz=True)
     write_jsonl(day / "b.jsonl", second)
     size = weighted_bytes(day / "a.jsonl.gz", day / "b.jsonl")
-    (stats,) = build(SPEC, str(logs), str(tmp_path / "work"), shard_bytes=size // 5 + 1,
-                     log=lambda m: None)
+    (stats,) = build(SPEC, str(logs), str(tmp_path / "work"), shard_bytes=size // 5 + 1)
     parser, shards = RowParser(SPEC), stats["shards"]
     assert shards == 5
     expected: list[list[bytes]] = [[] for _ in range(shards)]
@@ -480,7 +478,7 @@ def test_shards_hold_the_plain_writers_examples_in_file_and_line_order(tmp_path)
     assert stats["quarantine_reasons"] == {"duplicate_request_id": 1, "invalid_json": 1}
 
 
-def test_a_log_that_grows_after_it_was_found_is_built_as_read(tmp_path):
+def test_a_log_that_grows_after_it_was_found_is_built_as_read(tmp_path, logged):
     """The shard count comes from the sizes found before the pipeline runs, not from a
     reading pass: a log file that grows in between does not fail the build; the day holds
     every row read, once, in the shards made for the size found, and its recorded inputs
@@ -490,21 +488,20 @@ def test_a_log_that_grows_after_it_was_found_is_built_as_read(tmp_path):
     write_jsonl(log_file, [row(f"r{i}", D1) for i in range(4)])
     found = log_file.stat().st_size
     options = beam_files.configure((), (str(logs), str(work)))
-    plan = find_days(str(logs), str(work), ["natural", "ad"], None, None, lambda m: None,
+    plan = find_days(str(logs), str(work), ["natural", "ad"], None, None,
                      shard_bytes=found // 4 + 1)
     with open(log_file, "a") as f:  # between finding the day and reading it
         f.write("".join(json.dumps(row(f"late{i}", D1)) + "\n" for i in range(3)))
-    (stats,) = build_days(SPEC, plan, str(work), options, log=lambda m: None)
+    (stats,) = build_days(SPEC, plan, str(work), options)
     assert built_partitions(str(work), "ad") == [D1] and stats["shards"] == 4
     assert stats["rows_read"] == stats["rows_written"] == 7
     assert stats["inputs"][0][1] == found < log_file.stat().st_size
     files = sorted((work / "examples" / "ad" / f"date={D1}").glob("part-*"))
     assert len(files) == 4 and sum(1 for f in files for _ in tf.data.TFRecordDataset(
         str(f), compression_type="GZIP")) == 7
-    messages: list[str] = []
-    (again,) = build(SPEC, str(logs), str(work), shard_bytes=found // 4 + 1, skip_built=True,
-                     log=messages.append)
-    assert any("changed a.jsonl" in m for m in messages)
+    logged.clear()
+    (again,) = build(SPEC, str(logs), str(work), shard_bytes=found // 4 + 1, skip_built=True)
+    assert any("changed a.jsonl" in m for m in logged.messages)
     assert again["shards"] == math.ceil(log_file.stat().st_size / (found // 4 + 1)) > 4
     assert again["rows_read"] == 7
 
@@ -518,7 +515,7 @@ def test_shard_count_comes_from_the_input_sizes_gz_and_parquet_weighted():
     assert discovery.shard_count([], 1) == 1
 
 
-def test_a_sliced_day_is_byte_for_byte_the_one_pass_day(tmp_path):
+def test_a_sliced_day_is_byte_for_byte_the_one_pass_day(tmp_path, logged):
     """A day built in slices by request-id hash (a tiny slice_bytes) holds the same shard
     files, quarantine records, token counts and stats as one pass over it."""
     logs = tmp_path / "logs"
@@ -534,10 +531,10 @@ def test_a_sliced_day_is_byte_for_byte_the_one_pass_day(tmp_path):
     size = sum(discovery.input_bytes(str(f), f.stat().st_size) for f in files)
     runs = {}
     for name, slice_bytes in (("one", SLICE_BYTES), ("sliced", size // 3 + 1)):
-        messages: list[str] = []
+        logged.clear()
         (stats,) = build(SPEC, str(logs), str(tmp_path / name), shard_bytes=size // 6 + 1,
-                         slice_bytes=slice_bytes, log=messages.append)
-        runs[name] = (tmp_path / name, stats, messages)
+                         slice_bytes=slice_bytes)
+        runs[name] = (tmp_path / name, stats, logged.messages)
     (one, one_stats, _), (sliced, sliced_stats, messages) = runs["one"], runs["sliced"]
     assert sliced_stats["slices"] == 3 and "slices" not in one_stats
     assert sliced_stats["shards"] == one_stats["shards"] == 6
@@ -570,7 +567,7 @@ def test_a_sliced_day_is_byte_for_byte_the_one_pass_day(tmp_path):
     for column, values in one_numeric.items():  # float sums added per slice: within rounding
         assert sliced_numeric[column] == pytest.approx(values, rel=1e-12), column
     (five,) = build(SPEC, str(logs), str(tmp_path / "five"), shard_bytes=size // 5 + 1,
-                    slice_bytes=size // 3 + 1, log=lambda m: None)
+                    slice_bytes=size // 3 + 1)
     assert five["shards"] == 6 and five["slices"] == 3  # 5 shards, rounded up to 3's multiple
 
 

@@ -6,6 +6,7 @@ import datetime as dt
 import fcntl
 import gzip
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def make_logs(root: Path) -> None:
     duplicate request id (the duplicate's raw row is read again from the store)."""
     simulate(str(root), START, len(DAYS),
              SimConfig(users=200, items=100, new_users_per_day=5, new_items_per_day=2,
-                       natural_rows_per_day=300, seed=5), log=lambda _: None)
+                       natural_rows_per_day=300, seed=5))
     day = root / "natural" / f"date={START}"
     with gzip.open(day / "part-00000.jsonl.gz", "rt") as f:
         first = f.readline()
@@ -74,7 +75,7 @@ def quarantine(work: str, logs: str, source: str, day: dt.date) -> list[dict]:
 
 
 def test_build_on_s3_with_multi_process_workers_equals_the_local_build(
-        bucket, tmp_path, monkeypatch):
+        bucket, tmp_path, monkeypatch, logged):
     logs = tmp_path / "logs"
     make_logs(logs)
     local_work = str(tmp_path / "work")
@@ -82,20 +83,21 @@ def test_build_on_s3_with_multi_process_workers_equals_the_local_build(
     weighted = (8 * (first_day / "part-00000.jsonl.gz").stat().st_size
                 + (first_day / "extra.jsonl").stat().st_size)  # its shard count comes from this
     shard_bytes = weighted // 4 + 1
-    local = build(SPEC, str(logs), local_work, shard_bytes=shard_bytes, log=lambda _: None)
+    local = build(SPEC, str(logs), local_work, shard_bytes=shard_bytes)
 
     upload(logs, bucket, "logs")
     s3_logs, s3_work = f"{bucket}/logs", f"{bucket}/work"
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)  # anything written to a relative local path would land here
-    messages: list[str] = []
-    remote = build(SPEC, s3_logs, s3_work, shard_bytes=shard_bytes, log=messages.append,
+    logged.clear()
+    remote = build(SPEC, s3_logs, s3_work, shard_bytes=shard_bytes,
                    beam_args=["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
 
     assert list(cwd.iterdir()) == []  # no local staging, no lock file
     assert keys(bucket, "work/.staging") == [] and keys(bucket, "work/.build.lock") == []
-    assert any("takes no lock" in m for m in messages)
+    assert any(r.levelno == logging.WARNING and "takes no lock" in r.getMessage()
+               for r in logged.records)
     assert [(s["source"], s["date"]) for s in remote] == [
         (s, d.isoformat()) for s in ("ad", "natural") for d in DAYS]
     for source in ("ad", "natural"):
@@ -135,7 +137,7 @@ def test_build_on_s3_with_multi_process_workers_equals_the_local_build(
 
     # A rebuild replaces the day's objects: old shards beyond the new shard count go away.
     again = build(SPEC, s3_logs, s3_work, sources=["natural"], start=START, end=START,
-                  shard_bytes=weighted, log=lambda _: None)
+                  shard_bytes=weighted)
     assert again[0]["shards"] == 1
     assert day_files(s3_work, "examples", "natural", START) == ["part-00000-of-00001.tfrecord.gz"]
     assert set.union(*records(s3_work, "natural", START).values()) == set.union(
@@ -165,5 +167,4 @@ def test_a_given_lock_file_refuses_a_second_build(tmp_path):
     with open(lock, "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(Busy, match="another build in .* holds .*build.lock"):
-            build(SPEC, str(tmp_path / "logs"), str(tmp_path / "work"), lock=str(lock),
-                  log=lambda _: None)
+            build(SPEC, str(tmp_path / "logs"), str(tmp_path / "work"), lock=str(lock))

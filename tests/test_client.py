@@ -82,8 +82,7 @@ def served(tmp_path_factory):
                         _batch(), None)
     examples = _examples(_rows())
     base = tmp_path_factory.mktemp("export") / MODEL
-    path = export_saved_model(model, SPEC, str(base), timing_examples=examples[:4],
-                              log=lambda _: None)
+    path = export_saved_model(model, SPEC, str(base), timing_examples=examples[:4])
     signature = tf.saved_model.load(path).signatures["serving_default"]
     direct = signature(**{INPUT_KEY: tf.constant(examples)})[OUTPUT_KEY].numpy()
     return signature, examples, direct

@@ -49,7 +49,7 @@ def test_pick_domains_similar_and_different():
 def test_compare_end_to_end(tmp_path):
     simulate(str(tmp_path / "logs"), dt.date(2026, 1, 1), 5,
              SimConfig(users=600, items=200, new_users_per_day=10, new_items_per_day=5,
-                       natural_rows_per_day=1500, seed=5), log=lambda _: None)
+                       natural_rows_per_day=1500, seed=5))
     config = tmp_path / "config.yaml"
     config.write_text(f"spec: {os.path.abspath('features/default.yaml')}\nlogs: logs\nwork: work\n"
                       "export: export\nwindows: {cpm_days: 4}\nmodel: {hidden: [16, 8]}\n"
@@ -58,7 +58,7 @@ def test_compare_end_to_end(tmp_path):
     variants = ["dnn", "dnn+adasparse:0.1-0.3", "dnn+adasparse:0.3-0.5", "dnn+star",
                 "dcnv2+apg"]
     report = run_compare(load_config(str(config)), dt.date(2026, 1, 5), variants, str(out),
-                         plots=str(tmp_path / "plots"), log=lambda _: None)
+                         plots=str(tmp_path / "plots"))
     on_disk = json.loads(out.read_text())
     assert on_disk["variants"] == variants and len(on_disk["runs"]["dnn"]) == 1
     # each variant validates on the share of requests daily's fits hold out (steps.fit_on)
@@ -98,10 +98,10 @@ def test_aggregate_over_seeds():
     assert out["sparsity"] == [0.2, 0.2] and out["bins_auc"] == [pytest.approx(0.72)]
 
 
-def test_ablations_on_ad_traffic(tmp_path):
+def test_ablations_on_ad_traffic(tmp_path, logged):
     simulate(str(tmp_path / "logs"), dt.date(2026, 1, 1), 8,
              SimConfig(users=600, items=200, new_users_per_day=10, new_items_per_day=5,
-                       natural_rows_per_day=2000, seed=6), log=lambda _: None)
+                       natural_rows_per_day=2000, seed=6))
     config = tmp_path / "config.yaml"
     config.write_text(f"spec: {os.path.abspath('features/default.yaml')}\nlogs: logs\nwork: work\n"
                       "export: export\nwindows: {tpm_days: 7, cpm_days: 3, actr_days: 3}\n"
@@ -109,9 +109,9 @@ def test_ablations_on_ad_traffic(tmp_path):
                       "model: {hidden: [16, 8]}\ntpm: {hidden: [8], batch_size: 256, max_epochs: 2}\n"
                       "cpm: {batch_size: 256, max_epochs: 2}\nactr: {batch_size: 64, max_epochs: 2}\n")
     variants = ["ad_only", "finetune", "ecdctr", "ecdctr-daily"]
-    lines: list[str] = []
     report = run_compare(load_config(str(config)), dt.date(2026, 1, 8), variants,
-                         str(tmp_path / "ablations.json"), source="ad", log=lines.append)
+                         str(tmp_path / "ablations.json"), source="ad")
+    lines = logged.messages
     assert report["focus_groups"]["natural_users"]["users"] > 0
     assert "returning_users" in report["focus_groups"]
     for name in variants:
@@ -132,24 +132,25 @@ def test_ablations_need_ad_source(tmp_path):
     config.write_text("spec: s\nlogs: l\nwork: w\nexport: e\n")
     with pytest.raises(ValueError, match="use --source=ad"):
         run_compare(load_config(str(config)), dt.date(2026, 1, 8), ["ecdctr"],
-                    str(tmp_path / "x.json"), source="natural", log=lambda _: None)
+                    str(tmp_path / "x.json"), source="natural")
 
 
-def test_ablation_snapshots_follow_the_tpm_schedule_and_warm_start(tmp_path):
+def test_ablation_snapshots_follow_the_tpm_schedule_and_warm_start(tmp_path, logged):
     simulate(str(tmp_path / "logs"), dt.date(2026, 1, 1), 8,
              SimConfig(users=300, items=100, new_users_per_day=5, new_items_per_day=5,
-                       natural_rows_per_day=600, seed=7), log=lambda _: None)
+                       natural_rows_per_day=600, seed=7))
     config = tmp_path / "config.yaml"
     config.write_text(f"spec: {os.path.abspath('features/default.yaml')}\nlogs: logs\nwork: work\n"
                       "export: export\nwindows: {tpm_days: 2, cpm_days: 2, actr_days: 2}\n"
                       "tpm: {hidden: [8], batch_size: 256, max_epochs: 1}\n"
                       "schedule: {tpm: daily}\ntransfer: {tpm_snapshots: 3}\n")
     cfg = load_config(str(config))
-    build(load_spec(cfg.spec), cfg.logs, cfg.work, log=lambda _: None)
-    lines: list[str] = []
-    ablations = Ablations(cfg, load_spec(cfg.spec), dt.date(2026, 1, 8), log=lines.append)
-    ablations._quiet = lines.append  # every line, not only the fits' progress
+    build(load_spec(cfg.spec), cfg.logs, cfg.work)
+    ablations = Ablations(cfg, load_spec(cfg.spec), dt.date(2026, 1, 8))
+    ablations.quiet = False  # every line, not only the fits' progress
+    logged.clear()
     snapshots = ablations.snapshots(0, dt.date(2026, 1, 8))
+    lines = logged.messages
     # a daily TPM: the snapshots of 01-06, 01-07 and 01-08, each on the 2 days before its
     # CPM window (historical), each warm-started from the one before
     assert [s.name for s in snapshots] == ["tpm-2026-01-06", "tpm-2026-01-07", "tpm-2026-01-08"]
@@ -158,7 +159,7 @@ def test_ablation_snapshots_follow_the_tpm_schedule_and_warm_start(tmp_path):
     assert all("warm start from the previous TPM" in x for x in starts[1:])
     cold = dataclasses.replace(cfg, transfer=dataclasses.replace(cfg.transfer, tpm_warm_start=False,
                                                                  tpm_snapshots=1))
-    one = Ablations(cold, load_spec(cfg.spec), dt.date(2026, 1, 8), lines.append)
+    one = Ablations(cold, load_spec(cfg.spec), dt.date(2026, 1, 8))
     assert [s.name for s in one.snapshots(0, dt.date(2026, 1, 8))] == ["tpm-2026-01-08"]
 
 

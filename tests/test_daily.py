@@ -4,6 +4,7 @@ simulated set (the sizes of tests/test_e2e.py)."""
 import datetime as dt
 import gzip
 import json
+import logging
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
+from conftest import recorded
 
 from ecdctr.config import load_config
 from ecdctr.models.ctr_model import ModelConfig, build_model, transfer_weights
@@ -55,12 +57,12 @@ def friday(logs, tmp_path_factory):
     on in; and a copy of that folder as the day left it, which tests copy in turn."""
     root = tmp_path_factory.mktemp("daily-warm")
     weekly = _config(root, logs, "weekly", extra=WEEKLY)
-    lines: list[str] = []
-    report = run_daily(load_config(weekly), dt.date(2026, 1, 9), log=lines.append)
+    with recorded() as records:
+        report = run_daily(load_config(weekly), dt.date(2026, 1, 9))
     left = tmp_path_factory.mktemp("daily-friday")
     for folder in ("work", "export"):
         shutil.copytree(root / folder, left / folder)
-    return root, weekly, (report, lines), left
+    return root, weekly, (report, [r.getMessage() for r in records]), left
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +83,9 @@ def three_days(friday, logs):
     runs = [first]
     try:
         for day, config in (("2026-01-10", weekly), ("2026-01-11", daily_cpm)):
-            lines: list[str] = []
-            report = run_daily(load_config(config), dt.date.fromisoformat(day), log=lines.append)
-            runs.append((report, lines))
+            with recorded() as records:
+                report = run_daily(load_config(config), dt.date.fromisoformat(day))
+            runs.append((report, [r.getMessage() for r in records]))
     finally:
         patch.undo()
     return root, runs
@@ -191,7 +193,7 @@ def test_transfer_keeps_changed_features_fresh_and_can_reset_batchnorm_affine():
     target = build_model(spec.features, vocabs, {}, config, batch,
                          {"user_id": (["v0"], np.full((1, 2), 7.0, "float32"))}, name="target")
     fresh = target.encoder.embeddings["gender"].embeddings.numpy()
-    report = transfer_weights(source, target, log=lambda _: None, fresh_features=["gender"],
+    report = transfer_weights(source, target, fresh_features=["gender"],
                               reset_batchnorm_affine=True)
     np.testing.assert_array_equal(target.encoder.embeddings["gender"].embeddings.numpy(), fresh)
     assert "emb_gender/embeddings" in report["fresh"] and not report["shape_changed"]
@@ -200,7 +202,7 @@ def test_transfer_keeps_changed_features_fresh_and_can_reset_batchnorm_affine():
     assert (target.mlp.dense[0].kernel.numpy() == 0.5).all()
     frozen = [v for v in target.tpm.non_trainable_variables if v.dtype == tf.float32]
     assert frozen and all(7.0 in v.numpy() for v in frozen)  # the target's own snapshot stays
-    kept = transfer_weights(source, target, reset_batchnorm=False, log=lambda _: None)
+    kept = transfer_weights(source, target, reset_batchnorm=False)
     assert (target.mlp.norms[0].gamma.numpy() == 0.5).all() and not kept["reset"]
 
 
@@ -234,7 +236,7 @@ def _leftovers(root):
     return found
 
 
-def test_killed_runs_resume_to_the_same_result(logs, tmp_path):
+def test_killed_runs_resume_to_the_same_result(logs, tmp_path, logged):
     config = _config(tmp_path, logs)
     date = "2026-01-12"
     report_file = tmp_path / "work" / "reports" / f"{date}.json"
@@ -286,14 +288,15 @@ def test_killed_runs_resume_to_the_same_result(logs, tmp_path):
         assert sum(1 for _ in f) == json.loads(
             (tmp_path / "work" / "stats" / "ad" / f"{date}.json").read_text())["rows_read"]
     # a rerun of a finished day does nothing
-    lines = []
-    assert run_daily(load_config(config), dt.date.fromisoformat(date), log=lines.append) == {
+    logged.clear()
+    assert run_daily(load_config(config), dt.date.fromisoformat(date)) == {
         **report, "outcome": "done"}
-    assert "nothing to do" in lines[0]
+    assert "nothing to do" in logged.messages[0]
     assert sorted(os.listdir(tmp_path / "export" / "actr")) == ["1"]
 
 
-def test_a_failed_cpm_degrades_the_day_and_the_actr_uses_the_newest_cpm(friday, logs, tmp_path):
+def test_a_failed_cpm_degrades_the_day_and_the_actr_uses_the_newest_cpm(friday, logs, tmp_path,
+                                                                       logged):
     config = load_config(_config(tmp_path, logs, extra=WEEKLY))
     _, _, (first, _), left = friday  # run_daily(config, 2026-01-09), in a copy of its folders
     for folder in ("work", "export"):
@@ -302,12 +305,12 @@ def test_a_failed_cpm_degrades_the_day_and_the_actr_uses_the_newest_cpm(friday, 
     # a bad artifact: the TPM snapshot the next CPM reads is corrupt
     snapshot = tmp_path / "work" / "tpm" / "2026-01"
     (snapshot / "manifest.json").write_text("{not json")
-    lines: list[str] = []
-    report = run_daily(config, dt.date(2026, 1, 12), log=lines.append)  # a new week: CPM due
+    report = run_daily(config, dt.date(2026, 1, 12))  # a new week: CPM due
     assert report["steps"]["cpm"]["status"] == "failed"
     assert report["status"] == "ok" and report["published"] and report["outcome"] == "degraded"
     assert report["degraded"] and report["degraded"][0].startswith("cpm failed")
     actr = report["steps"]["actr"]  # from yesterday's A-CTR, which descends from the newest CPM
     assert actr["status"] == "ok" and "newest CPM 2026-01-05" in actr["start_reason"]
     assert daily.OUTCOMES["degraded"] == 5
-    assert any(line.startswith("error: cpm failed") for line in lines)
+    assert any(r.levelno == logging.ERROR and r.getMessage().startswith("cpm failed")
+               for r in logged.records)

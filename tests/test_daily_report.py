@@ -3,6 +3,7 @@ chief (pipelines/daily/cluster.py), on plain files."""
 
 import datetime as dt
 import json
+import logging
 import os
 import time
 import types
@@ -15,11 +16,10 @@ from pipelines.daily.report import DailyError, StepRecorder, first_error, send_a
 DATE = dt.date(2026, 1, 15)
 
 
-def test_steps_are_recorded_and_saved_as_they_run(tmp_path):
+def test_steps_are_recorded_and_saved_as_they_run(tmp_path, logged):
     path = tmp_path / "report.json"
     report: dict = {"status": "running", "steps": {}}
-    lines: list[str] = []
-    record = StepRecorder(report, str(path), lines.append)
+    record = StepRecorder(report, str(path))
     with record.step("build") as entry:
         assert json.loads(path.read_text())["steps"]["build"] == {"status": "running"}
         entry["partitions_built"] = 3
@@ -28,22 +28,22 @@ def test_steps_are_recorded_and_saved_as_they_run(tmp_path):
     saved = json.loads(path.read_text())
     assert saved["steps"]["build"]["status"] == "ok" and saved["steps"]["build"]["partitions_built"] == 3
     assert saved["steps"]["tpm"]["status"] == "skipped" and "seconds" in saved["steps"]["tpm"]
+    lines = logged.messages
     assert lines[0] == "== build ==" and lines[1].startswith("== build: ok in ")
 
 
-def test_a_degradable_step_that_fails_degrades_the_day_unless_in_a_cluster(tmp_path):
+def test_a_degradable_step_that_fails_degrades_the_day_unless_in_a_cluster(tmp_path, logged):
     report: dict = {"status": "running", "steps": {}}
-    lines: list[str] = []
-    with StepRecorder(report, None, lines.append).degradable("cpm"):
+    with StepRecorder(report, None).degradable("cpm"):
         raise OSError("disk full")
     assert report["steps"]["cpm"] == {"status": "failed", "error": "OSError: disk full",
                                       "seconds": report["steps"]["cpm"]["seconds"]}
     assert report["degraded"] == ["cpm failed (OSError: disk full); the A-CTR uses the newest "
                                   "earlier output"]
-    assert lines[-1] == "error: " + report["degraded"][0]
+    last = logged.records[-1]
+    assert (last.levelno, last.getMessage()) == (logging.ERROR, report["degraded"][0])
     assert not list(tmp_path.iterdir())  # a worker's recorder writes nothing
-    with pytest.raises(OSError), StepRecorder(report, None, lines.append,
-                                              degrade=False).degradable("tpm"):
+    with pytest.raises(OSError), StepRecorder(report, None, degrade=False).degradable("tpm"):
         raise OSError("disk full")
 
 
@@ -55,8 +55,7 @@ def test_first_error_names_the_failed_step_else_the_degraded_steps_or_the_gate()
 
 
 def _chief(tmp_path, since, seconds=5.0):
-    return ChiefProgress(str(tmp_path / "report.json"), "worker:1", DATE, seconds, since,
-                         lambda _: None, poll_seconds=0.01)
+    return ChiefProgress(str(tmp_path / "report.json"), "worker:1", DATE, seconds, since, poll_seconds=0.01)
 
 
 def test_a_worker_waits_for_the_chiefs_report_of_this_run(tmp_path):
@@ -78,15 +77,16 @@ def test_a_worker_waits_for_the_chiefs_report_of_this_run(tmp_path):
         chief.wait_for_build()
 
 
-def test_an_alert_that_times_out_is_killed_with_everything_it_started(tmp_path):
+def test_an_alert_that_times_out_is_killed_with_everything_it_started(tmp_path, caplog):
     pid_file = tmp_path / "sleeper.pid"
     config = types.SimpleNamespace(alert=f"sleep 250 & echo $! > {pid_file}; wait")
-    lines: list[str] = []
     report = {"date": "2026-01-02", "outcome": "failed", "status": "failed", "steps": {}}
     started = time.monotonic()
-    send_alert(config, report, str(tmp_path / "r.json"), lines.append, timeout=2)
+    with caplog.at_level(logging.INFO):
+        send_alert(config, report, str(tmp_path / "r.json"), timeout=2)
     assert time.monotonic() - started < 30
-    assert any(line.startswith("error: the alert command failed to run") for line in lines), lines
+    assert any(r.levelname == "ERROR" and r.getMessage().startswith("the alert command failed to run")
+               for r in caplog.records), caplog.records
     sleeper = int(pid_file.read_text())
     for _ in range(50):  # the kill is delivered at once; reaping by init may take a moment
         try:

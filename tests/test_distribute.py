@@ -187,7 +187,7 @@ def test_distribute_section_defaults_to_one_process(tmp_path, logs):
 
 def test_two_workers_train_the_model_one_process_trains(tmp_path, logs, clusters):
     single = tmp_path / "single"
-    report = run_daily(load_config(_config(single, logs, FIXED)), DATE, log=lambda _: None)
+    report = run_daily(load_config(_config(single, logs, FIXED)), DATE)
     assert report["status"] == "ok"
     multi = tmp_path / "mwms"
     config = _config(multi, logs, FIXED, "{strategy: multi_worker_mirrored}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import random
 
 from ecdctr.data.drift import compare, read_drift
@@ -26,7 +27,7 @@ def _rows(day: dt.date, n: int, collapsed: bool, rng: random.Random) -> list[dic
             for i in range(n)]
 
 
-def test_a_collapsed_feature_and_half_the_rows_are_flagged(tmp_path):
+def test_a_collapsed_feature_and_half_the_rows_are_flagged(tmp_path, logged):
     rng = random.Random(0)
     for k in range(6):
         day = START + dt.timedelta(days=k)
@@ -34,15 +35,15 @@ def test_a_collapsed_feature_and_half_the_rows_are_flagged(tmp_path):
         folder.mkdir(parents=True)
         rows = _rows(day, 200 if k == 5 else 400, collapsed=k == 5, rng=rng)
         (folder / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    lines: list[str] = []
-    results = build(SPEC, str(tmp_path / "logs"), str(tmp_path / "work"), log=lines.append)
+    results = build(SPEC, str(tmp_path / "logs"), str(tmp_path / "work"))
     flagged = {r["date"]: read_drift(str(tmp_path / "work"), "ad", dt.date.fromisoformat(r["date"]))
                for r in results}
     assert all(not flagged[(START + dt.timedelta(days=k)).isoformat()] for k in range(5))
     broken = flagged[(START + dt.timedelta(days=5)).isoformat()]
     assert any(w.startswith("rows 200") for w in broken)
     assert any(w.startswith("age_level: collapsed") for w in broken)
-    assert sum("warning: drift in ad 2024-03-06" in line for line in lines) == len(broken)
+    assert sum(r.levelno == logging.WARNING and "drift in ad 2024-03-06" in r.getMessage()
+               for r in logged.records) == len(broken)
 
 
 def test_too_few_days_are_not_compared_and_a_ctr_jump_is():

@@ -14,6 +14,7 @@ import sys
 
 import pytest
 import tensorflow as tf
+from conftest import recorded
 
 from ecdctr.cli.main import main
 from ecdctr.config import load_config
@@ -38,9 +39,9 @@ def run(world, tmp_path_factory):
         "gate: {max_auc_drop: 0.2}\n"
         "tpm: {hidden: [8], batch_size: 256, max_epochs: 2}\ncpm: {batch_size: 256, max_epochs: 2}\n"
         "actr: {batch_size: 64, max_epochs: 2}\n")
-    lines: list[str] = []
-    report = run_daily(load_config(str(config)), DATE, log=lines.append)
-    return root, config, report, lines
+    with recorded() as records:
+        report = run_daily(load_config(str(config)), DATE)
+    return root, config, report, [r.getMessage() for r in records]
 
 
 @pytest.fixture
@@ -113,14 +114,13 @@ def test_no_request_or_user_id_of_the_logs_is_in_the_exports_warmup(run):
     assert values and not values & (ids["request_id"] | ids["user_id"] | ids["item_id"])
 
 
-def test_rerun_of_a_finished_day_does_nothing_and_force_reuses_what_exists(run_copy):
+def test_rerun_of_a_finished_day_does_nothing_and_force_reuses_what_exists(run_copy, logged):
     root, config, first, _ = run_copy
-    lines: list[str] = []
-    again = run_daily(load_config(str(config)), DATE, log=lines.append)
+    again = run_daily(load_config(str(config)), DATE)
     assert again == json.loads(json.dumps(again)) and again["export"] == first["export"]
-    assert any("nothing to do" in line for line in lines)
+    assert any("nothing to do" in line for line in logged.messages)
     assert sorted(os.listdir(root / "export" / "actr"))[:1] == ["1"]
-    report = run_daily(load_config(str(config)), DATE, log=lambda _: None, force=True)
+    report = run_daily(load_config(str(config)), DATE, force=True)
     assert report["steps"]["build"]["partitions_built"] == 0
     assert report["steps"]["tpm"]["status"] == "skipped"
     assert report["steps"]["cpm"]["status"] == "skipped"
@@ -132,7 +132,7 @@ def test_a_second_run_on_the_same_work_folder_is_refused(run):
     _, config, _, _ = run
     cfg = load_config(str(config))
     with work_lock(cfg.lock), pytest.raises(Busy, match="another daily run holds"):
-        run_daily(cfg, DATE + dt.timedelta(days=1), log=lambda _: None)
+        run_daily(cfg, DATE + dt.timedelta(days=1))
 
 
 def test_predict_prints_one_probability_per_row(run, tmp_path, capsys):
@@ -222,7 +222,7 @@ def test_daily_without_ad_logs_on_the_date_says_what_is_missing(run_copy):
     _, config, _, _ = run_copy
     later = DATE + dt.timedelta(days=1)
     with pytest.raises(DailyError, match=rf"ad traffic of {later} \(the evaluation day\) is not built"):
-        run_daily(load_config(str(config)), later, log=lambda _: None)
+        run_daily(load_config(str(config)), later)
 
 
 def test_versions_rollback_and_the_hold_on_the_next_run(run_copy, capsys):

@@ -54,7 +54,7 @@ def test_transfer_by_name_remaps_embeddings_and_resets_batchnorm():
     target = build_model(SPEC.features, _vocabs(["c", "new", "a"]), {}, CONFIG, _batch(), TPM,
                          name="actr")
     fresh_new_row = target.encoder.embeddings["user_id"].embeddings.numpy()[2].copy()
-    report = transfer_weights(source, target, log=lambda _: None)
+    report = transfer_weights(source, target)
     src = source.encoder.embeddings["user_id"].embeddings.numpy()
     dst = target.encoder.embeddings["user_id"].embeddings.numpy()
     np.testing.assert_array_equal(dst[1], src[3])  # "c"
@@ -70,7 +70,7 @@ def test_transfer_by_name_remaps_embeddings_and_resets_batchnorm():
 def test_recalibrate_batchnorm_estimates_the_data_statistics():
     model = build_model(SPEC.features, _vocabs(["v0"]), {}, CONFIG, _batch(), None)
     data = tf.data.Dataset.from_tensors((_batch(shift=1000.0), tf.ones([16, 1]))).repeat(4)
-    assert recalibrate_batchnorm(model, data, log=lambda _: None) == 4
+    assert recalibrate_batchnorm(model, data) == 4
     bn = model.mlp.norms[0]
     pre = model.mlp.dense[0](model.encoder(_batch(shift=1000.0))).numpy()
     np.testing.assert_allclose(bn.moving_mean.numpy(), pre.mean(0), rtol=1e-4, atol=1e-4)
@@ -114,7 +114,7 @@ def test_plain_tower_is_served_with_its_batchnorm_folded_into_the_dense_layers()
     model = build_model(SPEC.features, _vocabs(["v0"]), {}, CONFIG, _batch(), None)
     # BatchNorm statistics far from their initial 0 and 1, so folding them matters
     data = tf.data.Dataset.from_tensors((_batch(shift=1000.0), tf.ones([16, 1]))).repeat(4)
-    recalibrate_batchnorm(model, data, log=lambda _: None)
+    recalibrate_batchnorm(model, data)
     trained = model(_batch(shift=1000.0), training=False).numpy()
     with serving_form(model) as serving:
         assert type(serving.mlp).__name__ == "FoldedMlp"

@@ -73,7 +73,7 @@ class _Poller(threading.Thread):
 
 def test_publishing_on_s3_never_shows_a_loadable_partial_version(bucket, monkeypatch):
     base = bucket + "/export/actr"
-    stagings = [stage_saved_model(_model(seed), SPEC, base, _examples(), log=lambda _: None)
+    stagings = [stage_saved_model(_model(seed), SPEC, base, _examples())
                 for seed in (0, 1)]
     assert all(s.split("/")[-1].startswith(".staging-") for s in stagings)
     copy = storage.copy
@@ -86,10 +86,10 @@ def test_publishing_on_s3_never_shows_a_loadable_partial_version(bucket, monkeyp
     poller = _Poller(base)
     poller.start()
     try:
-        first = publish(stagings[0], base, keep=1, log=lambda _: None)
+        first = publish(stagings[0], base, keep=1)
         while 1 not in poller.loaded and not poller.failed:
             time.sleep(0.05)
-        publish(stagings[1], base, keep=1, log=lambda _: None)  # and removes version 1
+        publish(stagings[1], base, keep=1)  # and removes version 1
         time.sleep(1.0)
     finally:
         poller.stop.set()
@@ -102,8 +102,8 @@ def test_publishing_on_s3_never_shows_a_loadable_partial_version(bucket, monkeyp
 
 def test_an_interrupted_publish_is_not_a_version_and_is_removed(bucket):
     base = bucket + "/export/actr"
-    staging = stage_saved_model(_model(), SPEC, base, _examples(), log=lambda _: None)
-    publish(staging, base, log=lambda _: None)
+    staging = stage_saved_model(_model(), SPEC, base, _examples())
+    publish(staging, base)
     # a publish killed mid-copy: files of version 2, no saved_model.pb, no marker
     storage.copy(storage.join(base, "1", "variables", "variables.index"),
                  storage.join(base, "2", "variables", "variables.index"))
@@ -146,7 +146,7 @@ def test_the_daily_job_runs_on_s3_from_logs_to_a_served_version(bucket, tmp_path
     local_logs = tmp_path / "logs"
     simulate(str(local_logs), dt.date(2026, 1, 1), 8,
              SimConfig(users=300, items=120, new_users_per_day=10, new_items_per_day=3,
-                       natural_rows_per_day=600, seed=5), log=lambda _: None)
+                       natural_rows_per_day=600, seed=5))
     storage.copytree(str(local_logs), bucket + "/logs")
     config = tmp_path / "s3.yaml"
     config.write_text(

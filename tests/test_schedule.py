@@ -16,7 +16,7 @@ def _store(root, **windows):
         (root / name).mkdir(parents=True)
         (root / name / "meta.json").write_text(json.dumps(
             {"kind": "cpm", "model_name": "cpm", "tpm_snapshots": [], "window": window}))
-    return ModelStore(str(root), log=lambda _: None)
+    return ModelStore(str(root))
 
 
 def test_period_names_the_output_folder_of_the_period_holding_the_day():

@@ -1,5 +1,6 @@
 """The TF Serving contract of the export (signatures, warmup file, versions) and the publish gate."""
 
+import logging
 import math
 import os
 import subprocess
@@ -62,7 +63,7 @@ def _held_out(folder, copies=1):
 def staged(tmp_path_factory):
     base = str(tmp_path_factory.mktemp("export") / "actr")
     model = _model()
-    path = stage_saved_model(model, SPEC, base, _examples(), log=lambda _: None)
+    path = stage_saved_model(model, SPEC, base, _examples())
     return model, base, path
 
 
@@ -123,11 +124,11 @@ def test_a_model_trained_on_preprocessed_batches_serves_raw_examples_alike(tmp_p
     batch = next(iter(data))[0]
     assert is_preprocessed(batch)
     assert not [t for t in tf.nest.flatten(batch, expand_composites=True) if t.dtype == tf.string]
-    summary = fit(model, data, 2, 5, "actr", log=lambda _: None)
+    summary = fit(model, data, 2, 5, "actr")
     assert summary["steps"] == 6 and model.steps_per_execution.numpy() > 1  # 3 batches an epoch
     training = np.concatenate([model(x, training=False).numpy().ravel() for x, _ in data])
     with serving_form(model):
-        staged_path = stage_saved_model(model, SPEC, str(tmp_path / "actr"), log=lambda _: None)
+        staged_path = stage_saved_model(model, SPEC, str(tmp_path / "actr"))
     served = tf.saved_model.load(staged_path).signatures["serving_default"](
         examples=tf.constant(_examples()))[OUTPUT_KEY].numpy()
     np.testing.assert_allclose(served, training, atol=1e-6)
@@ -146,14 +147,14 @@ def test_an_adasparse_model_whose_pruners_read_the_domain_alone_serves_as_it_pre
                         domains=["s1|p0|g1"])
     data = make_dataset(SPEC, _held_out(tmp_path), 4, preprocess=model.preprocess,
                         rows=len(ROWS))
-    fit(model, data, 2, 5, "actr", log=lambda _: None)
+    fit(model, data, 2, 5, "actr")
     assert model.mlp.alpha.numpy() == 5.0  # the ramp is over: factors at their end value
     training = model(features, training=False).numpy().ravel()
     with serving_form(model):
         assert model.mlp.reads_domain_key  # the factors are tabulated per domain ids
         # scenario, position, segment: 7 tokens in each vocabulary and the OOV id
         assert [t.shape[0] for t in model.mlp.factor_tables] == [8 * 8 * 8] * 2
-    path = stage_saved_model(model, SPEC, str(tmp_path / "actr"), log=lambda _: None)
+    path = stage_saved_model(model, SPEC, str(tmp_path / "actr"))
     served = tf.saved_model.load(path).signatures["serving_default"](
         examples=tf.constant(_examples()))[OUTPUT_KEY].numpy()
     np.testing.assert_allclose(served, training, atol=1e-6)
@@ -178,11 +179,11 @@ def test_publish_is_a_rename_and_keeps_the_newest(tmp_path):
     for _ in range(4):
         staging = os.path.join(base, f".staging-{_}")
         os.makedirs(os.path.join(staging, "variables"))
-        publish(staging, base, keep=2, log=lambda _: None)
+        publish(staging, base, keep=2)
     assert versions(base) == [3, 4] and not any(n.startswith(".staging") for n in os.listdir(base))
     staging = os.path.join(base, ".staging-x")
     os.makedirs(staging)
-    folder = reject(staging, base, ["AUC dropped"], log=lambda _: None)
+    folder = reject(staging, base, ["AUC dropped"])
     assert versions(base) == [3, 4] and os.path.exists(os.path.join(folder, "reason.json"))
 
 
@@ -269,7 +270,7 @@ def test_paired_auc_variance_equals_delong_on_the_same_rows():
     assert out["difference_variance"] < unpaired / 2  # alike models: pairing matters
 
 
-def test_a_zero_click_day_publishes_on_the_checks_that_are_defined(staged, tmp_path):
+def test_a_zero_click_day_publishes_on_the_checks_that_are_defined(staged, tmp_path, logged):
     from ecdctr.evaluation.evaluator import Evaluator
     from ecdctr.serving.gate import run_gate
 
@@ -287,14 +288,13 @@ def test_a_zero_click_day_publishes_on_the_checks_that_are_defined(staged, tmp_p
                   features[SPEC.group_by].numpy())
     candidate = evaluator.result()
     assert candidate["clicks"] == 0 and math.isnan(candidate["auc"])
-    lines = []
-    report = run_gate(model, SPEC, path, path, [held_out], candidate, GateConfig(), lines.append)
+    report = run_gate(model, SPEC, path, path, [held_out], candidate, GateConfig())
     assert report["passed"], report
     checks = report["checks"]
     assert not checks["auc"]["ran"] and "0 clicks" in checks["auc"]["why"]
     assert checks["calibration"]["ran"] and checks["logloss"]["ran"] and checks["infra"]["ran"]
     assert report["serving"]["clicks"] == 0 and report["candidate"]["clicks"] == 0
-    assert any("not checked: auc (0 clicks" in line for line in lines)
+    assert any("not checked: auc (0 clicks" in line for line in logged.messages)
 
 
 def test_infra_gate_replays_warmup_in_a_fresh_process(staged):
@@ -362,7 +362,7 @@ def test_the_replay_child_dies_with_a_killed_parent(tmp_path):
         parent.kill()
 
 
-def test_an_unloadable_serving_version_does_not_block_a_good_candidate(staged, tmp_path):
+def test_an_unloadable_serving_version_does_not_block_a_good_candidate(staged, tmp_path, logged):
     import shutil
 
     from ecdctr.serving.gate import run_gate
@@ -374,13 +374,12 @@ def test_an_unloadable_serving_version_does_not_block_a_good_candidate(staged, t
     raw = bytearray(data.read_bytes())
     raw[len(raw) // 2:len(raw) // 2 + 32] = bytes(b ^ 0xFF for b in raw[len(raw) // 2:len(raw) // 2 + 32])
     data.write_bytes(bytes(raw))
-    lines = []
     candidate = {"auc": 0.7, "logloss": 0.6, "mean_prediction": 0.5, "ctr": 0.5, "rows": 12}
-    report = run_gate(model, SPEC, path, str(broken), _held_out(tmp_path), candidate, GateConfig(),
-                      lines.append)
+    report = run_gate(model, SPEC, path, str(broken), _held_out(tmp_path), candidate, GateConfig())
     assert report["passed"], report
     assert report["serving"]["auc"] is None and report["serving"]["unloadable"]
-    assert any("cannot be scored" in line for line in lines)
+    assert any(r.levelno == logging.WARNING and "cannot be scored" in r.getMessage()
+               for r in logged.records)
 
 
 def test_the_gate_scores_the_serving_version_streamed_as_on_whole_arrays(staged, tmp_path):
@@ -406,7 +405,7 @@ def test_infra_gate_compares_the_replay_with_the_form_the_export_saved(tmp_path)
     dense, norm = model.mlp.dense[0], model.mlp.norms[0]
     dense.bias.assign(dense.bias + 1e4)
     norm.moving_mean.assign(norm.moving_mean + 1e4)
-    path = stage_saved_model(model, SPEC, str(tmp_path / "actr"), _examples(), log=lambda _: None)
+    path = stage_saved_model(model, SPEC, str(tmp_path / "actr"), _examples())
     reasons, details = infra_gate(model, SPEC, path, GateConfig())
     assert details["fold_max_abs_diff"] > GateConfig().max_abs_diff  # the old comparison failed
     assert reasons == [] and details["max_abs_diff"] <= 1e-6 and details["fold_moved_share"] == 0
@@ -423,7 +422,7 @@ def test_infra_gate_rejects_an_export_whose_serving_form_is_wrong(tmp_path, monk
 
     monkeypatch.setattr(mlp, "folded_dense_batchnorm", forgets_the_variance)
     model = _model(seed=4, multi_domain="none")  # a plain tower: Mlp.for_serving folds
-    path = stage_saved_model(model, SPEC, str(tmp_path / "actr"), _examples(), log=lambda _: None)
+    path = stage_saved_model(model, SPEC, str(tmp_path / "actr"), _examples())
     reasons, details = infra_gate(model, SPEC, path, GateConfig())
     assert details["max_abs_diff"] <= 1e-6 and details["fold_moved_share"] > 0.5
     assert len(reasons) == 1 and "a serving form is wrong" in reasons[0]

@@ -40,7 +40,7 @@ def read_all(out_dir, days=DAYS):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("tiny"))
-    summary = simulate(out, START, DAYS, TINY, log=lambda _: None)
+    summary = simulate(out, START, DAYS, TINY)
     return out, summary, read_all(out)
 
 
@@ -49,7 +49,7 @@ def medium(tmp_path_factory):
     """Enough rows for the CTR comparison to be reliable (still about a second)."""
     cfg = SimConfig(users=2000, items=600, natural_rows_per_day=8000, seed=3)
     out = str(tmp_path_factory.mktemp("medium"))
-    summary = simulate(out, START, 2, cfg, log=lambda _: None)
+    summary = simulate(out, START, 2, cfg)
     return cfg, summary, read_all(out, days=2)
 
 
@@ -98,9 +98,8 @@ def test_user_profile_is_stable(tiny):
 
 def test_deterministic_per_seed(tiny, tmp_path):
     out, _, _ = tiny
-    simulate(str(tmp_path / "same"), START, DAYS, TINY, log=lambda _: None)
-    simulate(str(tmp_path / "other"), START, DAYS, dataclasses.replace(TINY, seed=1),
-             log=lambda _: None)
+    simulate(str(tmp_path / "same"), START, DAYS, TINY)
+    simulate(str(tmp_path / "other"), START, DAYS, dataclasses.replace(TINY, seed=1))
     for source in ("natural", "ad"):
         for d in range(DAYS):
             rel = os.path.join(source, f"date={START + datetime.timedelta(d):%Y-%m-%d}",
@@ -136,7 +135,7 @@ def test_ad_traffic(medium):
 
 def test_long_tail_domains(tmp_path):
     cfg = SimConfig(users=3000, items=500, natural_rows_per_day=20000)
-    summary = simulate(str(tmp_path), START, 1, cfg, log=lambda _: None)
+    summary = simulate(str(tmp_path), START, 1, cfg)
     rows = read_day(str(tmp_path), "natural", START)
     sizes = sorted(
         Counter((r["scenario"], r["position"], r["user_segment"]) for r in rows).values()
@@ -180,7 +179,7 @@ def test_bad_config(knob, value):
 
 def test_bad_days(tmp_path):
     with pytest.raises(ValueError, match="days"):
-        simulate(str(tmp_path), START, 0, TINY, log=lambda _: None)
+        simulate(str(tmp_path), START, 0, TINY)
     with pytest.raises(ValueError, match="natural_rows_per_day"):
         SimConfig(natural_rows_per_day=5)  # 5 * 0.1 < 1 ad row per day
 
@@ -192,7 +191,7 @@ def test_intermittent_users_leave_and_come_back(tmp_path):
     days = 12
 
     def presence(config, out):
-        simulate(str(out), START, days, config, log=lambda _: None)
+        simulate(str(out), START, days, config)
         data = read_all(str(out), days)
         return [{r["user_id"] for r in data["natural"][d]} for d in range(days)]
 

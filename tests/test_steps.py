@@ -47,13 +47,12 @@ def job(small_world, tmp_path_factory):
     config = load_config(str(path))
     patch = pytest.MonkeyPatch()
     patch.setattr(daily.DailyJob, "export", lambda self, entry, _: entry.update(status="skipped"))
-    lines: list[str] = []
     try:
-        report = run_daily(config, DATE, log=lines.append)
+        report = run_daily(config, DATE)
     finally:
         patch.undo()
     assert report["status"] == "ok", report
-    return root, config, report, lines
+    return root, config, report
 
 
 def _weights(model: keras.Model) -> dict[str, np.ndarray]:
@@ -62,10 +61,9 @@ def _weights(model: keras.Model) -> dict[str, np.ndarray]:
 
 
 def test_ecdctr_ablation_trains_the_daily_jobs_model(job):
-    root, config, _, _ = job
+    root, config, _ = job
     shipped = load_checkpoint(str(root / "work" / "models" / "actr" / DATE.isoformat()))
-    model, _ = Ablations(config, load_checkpoint(shipped.folder).spec, DATE,
-                         log=lambda _: None).train("ecdctr", 0)
+    model, _ = Ablations(config, load_checkpoint(shipped.folder).spec, DATE).train("ecdctr", 0)
     ours, theirs = _weights(model), _weights(shipped.model)
     assert set(ours) == set(theirs)
     for name, value in theirs.items():
@@ -73,7 +71,7 @@ def test_ecdctr_ablation_trains_the_daily_jobs_model(job):
 
 
 def test_checkpoint_rebuilds_from_its_folder_alone(job, tmp_path):
-    root, _, _, _ = job
+    root, _, _ = job
     folder = tmp_path / "actr"
     shutil.copytree(root / "work" / "models" / "actr" / DATE.isoformat(), folder)
     original = load_checkpoint(str(root / "work" / "models" / "actr" / DATE.isoformat()))
@@ -91,7 +89,7 @@ def test_checkpoint_rebuilds_from_its_folder_alone(job, tmp_path):
 
 
 def test_inspect_says_what_a_model_folder_is(job, capsys):
-    root, _, report, _ = job
+    root, _, report = job
     folder = root / "work" / "models" / "actr" / DATE.isoformat()
     text = describe(str(folder))
     train = report["steps"]["actr"]["train"]
@@ -111,7 +109,7 @@ def test_inspect_says_what_a_model_folder_is(job, capsys):
 
 
 def test_every_fit_trains_through_its_newest_day_and_validates_on_its_held_out_share(job):
-    root, config, report, _ = job
+    root, config, report = job
     work = str(root / "work")
     for step, source, first, last, share in (("tpm", "natural", "2026-01-01", "2026-01-04", 0.1),
                                              ("cpm", "natural", "2026-01-05", "2026-01-08", 0.1),
@@ -133,7 +131,7 @@ def test_every_fit_trains_through_its_newest_day_and_validates_on_its_held_out_s
 
 
 def test_validation_grows_back_from_the_newest_day_to_the_click_minimum(job):
-    root, _, _, _ = job
+    root, _, _ = job
     work = str(root / "work")
     days = steps.built_days(work, "natural", dt.date(2026, 1, 5), DATE)
     parts = [("natural", d) for d in days]
@@ -155,14 +153,16 @@ def test_validation_grows_back_from_the_newest_day_to_the_click_minimum(job):
     ({"reset_batchnorm_affine": True}, True, True, True, True),
     ({"shift_output_prior": False}, True, True, False, False),
 ])
-def test_each_transfer_key_does_what_it_says(job, options, reset, reestimated, shifted, affine):
-    root, config, _, _ = job
+def test_each_transfer_key_does_what_it_says(job, options, reset, reestimated, shifted, affine,
+                                             logged):
+    root, config, _ = job
     cpm = load_checkpoint(str(next((root / "work" / "models" / "cpm").iterdir())))
-    lines: list[str] = []
     transfer = dataclasses.replace(config.transfer, **options)
     cfg = dataclasses.replace(config.actr, max_epochs=1)
     days = steps.window_days(config.work, "ad", DATE, 4)
-    trained = steps.derive_actr(cpm, cpm.spec, config.work, days, cfg, transfer, lines.append)
+    logged.clear()
+    trained = steps.derive_actr(cpm, cpm.spec, config.work, days, cfg, transfer)
+    lines = logged.messages
     counts = trained.meta["transfer"]["variables"]
     assert (counts["reset"] > 0) == reset
     assert any("BatchNorm statistics re-estimated" in x for x in lines) == reestimated
@@ -174,7 +174,7 @@ def test_each_transfer_key_does_what_it_says(job, options, reset, reestimated, s
 def test_a_numeric_feature_added_since_the_cpm_takes_its_statistics_from_the_ad_days(job, tmp_path):
     """A z-score feature added to the spec after the CPM trained: the A-CTR is derived (its
     statistics from its own ad days) instead of failing every day until a new CPM lands."""
-    root, config, _, _ = job
+    root, config, _ = job
     cpm = load_checkpoint(str(next((root / "work" / "models" / "cpm").iterdir())))
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(open(SPEC).read().replace(
@@ -183,16 +183,15 @@ def test_a_numeric_feature_added_since_the_cpm_takes_its_statistics_from_the_ad_
     assert "ctr7" in {f.name for f in spec.features} and "ctr7" not in cpm.meta["numeric_stats"]
     days = steps.window_days(config.work, "ad", DATE, 2)
     trained = steps.derive_actr(cpm, spec, config.work, days,
-                                dataclasses.replace(config.actr, max_epochs=1), config.transfer,
-                                lambda _: None)
+                                dataclasses.replace(config.actr, max_epochs=1), config.transfer)
     assert trained.meta["numeric_stats"]["ctr7"] == [0.0, 1.0]  # no such column in these logs
     assert trained.meta["numeric_stats"]["price"] == cpm.meta["numeric_stats"]["price"]
 
 
-def test_snapshots_a_spec_change_left_behind_are_left_out_with_a_log_line(job, tmp_path):
+def test_snapshots_a_spec_change_left_behind_are_left_out_with_a_log_line(job, tmp_path, logged):
     """An entity feature renamed or resized: the old snapshots are left out (logged) and the
     CPM and A-CTR go on with those they can read, instead of failing until they age out."""
-    root, config, _, _ = job
+    root, config, _ = job
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(open(SPEC).read().replace("  user_id:\n", "  uid:\n    column: user_id\n", 1)
                          .replace("group_by: user_id", "group_by: uid"))
@@ -203,20 +202,20 @@ def test_snapshots_a_spec_change_left_behind_are_left_out_with_a_log_line(job, t
                                "item_id": (["b"], np.ones((1, 16), "float32"))})
     wide = Snapshot("2026-02", {"uid": (["a"], np.ones((1, 8), "float32")),
                                 "item_id": (["b"], np.ones((1, 16), "float32"))})
-    lines: list[str] = []
-    assert steps.readable_snapshots([old, new], renamed, lines.append) == [new]
-    assert lines == ["TPM snapshot 2025-12 left out: it holds a table keyed by 'user_id', a feature "
-                     "the spec no longer has (the spec changed since it trained; it leaves the "
-                     "choice as newer snapshots arrive)"]
-    assert steps.readable_snapshots([new, wide], renamed, lines.append) == [wide]  # newest wins
+    logged.clear()
+    assert steps.readable_snapshots([old, new], renamed) == [new]
+    assert logged.messages == [
+        "TPM snapshot 2025-12 left out: it holds a table keyed by 'user_id', a feature the spec "
+        "no longer has (the spec changed since it trained; it leaves the choice as newer "
+        "snapshots arrive)"]
+    assert steps.readable_snapshots([new, wide], renamed) == [wide]  # newest wins
     cpm = load_checkpoint(str(next((root / "work" / "models" / "cpm").iterdir())))
     assert cpm.snapshots  # all keyed by user_id: none readable with the renamed spec
-    lines.clear()
+    logged.clear()
     trained = steps.derive_actr(cpm, renamed, config.work, steps.window_days(config.work, "ad", DATE, 2),
-                                dataclasses.replace(config.actr, max_epochs=1), config.transfer,
-                                lines.append)
+                                dataclasses.replace(config.actr, max_epochs=1), config.transfer)
     assert trained.snapshots == [] and trained.model.tpm is None
-    assert sum("left out" in line for line in lines) == len(cpm.snapshots)
+    assert sum("left out" in line for line in logged.messages) == len(cpm.snapshots)
 
 
 def test_tpm_window_and_snapshot_choice():
@@ -234,7 +233,7 @@ def test_tpm_window_and_snapshot_choice():
 
 
 def test_historical_snapshots_and_tpm_warm_start_in_the_daily_job(job):
-    root, _, report, _ = job
+    root, _, report = job
     tpm = report["steps"]["tpm"]
     cpm = load_checkpoint(str(next((root / "work" / "models" / "cpm").iterdir())))
     snapshot = cpm.meta["tpm_snapshots"][0]["name"]
@@ -244,11 +243,11 @@ def test_historical_snapshots_and_tpm_warm_start_in_the_daily_job(job):
 
 
 def test_tpm_warm_starts_from_its_parent(job):
-    root, config, _, _ = job
+    root, config, _ = job
     parent = load_checkpoint(str(root / "work" / "tpm" / "2026-01"))
     days = steps.built_days(config.work, "natural", START, dt.date(2026, 1, 3))
     cfg = dataclasses.replace(config.tpm, max_epochs=1, learning_rate=1e-9)
-    trained = steps.train_tpm(parent.spec, config.work, days, cfg, lambda _: None, parent)
+    trained = steps.train_tpm(parent.spec, config.work, days, cfg, parent)
     assert trained.meta["parent"] == parent.folder
     user = parent.spec.entities["user"].name
     keys, rows = steps.tpm_tables(trained)[user]
@@ -261,16 +260,16 @@ def test_tpm_warm_starts_from_its_parent(job):
 
 
 def test_no_tpm_snapshots_means_no_tpm_features(job):
-    _, config, _, _ = job
+    _, config, _ = job
     trained = steps.train_ctr(load_spec(SPEC), config.work, [("ad", DATE - dt.timedelta(days=1))],
-                              dataclasses.replace(config.cpm, max_epochs=1), lambda _: None)
+                              dataclasses.replace(config.cpm, max_epochs=1))
     assert trained.model.tpm is None and trained.meta["train"]["validation_days"] == []
 
 
 def test_best_epoch_stops_after_patience_and_restores_the_best_weights():
     model = keras.Sequential([keras.layers.Dense(1)])
     model.build((None, 2))
-    best = BestEpoch(patience=2, log=lambda _: None, name="t")
+    best = BestEpoch(patience=2, name="t")
     best.set_model(model)
     kernel = model.layers[0].kernel
     for epoch, auc in enumerate([0.6, 0.7, 0.65, 0.64]):
@@ -283,7 +282,7 @@ def test_best_epoch_stops_after_patience_and_restores_the_best_weights():
 
 
 def test_a_model_folder_of_the_older_format_is_refused_with_the_fix(job, tmp_path):
-    root, _, _, _ = job
+    root, _, _ = job
     folder = tmp_path / "old"
     shutil.copytree(root / "work" / "models" / "cpm" / "2026-01-05", folder)
     meta = json.loads((folder / "meta.json").read_text())

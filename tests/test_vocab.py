@@ -35,7 +35,7 @@ def test_ids_with_unicode_line_separators_round_trip(tmp_path):
     folder.mkdir(parents=True)
     (folder / "a.jsonl").write_text(
         "".join(json.dumps(_row(i, g)) + "\n" for i, g in enumerate(levels)), encoding="utf-8")
-    build(SPEC, str(tmp_path / "logs"), str(tmp_path / "work"), log=lambda _: None)
+    build(SPEC, str(tmp_path / "logs"), str(tmp_path / "work"))
     vocabs = build_vocabularies(SPEC, str(tmp_path / "work"), [("natural", DAY)])
     expected = ["f", "x"] + sorted(f"f{sep}x" for sep in SEPARATORS)  # "[UNK]" left out
     assert vocabs["age_level"] == expected

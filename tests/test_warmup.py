@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import recorded
 
 from ecdctr.data.datasets import example_batch
 from ecdctr.data.rows import RowParser, to_example
@@ -57,10 +58,10 @@ def exported(tmp_path_factory):
     parser = RowParser(SPEC)
     held_out = [to_example(SPEC, parser.parse(r)).SerializeToString() for r in _rows()]
     model = _model()
-    lines = []
-    staging = stage_saved_model(model, SPEC, base, held_out, log=lines.append)
-    assert any(f"on {len(held_out)} rows" in line for line in lines)  # timed on the real rows
-    return model, publish(staging, base, log=lambda _: None)
+    with recorded() as records:
+        staging = stage_saved_model(model, SPEC, base, held_out)
+    assert any(f"on {len(held_out)} rows" in r.getMessage() for r in records)  # timed on the real rows
+    return model, publish(staging, base)
 
 
 def _files(folder):

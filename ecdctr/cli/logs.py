@@ -3,18 +3,21 @@ a TensorFlow import that keeps its native start-up noise out of a normal run's o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import sys
 import tempfile
+from collections.abc import Iterator
 
 from absl import flags
 from absl import logging as absl_logging
 
 import ecdctr
 
-LOGGER = "ecdctr"  # the progress lines of every command
+# The packages whose module loggers log the progress of every command.
+LOGGERS = ("ecdctr", "pipelines")
 # absl's logging flags, known from TensorFlow's own tools; `ecdctr --help` shows them.
 FLAG_NAMES = ("verbosity", "log_dir", "logtostderr", "alsologtostderr", "stderrthreshold",
               "logger_levels")
@@ -54,9 +57,9 @@ def reset_flags() -> None:
 
 def configure() -> None:
     """Applies the parsed logging flags. --verbosity sets the libraries' level as in absl (-1:
-    warnings, the default here although absl.app's is 0; 0: info; 1: debug), while ecdctr's
-    own progress stays at info unless --verbosity is -2 (errors only) or lower, or
-    --logger_levels names `ecdctr`.
+    warnings, the default here although absl.app's is 0; 0: info; 1: debug), while the progress
+    of ecdctr's own packages (LOGGERS) stays at info unless --verbosity is -2 (errors only) or
+    lower, or --logger_levels names the package.
     --log_dir writes absl's log files there (stderr then gets what --stderrthreshold lets
     through, or everything with --alsologtostderr). TensorFlow's native log level follows
     --verbosity unless TF_CPP_MIN_LOG_LEVEL was set by the user."""
@@ -80,11 +83,42 @@ def configure() -> None:
         if name not in (fv.logger_levels or {}):
             logging.getLogger(name).setLevel(logging.CRITICAL if fv.verbosity < 0 else
                                              logging.NOTSET)
-    if LOGGER not in (fv.logger_levels or {}):
-        logging.getLogger(LOGGER).setLevel(min(root, logging.INFO) if root <= logging.WARNING
-                                           else root)
+    for name in LOGGERS:
+        if name not in (fv.logger_levels or {}):
+            logging.getLogger(name).setLevel(min(root, logging.INFO) if root <= logging.WARNING
+                                             else root)
     if not ecdctr.USER_TF_CPP_MIN_LOG_LEVEL:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if fv.verbosity >= 0 else "2"
+
+
+class _Keep(logging.Handler):
+    """Keeps the records it is given, as the lines a command reports in its own output."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        severity = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
+        self.lines.append(severity + record.getMessage())
+
+
+@contextlib.contextmanager
+def kept_lines(name: str) -> Iterator[list[str]]:
+    """The info lines and above that the logger `name` (or one below it) logs meanwhile, each
+    with its severity in front from warning up ("error: ..."), kept from the log instead: for
+    a command that reports them in its own output."""
+    logger, keep = logging.getLogger(name), _Keep()
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(keep)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    try:
+        yield keep.lines
+    finally:
+        logger.removeHandler(keep)
+        logger.propagate = propagate
+        logger.setLevel(level)
 
 
 def import_tensorflow() -> None:

@@ -22,7 +22,7 @@ from ecdctr.cli import logs
 from ecdctr.cli.arguments import parser
 from ecdctr.spec.validation import ConfigError
 
-log = logging.getLogger(logs.LOGGER)
+logger = logging.getLogger(__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -123,8 +123,8 @@ def _simulate(args: argparse.Namespace, _: list[str]) -> None:
     sizes = {"users": args.users, "items": args.items, "natural_rows_per_day": args.rows_per_day,
              "away_rate": args.away_rate, "return_rate": args.return_rate}
     config = SimConfig(seed=args.seed, **{k: v for k, v in sizes.items() if v is not None})
-    summary = simulate(args.out, args.start, args.days, config, log=log.info)
-    log.info("simulated: %s", json.dumps(summary))
+    summary = simulate(args.out, args.start, args.days, config)
+    logger.info("simulated: %s", json.dumps(summary))
 
 
 def _build(args: argparse.Namespace, beam_args: list[str]) -> None:
@@ -136,11 +136,11 @@ def _build(args: argparse.Namespace, beam_args: list[str]) -> None:
     spec = load_spec(args.spec)
     sources = [s for s in args.sources.split(",") if s]
     build(spec, args.logs, args.work, start=args.start, end=args.end, sources=sources,
-          beam_args=beam_args, skip_built=args.skip_built, log=log.info, lock=args.lock)
+          beam_args=beam_args, skip_built=args.skip_built, lock=args.lock)
     parts = [(s, d) for s in sources for d in built_partitions(args.work, s)]
     vocabs = build_vocabularies(spec, args.work, parts)  # each model folder keeps its own
-    log.info("vocabulary sizes over %d built days (min_count/max_size applied): %s", len(parts),
-             ", ".join(f"{k} {len(v):,}" for k, v in vocabs.items()))
+    logger.info("vocabulary sizes over %d built days (min_count/max_size applied): %s", len(parts),
+                ", ".join(f"{k} {len(v):,}" for k, v in vocabs.items()))
 
 
 def _daily(args: argparse.Namespace, beam_args: list[str]) -> int:
@@ -162,9 +162,9 @@ def _daily(args: argparse.Namespace, beam_args: list[str]) -> int:
     codes = []
     for day in days:
         if len(days) > 1:
-            log.info("=== backfill %s ===", day)
+            logger.info("=== backfill %s ===", day)
         try:
-            report = run_daily(config, day, log=log.info, force=args.force)
+            report = run_daily(config, day, force=args.force)
         except Exception as e:  # noqa: BLE001  (the report says failed; the exit code too)
             if isinstance(e, ConfigError):
                 raise
@@ -196,7 +196,7 @@ def _compare(args: argparse.Namespace, beam_args: list[str]) -> None:
         config = replace(config, beam_args=tuple(beam_args))
     report = run_compare(config, args.date, [v for v in args.variants.split(",") if v], args.out,
                          eval_days=args.eval_days, source=args.source, seeds=args.seeds,
-                         plots=args.plots, log=log.info)
+                         plots=args.plots)
     print(markdown_table(report))
 
 
@@ -248,7 +248,7 @@ def _predict(args: argparse.Namespace, _: list[str]) -> int:
     scores = iter(probs)
     for r in rows:
         print("nan" if r is None else f"{next(scores):.6f}")
-    log.info("scored %d rows with %s (%d invalid, printed as nan)", len(good), path, bad)
+    logger.info("scored %d rows with %s (%d invalid, printed as nan)", len(good), path, bad)
     return 1 if bad else 0
 
 
@@ -291,10 +291,10 @@ def _rollback(args: argparse.Namespace, _: list[str]) -> None:
     base = _export_base(args.export)
     if args.release:
         hold = release(base)
-        log.info("%s", f"released the rollback to version {hold['to']}: the next daily run "
-                       f"publishes through the gate" if hold else "no rollback was in force")
+        logger.info("%s", f"released the rollback to version {hold['to']}: the next daily run "
+                          f"publishes through the gate" if hold else "no rollback was in force")
         return
-    rollback(base, args.to, log=log.info)
+    rollback(base, args.to)
 
 
 def _query(args: argparse.Namespace, _: list[str]) -> int:
@@ -311,8 +311,8 @@ def _query(args: argparse.Namespace, _: list[str]) -> int:
     scores = iter(probs)
     for r in rows:
         print("nan" if r is None else f"{next(scores):.6f}")
-    log.info("scored %d rows with model %s at %s over %s (%d invalid, printed as nan)", len(good),
-             args.model, args.target, args.protocol, len(problems))
+    logger.info("scored %d rows with model %s at %s over %s (%d invalid, printed as nan)", len(good),
+                args.model, args.target, args.protocol, len(problems))
     return 1 if problems else 0
 
 

@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from ecdctr.cli.logs import kept_lines
 from ecdctr.spec.feature_spec import Feature, Spec, feature_diff, feature_fingerprints, load_spec
 
 EXAMPLES_PER_REASON = 2
@@ -46,9 +47,9 @@ def sample_logs(spec: Spec, logs: str, days: int, rows: int,
     logs = storage.absolute(logs)
     beam_files.configure((), (logs,))
     sources = list(sources or SOURCES)
-    notes: list[str] = []
     unreadable: dict[tuple[str, str], list[dict]] = {}
-    found = find_partitions(logs, sources, None, None, notes.append, unreadable)
+    with kept_lines(find_partitions.__module__) as notes:
+        found = find_partitions(logs, sources, None, None, unreadable)
     if not found:
         raise ValueError(f"no log partitions found under {logs!r} for sources {sources}. "
                          f"Expected layout: {LOGS_LAYOUT}")

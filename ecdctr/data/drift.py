@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from ecdctr.data.vocab import merge_counts, read_stats
 from ecdctr.io import layout, storage
 from ecdctr.spec.feature_spec import Spec
+
+logger = logging.getLogger(__name__)
 
 TRAILING_DAYS = 28  # built days before a day that it is compared with (4 of each weekday)
 MIN_TRAILING = 3  # fewer built days before it: no comparison yet
@@ -168,7 +171,7 @@ def _token_warnings(day: dict, trailing: Sequence[dict]) -> list[str]:
 
 
 def check_days(work: str, spec: Spec, source: str, days: Sequence[dt.date],
-               built: Sequence[dt.date], log: Callable[[str], None] = print) -> dict[str, list[str]]:
+               built: Sequence[dt.date]) -> dict[str, list[str]]:
     """Compares each of `days` with the TRAILING_DAYS built days before it, logs and saves the
     warnings (drift_path); returns {day: warnings}."""
     found = {}
@@ -187,7 +190,7 @@ def check_days(work: str, spec: Spec, source: str, days: Sequence[dt.date],
                                        "compared_with": [d.isoformat() for d in before],
                                        "warnings": warnings}, indent=2))
         for warning in warnings:
-            log(f"warning: drift in {source} {date}: {warning}")
+            logger.warning(f"drift in {source} {date}: {warning}")
         found[date.isoformat()] = warnings
     return found
 

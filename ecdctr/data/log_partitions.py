@@ -6,13 +6,16 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import errno
+import logging
 import os
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from apache_beam.io.filesystems import FileSystems
 
 from ecdctr.io import storage
+
+logger = logging.getLogger(__name__)
 
 SOURCES = ("natural", "ad")  # the kinds of traffic, each a folder of logs
 LOG_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".csv", ".csv.gz", ".parquet")
@@ -21,7 +24,7 @@ Partition = tuple[str, str]  # (source, date as YYYY-MM-DD)
 
 
 def find_partitions(logs: str, sources: Sequence[str], start: dt.date | None,
-                    end: dt.date | None, log: Callable[[str], None],
+                    end: dt.date | None,
                     unreadable: dict[Partition, list[dict]],
                     inputs: dict[Partition, list] | None = None,
                     ) -> dict[Partition, list[str]]:
@@ -42,13 +45,13 @@ def find_partitions(logs: str, sources: Sequence[str], start: dt.date | None,
                 if name.startswith("date=") and storage.isdir(storage.join(local, name)):
                     folders.setdefault(storage.join(local, name), [])
         if not folders:
-            log(f"no partitions for source {source!r}: nothing matches {pattern}")
+            logger.info(f"no partitions for source {source!r}: nothing matches {pattern}")
         for folder in sorted(folders):
             name = storage.basename(folder)
             try:
                 date = dt.date.fromisoformat(name[len("date="):])
             except ValueError:
-                log(f"skipping {folder}: the folder name is not date=YYYY-MM-DD")
+                logger.info(f"skipping {folder}: the folder name is not date=YYYY-MM-DD")
                 continue
             if (start and date < start) or (end and date > end):
                 continue
@@ -56,18 +59,20 @@ def find_partitions(logs: str, sources: Sequence[str], start: dt.date | None,
             logs_here = [p for p in paths if storage.basename(p).lower().endswith(LOG_SUFFIXES)]
             bad = [(p, reason) for p in logs_here if (reason := _unreadable(p))]
             for p, reason in bad:
-                log(f"error: {p} is not a readable log file ({reason}); it is left out of "
-                    f"{source} {date} and listed in the day's stats as unreadable_files. Fix: "
-                    f"replace it with the log file, then rebuild the day")
+                logger.error(f"{p} is not a readable log file ({reason}); it is left out of "
+                             f"{source} {date} and listed in the day's stats as unreadable_files. Fix: "
+                             f"replace it with the log file, then rebuild the day")
             if bad:
                 unreadable[(source, date.isoformat())] = [{"path": p, "reason": r} for p, r in bad]
                 logs_here = [p for p in logs_here if p not in dict(bad)]
             for p in paths:
                 if p not in logs_here:
-                    log(f"skipping {p}: not a log file (expected one of {', '.join(LOG_SUFFIXES)})")
+                    logger.info(f"skipping {p}: not a log file (expected one of {', '.join(LOG_SUFFIXES)})")
             if not logs_here:
-                log(f"{'error: ' if bad else ''}skipping partition {folder}: it holds no "
-                    f"{'readable ' if bad else ''}log files")
+                if bad:
+                    logger.error(f"skipping partition {folder}: it holds no readable log files")
+                else:
+                    logger.info(f"skipping partition {folder}: it holds no log files")
                 continue
             found[(source, date.isoformat())] = logs_here
             if inputs is not None:

@@ -11,13 +11,15 @@ import calendar
 import datetime
 import gzip
 import json
+import logging
 import os
 import time
-from collections.abc import Callable
 
 import numpy as np
 
 from ecdctr.data.simulated_world import SOURCES, SimConfig, World
+
+logger = logging.getLogger(__name__)
 
 
 def _rows(world: World, batch: dict[str, np.ndarray], date: datetime.date, source: str):
@@ -79,7 +81,6 @@ def simulate(
     start: datetime.date,
     days: int,
     config: SimConfig,
-    log: Callable[[str], None] = print,
 ) -> dict:
     """Simulate `days` days from `start` into out_dir/{natural,ad}/date=YYYY-MM-DD/*.jsonl.gz.
 
@@ -108,7 +109,7 @@ def simulate(
             summary[source]["clicks"] += int(batch["click"].sum())
         if (day + 1) % 10 == 0 or day + 1 == days:
             nat, ad = summary["natural"], summary["ad"]
-            log(
+            logger.info(
                 f"simulate: {day + 1}/{days} days (to {date:%Y-%m-%d}): "
                 f"natural {nat['rows']} rows ctr {nat['clicks'] / nat['rows']:.4f}, "
                 f"ad {ad['rows']} rows ctr {ad['clicks'] / ad['rows']:.4f}, "

@@ -7,7 +7,8 @@ by name; embedding rows are matched by vocabulary token, so vocabularies may dif
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import logging
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,8 @@ from ecdctr.models.mlp import Mlp
 from ecdctr.models.star import StarMlp
 from ecdctr.models.tower import Tower
 from ecdctr.spec.feature_spec import Feature
+
+logger = logging.getLogger(__name__)
 
 BACKBONES = ("dnn", "dcnv2")
 MULTI_DOMAIN = ("none", "adasparse", "star", "apg")
@@ -263,7 +266,7 @@ def embedding_table(model: CtrModel, feature: str) -> tuple[list[str], np.ndarra
 
 
 def transfer_weights(source: CtrModel, target: CtrModel, reset_batchnorm: bool = True,
-                     log: Callable[[str], None] = print, *, reset_batchnorm_affine: bool = False,
+                     *, reset_batchnorm_affine: bool = False,
                      fresh_features: Sequence[str] = ()) -> dict[str, list[str]]:
     """Copies source weights into target by name. Vocabulary embeddings are matched by token
     (tokens new to target keep their fresh rows); TPM tables (the frozen snapshot data of the
@@ -311,13 +314,13 @@ def transfer_weights(source: CtrModel, target: CtrModel, reset_batchnorm: bool =
         else:
             report["fresh"].append(key)
             report["shape_changed"].append(key)
-    log(f"transfer {source.name} -> {target.name}: {len(report['copied'])} copied, "
-        f"{len(report['remapped'])} embeddings remapped by token, {len(report['reset'])} "
-        f"BatchNorm {'statistics and scale/offset' if reset_batchnorm_affine else 'statistics'} "
-        f"reset, {len(report['fresh'])} fresh"
-        + (f" ({', '.join(report['fresh'])})" if report["fresh"] else "")
-        + (f"; shape changed, so started fresh: {', '.join(report['shape_changed'])}"
-           if report["shape_changed"] else ""))
+    logger.info(f"transfer {source.name} -> {target.name}: {len(report['copied'])} copied, "
+                f"{len(report['remapped'])} embeddings remapped by token, {len(report['reset'])} "
+                f"BatchNorm {'statistics and scale/offset' if reset_batchnorm_affine else 'statistics'} "
+                f"reset, {len(report['fresh'])} fresh"
+                + (f" ({', '.join(report['fresh'])})" if report["fresh"] else "")
+                + (f"; shape changed, so started fresh: {', '.join(report['shape_changed'])}"
+                   if report["shape_changed"] else ""))
     return report
 
 
@@ -333,8 +336,7 @@ def _remap_rows(source_tokens: Sequence[str], source_rows: np.ndarray,
     target_var.assign(rows)
 
 
-def shift_output_prior(model: CtrModel, source_ctr: float, target_ctr: float,
-                       log: Callable[[str], None] = print) -> float:
+def shift_output_prior(model: CtrModel, source_ctr: float, target_ctr: float) -> float:
     """Moves the output bias by logit(target_ctr) - logit(source_ctr): a model transferred to
     traffic with another base CTR (natural -> ad) starts calibrated to it. Returns the shift."""
     def logit(p: float) -> float:
@@ -343,5 +345,5 @@ def shift_output_prior(model: CtrModel, source_ctr: float, target_ctr: float,
 
     shift = logit(target_ctr) - logit(source_ctr)
     model.logit.bias.assign_add([shift])
-    log(f"output bias shifted by {shift:+.3f} (base CTR {source_ctr:.4f} -> {target_ctr:.4f})")
+    logger.info(f"output bias shifted by {shift:+.3f} (base CTR {source_ctr:.4f} -> {target_ctr:.4f})")
     return shift

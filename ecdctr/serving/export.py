@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import tensorflow as tf
 import tf_keras as keras
@@ -34,6 +35,8 @@ from ecdctr.io.jsonio import write_json
 from ecdctr.models.ctr_model import CtrModel, serving_form
 from ecdctr.models.tower import Tower
 from ecdctr.spec.feature_spec import Spec
+
+logger = logging.getLogger(__name__)
 
 OUTPUT_KEY = "click_probability"
 INPUT_KEY = "examples"
@@ -52,7 +55,6 @@ ROLLBACK_MARKER = "rollback.json"  # in assets.extra/ of a version that re-serve
 HOLD_FILE = "rollback.json"  # in the base: a rollback is in force, new candidates wait
 SAVED_MODEL = "saved_model.pb"
 TIMING_ROWS = 256  # held-out rows that time the pruned inference path
-Log = Callable[[str], None]
 
 
 def serving_function(model: keras.Model, spec: Spec) -> tf.types.experimental.ConcreteFunction:
@@ -271,8 +273,7 @@ def unfinished_versions(base: str) -> list[str]:
 
 
 def stage_saved_model(model: keras.Model, spec: Spec, base: str,
-                      timing_examples: Sequence[bytes] = (), model_name: str = "actr",
-                      log: Log = print) -> str:
+                      timing_examples: Sequence[bytes] = (), model_name: str = "actr") -> str:
     """Writes the SavedModel (both signatures, the spec and synthetic warmup requests in
     assets.extra/) into a staging folder under base that TF Serving ignores; returns its path.
     A CtrModel is saved in its serving form (models.ctr_model.serving_form: merged TPM table,
@@ -287,9 +288,9 @@ def stage_saved_model(model: keras.Model, spec: Spec, base: str,
     with serving_form(model) if isinstance(model, CtrModel) else contextlib.nullcontext():
         path_choice = choose_pruned_path(model, spec, list(timing_examples[:TIMING_ROWS]) or warmup)
         if path_choice:
-            log(f"pruned MLP inference: dense {path_choice['dense_ms']} ms vs tf.sparse "
-                f"{path_choice['sparse_ms']} ms on {path_choice['rows']} rows -> "
-                f"{path_choice['chosen']}")
+            logger.info(f"pruned MLP inference: dense {path_choice['dense_ms']} ms vs tf.sparse "
+                        f"{path_choice['sparse_ms']} ms on {path_choice['rows']} rows -> "
+                        f"{path_choice['chosen']}")
         tf.saved_model.save(model, staging, signatures={
             "serving_default": serving_function(model, spec),
             RAW_SIGNATURE: raw_function(model, spec)})
@@ -300,12 +301,12 @@ def stage_saved_model(model: keras.Model, spec: Spec, base: str,
     with tf.io.TFRecordWriter(storage.join(extra, WARMUP_FILE)) as writer:
         for record in records:
             writer.write(record)
-    log(f"staged SavedModel in {staging} ({len(records)} warmup requests) "
-        f"in {time.perf_counter() - started:.1f}s")
+    logger.info(f"staged SavedModel in {staging} ({len(records)} warmup requests) "
+                f"in {time.perf_counter() - started:.1f}s")
     return staging
 
 
-def publish(staging: str, base: str, keep: int = 5, log: Log = print) -> str:
+def publish(staging: str, base: str, keep: int = 5) -> str:
     """Publishes a staged SavedModel as base/<next integer version> so that TF Serving never
     loads half of it (see the module's docstring for the protocol on each kind of storage)
     and removes all but the newest `keep` versions."""
@@ -318,8 +319,8 @@ def publish(staging: str, base: str, keep: int = 5, log: Log = print) -> str:
                           body.encode("utf-8"))
     for old in versions(base)[:-keep]:
         remove_version(storage.join(base, str(old)))
-        log(f"removed old version {old}")
-    log(f"published version {version} at {final}")
+        logger.info(f"removed old version {old}")
+    logger.info(f"published version {version} at {final}")
     return final
 
 
@@ -331,21 +332,20 @@ def remove_version(folder: str) -> None:
     storage.rmtree(folder)
 
 
-def reject(staging: str, base: str, reasons: list[str], log: Log = print) -> str:
+def reject(staging: str, base: str, reasons: list[str]) -> str:
     """Moves a gated-out SavedModel to base/rejected/<staging name> with reason.json."""
     folder = storage.join(base, REJECTED, storage.basename(staging).lstrip("."))
     storage.makedirs(storage.dirname(folder))
     storage.rename(staging, folder)
     write_json(storage.join(folder, "reason.json"), {"reasons": reasons})
-    log(f"REJECTED, not published: {'; '.join(reasons)} (kept in {folder})")
+    logger.info(f"REJECTED, not published: {'; '.join(reasons)} (kept in {folder})")
     return folder
 
 
 def export_saved_model(model: keras.Model, spec: Spec, base: str,
-                       timing_examples: Sequence[bytes] = (), log: Log = print) -> str:
+                       timing_examples: Sequence[bytes] = ()) -> str:
     """Stages and publishes without a gate (tests, tools); the daily job gates in between."""
-    return publish(stage_saved_model(model, spec, base, timing_examples, log=log), base, log=log)
-
+    return publish(stage_saved_model(model, spec, base, timing_examples), base)
 
 
 def describe_versions(base: str) -> list[dict]:
@@ -372,7 +372,7 @@ def _read_optional(path: str) -> dict:
         return {}
 
 
-def rollback(base: str, to: int, keep: int = 5, log: Log = print) -> dict:
+def rollback(base: str, to: int, keep: int = 5) -> dict:
     """Makes version `to` the served one. TF Serving serves the highest version, so `to` is
     published again as the next version (a copy, with assets.extra/rollback.json), and a hold
     file in the base stops the daily job from publishing new candidates over it until
@@ -390,11 +390,11 @@ def rollback(base: str, to: int, keep: int = 5, log: Log = print) -> dict:
     at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     storage.write_text(storage.join(staging, "assets.extra", ROLLBACK_MARKER),
                        json.dumps({"to": to, "at": at}))
-    final = publish(staging, base, max(keep, 2), log)
+    final = publish(staging, base, max(keep, 2))
     hold = {"to": to, "version": int(storage.basename(final)), "at": at}
     storage.write_text(storage.join(base, HOLD_FILE), json.dumps(hold))
-    log(f"rolled back: version {hold['version']} serves the model of version {to}; the daily job "
-        f"publishes nothing new until `ecdctr rollback --release`")
+    logger.info(f"rolled back: version {hold['version']} serves the model of version {to}; the daily job "
+                f"publishes nothing new until `ecdctr rollback --release`")
     return hold
 
 

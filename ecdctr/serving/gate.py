@@ -8,12 +8,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import logging
 import math
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +29,8 @@ from ecdctr.models.ctr_model import CtrModel, serving_form
 from ecdctr.serving.export import INPUT_KEY, OUTPUT_KEY, WARMUP_FILE, read_warmup
 from ecdctr.spec.feature_spec import Spec
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
+
 # the candidate's figures a verdict repeats (ecdctr.evaluation.evaluator's result keys)
 CANDIDATE_FIGURES = ("rows", "clicks", "auc", "auc_ci", "gauc", "gauc_ci", "gauc_groups", "logloss",
                      "predicted_clicks", "calibration_ratio", "calibration_ci", "calibration_error")
@@ -327,8 +329,8 @@ def infra_gate(model: keras.Model, spec: Spec, staging: str, config: GateConfig)
     return reasons, details
 
 
-def _scored_serving(serving_path: str | None, staging: str, held_out: Sequence[str], label: str,
-                    log: Log) -> dict | None:
+def _scored_serving(serving_path: str | None, staging: str, held_out: Sequence[str],
+                    label: str) -> dict | None:
     """score_serving of the serving version paired with the staged candidate; alone when the
     pair cannot be scored (a candidate that does not load fails the infra gate anyway); a
     serving version that cannot be scored is reported, and the candidate judged without it."""
@@ -341,26 +343,25 @@ def _scored_serving(serving_path: str | None, staging: str, held_out: Sequence[s
         pass
     try:
         serving = score_serving(serving_path, held_out, label)
-        log(f"WARNING: the staged candidate {staging} cannot be scored beside the serving "
-            f"version; comparing with unpaired intervals")
+        logger.warning(f"the staged candidate {staging} cannot be scored beside the serving "
+                       f"version; comparing with unpaired intervals")
         return serving
     except errors as e:
         # A broken serving version must not block a good candidate: judged on its own.
         problem = " ".join(str(e).split())[:300]
-        log(f"WARNING: the serving version {serving_path} cannot be scored ({problem}); "
-            f"the candidate is judged without it")
+        logger.warning(f"the serving version {serving_path} cannot be scored ({problem}); "
+                       f"the candidate is judged without it")
         return {"path": serving_path, "auc": None, "unloadable": problem}
 
 
 def run_gate(model: keras.Model, spec: Spec, staging: str, serving_path: str | None,
-             held_out: Sequence[str], candidate: dict, config: GateConfig,
-             log: Log = print) -> dict:
+             held_out: Sequence[str], candidate: dict, config: GateConfig) -> dict:
     """Both gates. `candidate` holds the candidate's metrics on the held-out day, whose GZIP
     TFRecord files are `held_out`; the serving version and the staged candidate are scored on
     the same rows, streamed, for the paired comparisons. Returns the gate's report: passed,
     reasons, every metric check with whether it ran and why (metric_checks), the candidate's
     figures with their intervals, the serving version's and the infra details."""
-    serving = _scored_serving(serving_path, staging, held_out, spec.label, log)
+    serving = _scored_serving(serving_path, staging, held_out, spec.label)
     checks = metric_checks(candidate, serving if serving and serving["auc"] is not None else None,
                            config)
     reasons = [check["reason"] for check in checks.values() if check.get("reason")]
@@ -372,10 +373,10 @@ def run_gate(model: keras.Model, spec: Spec, staging: str, serving_path: str | N
               "infra": infra, "candidate_auc": candidate.get("auc"),
               "candidate": {key: candidate.get(key) for key in CANDIDATE_FIGURES}}
     skipped = [f"{name} ({check['why']})" for name, check in checks.items() if not check["ran"]]
-    log(f"gate: {'PASSED' if not reasons else 'REJECTED'}"
-        + (f" vs serving AUC {serving['auc']:.4f}" if serving and serving["auc"] is not None
-           else " (serving version unloadable)" if serving else " (no serving version yet)")
-        + (f", warmup replay max diff {infra['max_abs_diff']:.1e}" if infra else "")
-        + (f"; not checked: {'; '.join(skipped)}" if skipped else "")
-        + ("" if not reasons else ": " + "; ".join(reasons)))
+    logger.info(f"gate: {'PASSED' if not reasons else 'REJECTED'}"
+                + (f" vs serving AUC {serving['auc']:.4f}" if serving and serving["auc"] is not None
+                   else " (serving version unloadable)" if serving else " (no serving version yet)")
+                + (f", warmup replay max diff {infra['max_abs_diff']:.1e}" if infra else "")
+                + (f"; not checked: {'; '.join(skipped)}" if skipped else "")
+                + ("" if not reasons else ": " + "; ".join(reasons)))
     return report

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import re
@@ -16,6 +17,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ecdctr.io import storage
+
+logger = logging.getLogger(__name__)
 
 STRATEGIES = ("none", "mirrored", "multi_worker_mirrored", "parameter_server")
 BATCH_SIZES = ("global", "per_replica")
@@ -227,7 +230,7 @@ class Distribution:
                    if self.task.cluster else ""))
 
 
-def create(config: DistributeConfig, work: str, log: Callable[[str], None] = print,
+def create(config: DistributeConfig, work: str,
            environ: Mapping[str, str] | None = None) -> Distribution | None:
     """The distribution of this process, or None for strategy none (plain single-process
     training). The strategy is created once per process: multi_worker_mirrored must be made
@@ -241,7 +244,7 @@ def create(config: DistributeConfig, work: str, log: Callable[[str], None] = pri
     if strategy is None:
         strategy = _STRATEGIES[config.strategy] = _strategy(config, task)
     distribution = Distribution(config, task, strategy, backup)
-    log(f"distributed training: {distribution.describe()}")
+    logger.info(f"distributed training: {distribution.describe()}")
     return distribution
 
 
@@ -284,13 +287,13 @@ def _strategy(config: DistributeConfig, task: Task) -> tf.distribute.Strategy:
                                                               variable_partitioner=partitioner)
 
 
-def serve(distribution: Distribution, log: Callable[[str], None] = print) -> None:
+def serve(distribution: Distribution) -> None:
     """What a parameter_server `worker` or `ps` task does: serve the chief until killed (the
     job's controller ends these tasks once the chief is done)."""
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     # A worker that cannot reach a peer reports it to the coordinator, which retries elsewhere.
     os.environ.setdefault("GRPC_FAIL_FAST", "use_caller")
-    log(f"{distribution.task}: serving the parameter_server cluster until stopped")
+    logger.info(f"{distribution.task}: serving the parameter_server cluster until stopped")
     server = tf.distribute.Server(resolver.cluster_spec(), job_name=resolver.task_type,
                                   task_index=resolver.task_id,
                                   protocol=resolver.rpc_layer or "grpc", start=True)

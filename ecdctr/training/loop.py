@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -11,7 +12,8 @@ import tf_keras as keras
 
 from ecdctr.spec.feature_spec import Spec
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
+
 # Train steps per call of the compiled train function when the input's size is known: the
 # per-call overhead of Keras' fit loop (callbacks, function call, logs) is paid once for
 # this many steps (benchmarks/BENCHMARKS.md, section 3).
@@ -22,10 +24,10 @@ class ProgressLog(keras.callbacks.Callback):
     """Logs loss and throughput every few seconds and at each epoch's end (batches=False: at
     each epoch's end only; parameter_server runs no batch-level callbacks)."""
 
-    def __init__(self, name: str, batch_size: int, log: Log, every_seconds: float = 10.0,
+    def __init__(self, name: str, batch_size: int, every_seconds: float = 10.0,
                  batches: bool = True):
         super().__init__()
-        self.name, self.batch_size, self.log, self.every = name, batch_size, log, every_seconds
+        self.name, self.batch_size, self.every = name, batch_size, every_seconds
         self.batches = batches
         self.steps = 0
         self.epoch_start = 0  # steps done before this epoch
@@ -40,8 +42,8 @@ class ProgressLog(keras.callbacks.Callback):
         if self.first_epoch is None:
             self.first_epoch = epoch
             if epoch:
-                self.log(f"[{self.name}] resumed from its backup: {epoch} epoch(s) were done, "
-                         f"training from epoch {epoch + 1}")
+                logger.info(f"[{self.name}] resumed from its backup: {epoch} epoch(s) were done, "
+                            f"training from epoch {epoch + 1}")
 
     def _implements_train_batch_hooks(self) -> bool:
         return self.batches
@@ -52,15 +54,15 @@ class ProgressLog(keras.callbacks.Callback):
         if now - self.last >= self.every:
             self.last = now
             rate = self.steps * self.batch_size / (now - self.started)
-            self.log(f"[{self.name}] step {self.steps}: loss {_number((logs or {}).get('loss')):.4f}, "
-                     f"{rate:,.0f} examples/s")
+            logger.info(f"[{self.name}] step {self.steps}: loss {_number((logs or {}).get('loss')):.4f}, "
+                        f"{rate:,.0f} examples/s")
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
         if not self.batches:
             self.steps += int(self.params.get("steps") or 0)
-        self.log(f"[{self.name}] epoch {epoch + 1} done after {self.steps} steps: "
-                 f"loss {_number(logs.get('loss')):.4f}, auc {_number(logs.get('auc')):.4f}")
+        logger.info(f"[{self.name}] epoch {epoch + 1} done after {self.steps} steps: "
+                    f"loss {_number(logs.get('loss')):.4f}, auc {_number(logs.get('auc')):.4f}")
 
 
 def _number(value: object) -> float:
@@ -76,9 +78,9 @@ class BestEpoch(keras.callbacks.Callback):
     one and, at the end, puts back the weights of the best epoch (BatchNorm statistics and
     AdaSparse's schedule included; the frozen TPM tables never change, so they are skipped)."""
 
-    def __init__(self, patience: int, log: Log, name: str):
+    def __init__(self, patience: int, name: str):
         super().__init__()
-        self.patience, self.log, self.name = patience, log, name
+        self.patience, self.name = patience, name
         self.best_auc, self.best_epoch, self.history = -np.inf, 0, []
         self.last_epoch = 0
         self._best: list[np.ndarray] | None = None
@@ -96,19 +98,19 @@ class BestEpoch(keras.callbacks.Callback):
             self._best = [v.numpy() for v in self._variables()]
         elif epoch + 1 - self.best_epoch >= self.patience:
             self.model.stop_training = True
-        self.log(f"[{self.name}] epoch {epoch + 1}: validation AUC {auc:.4f} "
-                 f"(best {self.best_auc:.4f} at epoch {self.best_epoch})")
+        logger.info(f"[{self.name}] epoch {epoch + 1}: validation AUC {auc:.4f} "
+                    f"(best {self.best_auc:.4f} at epoch {self.best_epoch})")
 
     def on_train_end(self, logs: dict | None = None) -> None:
         if self._best is not None and self.best_epoch != self.last_epoch:
             for variable, value in zip(self._variables(), self._best, strict=True):
                 variable.assign(value)
-            self.log(f"[{self.name}] restored the weights of epoch {self.best_epoch} "
-                     f"(validation AUC {self.best_auc:.4f})")
+            logger.info(f"[{self.name}] restored the weights of epoch {self.best_epoch} "
+                        f"(validation AUC {self.best_auc:.4f})")
 
 
 def fit(model: keras.Model, dataset: tf.data.Dataset, epochs: int, batch_size: int, name: str,
-        log: Log = print, tensorboard_dir: str | None = None, rows: int | None = None,
+        tensorboard_dir: str | None = None, rows: int | None = None,
         validation: tf.data.Dataset | None = None, patience: int = 1,
         backup_dir: str | None = None, steps_per_epoch: int | None = None,
         validation_steps: int | None = None,
@@ -133,11 +135,11 @@ def fit(model: keras.Model, dataset: tf.data.Dataset, epochs: int, batch_size: i
                              tf.distribute.experimental.ParameterServerStrategy)
     sized = not coordinated and all(_known_size(d) for d in (dataset, validation) if d is not None)
     set_steps_per_execution(model, steps_per_execution if sized else 1)
-    progress = ProgressLog(name, batch_size, log, batches=not coordinated)
+    progress = ProgressLog(name, batch_size, batches=not coordinated)
     hooks: list[keras.callbacks.Callback] = [progress]
     if backup_dir:  # first, so that the state is restored before the others begin
         hooks.insert(0, keras.callbacks.BackupAndRestore(backup_dir))
-    best = BestEpoch(patience, log, name) if validation is not None else None
+    best = BestEpoch(patience, name) if validation is not None else None
     if best is not None:
         hooks.append(best)
     if tensorboard_dir:
@@ -207,8 +209,7 @@ def scored_batches(model: keras.Model, spec: Spec, dataset: tf.data.Dataset
         raise ValueError("nothing to predict: the evaluation data is empty.")
 
 
-def recalibrate_batchnorm(model: keras.Model, dataset: tf.data.Dataset, max_batches: int = 50,
-                          log: Log = print) -> int:
+def recalibrate_batchnorm(model: keras.Model, dataset: tf.data.Dataset, max_batches: int = 50) -> int:
     """Re-estimates BatchNorm moving statistics as the plain average over up to max_batches
     batches (forward passes only, no weight update). Needed after the statistics are reset
     for a new traffic distribution: a short fine-tune moves them too little. Returns batches."""
@@ -237,7 +238,7 @@ def recalibrate_batchnorm(model: keras.Model, dataset: tf.data.Dataset, max_batc
     if batches == 0:
         for n in norms:
             n.moving_variance.assign(tf.ones_like(n.moving_variance))
-    log(f"[{model.name}] BatchNorm statistics re-estimated on {batches} batches")
+    logger.info(f"[{model.name}] BatchNorm statistics re-estimated on {batches} batches")
     return batches
 
 

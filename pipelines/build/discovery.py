@@ -6,12 +6,15 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import json
+import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ecdctr.data.log_partitions import LOGS_LAYOUT, Partition, find_partitions
 from ecdctr.io import beam_files, layout, storage
+
+logger = logging.getLogger(__name__)
 
 SHARD_BYTES = 64 << 20  # default input bytes per TFRecord shard of a day (see shard_count)
 # A day of at least this many weighted input bytes is built in slices by request-id hash
@@ -86,19 +89,19 @@ def changed_inputs(before: list, now: list) -> str:
 
 
 def find_days(logs: str, work: str, sources: Sequence[str], start: dt.date | None,
-              end: dt.date | None, log: Callable[[str], None], skip_built: bool = False,
+              end: dt.date | None, skip_built: bool = False,
               shard_bytes: int = SHARD_BYTES, slice_bytes: int = SLICE_BYTES) -> BuildPlan:
     """The days of logs under logs/<source>/date=YYYY-MM-DD/ within [start, end] (None =
     unbounded) to build (see BuildPlan); ValueError if there are none. skip_built=True
     leaves out the days built already whose log files have not changed since."""
     plan = BuildPlan([])
-    partitions = find_partitions(logs, sources, start, end, log, plan.unreadable, plan.inputs)
+    partitions = find_partitions(logs, sources, start, end, plan.unreadable, plan.inputs)
     if not partitions:
         window = f" between {start or '-inf'} and {end or '+inf'}" if start or end else ""
         raise ValueError(f"no log partitions found under {logs!r} for sources {list(sources)}"
                          f"{window}. Expected layout: {LOGS_LAYOUT}")
     if skip_built:
-        _leave_out_built(work, sources, partitions, plan.inputs, log)
+        _leave_out_built(work, sources, partitions, plan.inputs)
         if not partitions:
             return plan
     sizes = {key: sum(size or 0 for _, size, _ in plan.inputs.get(key, [])) for key in partitions}
@@ -107,26 +110,26 @@ def find_days(logs: str, work: str, sources: Sequence[str], start: dt.date | Non
         slices = slice_count(found, slice_bytes)
         shards = math.ceil(shard_count(found, shard_bytes) / slices) * slices
         if slices > 1:
-            log(f"{s} {d}: {weighted_bytes(found):,} weighted input bytes >= slice_bytes "
-                f"{slice_bytes:,}: built in {slices} slices by request-id hash ({shards} shards), "
-                f"each reading the whole day")
+            logger.info(f"{s} {d}: {weighted_bytes(found):,} weighted input bytes >= slice_bytes "
+                        f"{slice_bytes:,}: built in {slices} slices by request-id hash ({shards} shards), "
+                        f"each reading the whole day")
         plan.days.append(Day(s, d, tuple(paths), shards, slices))
     per_source = collections.Counter(s for s, _ in partitions)
-    log(f"found {sum(len(p) for p in partitions.values())} log files in {len(partitions)} "
-        f"partitions ("
-        + ", ".join(f"{s}: {n} days" for s, n in sorted(per_source.items())) + ")")
+    logger.info(f"found {sum(len(p) for p in partitions.values())} log files in {len(partitions)} "
+                f"partitions ("
+                + ", ".join(f"{s}: {n} days" for s, n in sorted(per_source.items())) + ")")
     return plan
 
 
 def _leave_out_built(work: str, sources: Sequence[str], partitions: dict[Partition, list[str]],
-                     inputs: dict[Partition, list], log: Callable[[str], None]) -> None:
+                     inputs: dict[Partition, list]) -> None:
     """Removes from partitions the days built already whose inputs have not changed since."""
     built = {(s, d.isoformat()) for s in sources for d in layout.built_partitions(work, s)}
     for key in sorted(set(partitions) & built):
         before = json.loads(beam_files.read_bytes(layout.stats_file(work, *key))).get("inputs")
         changed = changed_inputs(before, inputs[key]) if before is not None else ""
         if changed:  # late data: logs arrived or changed after the day was built
-            log(f"rebuilding {key[0]} {key[1]}: its logs changed since it was built ({changed})")
+            logger.info(f"rebuilding {key[0]} {key[1]}: its logs changed since it was built ({changed})")
             continue
-        log(f"skipping {key[0]} {key[1]}: already built (stats file exists)")
+        logger.info(f"skipping {key[0]} {key[1]}: already built (stats file exists)")
         del partitions[key]

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -24,11 +25,13 @@ from pipelines.build.discovery import SHARD_BYTES, SLICE_BYTES, BuildPlan, Day, 
 from pipelines.build.dofn import add_build_steps
 from pipelines.build.stats import DayStats
 
+logger = logging.getLogger(__name__)
+
 
 def build(spec: Spec, logs: str, work: str, start: dt.date | None = None,
           end: dt.date | None = None, sources: Sequence[str] = SOURCES,
           beam_args: Sequence[str] = (), skip_built: bool = False,
-          log: Callable[[str], None] = print, shard_bytes: int = SHARD_BYTES,
+          shard_bytes: int = SHARD_BYTES,
           lock: str | None = None, slice_bytes: int = SLICE_BYTES) -> list[dict]:
     """Runs ONE Apache Beam pipeline over all (source, date) partitions of raw logs found under
     logs/<source>/date=YYYY-MM-DD/ within [start, end] (inclusive; None = unbounded), returns the
@@ -53,24 +56,24 @@ def build(spec: Spec, logs: str, work: str, start: dt.date | None = None,
         raise ValueError(f"slice_bytes must be >= 1, got {slice_bytes}")
     logs, work = storage.absolute(logs), storage.absolute(work)
     options = beam_files.configure(beam_args, (logs, work))
-    plan = find_days(logs, work, sources, start, end, log, skip_built=skip_built,
+    plan = find_days(logs, work, sources, start, end, skip_built=skip_built,
                      shard_bytes=shard_bytes, slice_bytes=slice_bytes)
     if not plan.days:
-        log("nothing to build: every partition found is already built")
+        logger.info("nothing to build: every partition found is already built")
         return []
-    return build_days(spec, plan, work, options, log, lock=lock)
+    return build_days(spec, plan, work, options, lock=lock)
 
 
 def build_days(spec: Spec, plan: BuildPlan, work: str, options: PipelineOptions,
-               log: Callable[[str], None], lock: str | None = None) -> list[dict]:
+               lock: str | None = None) -> list[dict]:
     """Builds the days of `plan` (see discovery.find_days) into `work` under the build lock,
     publishes them, reports, and checks each new day for drift; returns their stats, in
     (source, date) order. `options`: from beam_files.configure."""
     beam_files.makedirs(work)
-    with build_lock(work, lock, log):
-        publish.clean_staging(work, log)
+    with build_lock(work, lock):
+        publish.clean_staging(work)
         run_dir = publish.new_run_folder(work)
-        seconds = run_pipeline(spec, plan.days, run_dir, options, log)
+        seconds = run_pipeline(spec, plan.days, run_dir, options)
         staged = set(beam_files.files_under(run_dir))
         results = []
         for day in sorted(plan.days, key=lambda d: (d.source, d.date)):
@@ -80,21 +83,21 @@ def build_days(spec: Spec, plan: BuildPlan, work: str, options: PipelineOptions,
             results.append(stats)
         publish.publish(work, run_dir, results)
         beam_files.delete_tree(run_dir)
-    report(results, seconds, log)
+    report(results, seconds)
     for source in sorted({r["source"] for r in results}):  # each new day vs the days before it
         days = [dt.date.fromisoformat(r["date"]) for r in results if r["source"] == source]
-        drift.check_days(work, spec, source, days, layout.built_partitions(work, source), log)
+        drift.check_days(work, spec, source, days, layout.built_partitions(work, source))
     return results
 
 
 @contextlib.contextmanager
-def build_lock(work: str, lock: str | None, log: Callable[[str], None]) -> Iterator[None]:
+def build_lock(work: str, lock: str | None) -> Iterator[None]:
     """Refuses a second build on the same work folder while one runs: a flock on `lock` (a
     local file) or, if None and work is local, on <work>/.build.lock. A remote work folder
     without `lock` is not locked (object stores have no flock): a warning says so."""
     if lock is None and storage.is_remote(work):
-        log(f"warning: {work} is not a local folder and no lock file was given, so this build "
-            f"takes no lock; running one build at a time on it is the operator's job")
+        logger.warning(f"{work} is not a local folder and no lock file was given, so this build "
+                       f"takes no lock; running one build at a time on it is the operator's job")
         yield
         return
     path = lock or layout.build_lock_file(work)
@@ -113,17 +116,16 @@ def pipeline_runner(options: PipelineOptions) -> tuple[Any, str]:
     return None, name
 
 
-def run_pipeline(spec: Spec, days: list[Day], run_dir: str, options: PipelineOptions,
-                 log: Callable[[str], None]) -> float:
+def run_pipeline(spec: Spec, days: list[Day], run_dir: str, options: PipelineOptions) -> float:
     """Runs the Beam pipeline that writes `days` into run_dir; returns its seconds."""
     runner, runner_name = pipeline_runner(options)
-    log(f"pipeline starting ({runner_name}), staging in {run_dir}")
+    logger.info(f"pipeline starting ({runner_name}), staging in {run_dir}")
     began = time.monotonic()
     pipeline = beam.Pipeline(runner=runner, options=options)
     add_build_steps(pipeline, spec, days, run_dir)
     pipeline.run().wait_until_finish()
     seconds = time.monotonic() - began
-    log(f"pipeline finished in {seconds:.1f} s")
+    logger.info(f"pipeline finished in {seconds:.1f} s")
     return seconds
 
 
@@ -144,16 +146,16 @@ def finish_day(spec: Spec, run_dir: str, staged: set[str], day: Day, seconds: fl
     return stats
 
 
-def report(results: list[dict], seconds: float, log: Callable[[str], None]) -> None:
+def report(results: list[dict], seconds: float) -> None:
     """Logs what the build read, wrote and quarantined, per day and in total."""
     total_read = sum(s["rows_read"] for s in results)
-    log(f"published {len(results)} partitions: {total_read} rows read in {seconds:.1f} s, "
-        f"{total_read / max(seconds, 1e-9):,.0f} rows/s")
+    logger.info(f"published {len(results)} partitions: {total_read} rows read in {seconds:.1f} s, "
+                f"{total_read / max(seconds, 1e-9):,.0f} rows/s")
     for s in results:
         reasons = ", ".join(f"{k} {v}" for k, v in s["quarantine_reasons"].items())
-        log(f"  {s['source']} {s['date']}: read {s['rows_read']} = written {s['rows_written']} "
-            f"+ quarantined {s['rows_quarantined']}" + (f" ({reasons})" if reasons else "")
+        logger.info(f"  {s['source']} {s['date']}: read {s['rows_read']} = written {s['rows_written']} "
+                    f"+ quarantined {s['rows_quarantined']}" + (f" ({reasons})" if reasons else "")
             + (f"; empty files: {len(s['empty_files'])}" if s["empty_files"] else ""))
-    log(f"  total: read {total_read} = written {sum(s['rows_written'] for s in results)} "
-        f"+ quarantined {sum(s['rows_quarantined'] for s in results)} "
-        f"in {len(results)} partitions")
+    logger.info(f"  total: read {total_read} = written {sum(s['rows_written'] for s in results)} "
+                f"+ quarantined {sum(s['rows_quarantined'] for s in results)} "
+                f"in {len(results)} partitions")

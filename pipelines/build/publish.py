@@ -6,20 +6,22 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import uuid
-from collections.abc import Callable
 
 from ecdctr.io import beam_files, commit, layout, storage
 from ecdctr.io.tfrecord import shard_name, write_empty_shard
 from ecdctr.spec.feature_spec import Spec
 from pipelines.build.discovery import Day
 
+logger = logging.getLogger(__name__)
 
-def clean_staging(work: str, log: Callable[[str], None]) -> None:
+
+def clean_staging(work: str) -> None:
     """Deletes what unfinished builds left in <work>/.staging."""
     root = layout.staging_folder(work)
     for name in beam_files.FILES.listdir(root):  # object stores: the runs that left files behind
-        log(f"deleting leftovers of an unfinished build: {storage.join(root, name)}")
+        logger.info(f"deleting leftovers of an unfinished build: {storage.join(root, name)}")
         beam_files.delete_tree(storage.join(root, name))
 
 

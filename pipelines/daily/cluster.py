@@ -5,6 +5,7 @@ says how far it got; a report that says failed ends the wait."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from collections.abc import Callable
 
@@ -13,7 +14,7 @@ from ecdctr.io.jsonio import read_json
 from ecdctr.training.checkpoint import META
 from pipelines.daily.report import DailyError
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
 
 
 class ChiefProgress:
@@ -21,15 +22,15 @@ class ChiefProgress:
     chief's report at `report`, counted once written at or after `since` (a time.time())."""
 
     def __init__(self, report: str, task: str, date: dt.date, wait_seconds: float, since: float,
-                 log: Log, poll_seconds: float = 1.0):
-        self.report, self.task, self.date, self.log = report, task, date, log
+                 poll_seconds: float = 1.0):
+        self.report, self.task, self.date = report, task, date
         self.wait_seconds, self.since, self.poll_seconds = wait_seconds, since, poll_seconds
 
     def wait(self, what: str, ready: Callable[[], bool]) -> None:
         """Polls until ready(), at most wait_seconds (distribute.wait_seconds); DailyError when
         the chief's report says failed or the time is up."""
         started = time.perf_counter()
-        self.log(f"{self.task}: waiting for the chief to {what}")
+        logger.info(f"{self.task}: waiting for the chief to {what}")
         while not ready():
             if self.status() == "failed":
                 raise DailyError(f"the chief's run of {self.date} failed ({self.report}) while "

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import time
 import uuid
-from collections.abc import Callable
 
 from ecdctr.config import RunConfig
 from ecdctr.data.drift import read_drift
@@ -48,7 +48,7 @@ from pipelines.daily.report import (
     tracked,
 )
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
 
 
 def work_lock(path: str) -> contextlib.AbstractContextManager[None]:
@@ -57,40 +57,40 @@ def work_lock(path: str) -> contextlib.AbstractContextManager[None]:
     return file_lock.exclusive(path, "another daily run")
 
 
-def run_daily(config: RunConfig, date: dt.date, log: Log = print, force: bool = False) -> dict:
+def run_daily(config: RunConfig, date: dt.date, force: bool = False) -> dict:
     """Runs every step due for `date` and writes <work>/reports/<date>.json. A day whose
     report says ok is not run again unless `force`; a day whose run was killed resumes."""
-    distribution = create(config.distribute, config.work, log)  # first: before any TF op
+    distribution = create(config.distribute, config.work)  # first: before any TF op
     if distribution is not None and not distribution.runs_pipeline:
-        serve(distribution, log)  # a parameter_server worker or ps task: until it is stopped
+        serve(distribution)  # a parameter_server worker or ps task: until it is stopped
         return {"date": date.isoformat(), "status": "served", "task": str(distribution.task),
                 "outcome": "worker"}
     path = report_path(config, date)
     if not force and storage.exists(path) and read_json(path).get("status") == "ok":
-        log(f"{date} is done (report {path} says ok); nothing to do. Use --force to run it again.")
+        logger.info(f"{date} is done (report {path} says ok); nothing to do. Use --force to run it again.")
         return {**read_json(path), "outcome": "done"}
     spec = load_spec(config.spec)
     report: dict = {"date": date.isoformat(), "config": config.path, "status": "running",
                     "spec_fingerprint": spec.fingerprint, "steps": {}}
     if distribution is not None and not distribution.is_chief:
         report["task"] = str(distribution.task)
-        with tracked(report, lambda: log(f"{distribution.task}: {report['status']}")):
-            DailyJob(config, spec, date, report, log, force, distribution).run()
+        with tracked(report, lambda: logger.info(f"{distribution.task}: {report['status']}")):
+            DailyJob(config, spec, date, report, force, distribution).run()
         report["outcome"] = "worker"  # the chief's report and exit code say how the day went
         return report
 
     def written() -> None:
         report["outcome"] = outcome(report)
         write_json(path, report)
-        log(f"report written to {path}")
+        logger.info(f"report written to {path}")
 
     with work_lock(config.lock or storage.join(config.work, ".daily.lock")):
         try:
             with tracked(report, written):
-                DailyJob(config, spec, date, report, log, force, distribution).run()
+                DailyJob(config, spec, date, report, force, distribution).run()
         finally:
             if report["outcome"] in ALERT_ON:
-                send_alert(config, report, path, log)
+                send_alert(config, report, path)
     return report
 
 
@@ -99,22 +99,22 @@ class DailyJob:
     builds, saves, evaluates, exports and writes the report; the other workers wait for its
     build, train every fit with it and wait for each model it saves before reading it."""
 
-    def __init__(self, config: RunConfig, spec: Spec, date: dt.date, report: dict, log: Log,
+    def __init__(self, config: RunConfig, spec: Spec, date: dt.date, report: dict,
                  force: bool = False, distribution: Distribution | None = None):
-        self.config, self.spec, self.date, self.report, self.log = config, spec, date, report, log
+        self.config, self.spec, self.date, self.report = config, spec, date, report
         self.work, self.force = config.work, force
         # a fit's backups go to <backup>/<D>/<step>, so no other day's can be restored into it
         self.distribution = distribution.for_run(date.isoformat()) if distribution else None
         self.chief = distribution is None or distribution.is_chief
         path = report_path(config, date)
         # a cluster fails together; a single process degrades (see StepRecorder.degradable)
-        self.record = StepRecorder(report, path if self.chief else None, log,
+        self.record = StepRecorder(report, path if self.chief else None,
                                    degrade=distribution is None)
         self.chief_progress = None if self.chief else ChiefProgress(
-            path, str(distribution.task), date, config.distribute.wait_seconds, time.time(), log)
-        self.tpms = ModelStore(storage.join(self.work, "tpm"), log)
-        self.cpms = ModelStore(storage.join(self.work, "models", "cpm"), log)
-        self.actrs = ModelStore(storage.join(self.work, "models", "actr"), log)
+            path, str(distribution.task), date, config.distribute.wait_seconds, time.time())
+        self.tpms = ModelStore(storage.join(self.work, "tpm"))
+        self.cpms = ModelStore(storage.join(self.work, "models", "cpm"))
+        self.actrs = ModelStore(storage.join(self.work, "models", "actr"))
 
     def run(self) -> None:
         """build → TPM → CPM → A-CTR → export (gate, then publish or reject)."""
@@ -150,7 +150,7 @@ class DailyJob:
         first_tpm = steps.tpm_window(self.date, w, self.config.transfer.tpm_historical)[0]
         start = min(first_tpm, self.date - dt.timedelta(days=max(w.cpm_days, w.actr_days)))
         built = build(self.spec, self.config.logs, self.work, start=start, end=self.date,
-                      beam_args=self.config.beam_args, skip_built=True, log=self.log,
+                      beam_args=self.config.beam_args, skip_built=True,
                       lock=self.build_lock())
         entry["partitions_built"] = len(built)
         unreadable = [f for stats in built for f in stats.get("unreadable_files", [])]
@@ -177,7 +177,7 @@ class DailyJob:
         if not days:
             entry.update(status="skipped", reason=f"no built natural day in the TPM window "
                          f"{first}..{end - dt.timedelta(days=1)}")
-            self.log(f"TPM skipped: {entry['reason']} (a CPM then reads no new snapshot)")
+            logger.info(f"TPM skipped: {entry['reason']} (a CPM then reads no new snapshot)")
             return
         # the parent: the newest snapshot trained on days before this one's window only
         earlier = [n for n, m in self.tpms.usable(self.date)
@@ -186,7 +186,7 @@ class DailyJob:
         if t.tpm_warm_start and earlier:
             parent = load_checkpoint(self.tpms.path(earlier[-1]), self.config.tpm)
             fresh, _ = self.fresh_features(parent.meta, f"TPM warm start from {parent.folder}")
-        trained = steps.train_tpm(self.spec, self.work, days, self.config.tpm, self.log, parent,
+        trained = steps.train_tpm(self.spec, self.work, days, self.config.tpm, parent,
                                   self.board("tpm"), fresh_features=fresh,
                                   distribution=self.distribution)
         folder = self.tpms.path(key)
@@ -195,7 +195,7 @@ class DailyJob:
         save_snapshot(folder, trained.model, self.spec, trained.vocabs, trained.meta,
                       steps.tpm_tables(trained, t.tpm_standardize))
         entry.update(snapshot=folder, train=trained.meta["train"], warm_start=trained.meta["parent"])
-        self.log(f"TPM snapshot {folder} of {trained.meta['window'][0]}..{trained.meta['window'][1]}")
+        logger.info(f"TPM snapshot {folder} of {trained.meta['window'][0]}..{trained.meta['window'][1]}")
         cpms = self.cpms.complete()
         used = {s["name"] for s in cpms[-1][1]["tpm_snapshots"]} if cpms else set()
         self.tpms.prune(max(t.tpm_snapshots, 1), {key} | used)
@@ -206,7 +206,7 @@ class DailyJob:
         names = steps.choose_snapshots(self.tpms.usable(self.date), cpm_first,
                                        t.tpm_snapshots, t.tpm_historical)
         return steps.readable_snapshots([load_snapshot(self.tpms.path(n)) for n in names],
-                                        self.spec, self.log)
+                                        self.spec)
 
     # -- CPM ------------------------------------------------------------------------------
     def cpm(self, entry: dict) -> None:
@@ -221,8 +221,8 @@ class DailyJob:
             raise DailyError(f"no built natural days before {self.date} in the CPM window. Fix: "
                              f"put logs under {self.config.logs}/natural/date=YYYY-MM-DD/.")
         snapshots = self.snapshots_for(days[0])
-        self.log(f"CPM on {len(days)} natural days with TPM snapshots "
-                 f"{[s.name for s in snapshots] or 'none'}")
+        logger.info(f"CPM on {len(days)} natural days with TPM snapshots "
+                    f"{[s.name for s in snapshots] or 'none'}")
         previous = [name for name, _ in self.cpms.usable(self.date) if name != key]
         parent, fresh = None, []
         if previous:
@@ -231,9 +231,9 @@ class DailyJob:
             entry["warm_start"] = {"from": parent.folder, **diff}
         else:
             entry["warm_start"] = None
-            self.log("CPM starts fresh: no earlier CPM checkpoint")
+            logger.info("CPM starts fresh: no earlier CPM checkpoint")
         natural = [("natural", d) for d in days]
-        trained = steps.train_ctr(self.spec, self.work, natural, self.config.cpm, self.log,
+        trained = steps.train_ctr(self.spec, self.work, natural, self.config.cpm,
                                   kind="cpm", snapshots=snapshots,
                                   vocab_parts=self.shared_partitions(), stats_parts=natural,
                                   parent=parent, fresh_features=fresh, board=self.board("cpm"),
@@ -266,7 +266,7 @@ class DailyJob:
             raise DailyError(f"no CPM checkpoint trained before {self.date} in {self.cpms.root}. "
                              f"Fix: let the cpm step run first.")
         cpm = load_checkpoint(self.cpms.path(cpms[-1][0]), self.config.cpm)
-        self.log(f"loaded CPM {cpm.folder}")
+        logger.info(f"loaded CPM {cpm.folder}")
         folder = self.actrs.path(self.date.isoformat())
         entry["checkpoint"] = folder
         if self.chief_progress is not None:  # trains with the chief, which saves and evaluates
@@ -278,8 +278,8 @@ class DailyJob:
             model, meta = actr.model, actr.meta
             entry.update(start=meta["start"], start_reason=meta["start_reason"], resumed=True,
                          train=meta["train"], transfer=meta["transfer"])
-            self.log(f"A-CTR checkpoint {folder} of this day exists (an earlier run of the day "
-                     f"trained it {meta['start']}): evaluating and exporting it as it is")
+            logger.info(f"A-CTR checkpoint {folder} of this day exists (an earlier run of the day "
+                        f"trained it {meta['start']}): evaluating and exporting it as it is")
         else:
             trained = self.fine_tune(entry, cpm, days)
             model, meta = trained.model, trained.meta
@@ -296,9 +296,9 @@ class DailyJob:
         entry["metrics"] = {}
         for name, m, spec in (("actr", actr, self.spec), ("cpm", cpm.model, cpm.spec)):
             r = entry["metrics"][name] = steps.evaluate(m, spec, self.work, [("ad", self.date)])
-            self.log(f"{name} on ad {self.date} ({r['rows']:,} rows): logloss {r['logloss']:.4f} "
-                     f"AUC {r['auc']:.4f} GAUC {r['gauc']:.4f} over {r['gauc_groups']} users "
-                     f"(CTR {r['ctr']:.4f}, mean prediction {r['mean_prediction']:.4f})")
+            logger.info(f"{name} on ad {self.date} ({r['rows']:,} rows): logloss {r['logloss']:.4f} "
+                        f"AUC {r['auc']:.4f} GAUC {r['gauc']:.4f} over {r['gauc_groups']} users "
+                        f"(CTR {r['ctr']:.4f}, mean prediction {r['mean_prediction']:.4f})")
         saved = read_json(storage.join(folder, META))
         saved["metrics"] = {f"{name} on ad {self.date}": r for name, r in entry["metrics"].items()}
         write_json(storage.join(folder, META), saved)
@@ -312,8 +312,8 @@ class DailyJob:
         same = (meta.get("cpm_id") == cpm_id and meta.get("spec_fingerprint") == self.spec.fingerprint
                 and meta.get("model") == structure(self.config.actr))
         if not same:
-            self.log(f"A-CTR checkpoint {folder} was trained with another CPM, spec or model "
-                     f"structure: training it again")
+            logger.info(f"A-CTR checkpoint {folder} was trained with another CPM, spec or model "
+                        f"structure: training it again")
         return same
 
     def fine_tune(self, entry: dict, cpm: Checkpoint, days: list[dt.date]) -> steps.Trained:
@@ -336,8 +336,8 @@ class DailyJob:
             # window every day would be one more epoch over it a day, and overfits the ids.
             seen = dt.date.fromisoformat(source.meta["learned_through"])
             train_days = [d for d in days if d > seen]
-            self.log(f"A-CTR starts {start} ({reason})")
-            trained = steps.update_actr(source, self.spec, self.work, train_days, cfg, self.log,
+            logger.info(f"A-CTR starts {start} ({reason})")
+            trained = steps.update_actr(source, self.spec, self.work, train_days, cfg,
                                         vocab_parts=shared, fresh_features=fresh,
                                         board=self.board("actr"),
                                         distribution=self.distribution)
@@ -347,9 +347,9 @@ class DailyJob:
                       f"previous A-CTR ({previous}) descends from" if previous
                       else "no earlier A-CTR checkpoint")
             fresh, diff = self.fresh_features(cpm.meta, f"A-CTR {start}")
-            self.log(f"A-CTR starts {start} ({reason})")
+            logger.info(f"A-CTR starts {start} ({reason})")
             trained = steps.derive_actr(cpm, self.spec, self.work, days, cfg,
-                                        self.config.transfer, self.log, vocab_parts=shared,
+                                        self.config.transfer, vocab_parts=shared,
                                         fresh_features=fresh, board=self.board("actr"),
                                         distribution=self.distribution)
             train_days = days
@@ -367,8 +367,7 @@ class DailyJob:
     # -- export ---------------------------------------------------------------------------
     def export(self, entry: dict, candidate: Candidate) -> None:
         """Stages, gates and publishes or rejects today's A-CTR (pipelines/daily/publish.py)."""
-        export_candidate(candidate, self.config, self.spec, self.date, self.report, entry,
-                         self.log)
+        export_candidate(candidate, self.config, self.spec, self.date, self.report, entry)
 
     # -- helpers --------------------------------------------------------------------------
     def due(self, step: str, store: ModelStore, entry: dict) -> str | None:
@@ -385,8 +384,8 @@ class DailyJob:
         start; unchanged ones are restored, removed ones dropped), and the whole diff."""
         diff = feature_diff(source_meta.get("feature_fingerprints", {}),
                             feature_fingerprints(self.spec))
-        self.log(f"{what}: features new {diff['new']}, changed {diff['changed']}, removed "
-                 f"{diff['removed']} (new and changed start fresh), restored {diff['restored']}")
+        logger.info(f"{what}: features new {diff['new']}, changed {diff['changed']}, removed "
+                    f"{diff['removed']} (new and changed start fresh), restored {diff['restored']}")
         return diff["new"] + diff["changed"], diff
 
     def window(self, source: str, days: int) -> list[dt.date]:
@@ -410,4 +409,4 @@ class DailyJob:
         """Deletes what killed runs left (pipelines/daily/leftovers.py)."""
         backups = storage.dirname(self.distribution.backup) if self.distribution else None
         remove_leftovers((self.tpms, self.cpms, self.actrs), storage.join(self.config.export, "actr"),
-                         storage.join(self.work, "reports"), backups, self.date, self.log)
+                         storage.join(self.work, "reports"), backups, self.date)

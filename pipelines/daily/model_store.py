@@ -6,14 +6,15 @@ place (ecdctr/training/checkpoint.py writes it last)."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
-from collections.abc import Callable
 
 from ecdctr.io import commit, storage
 from ecdctr.io.jsonio import read_json
 from ecdctr.training.checkpoint import META, is_current
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
+
 CPM_KEEP = 4  # newest CPM checkpoints kept
 ACTR_KEEP = 7  # newest A-CTR checkpoints kept
 FOLDER_NAME = re.compile(r"^\d{4}-\d{2}(-\d{2})?$")  # YYYY-MM (a monthly TPM) or YYYY-MM-DD
@@ -22,8 +23,8 @@ FOLDER_NAME = re.compile(r"^\d{4}-\d{2}(-\d{2})?$")  # YYYY-MM (a monthly TPM) o
 class ModelStore:
     """The model folders under `root`, each named for its period or day (FOLDER_NAME)."""
 
-    def __init__(self, root: str, log: Log):
-        self.root, self.log = root, log
+    def __init__(self, root: str):
+        self.root = root
         self.legacy: set[str] = set()  # folders of an older format, logged once
 
     def path(self, name: str) -> str:
@@ -39,8 +40,8 @@ class ModelStore:
         for name, meta in found:
             if not is_current(meta) and name not in self.legacy:
                 self.legacy.add(name)
-                self.log(f"{self.path(name)} was written by an older ecdctr and cannot be rebuilt: "
-                         f"ignored (retrained when due; delete it to free the disk)")
+                logger.info(f"{self.path(name)} was written by an older ecdctr and cannot be rebuilt: "
+                            f"ignored (retrained when due; delete it to free the disk)")
         found = [(name, meta) for name, meta in found if is_current(meta)]
         return sorted(found, key=lambda item: (item[1].get("window", [item[0]] * 2)[-1], item[0]))
 
@@ -57,14 +58,14 @@ class ModelStore:
                 continue
             folder = self.path(name)
             commit.delete_folder(storage.FILES, folder, first=META)
-            self.log(f"removed old {folder}")
+            logger.info(f"removed old {folder}")
 
     def remove_unfinished(self) -> None:
         """Deletes what killed runs left here: `<name>.tmp` folders (a save or a prune cut
         short) and meta.json temp files (a metrics update cut short)."""
         for name in storage.listdir(self.root):
             if name.endswith(commit.STAGING_SUFFIX):
-                self.log(f"removing leftovers of an interrupted run: {self.path(name)}")
+                logger.info(f"removing leftovers of an interrupted run: {self.path(name)}")
                 storage.rmtree(self.path(name))
             for leftover in storage.listdir(self.path(name)):
                 if commit.is_temp_file(leftover, of=META):

@@ -7,7 +7,7 @@ checkpoint it came from (assets.extra/actr.json)."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+import logging
 from dataclasses import dataclass, field
 
 import tensorflow as tf
@@ -31,7 +31,7 @@ from ecdctr.serving.export import (
 from ecdctr.serving.gate import run_gate
 from ecdctr.spec.feature_spec import Spec
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,36 +47,36 @@ class Candidate:
 
 
 def export_candidate(candidate: Candidate, config: RunConfig, spec: Spec, date: dt.date,
-                     report: dict, entry: dict, log: Log) -> None:
+                     report: dict, entry: dict) -> None:
     """Stages the SavedModel, gates it against the serving version, publishes or rejects it
     (report["export"] or report["rejected"], report["gate"], report["published"])."""
     base = storage.join(config.export, "actr")
-    if reuse_export(candidate, base, report, entry, log):
+    if reuse_export(candidate, base, report, entry):
         return
     held_out = partition_files(config.work, "ad", [date])
     timing = [r.numpy() for r in
               tf.data.TFRecordDataset(held_out, compression_type="GZIP").take(TIMING_ROWS)]
-    staging = stage_saved_model(candidate.model, spec, base, timing, log=log)  # its serving form
+    staging = stage_saved_model(candidate.model, spec, base, timing)  # its serving form
     serving = versions(base)
     gate = run_gate(candidate.model, spec, staging,
                     storage.join(base, str(serving[-1])) if serving else None, held_out,
-                    candidate.metrics, config.gate, log)
+                    candidate.metrics, config.gate)
     for reason in operational_reasons(config, candidate.trained_days):
         gate["passed"] = False
         gate["reasons"].append(reason)
-        log(f"not publishing: {reason}")
+        logger.info(f"not publishing: {reason}")
     report["gate"] = entry["gate"] = gate
     write_json(storage.join(staging, "assets.extra", EXPORT_MARKER),
                {"date": date.isoformat(), "checkpoint": candidate.folder,
                 "checkpoint_id": candidate.meta["id"], "gate": gate})
     if gate["passed"]:
-        report["export"] = publish(staging, base, config.gate.keep_versions, log)
+        report["export"] = publish(staging, base, config.gate.keep_versions)
     else:
-        report["rejected"] = reject(staging, base, gate["reasons"], log)
+        report["rejected"] = reject(staging, base, gate["reasons"])
     report["published"] = gate["passed"]
 
 
-def reuse_export(candidate: Candidate, base: str, report: dict, entry: dict, log: Log) -> bool:
+def reuse_export(candidate: Candidate, base: str, report: dict, entry: dict) -> bool:
     """True when an interrupted run of the day already published or rejected this checkpoint:
     the report then says what that run's gate decided, and nothing is exported again."""
     done = exported(base, candidate.meta["id"])
@@ -84,8 +84,8 @@ def reuse_export(candidate: Candidate, base: str, report: dict, entry: dict, log
         return False
     path, marker = done
     published = storage.dirname(path) == base
-    log(f"{path} was already exported from checkpoint {candidate.folder} by an "
-        f"interrupted run of this day; not exporting again")
+    logger.info(f"{path} was already exported from checkpoint {candidate.folder} by an "
+                f"interrupted run of this day; not exporting again")
     entry["reused"] = path
     report["gate"] = entry["gate"] = marker["gate"]
     report["export" if published else "rejected"] = path

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -17,7 +18,8 @@ from ecdctr.config import RunConfig
 from ecdctr.io import storage
 from ecdctr.io.jsonio import json_safe, write_json
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
+
 
 # What a day's run came to, and the exit code `ecdctr daily` gives it (README "Exit codes").
 OUTCOMES = {"published": 0, "failed": 1, "rejected": 3, "done": 4, "degraded": 5, "worker": 0}
@@ -59,8 +61,8 @@ class StepRecorder:
     for a worker that is not the chief (only the chief's report is written); `degrade` is
     False in a cluster, which fails together (see degradable)."""
 
-    def __init__(self, report: dict, path: str | None, log: Log, degrade: bool = True):
-        self.report, self.path, self.log, self.degrade = report, path, log, degrade
+    def __init__(self, report: dict, path: str | None, degrade: bool = True):
+        self.report, self.path, self.degrade = report, path, degrade
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[dict]:
@@ -68,10 +70,10 @@ class StepRecorder:
         entry: dict = {"status": "running"}
         self.report["steps"][name] = entry
         self.save()
-        self.log(f"== {name} ==")
+        logger.info(f"== {name} ==")
 
         def done() -> None:
-            self.log(f"== {name}: {entry['status']} in {entry['seconds']}s ==")
+            logger.info(f"== {name}: {entry['status']} in {entry['seconds']}s ==")
             self.save()
 
         with tracked(entry, done):
@@ -89,7 +91,7 @@ class StepRecorder:
                 raise
             reason = f"{name} failed ({type(e).__name__}: {e}); the A-CTR uses the newest earlier output"
             self.report.setdefault("degraded", []).append(reason)
-            self.log(f"error: {reason}")
+            logger.error(reason)
             self.save()
 
     def save(self) -> None:
@@ -111,8 +113,7 @@ def outcome(report: dict) -> str:
     return report.get("outcome", "failed")
 
 
-def send_alert(config: RunConfig, report: dict, path: str, log: Log,
-               timeout: float = ALERT_SECONDS) -> None:
+def send_alert(config: RunConfig, report: dict, path: str, timeout: float = ALERT_SECONDS) -> None:
     """Runs the config's `alert` command (a shell command line) for a failed or rejected day:
     the report on its standard input and ECDCTR_DATE, ECDCTR_OUTCOME, ECDCTR_REPORT (the
     report's path), ECDCTR_ERROR in its environment, in a process group of its own that is
@@ -126,12 +127,12 @@ def send_alert(config: RunConfig, report: dict, path: str, log: Log,
         done = run_in_own_group(["/bin/sh", "-c", config.alert], json.dumps(json_safe(report)),
                                 env, timeout)
     except (OSError, subprocess.TimeoutExpired) as e:
-        log(f"error: the alert command failed to run ({e})")
+        logger.error(f"the alert command failed to run ({e})")
         return
     if done.returncode != 0:
-        log(f"error: the alert command exited {done.returncode}: {done.stderr.strip()[-500:]}")
+        logger.error(f"the alert command exited {done.returncode}: {done.stderr.strip()[-500:]}")
     else:
-        log(f"alert sent ({report['outcome']}) by: {config.alert}")
+        logger.info(f"alert sent ({report['outcome']}) by: {config.alert}")
 
 
 def run_in_own_group(argv: list[str], stdin: str, env: dict, timeout: float
