@@ -42,11 +42,13 @@ from pipelines.daily.report import (
     ALERT_ON,
     DailyError,
     StepRecorder,
+    figures_line,
     outcome,
     report_path,
     send_alert,
     tracked,
 )
+from pipelines.daily.watch import watch_served
 
 Log = Callable[[str], None]
 
@@ -117,7 +119,8 @@ class DailyJob:
         self.actrs = ModelStore(storage.join(self.work, "models", "actr"), log)
 
     def run(self) -> None:
-        """build → TPM → CPM → A-CTR → export (gate, then publish or reject)."""
+        """build → TPM → CPM → A-CTR → watch (the served version on D) → export (gate, then
+        publish or reject)."""
         if self.chief:
             self.remove_leftovers()
         with self.record.step("build") as entry:
@@ -128,8 +131,14 @@ class DailyJob:
             self.tpm(entry)
         with self.record.degradable("cpm") as entry:
             self.cpm(entry)
-        with self.record.step("actr") as entry:
-            candidate = self.actr(entry)
+        try:
+            with self.record.step("actr") as entry:
+                candidate = self.actr(entry)
+        finally:  # the served version is watched whatever became of today's A-CTR
+            if self.chief:
+                with self.record.observing("watch") as entry:
+                    watch_served(entry, self.report, self.config.export, self.work, self.spec,
+                                 self.date, self.log)
         if self.chief_progress is not None:  # trained with the chief, which alone exports
             self.chief_progress.wait_for_finish()
             return
@@ -296,9 +305,7 @@ class DailyJob:
         entry["metrics"] = {}
         for name, m, spec in (("actr", actr, self.spec), ("cpm", cpm.model, cpm.spec)):
             r = entry["metrics"][name] = steps.evaluate(m, spec, self.work, [("ad", self.date)])
-            self.log(f"{name} on ad {self.date} ({r['rows']:,} rows): logloss {r['logloss']:.4f} "
-                     f"AUC {r['auc']:.4f} GAUC {r['gauc']:.4f} over {r['gauc_groups']} users "
-                     f"(CTR {r['ctr']:.4f}, mean prediction {r['mean_prediction']:.4f})")
+            self.log(f"{name} on ad {self.date} ({r['rows']:,} rows): {figures_line(r)}")
         saved = read_json(storage.join(folder, META))
         saved["metrics"] = {f"{name} on ad {self.date}": r for name, r in entry["metrics"].items()}
         write_json(storage.join(folder, META), saved)
