@@ -62,6 +62,8 @@ def parser(description: str) -> argparse.ArgumentParser:
         "versions", help="list the published versions: day, metrics, gate"))
     _rollback_arguments(sub.add_parser(
         "rollback", help="serve an earlier version again, and hold new ones"))
+    _history_arguments(sub.add_parser(
+        "history", help="the served model's figures on each new day, from the daily reports"))
     _predict_arguments(sub.add_parser(
         "predict", help="score raw-log rows with an exported SavedModel"))
     _query_arguments(sub.add_parser(
@@ -139,6 +141,17 @@ def _rollback_arguments(r: argparse.ArgumentParser) -> None:
     which.add_argument("--to", type=_positive_int, help="the version to serve again")
     which.add_argument("--release", action="store_true",
                        help="end the hold: the next daily run publishes through the gate again")
+
+
+def _history_arguments(h: argparse.ArgumentParser) -> None:
+    h.add_argument("--work", required=True,
+                   help="the run config's work folder (its reports/ are read), local or a URI")
+    h.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    h.add_argument("--png", help="also draw the series into this PNG file")
+    h.add_argument("--tensorboard", help="also write the series as TensorBoard scalars here "
+                                         "(one per metric, step = the day's ordinal)")
+    h.add_argument("--start", type=_date, help="first day, YYYY-MM-DD (default: the first)")
+    h.add_argument("--end", type=_date, help="last day, YYYY-MM-DD (default: the last)")
 
 
 def _predict_arguments(r: argparse.ArgumentParser) -> None:
