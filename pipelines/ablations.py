@@ -116,6 +116,13 @@ class Ablations:
                 previous = trained
                 snapshots.append(Snapshot(f"tpm-{tpm_date}",
                                           steps.tpm_tables(trained, t.tpm_standardize)))
+            if not snapshots and t.tpm_snapshots > 0:
+                steps.without_tpm(
+                    f"CPM of {date} (seed {seed}) of the E-CDCTR ablations",
+                    "the TPM's windows hold no built natural day"
+                    + (" (transfer.tpm_historical: they end where the CPM window begins, so "
+                       "windows that cover the whole history leave them none)"
+                       if t.tpm_historical else ""), self.log)
             self._cache[key] = snapshots
         return self._cache[key]
 

@@ -160,6 +160,14 @@ def test_ablation_snapshots_follow_the_tpm_schedule_and_warm_start(tmp_path):
                                                                  tpm_snapshots=1))
     one = Ablations(cold, load_spec(cfg.spec), dt.date(2026, 1, 8), lines.append)
     assert [s.name for s in one.snapshots(0, dt.date(2026, 1, 8))] == ["tpm-2026-01-08"]
+    # a CPM window that covers the whole history leaves the historical TPM no day: no
+    # snapshot, said in a warning (compare then labels the variants WITHOUT TPM)
+    whole = dataclasses.replace(cfg, windows=dataclasses.replace(cfg.windows, cpm_days=8))
+    lines.clear()
+    assert Ablations(whole, load_spec(cfg.spec), dt.date(2026, 1, 8),
+                     lines.append).snapshots(0, dt.date(2026, 1, 8)) == []
+    assert any(x.startswith("warning: the CPM of 2026-01-08 (seed 0) of the E-CDCTR ablations "
+                            "reads no TPM snapshot") and "whole history" in x for x in lines)
 
 
 def test_the_table_carries_intervals_clicks_calibration_and_marks_ties():

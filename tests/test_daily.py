@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from ecdctr.config import load_config
 from ecdctr.data.simulator import SimConfig, simulate
 from ecdctr.models.ctr_model import ModelConfig, build_model, transfer_weights
 from ecdctr.spec.feature_spec import feature_diff, load_spec
-from pipelines import daily
+from pipelines import daily, steps
 from pipelines.daily import run_daily
 
 START = dt.date(2026, 1, 1)
@@ -296,3 +297,31 @@ def test_a_failed_cpm_degrades_the_day_and_the_actr_uses_the_newest_cpm(logs, tm
     assert actr["status"] == "ok" and "newest CPM 2026-01-05" in actr["start_reason"]
     assert daily.OUTCOMES["degraded"] == 5
     assert any(line.startswith("error: cpm failed") for line in lines)
+    # the first day's version served through the second, and is scored on its traffic
+    assert report["served"]["version"] == 1 and report["steps"]["watch"]["status"] == "ok"
+
+
+def test_a_run_configured_for_the_tpm_that_reads_no_snapshot_says_so(logs, tmp_path):
+    """CPM and A-CTR windows that cover the whole history leave a historical TPM no days:
+    the CPM's and the A-CTR's report entries and a warning line say so."""
+    config = load_config(_config(tmp_path, logs))  # transfer.tpm_snapshots: 3, historical
+    date = dt.date(2026, 1, 12)
+    lines: list[str] = []
+    report = {"steps": {}}
+    job = daily.DailyJob(config, load_spec(SPEC), date, report, lines.append)
+    cpm_entry: dict = {}
+    assert job.snapshots_for(dt.date(2026, 1, 1), cpm_entry) == []
+    assert cpm_entry["tpm"].startswith("configured, but no snapshot: no TPM snapshot was trained")
+    assert any(line.startswith("warning: the CPM reads no TPM snapshot") for line in lines)
+    actr_entry: dict = {}
+    job.note_missing_tpm(actr_entry, SimpleNamespace(folder="work/models/cpm/2026-01-12",
+                                                     meta={"tpm_snapshots": []}))
+    assert actr_entry["tpm"] == ("configured, but no snapshot: its CPM "
+                                 "work/models/cpm/2026-01-12 read none")
+    assert any(line.startswith("warning: the A-CTR reads no TPM snapshot") for line in lines)
+    job.note_missing_tpm(actr_entry := {}, SimpleNamespace(folder="c", meta={
+        "tpm_snapshots": [{"name": "2026-01"}]}))
+    assert "tpm" not in actr_entry
+    usable = [("2026-01", {"window": ["2025-12-01", "2026-01-05"]})]
+    assert "windows that cover the whole history" in steps.no_snapshot_reason(
+        usable, dt.date(2026, 1, 1), historical=True, chosen=0)

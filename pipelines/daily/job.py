@@ -209,13 +209,18 @@ class DailyJob:
         used = {s["name"] for s in cpms[-1][1]["tpm_snapshots"]} if cpms else set()
         self.tpms.prune(max(t.tpm_snapshots, 1), {key} | used)
 
-    def snapshots_for(self, cpm_first: dt.date) -> list[Snapshot]:
-        """The TPM snapshots (oldest first) a CPM whose window starts at cpm_first reads."""
+    def snapshots_for(self, cpm_first: dt.date, entry: dict) -> list[Snapshot]:
+        """The TPM snapshots (oldest first) a CPM whose window starts at cpm_first reads; when
+        the run is configured for the TPM and there is none, a warning and entry["tpm"] say why."""
         t = self.config.transfer
-        names = steps.choose_snapshots(self.tpms.usable(self.date), cpm_first,
-                                       t.tpm_snapshots, t.tpm_historical)
-        return steps.readable_snapshots([load_snapshot(self.tpms.path(n)) for n in names],
-                                        self.spec, self.log)
+        usable = self.tpms.usable(self.date)
+        names = steps.choose_snapshots(usable, cpm_first, t.tpm_snapshots, t.tpm_historical)
+        snapshots = steps.readable_snapshots([load_snapshot(self.tpms.path(n)) for n in names],
+                                             self.spec, self.log)
+        if not snapshots and t.tpm_snapshots > 0:
+            entry["tpm"] = steps.without_tpm("CPM", steps.no_snapshot_reason(
+                usable, cpm_first, t.tpm_historical, len(names)), self.log)
+        return snapshots
 
     # -- CPM ------------------------------------------------------------------------------
     def cpm(self, entry: dict) -> None:
@@ -229,7 +234,7 @@ class DailyJob:
         if not days:
             raise DailyError(f"no built natural days before {self.date} in the CPM window. Fix: "
                              f"put logs under {self.config.logs}/natural/date=YYYY-MM-DD/.")
-        snapshots = self.snapshots_for(days[0])
+        snapshots = self.snapshots_for(days[0], entry)
         self.log(f"CPM on {len(days)} natural days with TPM snapshots "
                  f"{[s.name for s in snapshots] or 'none'}")
         previous = [name for name, _ in self.cpms.usable(self.date) if name != key]
@@ -276,6 +281,7 @@ class DailyJob:
                              f"Fix: let the cpm step run first.")
         cpm = load_checkpoint(self.cpms.path(cpms[-1][0]), self.config.cpm)
         self.log(f"loaded CPM {cpm.folder}")
+        self.note_missing_tpm(entry, cpm)
         folder = self.actrs.path(self.date.isoformat())
         entry["checkpoint"] = folder
         if self.chief_progress is not None:  # trains with the chief, which saves and evaluates
@@ -378,6 +384,12 @@ class DailyJob:
                          self.log)
 
     # -- helpers --------------------------------------------------------------------------
+    def note_missing_tpm(self, entry: dict, cpm: Checkpoint) -> None:
+        """A warning and entry["tpm"] when the run is configured for the TPM and the A-CTR's
+        CPM (whose snapshots it reads) read none."""
+        if self.config.transfer.tpm_snapshots > 0 and not cpm.meta.get("tpm_snapshots"):
+            entry["tpm"] = steps.without_tpm("A-CTR", f"its CPM {cpm.folder} read none", self.log)
+
     def due(self, step: str, store: ModelStore, entry: dict) -> str | None:
         """The folder name step must write for D, or None when D's period already has its
         output (the entry then says skipped and why)."""
