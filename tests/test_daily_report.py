@@ -46,6 +46,19 @@ def test_a_degradable_step_that_fails_degrades_the_day_unless_in_a_cluster(tmp_p
         raise OSError("disk full")
 
 
+def test_an_observing_step_that_fails_is_recorded_and_the_day_goes_on():
+    report: dict = {"status": "running", "steps": {}}
+    lines: list[str] = []
+    with StepRecorder(report, None, lines.append).observing("watch"):
+        raise OSError("bucket unreachable")
+    assert report["steps"]["watch"]["status"] == "failed" and "degraded" not in report
+    assert lines[-1] == ("error: watch failed (OSError: bucket unreachable); the day goes on "
+                         "without it")
+    # a rejected day's alert names the gate's reasons, not the watch
+    report["gate"] = {"reasons": ["auc dropped"]}
+    assert first_error(report) == "auc dropped"
+
+
 def test_first_error_names_the_failed_step_else_the_degraded_steps_or_the_gate():
     steps = {"build": {"status": "ok"}, "cpm": {"status": "failed", "error": "ValueError: x"}}
     assert first_error({"steps": steps}) == "cpm: ValueError: x"
