@@ -75,9 +75,9 @@ def score_served(path: str, spec: Spec, files: list[str], batch_size: int = BATC
 
 def watch_served(entry: dict, report: dict, export: str, work: str, spec: Spec, date: dt.date,
                  log: Log) -> None:
-    """Scores the newest published version under <export>/actr on D's ad traffic into
-    report["served"] and the step's entry, and refreshes the served model's history; skipped
-    (the entry says why) while nothing is published."""
+    """Scores the version being served (served_version, under <export>/actr) on D's ad
+    traffic into report["served"] and the step's entry, and refreshes the served model's
+    history; skipped (the entry says why) while no earlier day's run has published."""
     base = storage.join(export, "actr")
     version = served_version(base, date)
     if version is None:
