@@ -81,6 +81,9 @@ def _simulate_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--users", type=_positive_int, help="initial users (default: simulator default)")
     s.add_argument("--items", type=_positive_int, help="initial items")
     s.add_argument("--rows_per_day", type=_positive_int, help="natural rows per day (ad: a tenth)")
+    s.add_argument("--ad_ctr_offset", type=float,
+                   help="extra click logit of ad impressions (default -0.3, ad blindness: an ad "
+                        "CTR about half the natural one; 0.7 makes them about equal)")
     s.add_argument("--away_rate", type=float,
                    help="intermittent users: daily chance a user leaves for a while (default 0)")
     s.add_argument("--return_rate", type=float, help="daily chance an away user returns (0.05)")

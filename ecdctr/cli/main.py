@@ -121,7 +121,8 @@ def _simulate(args: argparse.Namespace, _: list[str]) -> None:
     from ecdctr.data.simulator import SimConfig, simulate
 
     sizes = {"users": args.users, "items": args.items, "natural_rows_per_day": args.rows_per_day,
-             "away_rate": args.away_rate, "return_rate": args.return_rate}
+             "away_rate": args.away_rate, "return_rate": args.return_rate,
+             "ad_ctr_offset": args.ad_ctr_offset}
     config = SimConfig(seed=args.seed, **{k: v for k, v in sizes.items() if v is not None})
     summary = simulate(args.out, args.start, args.days, config, log=log.info)
     log.info("simulated: %s", json.dumps(summary))
