@@ -131,27 +131,6 @@ def readable_snapshots(snapshots: Sequence[Snapshot], spec: Spec, log: Log) -> l
     return kept[::-1]
 
 
-def no_snapshot_reason(usable: Sequence[tuple[str, dict]], cpm_first: dt.date,
-                       historical: bool, chosen: int) -> str:
-    """Why a CPM whose window starts at cpm_first reads no TPM snapshot, given the usable
-    snapshots ((name, meta) pairs) and how many were chosen before the unreadable were left out."""
-    if not usable:
-        return "no TPM snapshot was trained yet (the TPM's windows held no built natural day)"
-    if not chosen:
-        return (f"transfer.tpm_historical: none of the {len(usable)} snapshot(s) learned only "
-                f"from days before the CPM window starts ({cpm_first}); windows that cover the "
-                f"whole history leave the TPM no days" if historical else "none was chosen")
-    return f"the spec cannot read the {chosen} chosen snapshot(s) (see the log)"
-
-
-def without_tpm(model: str, reason: str, log: Log) -> str:
-    """The note of a model configured for the TPM (transfer.tpm_snapshots > 0) that reads no
-    snapshot: logged as a warning, and for its report entry's `tpm`."""
-    log(f"warning: the {model} reads no TPM snapshot although the run is configured for the "
-        f"TPM: {reason}. It trains without the TPM's embeddings")
-    return f"configured, but no snapshot: {reason}"
-
-
 @dataclass(frozen=True)
 class Validation:
     """The evidence a fit validates on: the held-out share of requests (by request-id hash,

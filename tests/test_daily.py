@@ -19,7 +19,7 @@ from ecdctr.config import load_config
 from ecdctr.data.simulator import SimConfig, simulate
 from ecdctr.models.ctr_model import ModelConfig, build_model, transfer_weights
 from ecdctr.spec.feature_spec import feature_diff, load_spec
-from pipelines import daily, steps
+from pipelines import daily, tpm_notes
 from pipelines.daily import run_daily
 
 START = dt.date(2026, 1, 1)
@@ -323,5 +323,5 @@ def test_a_run_configured_for_the_tpm_that_reads_no_snapshot_says_so(logs, tmp_p
         "tpm_snapshots": [{"name": "2026-01"}]}))
     assert "tpm" not in actr_entry
     usable = [("2026-01", {"window": ["2025-12-01", "2026-01-05"]})]
-    assert "windows that cover the whole history" in steps.no_snapshot_reason(
+    assert "windows that cover the whole history" in tpm_notes.no_snapshot_reason(
         usable, dt.date(2026, 1, 1), historical=True, chosen=0)

@@ -31,7 +31,7 @@ from ecdctr.training.checkpoint import (
     structure,
 )
 from ecdctr.training.distribute import Distribution, create, serve
-from pipelines import steps
+from pipelines import steps, tpm_notes
 from pipelines.build import build
 from pipelines.daily import schedule
 from pipelines.daily.cluster import ChiefProgress
@@ -218,7 +218,7 @@ class DailyJob:
         snapshots = steps.readable_snapshots([load_snapshot(self.tpms.path(n)) for n in names],
                                              self.spec, self.log)
         if not snapshots and t.tpm_snapshots > 0:
-            entry["tpm"] = steps.without_tpm("CPM", steps.no_snapshot_reason(
+            entry["tpm"] = tpm_notes.without_tpm("CPM", tpm_notes.no_snapshot_reason(
                 usable, cpm_first, t.tpm_historical, len(names)), self.log)
         return snapshots
 
@@ -388,7 +388,7 @@ class DailyJob:
         """A warning and entry["tpm"] when the run is configured for the TPM and the A-CTR's
         CPM (whose snapshots it reads) read none."""
         if self.config.transfer.tpm_snapshots > 0 and not cpm.meta.get("tpm_snapshots"):
-            entry["tpm"] = steps.without_tpm("A-CTR", f"its CPM {cpm.folder} read none", self.log)
+            entry["tpm"] = tpm_notes.without_tpm("A-CTR", f"its CPM {cpm.folder} read none", self.log)
 
     def due(self, step: str, store: ModelStore, entry: dict) -> str | None:
         """The folder name step must write for D, or None when D's period already has its
