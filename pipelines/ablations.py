@@ -37,7 +37,7 @@ from ecdctr.data.vocab import merge_counts
 from ecdctr.models.ctr_model import CtrModel, ModelConfig
 from ecdctr.spec.feature_spec import Spec
 from ecdctr.training.checkpoint import Snapshot
-from pipelines import steps
+from pipelines import steps, tpm_notes
 
 ABLATIONS = ("ad_only", "joint", "finetune", "ecdctr", "ecdctr-no_bn_reinit", "ecdctr-no_tpm",
              "ecdctr-no_cpm", "ecdctr-daily", "ecdctr-no_tpm-daily")
@@ -129,6 +129,13 @@ class Ablations:
                 previous = trained
                 snapshots.append(Snapshot(f"tpm-{tpm_date}",
                                           steps.tpm_tables(trained, t.tpm_standardize)))
+            if not snapshots and t.tpm_snapshots > 0:
+                tpm_notes.without_tpm(
+                    f"CPM of {date} (seed {seed}) of the E-CDCTR ablations",
+                    "the TPM's windows hold no built natural day"
+                    + (" (transfer.tpm_historical: they end where the CPM window begins, so "
+                       "windows that cover the whole history leave them none)"
+                       if t.tpm_historical else ""))
             self._cache[key] = snapshots
         return self._cache[key]
 

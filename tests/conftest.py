@@ -68,10 +68,11 @@ def _simulated(tmp_path_factory, name: str, days: int, **config) -> str:
 
 @pytest.fixture(scope="session")
 def world(tmp_path_factory) -> str:
-    """Logs of 2026-01-01 .. 01-12 (Thu .. Mon; 800 users, 1,000 natural rows a day, seed 3),
-    the world of test_e2e and test_daily. Read only: a test's work folder goes elsewhere (a
-    test that needs it under its own folder links it there)."""
-    return _simulated(tmp_path_factory, "world", 12, users=800, items=300, new_users_per_day=20,
+    """Logs of 2026-01-01 .. 01-13 (Thu .. Tue; 800 users, 1,000 natural rows a day, seed 3),
+    the world of test_e2e and test_daily, which run days up to 01-12 (a run never builds past
+    its date) and 01-13 as the next day. Read only: a test's work folder goes elsewhere (a test
+    that needs it under its own folder links it there)."""
+    return _simulated(tmp_path_factory, "world", 13, users=800, items=300, new_users_per_day=20,
                       new_items_per_day=5, natural_rows_per_day=1000, seed=3)
 
 

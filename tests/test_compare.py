@@ -3,6 +3,7 @@
 import dataclasses
 import datetime as dt
 import json
+import logging
 import os
 
 import pytest
@@ -161,6 +162,15 @@ def test_ablation_snapshots_follow_the_tpm_schedule_and_warm_start(tmp_path, log
                                                                  tpm_snapshots=1))
     one = Ablations(cold, load_spec(cfg.spec), dt.date(2026, 1, 8))
     assert [s.name for s in one.snapshots(0, dt.date(2026, 1, 8))] == ["tpm-2026-01-08"]
+    # a CPM window that covers the whole history leaves the historical TPM no day: no
+    # snapshot, said in a warning (compare then labels the variants WITHOUT TPM)
+    whole = dataclasses.replace(cfg, windows=dataclasses.replace(cfg.windows, cpm_days=8))
+    logged.clear()
+    assert Ablations(whole, load_spec(cfg.spec), dt.date(2026, 1, 8)).snapshots(
+        0, dt.date(2026, 1, 8)) == []
+    assert any(r.levelno == logging.WARNING and r.getMessage().startswith(
+        "the CPM of 2026-01-08 (seed 0) of the E-CDCTR ablations reads no TPM snapshot")
+        and "whole history" in r.getMessage() for r in logged.records)
 
 
 def test_the_table_carries_intervals_clicks_calibration_and_marks_ties():

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from conftest import recorded
 from ecdctr.config import load_config
 from ecdctr.models.ctr_model import ModelConfig, build_model, transfer_weights
 from ecdctr.spec.feature_spec import feature_diff, load_spec
-from pipelines import daily
+from pipelines import daily, tpm_notes
 from pipelines.daily import run_daily
 
 START = dt.date(2026, 1, 1)
@@ -314,3 +315,34 @@ def test_a_failed_cpm_degrades_the_day_and_the_actr_uses_the_newest_cpm(friday, 
     assert daily.OUTCOMES["degraded"] == 5
     assert any(r.levelno == logging.ERROR and r.getMessage().startswith("cpm failed")
                for r in logged.records)
+    # the first day's version served through the second, and is scored on its traffic
+    assert report["served"]["version"] == 1 and report["steps"]["watch"]["status"] == "ok"
+
+
+def test_a_run_configured_for_the_tpm_that_reads_no_snapshot_says_so(logs, tmp_path, caplog):
+    """CPM and A-CTR windows that cover the whole history leave a historical TPM no days:
+    the CPM's and the A-CTR's report entries and a warning line say so."""
+    config = load_config(_config(tmp_path, logs))  # transfer.tpm_snapshots: 3, historical
+    date = dt.date(2026, 1, 12)
+    report = {"steps": {}}
+    job = daily.DailyJob(config, load_spec(SPEC), date, report)
+    cpm_entry: dict = {}
+    with caplog.at_level(logging.INFO):
+        assert job.snapshots_for(dt.date(2026, 1, 1), cpm_entry) == []
+    assert cpm_entry["tpm"].startswith("configured, but no snapshot: no TPM snapshot was trained")
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(m.startswith("the CPM reads no TPM snapshot") for m in warned), warned
+    actr_entry: dict = {}
+    with caplog.at_level(logging.INFO):
+        job.note_missing_tpm(actr_entry, SimpleNamespace(folder="work/models/cpm/2026-01-12",
+                                                         meta={"tpm_snapshots": []}))
+    assert actr_entry["tpm"] == ("configured, but no snapshot: its CPM "
+                                 "work/models/cpm/2026-01-12 read none")
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(m.startswith("the A-CTR reads no TPM snapshot") for m in warned), warned
+    job.note_missing_tpm(actr_entry := {}, SimpleNamespace(folder="c", meta={
+        "tpm_snapshots": [{"name": "2026-01"}]}))
+    assert "tpm" not in actr_entry
+    usable = [("2026-01", {"window": ["2025-12-01", "2026-01-05"]})]
+    assert "windows that cover the whole history" in tpm_notes.no_snapshot_reason(
+        usable, dt.date(2026, 1, 1), historical=True, chosen=0)

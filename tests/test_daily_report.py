@@ -47,6 +47,19 @@ def test_a_degradable_step_that_fails_degrades_the_day_unless_in_a_cluster(tmp_p
         raise OSError("disk full")
 
 
+def test_an_observing_step_that_fails_is_recorded_and_the_day_goes_on(caplog):
+    report: dict = {"status": "running", "steps": {}}
+    with caplog.at_level(logging.INFO), StepRecorder(report, None).observing("watch"):
+        raise OSError("bucket unreachable")
+    assert report["steps"]["watch"]["status"] == "failed" and "degraded" not in report
+    last = caplog.records[-1]
+    assert last.levelno == logging.ERROR and last.getMessage() == (
+        "watch failed (OSError: bucket unreachable); the day goes on without it")
+    # a rejected day's alert names the gate's reasons, not the watch
+    report["gate"] = {"reasons": ["auc dropped"]}
+    assert first_error(report) == "auc dropped"
+
+
 def test_first_error_names_the_failed_step_else_the_degraded_steps_or_the_gate():
     steps = {"build": {"status": "ok"}, "cpm": {"status": "failed", "error": "ValueError: x"}}
     assert first_error({"steps": steps}) == "cpm: ValueError: x"

@@ -18,8 +18,9 @@ from conftest import recorded
 
 from ecdctr.cli.main import main
 from ecdctr.config import load_config
+from ecdctr.evaluation import history
 from ecdctr.io.lock import Busy
-from ecdctr.serving.export import WARMUP_FILE, read_warmup
+from ecdctr.serving.export import WARMUP_FILE, describe_versions, read_warmup
 from pipelines.daily import DailyError, run_daily, work_lock
 
 DATE = dt.date(2026, 1, 12)
@@ -280,3 +281,46 @@ def test_a_model_that_learned_from_a_drifted_day_is_not_published(run_copy, caps
         with open(path, "w") as f:
             f.write(saved)
         capsys.readouterr()
+
+
+def test_the_served_version_is_watched_from_the_second_day_and_history_shows_it(run_copy, capsys,
+                                                                               tmp_path):
+    """The next day's run scores the version serving since the first day on the new day's
+    traffic (the first day had none); `ecdctr history` prints, exports and filters the series."""
+    root, config, first, _ = run_copy
+    work, base = root / "work", root / "export" / "actr"
+    assert history.SERVED not in first and first["steps"]["watch"]["status"] == "skipped"
+    after = DATE + dt.timedelta(days=1)  # conftest's world holds this next day too
+    serving = describe_versions(str(base))[-1]["version"]  # every version is of DATE's runs
+    with recorded():
+        report = run_daily(load_config(str(config)), after)
+    served = report[history.SERVED]
+    assert served["version"] == serving and served["path"] == str(base / str(serving))
+    assert served["rows"] == 100 and 0 <= served["clicks"] < 100
+    assert {"auc", "auc_ci", "gauc", "gauc_ci", "logloss", "calibration_ratio", "calibration_ci",
+            "calibration_error", "per_domain_auc", "per_domain_calibration"} <= set(served)
+    assert report["steps"]["watch"]["status"] == "ok"
+    assert json.loads((work / "reports" / f"{after}.json").read_text())[history.SERVED][
+        "version"] == serving
+    assert (work / "reports" / "served.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    events = tf.io.gfile.glob(str(work / "boards" / "served" / "events.out.tfevents.*"))
+    steps = {(v.tag, e.step) for f in events for e in tf.compat.v1.train.summary_iterator(f)
+             for v in e.summary.value}
+    assert ("served/logloss", after.toordinal()) in steps
+
+    with pytest.raises(SystemExit) as e:
+        main(["history", f"--work={work}"])
+    table = capsys.readouterr().out.splitlines()
+    assert e.value.code == 0 and table[0].split()[:3] == ["date", "version", "auc"]
+    assert len(table) == 2 and table[1].split()[:2] == [after.isoformat(), str(serving)]
+    png, board = tmp_path / "history.png", tmp_path / "board"
+    with pytest.raises(SystemExit) as e:
+        main(["history", f"--work={work}", "--json", f"--png={png}", f"--tensorboard={board}"])
+    rows = json.loads(capsys.readouterr().out)
+    assert e.value.code == 0 and [r["date"] for r in rows] == [after.isoformat()]
+    assert rows[0]["logloss"] == pytest.approx(served["logloss"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert tf.io.gfile.glob(str(board / "events.out.tfevents.*"))
+    with pytest.raises(SystemExit) as e:
+        main(["history", f"--work={work}", "--json", f"--start={after + dt.timedelta(days=1)}"])
+    assert e.value.code == 0 and json.loads(capsys.readouterr().out) == []

@@ -45,6 +45,7 @@ def test_the_table_has_a_line_a_day(tmp_path):
     table = history.text_table(history.served_series(str(_reports(tmp_path)))).splitlines()
     assert table[0].split()[:4] == ["date", "version", "auc", "gauc"]
     assert table[1].split()[:3] == ["2026-03-01", "1", "0.7000"]
+    assert table[0].split().count("version") == 1  # a number, but said once, as the second column
     assert len(table) == 3
 
 

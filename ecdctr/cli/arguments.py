@@ -68,6 +68,8 @@ def parser(description: str) -> argparse.ArgumentParser:
         "versions", help="list the published versions: day, metrics, gate"))
     _rollback_arguments(sub.add_parser(
         "rollback", help="serve an earlier version again, and hold new ones"))
+    _history_arguments(sub.add_parser(
+        "history", help="the served model's figures on each new day, from the daily reports"))
     _predict_arguments(sub.add_parser(
         "predict", help="score raw-log rows with an exported SavedModel"))
     _query_arguments(sub.add_parser(
@@ -85,6 +87,9 @@ def _simulate_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--users", type=_positive_int, help="initial users (default: simulator default)")
     s.add_argument("--items", type=_positive_int, help="initial items")
     s.add_argument("--rows_per_day", type=_positive_int, help="natural rows per day (ad: a tenth)")
+    s.add_argument("--ad_ctr_offset", type=float,
+                   help="extra click logit of ad impressions (default -0.3, ad blindness: an ad "
+                        "CTR about half the natural one; 0.7 makes them about equal)")
     s.add_argument("--away_rate", type=float,
                    help="intermittent users: daily chance a user leaves for a while (default 0)")
     s.add_argument("--return_rate", type=float, help="daily chance an away user returns (0.05)")
@@ -145,6 +150,17 @@ def _rollback_arguments(r: argparse.ArgumentParser) -> None:
     which.add_argument("--to", type=_positive_int, help="the version to serve again")
     which.add_argument("--release", action="store_true",
                        help="end the hold: the next daily run publishes through the gate again")
+
+
+def _history_arguments(h: argparse.ArgumentParser) -> None:
+    h.add_argument("--work", required=True,
+                   help="the run config's work folder (its reports/ are read), local or a URI")
+    h.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    h.add_argument("--png", help="also draw the series into this PNG file")
+    h.add_argument("--tensorboard", help="also write the series as TensorBoard scalars here "
+                                         "(one per metric, step = the day's ordinal)")
+    h.add_argument("--start", type=_date, help="first day, YYYY-MM-DD (default: the first)")
+    h.add_argument("--end", type=_date, help="last day, YYYY-MM-DD (default: the last)")
 
 
 def _predict_arguments(r: argparse.ArgumentParser) -> None:

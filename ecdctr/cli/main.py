@@ -1,6 +1,6 @@
 """The `ecdctr` command line: simulate, build, daily, compare, predict, query, and the tools
-around them (inspect, versions, rollback, spec). absl runs it (absl.app, absl's logging flags
-on every subcommand through absl.flags.argparse_flags)."""
+around them (inspect, versions, rollback, history, spec). absl runs it (absl.app, absl's
+logging flags on every subcommand through absl.flags.argparse_flags)."""
 
 from __future__ import annotations
 
@@ -121,7 +121,8 @@ def _simulate(args: argparse.Namespace, _: list[str]) -> None:
     from ecdctr.data.simulator import SimConfig, simulate
 
     sizes = {"users": args.users, "items": args.items, "natural_rows_per_day": args.rows_per_day,
-             "away_rate": args.away_rate, "return_rate": args.return_rate}
+             "away_rate": args.away_rate, "return_rate": args.return_rate,
+             "ad_ctr_offset": args.ad_ctr_offset}
     config = SimConfig(seed=args.seed, **{k: v for k, v in sizes.items() if v is not None})
     summary = simulate(args.out, args.start, args.days, config)
     logger.info("simulated: %s", json.dumps(summary))
@@ -297,6 +298,25 @@ def _rollback(args: argparse.Namespace, _: list[str]) -> None:
     rollback(base, args.to)
 
 
+def _history(args: argparse.Namespace, _: list[str]) -> None:
+    from ecdctr.evaluation import history
+    from ecdctr.io.jsonio import json_safe
+
+    rows = history.served_series(args.work, args.start, args.end)
+    if args.json:
+        print(json.dumps(json_safe(rows), indent=2))
+    elif rows:
+        print(history.text_table(rows))
+    else:
+        logger.warning("%s: no daily report with the served model's figures. Fix: pass the run "
+                    "config's work folder; the first day a version serves is the day after "
+                    "the first publish", args.work)
+    if args.png:
+        logger.info("wrote %s", history.write_png(rows, args.png))
+    if args.tensorboard:
+        logger.info("wrote TensorBoard scalars to %s", history.write_tensorboard(rows, args.tensorboard))
+
+
 def _query(args: argparse.Namespace, _: list[str]) -> int:
     from ecdctr.data.rows import RowParser
     from ecdctr.serving.client import query, read_examples
@@ -330,4 +350,4 @@ def _spec(args: argparse.Namespace, _: list[str]) -> int:
 
 COMMANDS = {"simulate": _simulate, "build": _build, "daily": _daily, "compare": _compare,
             "inspect": _inspect, "predict": _predict, "query": _query, "versions": _versions,
-            "rollback": _rollback, "spec": _spec}
+            "rollback": _rollback, "history": _history, "spec": _spec}

@@ -76,7 +76,7 @@ def _cell(value: object) -> str:
 
 def text_table(rows: Sequence[dict]) -> str:
     """The series as an aligned text table, a day a line."""
-    columns = ["date", "version", *metric_names(rows)]
+    columns = ["date", "version", *(n for n in metric_names(rows) if n != "version")]
     cells = [columns] + [[_cell(row.get(c)) for c in columns] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True))

@@ -31,7 +31,7 @@ from ecdctr.training.checkpoint import (
     structure,
 )
 from ecdctr.training.distribute import Distribution, create, serve
-from pipelines import steps
+from pipelines import steps, tpm_notes
 from pipelines.build import build
 from pipelines.daily import schedule
 from pipelines.daily.cluster import ChiefProgress
@@ -42,11 +42,13 @@ from pipelines.daily.report import (
     ALERT_ON,
     DailyError,
     StepRecorder,
+    figures_line,
     outcome,
     report_path,
     send_alert,
     tracked,
 )
+from pipelines.daily.watch import watch_served
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +119,8 @@ class DailyJob:
         self.actrs = ModelStore(storage.join(self.work, "models", "actr"))
 
     def run(self) -> None:
-        """build → TPM → CPM → A-CTR → export (gate, then publish or reject)."""
+        """build → TPM → CPM → A-CTR → watch (the served version on D) → export (gate, then
+        publish or reject)."""
         if self.chief:
             self.remove_leftovers()
         with self.record.step("build") as entry:
@@ -128,8 +131,14 @@ class DailyJob:
             self.tpm(entry)
         with self.record.degradable("cpm") as entry:
             self.cpm(entry)
-        with self.record.step("actr") as entry:
-            candidate = self.actr(entry)
+        try:
+            with self.record.step("actr") as entry:
+                candidate = self.actr(entry)
+        finally:  # the served version is watched whatever became of today's A-CTR
+            if self.chief:
+                with self.record.observing("watch") as entry:
+                    watch_served(entry, self.report, self.config.export, self.work, self.spec,
+                                 self.date)
         if self.chief_progress is not None:  # trained with the chief, which alone exports
             self.chief_progress.wait_for_finish()
             return
@@ -200,13 +209,18 @@ class DailyJob:
         used = {s["name"] for s in cpms[-1][1]["tpm_snapshots"]} if cpms else set()
         self.tpms.prune(max(t.tpm_snapshots, 1), {key} | used)
 
-    def snapshots_for(self, cpm_first: dt.date) -> list[Snapshot]:
-        """The TPM snapshots (oldest first) a CPM whose window starts at cpm_first reads."""
+    def snapshots_for(self, cpm_first: dt.date, entry: dict) -> list[Snapshot]:
+        """The TPM snapshots (oldest first) a CPM whose window starts at cpm_first reads; when
+        the run is configured for the TPM and there is none, a warning and entry["tpm"] say why."""
         t = self.config.transfer
-        names = steps.choose_snapshots(self.tpms.usable(self.date), cpm_first,
-                                       t.tpm_snapshots, t.tpm_historical)
-        return steps.readable_snapshots([load_snapshot(self.tpms.path(n)) for n in names],
-                                        self.spec)
+        usable = self.tpms.usable(self.date)
+        names = steps.choose_snapshots(usable, cpm_first, t.tpm_snapshots, t.tpm_historical)
+        snapshots = steps.readable_snapshots([load_snapshot(self.tpms.path(n)) for n in names],
+                                             self.spec)
+        if not snapshots and t.tpm_snapshots > 0:
+            entry["tpm"] = tpm_notes.without_tpm("CPM", tpm_notes.no_snapshot_reason(
+                usable, cpm_first, t.tpm_historical, len(names)))
+        return snapshots
 
     # -- CPM ------------------------------------------------------------------------------
     def cpm(self, entry: dict) -> None:
@@ -220,9 +234,9 @@ class DailyJob:
         if not days:
             raise DailyError(f"no built natural days before {self.date} in the CPM window. Fix: "
                              f"put logs under {self.config.logs}/natural/date=YYYY-MM-DD/.")
-        snapshots = self.snapshots_for(days[0])
+        snapshots = self.snapshots_for(days[0], entry)
         logger.info(f"CPM on {len(days)} natural days with TPM snapshots "
-                    f"{[s.name for s in snapshots] or 'none'}")
+                 f"{[s.name for s in snapshots] or 'none'}")
         previous = [name for name, _ in self.cpms.usable(self.date) if name != key]
         parent, fresh = None, []
         if previous:
@@ -267,6 +281,7 @@ class DailyJob:
                              f"Fix: let the cpm step run first.")
         cpm = load_checkpoint(self.cpms.path(cpms[-1][0]), self.config.cpm)
         logger.info(f"loaded CPM {cpm.folder}")
+        self.note_missing_tpm(entry, cpm)
         folder = self.actrs.path(self.date.isoformat())
         entry["checkpoint"] = folder
         if self.chief_progress is not None:  # trains with the chief, which saves and evaluates
@@ -296,9 +311,7 @@ class DailyJob:
         entry["metrics"] = {}
         for name, m, spec in (("actr", actr, self.spec), ("cpm", cpm.model, cpm.spec)):
             r = entry["metrics"][name] = steps.evaluate(m, spec, self.work, [("ad", self.date)])
-            logger.info(f"{name} on ad {self.date} ({r['rows']:,} rows): logloss {r['logloss']:.4f} "
-                        f"AUC {r['auc']:.4f} GAUC {r['gauc']:.4f} over {r['gauc_groups']} users "
-                        f"(CTR {r['ctr']:.4f}, mean prediction {r['mean_prediction']:.4f})")
+            logger.info(f"{name} on ad {self.date} ({r['rows']:,} rows): {figures_line(r)}")
         saved = read_json(storage.join(folder, META))
         saved["metrics"] = {f"{name} on ad {self.date}": r for name, r in entry["metrics"].items()}
         write_json(storage.join(folder, META), saved)
@@ -370,6 +383,12 @@ class DailyJob:
         export_candidate(candidate, self.config, self.spec, self.date, self.report, entry)
 
     # -- helpers --------------------------------------------------------------------------
+    def note_missing_tpm(self, entry: dict, cpm: Checkpoint) -> None:
+        """A warning and entry["tpm"] when the run is configured for the TPM and the A-CTR's
+        CPM (whose snapshots it reads) read none."""
+        if self.config.transfer.tpm_snapshots > 0 and not cpm.meta.get("tpm_snapshots"):
+            entry["tpm"] = tpm_notes.without_tpm("A-CTR", f"its CPM {cpm.folder} read none")
+
     def due(self, step: str, store: ModelStore, entry: dict) -> str | None:
         """The folder name step must write for D, or None when D's period already has its
         output (the entry then says skipped and why)."""

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 OUTCOMES = {"published": 0, "failed": 1, "rejected": 3, "done": 4, "degraded": 5, "worker": 0}
 ALERT_ON = ("failed", "rejected", "degraded")
 ALERT_SECONDS = 120
+OBSERVING = ("watch",)  # steps that change no model: their failure neither fails nor degrades
 
 
 class DailyError(RuntimeError):
@@ -94,6 +95,16 @@ class StepRecorder:
             logger.error(reason)
             self.save()
 
+    @contextlib.contextmanager
+    def observing(self, name: str) -> Iterator[dict]:
+        """A step that only observes (it changes no model): its failure is logged and recorded
+        in its entry, and the day goes on with the same outcome."""
+        try:
+            with self.step(name) as entry:
+                yield entry
+        except Exception as e:  # noqa: BLE001  (recorded in the step's entry, the day goes on)
+            logger.error(f"{name} failed ({type(e).__name__}: {e}); the day goes on without it")
+
     def save(self) -> None:
         """The report so far (status "running"): shows how far a killed run got (the chief's)."""
         if self.path is not None:
@@ -155,9 +166,30 @@ def run_in_own_group(argv: list[str], stdin: str, env: dict, timeout: float
 
 def first_error(report: dict) -> str:
     """What went wrong first, for the alert: the first failed step's error, else the run's
-    error, the degraded steps or the gate's reasons (at most 1,000 characters each)."""
+    error, the degraded steps or the gate's reasons (at most 1,000 characters each). A failed
+    observing step (watch) is not what went wrong with the day's model."""
     for name, step in report.get("steps", {}).items():
-        if step.get("status") == "failed":
+        if step.get("status") == "failed" and name not in OBSERVING:
             return f"{name}: {step.get('error', '')}"[:1000]
     return (report.get("error", "")[:1000] or "; ".join(report.get("degraded", []))[:1000]
             or "; ".join(report.get("gate", {}).get("reasons", [])))
+
+
+def _figure(value: float | None, interval: list | None) -> str:
+    if value is None or value != value:  # None or NaN: not defined on these rows
+        return "-"
+    if not interval or None in interval:
+        return f"{value:.4f}"
+    return f"{value:.4f} [{interval[0]:.4f}, {interval[1]:.4f}]"
+
+
+def figures_line(figures: dict) -> str:
+    """An evaluator's figures in one log line: LogLoss, AUC and GAUC with their 95% intervals
+    (`-` where not defined), the calibration ratio (predicted over observed clicks) with its
+    interval, and the clicks behind them."""
+    return (f"logloss {figures['logloss']:.4f} AUC {_figure(figures['auc'], figures.get('auc_ci'))} "
+            f"GAUC {_figure(figures['gauc'], figures.get('gauc_ci'))} over "
+            f"{figures['gauc_groups']} users, calibration ratio "
+            f"{_figure(figures.get('calibration_ratio'), figures.get('calibration_ci'))} "
+            f"({figures['clicks']:,} clicks, CTR {figures['ctr']:.4f}, mean prediction "
+            f"{figures['mean_prediction']:.4f})")
