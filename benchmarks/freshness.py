@@ -228,6 +228,12 @@ def table(results: list[dict]) -> str:
                      f"{p['old_auc']:.4f} | {p['difference']:+.4f} [{p['ci'][0]:+.4f}, "
                      f"{p['ci'][1]:+.4f}] | {pub[0]} / {pub[1]} of {len(r['days'])} | "
                      f"{p['verdict']} |")
+    days = [d for r in results for d in r["days"]]
+    p = pooled(days)
+    if len(results) > 1 and p.get("days"):
+        lines.append(f"| all | {p['days']} | {p['clicks']} | {p['fresh_auc']:.4f} | "
+                     f"{p['old_auc']:.4f} | {p['difference']:+.4f} [{p['ci'][0]:+.4f}, "
+                     f"{p['ci'][1]:+.4f}] | | {p['verdict']} |")
     return "\n".join(lines) + "\n"
 
 
