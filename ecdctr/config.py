@@ -17,7 +17,7 @@ TOP_KEYS = ("spec", "logs", "work", "export", "windows", "model", "tpm", "cpm", 
             "transfer", "schedule", "gate", "seed", "beam_args", "lock", "distribute", "alert")
 GATE_KEYS = ("max_auc_drop", "min_clicks", "max_calibration_error", "max_logloss_rise",
              "max_abs_diff", "max_fold_share", "keep_versions", "max_drift")
-WINDOW_KEYS = ("tpm_days", "cpm_days", "actr_days")
+WINDOW_KEYS = ("tpm_days", "cpm_days", "actr_days", "actr_through_date", "evaluation_share")
 MAX_WINDOW_DAYS = 3660  # ten years: a longer window is a typo (and dates would overflow)
 TRAIN_KEYS = ("max_epochs", "patience", "validation_share", "validation_min_clicks", "batch_size",
               "learning_rate")
@@ -36,11 +36,16 @@ ADASPARSE_KEYS = ("form", "beta", "epsilon", "alpha_start", "alpha_end", "ramp_s
 
 @dataclass(frozen=True)
 class Windows:
-    """How many days before the run date each model reads."""
+    """How many days before the run date each model reads, and whether the A-CTR of day D
+    learns from D too (actr_through_date: its window of actr_days ends at D, less the
+    evaluation_share of D's ad requests it is judged on; false: it ends the day before D and is
+    judged on all of D)."""
 
     tpm_days: int = 180
     cpm_days: int = 30
     actr_days: int = 14
+    actr_through_date: bool = True
+    evaluation_share: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,10 @@ def load_config(path: str) -> RunConfig:
     lock = _lock(doc.get("lock"), folder, paths, errors)
     windows = _section(doc, "windows", WINDOW_KEYS, Windows(), errors)
     models = _models(doc, errors)
+    if windows.actr_through_date and models["actr"].validation_share + windows.evaluation_share > 1:
+        errors.append(f"actr.validation_share {models['actr'].validation_share} and "
+                      f"windows.evaluation_share {windows.evaluation_share} add up to more than 1: "
+                      f"the two shares of day D must not meet. Fix: lower one of them.")
     transfer = _transfer(doc.get("transfer") or {}, errors)
     schedule = _schedule(doc.get("schedule") or {}, errors)
     gate = _gate(doc.get("gate") or {}, errors)
@@ -236,7 +245,7 @@ def _section(doc: dict, key: str, allowed: tuple[str, ...], default: Any, errors
                 errors.append(f"{key}.{name} is {value!r}; it must be a number in range.")
                 continue
             value = float(value)
-        elif name in ("apg_over_parameterize", "tpm_known_flag"):
+        elif name in ("apg_over_parameterize", "tpm_known_flag", "actr_through_date"):
             if not isinstance(value, bool):
                 errors.append(f"{key}.{name} must be true or false, got {value!r}.")
                 continue
@@ -244,6 +253,12 @@ def _section(doc: dict, key: str, allowed: tuple[str, ...], default: Any, errors
             if not is_number(value) or not 0 <= value < 1:
                 errors.append(f"{key}.validation_share must be a number in [0, 1) (0: no "
                               f"validation, train max_epochs), got {value!r}.")
+                continue
+            value = float(value)
+        elif name == "evaluation_share":
+            if not is_number(value) or not 0 < value < 1:
+                errors.append(f"{key}.evaluation_share must be a number in (0, 1): the share of "
+                              f"D's ad requests the A-CTR of D is judged on, got {value!r}.")
                 continue
             value = float(value)
         elif name == "validation_min_clicks":

@@ -28,13 +28,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ecdctr.config import TransferConfig, Windows
-from ecdctr.data.datasets import (
-    HeldOut,
-    example_batch,
-    held_out_counts,
-    make_dataset,
-    partition_files,
-)
+from ecdctr.data.datasets import HeldOut, example_batch, make_dataset
+from ecdctr.data.datasets import partition_files as partition_files  # callers' steps.partition_files
 from ecdctr.data.vocab import Partition, build_vocabularies, domain_sizes, numeric_stats, traffic
 from ecdctr.evaluation.evaluator import Evaluator
 from ecdctr.io.layout import built_partitions
@@ -50,6 +45,13 @@ from ecdctr.spec.feature_spec import Spec
 from ecdctr.training.checkpoint import Checkpoint, Snapshot
 from ecdctr.training.distribute import Distribution, copy_weights, sharded_variables
 from ecdctr.training.loop import fit, recalibrate_batchnorm, scored_batches
+from pipelines.held_out import (
+    Evaluation,
+    Validation,
+    choose_validation,
+    files_of,
+    split,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -132,48 +134,6 @@ def readable_snapshots(snapshots: Sequence[Snapshot], spec: Spec) -> list[Snapsh
     return kept[::-1]
 
 
-@dataclass(frozen=True)
-class Validation:
-    """The evidence a fit validates on: the held-out share of requests (by request-id hash,
-    ecdctr.data.datasets.HeldOut) of the newest `days` of its window, with its rows and clicks.
-    Those rows are never trained on; the rest of those days is."""
-
-    share: float
-    days: tuple[Partition, ...]
-    rows: int
-    clicks: int
-
-    def held_out(self, work: str, held: bool) -> HeldOut:
-        """The split's side a dataset reads: the validation rows (held) or the training rows."""
-        return HeldOut(self.share, frozenset(_files(work, self.days)), held)
-
-
-def choose_validation(spec: Spec, work: str, parts: Sequence[Partition], share: float,
-                      min_clicks: int) -> Validation | None:
-    """The validation of a fit on parts: the held-out `share` of the newest day's requests,
-    grown a day at a time back into the window until it holds min_clicks clicks (or the window
-    ends). None (no validation) when share is 0 or the share holds no click or only clicks
-    (an AUC needs both)."""
-    if share <= 0:
-        return None
-    rows = clicks = 0
-    days: list[Partition] = []
-    for date in sorted({d for _, d in parts}, reverse=True):
-        day = [p for p in parts if p[1] == date]
-        held_rows, held_clicks = held_out_counts(spec, _files(work, day), share)
-        days += day
-        rows, clicks = rows + held_rows, clicks + held_clicks
-        if clicks >= min_clicks:
-            break
-    if clicks == 0 or clicks == rows:
-        return None
-    return Validation(share, tuple(sorted(days)), rows, clicks)
-
-
-def _files(work: str, parts: Sequence[Partition]) -> list[str]:
-    return [f for source, d in parts for f in partition_files(work, source, [d])]
-
-
 def dataset(spec: Spec, work: str, parts: Sequence[Partition], config: ModelConfig,
             shuffle: bool, model: CtrModel | None = None, held_out: HeldOut | None = None,
             rows: int | None = None) -> tf.data.Dataset:
@@ -183,17 +143,19 @@ def dataset(spec: Spec, work: str, parts: Sequence[Partition], config: ModelConf
     its number of batches (the build's row counts, or rows)."""
     if model is not None and rows is None:
         rows = traffic(work, parts)[0]
-    return make_dataset(spec, _files(work, parts), config.batch_size, shuffle=shuffle,
+    return make_dataset(spec, files_of(work, parts), config.batch_size, shuffle=shuffle,
                         seed=config.seed, preprocess=model.preprocess if model is not None else None,
                         rows=rows if model is not None else None, held_out=held_out)
 
 
 def _reestimate_batchnorm(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
-                          config: ModelConfig, validation: Validation | None) -> None:
-    """BatchNorm statistics re-estimated on the rows a fit learns from (never its held-out ones)."""
-    held_out = validation.held_out(work, held=False) if validation is not None else None
+                          config: ModelConfig, validation: Validation | None,
+                          evaluation: Evaluation | None = None) -> None:
+    """BatchNorm statistics re-estimated on the rows a fit learns from (never its validation
+    or evaluation rows)."""
     recalibrate_batchnorm(model, dataset(spec, work, parts, config, shuffle=True,
-                                         held_out=held_out))
+                                         held_out=split(spec, work, False, validation,
+                                                        evaluation)))
 
 
 def validation_of(spec: Spec, work: str, parts: Sequence[Partition], config: ModelConfig
@@ -207,7 +169,8 @@ def fit_on(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
            config: ModelConfig, name: str, board: str | None = None,
            epochs: int | None = None, distribution: Distribution | None = None,
            build: Callable[[], CtrModel] | None = None, validation: Validation | None = None,
-           callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict:
+           callbacks: Sequence[keras.callbacks.Callback] = (),
+           evaluation: Evaluation | None = None) -> dict:
     """The training recipe every step uses: holds out config.validation_share of the requests
     of the window's newest days, as many days back as it takes to hold
     config.validation_min_clicks clicks (`validation`, when the caller chose it already;
@@ -215,7 +178,9 @@ def fit_on(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
     config.batch_size rows, stops after config.patience epochs without a better validation AUC
     and keeps the best epoch. `epochs` (an incremental update) trains exactly that many epochs
     on all of parts, without validation. With a distribution, `build` makes another model like
-    `model` (the replica trained under the strategy). callbacks: more Keras callbacks."""
+    `model` (the replica trained under the strategy). callbacks: more Keras callbacks.
+    evaluation: rows of parts left out of training and validation alike (daily's evaluation
+    share of D)."""
     if not parts:
         raise ValueError(f"{name}: no days to train on")
     if epochs is None:
@@ -223,24 +188,28 @@ def fit_on(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
         epochs = config.max_epochs
     else:
         validation = None
-    rows = traffic(work, parts)[0] - (validation.rows if validation else 0)
-    logger.info(f"[{name}] training on {len(parts)} partitions ({rows:,} rows), "
+    evaluation = evaluation if evaluation is not None and evaluation.day in parts else None
+    rows = (traffic(work, parts)[0] - (validation.rows if validation else 0)
+            - (evaluation.rows if evaluation else 0))
+    logger.info(f"[{name}] training on {len(parts)} partitions ({rows:,} rows"
+                + (f"; {evaluation.share:.0%} of {evaluation.day[1]}'s requests left out to judge it"
+                   if evaluation else "") + "), "
         + (f"validating on {_described(validation, config)}, up to {epochs} epochs"
            if validation else f"{epochs} epoch(s), no validation"))
+    training = split(spec, work, False, validation, evaluation)
     if distribution is None:
         summary = fit(model, dataset(spec, work, parts, config, shuffle=True, model=model,
-                                     held_out=validation and validation.held_out(work, False),
-                                     rows=rows), epochs,
+                                     held_out=training, rows=rows), epochs,
                       config.batch_size, name, board, rows,
                       validation=dataset(spec, work, validation.days, config, shuffle=False,
-                                         model=model, held_out=validation.held_out(work, True),
+                                         model=model, held_out=split(spec, work, True, validation),
                                          rows=validation.rows)
                       if validation else None, patience=config.patience, callbacks=callbacks)
     else:
         if build is None:
             raise ValueError(f"{name}: a distributed fit needs `build`, the model's builder")
-        summary = _fit_distributed(model, build, spec, work, parts, validation, config, name,
-                                   board, epochs, rows, distribution)
+        summary = _fit_distributed(model, build, spec, work, parts, validation, training, config,
+                                   name, board, epochs, rows, distribution)
     dates = sorted({d for _, d in parts})
     summary.update(train_days=[dates[0].isoformat(), dates[-1].isoformat()],
                    validation_days=sorted({d.isoformat() for _, d in validation.days})
@@ -248,6 +217,8 @@ def fit_on(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
     if validation:
         summary.update(validation_share=validation.share, validation_rows=validation.rows,
                        validation_clicks=validation.clicks)
+    if evaluation:
+        summary.update(evaluation_share=evaluation.share, evaluation_rows=evaluation.rows)
     return summary
 
 
@@ -262,8 +233,9 @@ def _described(validation: Validation, config: ModelConfig) -> str:
 
 def _fit_distributed(model: CtrModel, build: Callable[[], CtrModel], spec: Spec, work: str,
                      parts: Sequence[Partition], validation: Validation | None,
-                     config: ModelConfig, name: str, board: str | None, epochs: int,
-                     rows: int, distribution: Distribution) -> dict:
+                     training: HeldOut | None, config: ModelConfig, name: str,
+                     board: str | None, epochs: int, rows: int, distribution: Distribution
+                     ) -> dict:
     """fit_on's fit under a strategy: a replica of model built in its scope starts from the
     model's weights, reads its share of the rows on each worker (the global batch is the
     config's batch_size unless distribute.batch_size says per_replica), backs up every epoch,
@@ -283,11 +255,10 @@ def _fit_distributed(model: CtrModel, build: Callable[[], CtrModel], spec: Spec,
                                 shard=(parts, indices), held_out=held_out)
         return make
 
-    train_input, steps = distribution.input(
-        source(_files(work, parts), True, validation and validation.held_out(work, False)),
-        config.batch_size, rows)
+    train_input, steps = distribution.input(source(files_of(work, parts), True, training),
+                                            config.batch_size, rows)
     valid_input, valid_steps = (distribution.input(
-        source(_files(work, validation.days), False, validation.held_out(work, True)),
+        source(files_of(work, validation.days), False, split(spec, work, True, validation)),
         config.batch_size, validation.rows) if validation else (None, None))
     global_batch = distribution.global_batch(config.batch_size)
     logger.info(f"[{name}] distributed: {distribution.describe()}, global batch {global_batch}, "
@@ -417,14 +388,16 @@ def derive_actr(cpm: Checkpoint | Trained, spec: Spec, work: str, ad_days: Seque
                 config: ModelConfig, options: TransferConfig,
                 vocab_parts: Sequence[Partition] | None = None,
                 fresh_features: Sequence[str] = (), board: str | None = None,
-                distribution: Distribution | None = None) -> Trained:
+                distribution: Distribution | None = None,
+                evaluation: Evaluation | None = None) -> Trained:
     """The A-CTR from a CPM (E-CDCTR): the same structure and TPM snapshots, weights by name
     (embedding rows by token), BatchNorm reset as options say, the output prior moved to the
     ad CTR, then fine-tuned on the ad days. Reset BatchNorm statistics are re-estimated on the
-    ad training days before the fit (so the held-out day is scored with ad statistics, not
-    with zeros and ones) and again after it."""
+    ad training rows before the fit (so held-out rows are scored with ad statistics, not
+    with zeros and ones) and again after it. evaluation: rows of ad_days it never learns from,
+    not even their CTR (fit_on)."""
     parts = [("ad", d) for d in ad_days]
-    ad_ctr = traffic(work, parts)[1]
+    ad_ctr = _ctr_without(work, parts, evaluation)
     model, vocabs, stats, snapshots, make = _actr_from(cpm, spec, work, config,
                                                        vocab_parts or parts, ad_ctr)
     transfer = transfer_weights(cpm.model, model, reset_batchnorm=options.reset_batchnorm,
@@ -434,11 +407,12 @@ def derive_actr(cpm: Checkpoint | Trained, spec: Spec, work: str, ad_days: Seque
              if options.shift_output_prior else 0.0)
     validation = validation_of(spec, work, parts, config)
     if options.reset_batchnorm:  # statistics of ad data from the start: validation reads them
-        _reestimate_batchnorm(model, spec, work, parts, config, validation)
+        _reestimate_batchnorm(model, spec, work, parts, config, validation, evaluation)
     train = fit_on(model, spec, work, parts, config, "actr", board,
-                   distribution=distribution, build=make, validation=validation)
+                   distribution=distribution, build=make, validation=validation,
+                   evaluation=evaluation)
     if options.reset_batchnorm:  # and again for the fine-tuned weights
-        _reestimate_batchnorm(model, spec, work, parts, config, validation)
+        _reestimate_batchnorm(model, spec, work, parts, config, validation, evaluation)
     meta = _meta("actr", parts, work, train, stats, list(cpm.meta["domains"]),
                  parent=getattr(cpm, "folder", None), transfer=_counts(transfer),
                  prior_shift=shift, options=dataclasses.asdict(options))
@@ -449,10 +423,12 @@ def update_actr(previous: Checkpoint | Trained, spec: Spec, work: str,
                 new_days: Sequence[dt.date], config: ModelConfig,
                 vocab_parts: Sequence[Partition] | None = None,
                 fresh_features: Sequence[str] = (), board: str | None = None,
-                distribution: Distribution | None = None) -> Trained:
+                distribution: Distribution | None = None,
+                evaluation: Evaluation | None = None) -> Trained:
     """The A-CTR of a new day from the previous one: weights by name (BatchNorm kept), then
     trained on the ad days the previous model has not learned from, for the epoch count its
-    own lineage chose on validation (one day is too little to hold out another)."""
+    own lineage chose on validation (one day is too little to hold out another), less the
+    evaluation rows when given."""
     parts = [("ad", d) for d in new_days]
     model, vocabs, _, snapshots, make = _actr_from(previous, spec, work, config,
                                                    vocab_parts or parts, previous.meta["ctr"])
@@ -461,7 +437,7 @@ def update_actr(previous: Checkpoint | Trained, spec: Spec, work: str,
     epochs = int(previous.meta["train"].get("chosen_epoch") or 1)
     if parts:
         train = fit_on(model, spec, work, parts, config, "actr", board, epochs=epochs,
-                       distribution=distribution, build=make)
+                       distribution=distribution, build=make, evaluation=evaluation)
     else:
         logger.info("A-CTR: no ad day it has not learned from yet; kept as it is")
         train = {"rows_read": 0, "steps": 0, "epochs_run": 0,
@@ -469,18 +445,34 @@ def update_actr(previous: Checkpoint | Trained, spec: Spec, work: str,
     train["chosen_epoch"] = epochs
     meta = {**previous.meta, "train": train, "parent": getattr(previous, "folder", None),
             "transfer": _counts(transfer), "learned_through": train["train_days"][1],
-            "rows": previous.meta["rows"] + (traffic(work, parts)[0] if parts else 0),
+            "rows": previous.meta["rows"] + (_rows_without(work, parts, evaluation) if parts else 0),
             "window": [previous.meta["window"][0], train["train_days"][1]]}
     meta.pop("metrics", None)
     return Trained(model, spec, vocabs, meta, snapshots)
 
 
+def _rows_without(work: str, parts: Sequence[Partition], evaluation: Evaluation | None) -> int:
+    """The rows of parts less the evaluation rows among them."""
+    left_out = evaluation.rows if evaluation is not None and evaluation.day in parts else 0
+    return traffic(work, parts)[0] - left_out
+
+
+def _ctr_without(work: str, parts: Sequence[Partition], evaluation: Evaluation | None) -> float:
+    """The CTR of parts less the evaluation rows among them."""
+    rows, ctr = traffic(work, parts)
+    if evaluation is None or evaluation.day not in parts or rows <= evaluation.rows:
+        return ctr
+    return (ctr * rows - evaluation.clicks) / (rows - evaluation.rows)
+
+
 def evaluate(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
-             batch_size: int = 4096) -> dict:
+             batch_size: int = 4096, held_out: HeldOut | None = None) -> dict:
     """LogLoss, AUC, GAUC, CTR, mean prediction and calibration of the model on the given
-    partitions, overall and per domain, streamed batch by batch (memory does not grow with the
-    rows; ecdctr.evaluation.evaluator)."""
-    return score(model, spec, make_dataset(spec, _files(work, parts), batch_size),
+    partitions (held_out: only one side of a request-id split of them, e.g. daily's evaluation
+    share: split(spec, work, True, evaluation)), overall and per domain, streamed batch by
+    batch (memory does not grow with the rows; ecdctr.evaluation.evaluator)."""
+    return score(model, spec, make_dataset(spec, files_of(work, parts), batch_size,
+                                           held_out=held_out),
                  Evaluator(per_domain=True))
 
 

@@ -36,6 +36,14 @@ def test_recipe_keys_reach_each_models_config(tmp_path):
     assert config.tpm.validation_min_clicks == config.actr.validation_min_clicks > 0
 
 
+def test_the_actr_of_d_learns_through_d_by_default_and_the_old_scheme_is_a_switch(tmp_path):
+    windows = load_config(_write(tmp_path, "")).windows
+    assert windows.actr_through_date and windows.evaluation_share == 0.2
+    old = load_config(_write(tmp_path, "windows: {actr_through_date: false, evaluation_share: 0.3}\n"
+                                       "actr: {validation_share: 0.8}\n")).windows
+    assert not old.actr_through_date and old.evaluation_share == 0.3  # nothing of D is held: no clash
+
+
 def _write(tmp_path, text):
     path = tmp_path / "c.yaml"
     path.write_text("spec: s.yaml\nlogs: l\nwork: w\nexport: e\n" + text)
@@ -71,6 +79,12 @@ def _write(tmp_path, text):
     ("tpm: {validation_min_clicks: 2.5}\n", "tpm.validation_min_clicks must be an integer >= 0"),
     ("actr: {validation_days: 1}\n", "the validation set is now a share of requests sized by"),
     ("cpm: {batch_size: 0}\n", "cpm.batch_size must be a positive integer"),
+    ("windows: {evaluation_share: 0}\n", "windows.evaluation_share must be a number in (0, 1)"),
+    ("windows: {evaluation_share: 1}\n", "windows.evaluation_share must be a number in (0, 1)"),
+    ("windows: {evaluation_share: half}\n", "windows.evaluation_share must be a number in (0, 1)"),
+    ("windows: {actr_through_date: yes please}\n", "actr_through_date must be true or false"),
+    ("windows: {evaluation_share: 0.6}\nactr: {validation_share: 0.5}\n",
+     "the two shares of day D must not meet"),
 ])
 def test_config_errors_name_the_key(tmp_path, text, expected):
     with pytest.raises(ConfigError) as e:

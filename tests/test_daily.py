@@ -126,12 +126,19 @@ def test_second_day_fine_tunes_from_yesterdays_actr(three_days):
     assert any(f"A-CTR from yesterday's A-CTR {yesterday}: features new []" in line
                for line in lines)
     # only the ad days yesterday's model has not learned from, not the whole window again: the
-    # derived model learned through 01-08 (it held out a share of requests, not a day), so the
-    # new day alone
+    # derived model of 01-09 learned through 01-09 (it held out shares of requests, not a day:
+    # the validation share and the evaluation share it was judged on), so the new day alone
     derived = runs[0][0]["steps"]["actr"]
-    assert derived["trained_days"][-1] == "2026-01-08"
-    assert derived["train"]["validation_days"][-1:] in ([], ["2026-01-08"])
-    assert steps["actr"]["trained_days"] == ["2026-01-09"]
+    assert derived["trained_days"][-1] == "2026-01-09"
+    assert derived["train"]["validation_days"][-1:] in ([], ["2026-01-09"])
+    assert steps["actr"]["trained_days"] == ["2026-01-10"]
+    # the A-CTR of D has learned from every ad day through D, less D's evaluation share
+    for day, (report, _) in zip(("2026-01-09", "2026-01-10"), runs, strict=False):
+        meta = json.loads((root / "work" / "models" / "actr" / day / "meta.json").read_text())
+        assert meta["learned_through"] == day and meta["date"] == day
+        assert meta["evaluation"] == report["steps"]["actr"]["evaluation"]
+        assert meta["evaluation"]["day"] == day and meta["evaluation"]["share"] == 0.2
+        assert report["steps"]["actr"]["train"]["evaluation_rows"] == meta["evaluation"]["rows"]
     # for as many epochs as the derived model chose on validation
     assert steps["actr"]["train"]["epochs_run"] == runs[0][0]["steps"]["actr"]["train"]["chosen_epoch"]
 

@@ -14,6 +14,7 @@ from ecdctr.data.datasets import (
     held_out_counts,
     make_dataset,
     partition_files,
+    share_buckets,
 )
 from ecdctr.data.rows import RowParser, to_example
 from ecdctr.data.vocab import build_vocabularies, read_vocabularies, write_vocabularies
@@ -67,7 +68,7 @@ def test_request_share_split_is_disjoint_stable_and_reads_other_files_whole(tmp_
     files = [old_day, held_day]
 
     def side(held, shuffle=False, seed=0):
-        split = HeldOut(0.2, frozenset([held_day]), held)
+        split = HeldOut.of(SPEC, 0.2, [held_day], held)
         return _ids(make_dataset(SPEC, files, 64, shuffle=shuffle, seed=seed, held_out=split))
 
     held, rest = side(True), side(False)
@@ -79,9 +80,28 @@ def test_request_share_split_is_disjoint_stable_and_reads_other_files_whole(tmp_
     assert side(True) == held and sorted(side(False, shuffle=True, seed=7)) == sorted(rest)
     clicks = sum(int(u[1:]) % 3 == 0 for u in held)
     assert held_out_counts(SPEC, [held_day], 0.2) == (len(held), clicks)
-    sized = make_dataset(SPEC, files, 64, held_out=HeldOut(0.2, frozenset([held_day]), False),
+    sized = make_dataset(SPEC, files, 64, held_out=HeldOut.of(SPEC, 0.2, [held_day], False),
                          rows=len(rest))
     assert len(_ids(sized)) == len(rest)  # the count given as rows matches the rows read
+
+
+def test_an_evaluation_share_from_the_top_is_disjoint_from_the_validation_share(tmp_path):
+    """The daily evaluation share of a day takes the top buckets, a fit's validation share the
+    bottom ones; training leaves out both, and each side reads its own range only."""
+    day = _day_file(str(tmp_path / "day.tfrecord.gz"), 600)
+    bucket = {f"u{i}": zlib.crc32(f"req-{i}".encode()) % HASH_BUCKETS for i in range(600)}
+    validation = HeldOut.of(SPEC, 0.3, [day], True)
+    evaluation = HeldOut.of(SPEC, 0.2, [day], True, top=True)
+    assert share_buckets(0.2, top=True) == (800, 1000) and share_buckets(0.3) == (0, 300)
+    valid = set(_ids(make_dataset(SPEC, [day], 64, held_out=validation)))
+    judged = set(_ids(make_dataset(SPEC, [day], 64, held_out=evaluation)))
+    training = HeldOut(SPEC.request_id, validation.shares + evaluation.shares, held=False)
+    trained = _ids(make_dataset(SPEC, [day], 64, shuffle=True, held_out=training))
+    assert judged == {u for u, b in bucket.items() if b >= 800} and 80 < len(judged) < 160
+    assert valid == {u for u, b in bucket.items() if b < 300}
+    assert set(trained) == {u for u, b in bucket.items() if 300 <= b < 800}
+    assert len(trained) + len(valid) + len(judged) == 600
+    assert held_out_counts(SPEC, [day], 0.2, top=True)[0] == len(judged)
 
 
 def test_missing_day_is_a_clear_error(tmp_path):

@@ -61,7 +61,11 @@ def test_daily_runs_every_step_and_writes_the_report(run):
     on_disk = json.loads((root / "work" / "reports" / f"{DATE}.json").read_text())
     m = report["metrics"]
     assert on_disk["metrics"]["auc"] == m["auc"] and on_disk["status"] == "ok"
-    assert m["rows"] == 100 and 0 < m["logloss"] < 1 and 0 <= m["auc"] <= 1
+    # judged on the evaluation share of D's 100 ad rows, which the A-CTR never trained on
+    share = report["steps"]["actr"]["evaluation"]
+    assert 0 < m["rows"] == share["rows"] < 100 and share["clicks"] == m["clicks"]
+    assert report["steps"]["actr"]["metrics"]["cpm"]["rows"] == share["rows"]
+    assert 0 < m["logloss"] < 1 and 0 <= m["auc"] <= 1
     if math.isnan(m["gauc"]):  # no user with both classes in a tiny day: null, still valid JSON
         assert on_disk["metrics"]["gauc"] is None
     assert any("TPM snapshot" in line for line in lines)
@@ -127,6 +131,10 @@ def test_rerun_of_a_finished_day_does_nothing_and_force_reuses_what_exists(run_c
     assert report["steps"]["cpm"]["status"] == "skipped"
     assert report["export"].endswith(os.path.join("actr", "2"))
     assert report["gate"]["serving"]["path"].endswith(os.path.join("actr", "1"))
+    # the serving version and the candidate are scored on the same share of D, not on all of D
+    assert report["gate"]["serving"]["rows"] == report["steps"]["actr"]["evaluation"]["rows"] < 100
+    assert report["gate"]["candidate"]["rows"] == report["gate"]["serving"]["rows"]
+    assert report["gate"]["serving"]["paired"]["clicks"] == report["metrics"]["clicks"]
 
 
 def test_a_second_run_on_the_same_work_folder_is_refused(run):
@@ -263,7 +271,7 @@ def test_a_model_that_learned_from_a_drifted_day_is_not_published(run_copy, caps
     from ecdctr.data.drift import drift_path
 
     root, config, _, _ = run_copy
-    drifted = DATE - dt.timedelta(days=2)  # learned (the day before D is held out for validation)
+    drifted = DATE - dt.timedelta(days=2)  # learned: a day of the A-CTR's window
     path = drift_path(str(root / "work"), "ad", drifted)
     saved = open(path).read()
     try:

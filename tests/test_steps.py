@@ -23,6 +23,7 @@ from ecdctr.training.loop import BestEpoch
 from pipelines import daily, steps
 from pipelines.ablations import Ablations
 from pipelines.daily import run_daily
+from pipelines.held_out import evaluation_share
 
 START = dt.date(2026, 1, 1)
 DATE = dt.date(2026, 1, 9)
@@ -33,12 +34,15 @@ SPEC_OBJECT = load_spec(SPEC)
 @pytest.fixture(scope="module")
 def job(small_world, tmp_path_factory):
     """The daily job of DATE on a fresh work folder (export left out for speed), on conftest's
-    small world linked in as root/logs."""
+    small world linked in as root/logs, in the old scheme (windows.actr_through_date false):
+    the A-CTR learns from the ad days before DATE, as the `ecdctr` ablation it is compared
+    with does."""
     root = tmp_path_factory.mktemp("steps")
     (root / "logs").symlink_to(small_world, target_is_directory=True)
     path = root / "config.yaml"
     path.write_text(f"spec: {SPEC}\nlogs: logs\nwork: work\nexport: export\n"
-                    "windows: {tpm_days: 30, cpm_days: 4, actr_days: 4}\ntransfer: {tpm_snapshots: 3}\n"
+                    "windows: {tpm_days: 30, cpm_days: 4, actr_days: 4, actr_through_date: false}\n"
+                    "transfer: {tpm_snapshots: 3}\n"
                     "model: {hidden: [16, 8], multi_domain: adasparse}\n"
                     "tpm: {hidden: [8], batch_size: 256, max_epochs: 2}\n"
                     "cpm: {batch_size: 256, max_epochs: 2}\n"
@@ -128,6 +132,73 @@ def test_every_fit_trains_through_its_newest_day_and_validates_on_its_held_out_s
         assert train["rows_read"] == (traffic(work, window)[0] - rows) * train["epochs_run"], step
         assert 1 <= train["chosen_epoch"] <= train["epochs_run"]
         assert len(train["validation_auc"]) == train["epochs_run"]
+
+
+def test_the_old_scheme_trains_on_the_days_before_D_and_judges_on_all_of_D(job):
+    root, config, report, _ = job
+    actr = report["steps"]["actr"]
+    assert not config.windows.actr_through_date and "evaluation" not in actr
+    assert actr["trained_days"][-1] == "2026-01-08" and actr["train"]["train_days"][1] == "2026-01-08"
+    meta = load_checkpoint(str(root / "work" / "models" / "actr" / DATE.isoformat())).meta
+    assert meta["learned_through"] == "2026-01-08" and meta["evaluation"] is None
+    assert actr["metrics"]["actr"]["rows"] == traffic(config.work, [("ad", DATE)])[0]
+
+
+def _logit(p):
+    return float(np.log(p / (1 - p)))
+
+
+def _request_ids(work, side, date):
+    """The request ids of the ad rows of date that a side of a request-id split reads."""
+    files = steps.partition_files(work, "ad", [date])
+    description = {SPEC_OBJECT.request_id: tf.io.FixedLenFeature([], tf.string)}
+    return [i.decode() for batch in side.records(files, shuffle=False, seed=0).batch(512)
+            for i in tf.io.parse_example(batch, description)[SPEC_OBJECT.request_id].numpy()]
+
+
+def test_the_evaluation_share_of_D_is_never_trained_on(job, monkeypatch):
+    """The A-CTR of D learns through D less D's evaluation share (the top hash buckets): neither
+    the fit, nor its validation, nor the BatchNorm re-estimation, nor an update reads those
+    rows, and the prior shift takes the CTR without them."""
+    root, config, _, _ = job
+    work = config.work
+    cpm = load_checkpoint(str(next((root / "work" / "models" / "cpm").iterdir())))
+    days = steps.window_days(work, "ad", DATE + dt.timedelta(days=1), 4)
+    assert days[-1] == DATE
+    evaluation = evaluation_share(SPEC_OBJECT, work, ("ad", DATE), 0.4)
+    assert 0 < evaluation.rows < traffic(work, [("ad", DATE)])[0]
+    read: list[int] = []
+    recalibrate = steps.recalibrate_batchnorm
+    monkeypatch.setattr(steps, "recalibrate_batchnorm", lambda model, ds, **kw: (
+        read.append(sum(int(tf.size(labels)) for _, labels in ds)), recalibrate(model, ds, **kw))[1])
+    trained = steps.derive_actr(cpm, SPEC_OBJECT, work, days,
+                                dataclasses.replace(config.actr, max_epochs=1), config.transfer,
+                                lambda _: None, evaluation=evaluation)
+    train = trained.meta["train"]
+    assert trained.meta["learned_through"] == DATE.isoformat()
+    assert train["validation_days"][-1] == DATE.isoformat()  # D's bottom buckets validate
+    parts = [("ad", d) for d in days]
+    learned = traffic(work, parts)[0] - train["validation_rows"] - evaluation.rows
+    assert train["evaluation_rows"] == evaluation.rows
+    assert train["rows_read"] == learned * train["epochs_run"]
+    assert read == [learned, learned]  # BatchNorm re-estimated before and after the fit
+    # the three sides of D's split: disjoint, together all of D
+    validation = steps.choose_validation(SPEC_OBJECT, work, parts, config.actr.validation_share,
+                                         config.actr.validation_min_clicks)
+    judged = set(_request_ids(work, steps.split(SPEC_OBJECT, work, True, evaluation), DATE))
+    validated = set(_request_ids(work, steps.split(SPEC_OBJECT, work, True, validation), DATE))
+    trained_on = _request_ids(work, steps.split(SPEC_OBJECT, work, False, validation, evaluation),
+                              DATE)
+    assert len(judged) == evaluation.rows and not judged & (validated | set(trained_on))
+    assert len(judged) + len(validated) + len(trained_on) == traffic(work, [("ad", DATE)])[0]
+    rows, ctr = traffic(work, parts)
+    learned_ctr = (rows * ctr - evaluation.clicks) / (rows - evaluation.rows)
+    assert trained.meta["prior_shift"] == pytest.approx(
+        _logit(learned_ctr) - _logit(cpm.meta["ctr"]), abs=1e-6)
+    updated = steps.update_actr(trained, SPEC_OBJECT, work, [DATE], config.actr, lambda _: None,
+                                evaluation=evaluation)
+    assert updated.meta["train"]["rows_read"] == (
+        (traffic(work, [("ad", DATE)])[0] - evaluation.rows) * updated.meta["train"]["epochs_run"])
 
 
 def test_validation_grows_back_from_the_newest_day_to_the_click_minimum(job):

@@ -73,7 +73,9 @@ def partition_files(work: str, source: str, dates: Iterable[dt.date]) -> list[st
     return files
 
 
-# A row's request id hashes into one of this many buckets; a held-out share is a prefix of them.
+# A row's request id hashes into one of this many buckets; a held-out share is a range of them:
+# the fits' validation shares from the bottom ([0, share)), the daily evaluation share of day D
+# from the top ([HASH_BUCKETS - share, HASH_BUCKETS)), so the two never meet.
 HASH_BUCKETS = 1000
 
 
@@ -109,38 +111,68 @@ def crc32(strings: tf.Tensor) -> tf.Tensor:
                                   tf.constant(0xFFFFFFFF, tf.int64))
 
 
+def share_buckets(share: float, top: bool = False) -> tuple[int, int]:
+    """[first, end) of the hash buckets a share of requests holds: the lowest round(share *
+    HASH_BUCKETS) buckets, or with top the highest."""
+    count = round(share * HASH_BUCKETS)
+    return (HASH_BUCKETS - count, HASH_BUCKETS) if top else (0, count)
+
+
+@dataclass(frozen=True)
+class Share:
+    """The rows of `files` whose request id hashes into buckets [first, end)."""
+
+    first: int
+    end: int
+    files: frozenset[str]
+
+
 @dataclass(frozen=True)
 class HeldOut:
-    """A share of requests held out of training by request-id hash: a row is held out when
-    crc32(request id) % HASH_BUCKETS < share * HASH_BUCKETS. Only rows of `files` (the held-out
-    days) are ever held out; `held` says which side a dataset reads: the held-out rows of
-    those files (a validation set), or everything else (the training set)."""
+    """Shares of requests held out of training by request-id hash: a row of a share's files is
+    held out when crc32(request id) % HASH_BUCKETS lies in the share's bucket range. `held`
+    says which side a dataset reads: the rows of any share (a validation or evaluation set),
+    or every other row (the training set). request_id: the column the hash reads."""
 
-    share: float
-    files: frozenset[str]
+    request_id: str
+    shares: tuple[Share, ...]
     held: bool
 
-    def is_held(self, spec: Spec, serialized: tf.Tensor) -> tf.Tensor:
-        """Whether each serialized Example of a batch is in the held-out share."""
-        ids = tf.io.parse_example(serialized, {spec.request_id: tf.io.FixedLenFeature(
-            [], tf.string, default_value="")})[spec.request_id]
-        return crc32(ids) % HASH_BUCKETS < round(self.share * HASH_BUCKETS)
+    @classmethod
+    def of(cls, spec: Spec, share: float, files: Iterable[str], held: bool, top: bool = False
+           ) -> HeldOut:
+        """One share (share_buckets) of files' requests."""
+        return cls(spec.request_id, (Share(*share_buckets(share, top), frozenset(files)),), held)
 
-    def records(self, spec: Spec, files: Sequence[str], shuffle: bool, seed: int
-                ) -> tf.data.Dataset:
+    def bounds(self, file: str) -> list[tuple[int, int]]:
+        """The bucket range each share holds in file ((0, 0), empty, where it holds none)."""
+        return [(s.first, s.end) if file in s.files else (0, 0) for s in self.shares]
+
+    def is_held(self, serialized: tf.Tensor, bounds: tf.Tensor) -> tf.Tensor:
+        """Whether each serialized Example of a batch lies in one of the bucket ranges bounds
+        ([shares, 2]: first, end)."""
+        ids = tf.io.parse_example(serialized, {self.request_id: tf.io.FixedLenFeature(
+            [], tf.string, default_value="")})[self.request_id]
+        bucket = (crc32(ids) % HASH_BUCKETS)[:, None]
+        return tf.reduce_any((bucket >= bounds[:, 0]) & (bucket < bounds[:, 1]), axis=1)
+
+    def records(self, files: Sequence[str], shuffle: bool, seed: int) -> tf.data.Dataset:
         """The serialized Examples of files this side reads, file by file (shuffled: in a
-        seeded file order): the held side reads only `files`; the other reads the rest of
-        them and every other file whole."""
+        seeded file order): the held side reads only the shares' files; the other reads the
+        rest of them and every other file whole."""
+        held_files = frozenset().union(*(s.files for s in self.shares))
         if self.held:
-            files = [f for f in files if f in self.files]
-        split = [f in self.files for f in files]
-        ds = tf.data.Dataset.from_tensor_slices((list(files), split))
+            files = [f for f in files if f in held_files]
+        bounds = [self.bounds(f) for f in files]
+        split = [f in held_files for f in files]
+        ds = tf.data.Dataset.from_tensor_slices((list(files), split, tf.constant(
+            bounds, tf.int64, shape=[len(files), len(self.shares), 2])))
         if shuffle:
             ds = ds.shuffle(len(files), seed=seed)
 
-        def read(file: tf.Tensor, in_split: tf.Tensor) -> tf.data.Dataset:
+        def read(file: tf.Tensor, in_split: tf.Tensor, ranges: tf.Tensor) -> tf.data.Dataset:
             def keep(batch: tf.Tensor) -> tf.Tensor:
-                held = self.is_held(spec, batch)
+                held = self.is_held(batch, ranges)
                 return tf.boolean_mask(batch, held if self.held else ~held)
 
             records = tf.data.TFRecordDataset(file, compression_type="GZIP").batch(4096)
@@ -149,14 +181,15 @@ class HeldOut:
         return ds.flat_map(read)
 
 
-def held_out_counts(spec: Spec, files: Sequence[str], share: float) -> tuple[int, int]:
-    """(rows, clicks) of the held-out share (HeldOut) of files, read once: parses only the
+def held_out_counts(spec: Spec, files: Sequence[str], share: float, top: bool = False
+                    ) -> tuple[int, int]:
+    """(rows, clicks) of the held-out share (HeldOut.of) of files, read once: parses only the
     request id and the label."""
     if not files:
         return 0, 0
-    held_out = HeldOut(share, frozenset(files), held=True)
+    held_out = HeldOut.of(spec, share, files, held=True, top=top)
     description = {spec.label: tf.io.FixedLenFeature([], tf.int64)}
-    ds = held_out.records(spec, files, shuffle=False, seed=0).batch(8192)
+    ds = held_out.records(files, shuffle=False, seed=0).batch(8192)
     ds = ds.map(lambda s: tf.io.parse_example(s, description)[spec.label])
     rows = clicks = 0
     for labels in ds:
@@ -185,7 +218,7 @@ def make_dataset(spec: Spec, files: Sequence[str], batch_size: int, shuffle: boo
     # Files are read one after another: on 2 cores a parallel interleave of GZIP readers
     # measured about 2x slower (benchmarks/BENCHMARKS.md); the shuffle buffer mixes rows.
     if held_out is not None:
-        ds = held_out.records(spec, files, shuffle, seed)
+        ds = held_out.records(files, shuffle, seed)
     else:
         ds = tf.data.Dataset.from_tensor_slices(list(files))
         if shuffle:

@@ -1,7 +1,8 @@
 """The publish gate: a candidate SavedModel reaches serving only if it is not worse than the
-serving version on the same held-out day beyond the noise, is calibrated within what the clicks
-can tell (metric gate), and answers its warmup requests the same in a fresh process that cannot
-import this project as during training (infra gate)."""
+serving version on the same held-out rows (a day, or a request-id share of it) beyond the
+noise, is calibrated within what the clicks can tell (metric gate), and answers its warmup
+requests the same in a fresh process that cannot import this project as during training
+(infra gate)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from ecdctr.data.datasets import feature_description, features_by_name
+from ecdctr.data.datasets import HeldOut, feature_description, features_by_name
 from ecdctr.evaluation.evaluator import GroupedAuc, auc_from_counts
 from ecdctr.evaluation.uncertainty import Z95, PairedAuc, calibration_interval, delong_variance, interval
 from ecdctr.io import storage
@@ -84,13 +85,16 @@ class GateConfig:
     max_drift: int = 0  # drift warnings allowed on the ad days the A-CTR learned in the run
 
 
-def score_saved_model(path: str, files: Sequence[str], label: str, batch_size: int = 4096
-                      ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def score_saved_model(path: str, files: Sequence[str], label: str, batch_size: int = 4096,
+                      split: HeldOut | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(labels, click probabilities) of each batch of the GZIP TFRecord files' Examples
-    through a SavedModel's serving_default, read batch by batch."""
+    (split: only its side of a request-id split of them) through a SavedModel's
+    serving_default, read batch by batch."""
     serve = tf.saved_model.load(path).signatures["serving_default"]
     label_only = {label: tf.io.FixedLenFeature([], tf.int64)}
-    for batch in tf.data.TFRecordDataset(list(files), compression_type="GZIP").batch(batch_size):
+    records = (split.records(files, shuffle=False, seed=0) if split is not None
+               else tf.data.TFRecordDataset(list(files), compression_type="GZIP"))
+    for batch in records.batch(batch_size):
         labels = tf.io.parse_example(batch, label_only)[label]
         yield labels.numpy(), serve(**{INPUT_KEY: batch})[OUTPUT_KEY].numpy()
 
@@ -100,17 +104,18 @@ def saved_model_auc(path: str, files: Sequence[str], label: str) -> float:
     return score_serving(path, files, label)["auc"]
 
 
-def score_serving(path: str, files: Sequence[str], label: str, candidate: str | None = None
-                  ) -> dict:
+def score_serving(path: str, files: Sequence[str], label: str, candidate: str | None = None,
+                  split: HeldOut | None = None) -> dict:
     """The serving version's AUC (exact, with its clicks and DeLong interval) and LogLoss on
-    the files' Examples; with `candidate` (the staged SavedModel), also `paired`: both models
-    scored on the same rows, the AUC difference's variance (uncertainty.PairedAuc) and the
-    LogLoss difference with its variance, row by row. Streamed in bounded memory."""
+    the files' Examples (split: only its side of a request-id split of them); with `candidate`
+    (the staged SavedModel), also `paired`: both models scored on the same rows, the AUC
+    difference's variance (uncertainty.PairedAuc) and the LogLoss difference with its
+    variance, row by row. Streamed in bounded memory."""
     counter, paired = GroupedAuc(), PairedAuc()
     rows, sums = 0, np.zeros(3)  # serving log loss; candidate minus serving, and its square
-    theirs = score_saved_model(candidate, files, label) if candidate else None
+    theirs = score_saved_model(candidate, files, label, split=split) if candidate else None
     try:
-        for labels, probs in score_saved_model(path, files, label):
+        for labels, probs in score_saved_model(path, files, label, split=split):
             counter.add(np.zeros(len(labels), np.int64), probs, labels)
             served = _row_logloss(labels, probs)
             sums[0] += served.sum()
@@ -329,8 +334,8 @@ def infra_gate(model: keras.Model, spec: Spec, staging: str, config: GateConfig)
     return reasons, details
 
 
-def _scored_serving(serving_path: str | None, staging: str, held_out: Sequence[str],
-                    label: str) -> dict | None:
+def _scored_serving(serving_path: str | None, staging: str, held_out: Sequence[str], label: str,
+                    split: HeldOut | None = None) -> dict | None:
     """score_serving of the serving version paired with the staged candidate; alone when the
     pair cannot be scored (a candidate that does not load fails the infra gate anyway); a
     serving version that cannot be scored is reported, and the candidate judged without it."""
@@ -338,11 +343,11 @@ def _scored_serving(serving_path: str | None, staging: str, held_out: Sequence[s
         return None
     errors = (tf.errors.OpError, OSError, ValueError, KeyError)
     try:
-        return score_serving(serving_path, held_out, label, candidate=staging)
+        return score_serving(serving_path, held_out, label, candidate=staging, split=split)
     except errors:
         pass
     try:
-        serving = score_serving(serving_path, held_out, label)
+        serving = score_serving(serving_path, held_out, label, split=split)
         logger.warning(f"the staged candidate {staging} cannot be scored beside the serving "
                        f"version; comparing with unpaired intervals")
         return serving
@@ -355,13 +360,15 @@ def _scored_serving(serving_path: str | None, staging: str, held_out: Sequence[s
 
 
 def run_gate(model: keras.Model, spec: Spec, staging: str, serving_path: str | None,
-             held_out: Sequence[str], candidate: dict, config: GateConfig) -> dict:
-    """Both gates. `candidate` holds the candidate's metrics on the held-out day, whose GZIP
-    TFRecord files are `held_out`; the serving version and the staged candidate are scored on
-    the same rows, streamed, for the paired comparisons. Returns the gate's report: passed,
+             held_out: Sequence[str], candidate: dict, config: GateConfig,
+             split: HeldOut | None = None) -> dict:
+    """Both gates. `candidate` holds the candidate's metrics on the held-out rows: the GZIP
+    TFRecord files `held_out`, or only split's side of a request-id split of them (daily's
+    evaluation share of D); the serving version and the staged candidate are scored on the
+    same rows, streamed, for the paired comparisons. Returns the gate's report: passed,
     reasons, every metric check with whether it ran and why (metric_checks), the candidate's
     figures with their intervals, the serving version's and the infra details."""
-    serving = _scored_serving(serving_path, staging, held_out, spec.label)
+    serving = _scored_serving(serving_path, staging, held_out, spec.label, split)
     checks = metric_checks(candidate, serving if serving and serving["auc"] is not None else None,
                            config)
     reasons = [check["reason"] for check in checks.values() if check.get("reason")]

@@ -1,7 +1,8 @@
 """The daily job of day D, top-down: build the days it reads, retrain the TPM and the CPM when
-their period is due, derive or update the A-CTR of D and score it on D, then (the chief) export
-it, gate it against the serving version and publish or reject it. The training itself lives in
-pipelines/steps.py, shared with `compare`."""
+their period is due, derive or update the A-CTR of D (which learns through D, less the share of
+D's requests it is judged on) and score it on that share, then (the chief) export it, gate it
+against the serving version on the same share and publish or reject it. The training itself
+lives in pipelines/steps.py, shared with `compare`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 import uuid
 
 from ecdctr.config import RunConfig
+from ecdctr.data.datasets import HeldOut
 from ecdctr.data.drift import read_drift
 from ecdctr.data.vocab import Partition
 from ecdctr.io import lock as file_lock
@@ -49,6 +51,7 @@ from pipelines.daily.report import (
     tracked,
 )
 from pipelines.daily.watch import watch_served
+from pipelines.held_out import Evaluation, evaluation_share, split
 
 logger = logging.getLogger(__name__)
 
@@ -266,15 +269,19 @@ class DailyJob:
 
     # -- A-CTR ----------------------------------------------------------------------------
     def actr(self, entry: dict) -> Candidate | None:
-        """The A-CTR of D (see fine_tune), saved and scored with its CPM on D's ad traffic; an
-        earlier run's checkpoint of the same day and lineage is reused. None on a worker."""
-        days = self.window("ad", self.config.windows.actr_days)
+        """The A-CTR of D (see fine_tune), saved and scored with its CPM on D's evaluation
+        share (all of D with windows.actr_through_date false); an earlier run's checkpoint of
+        the same day, lineage and evaluation share is reused. None on a worker."""
+        days = self.actr_window()
         if self.date not in built_partitions(self.work, "ad"):
             raise DailyError(f"ad traffic of {self.date} (the evaluation day) is not built. Fix: "
                              f"put its logs under {self.config.logs}/ad/date={self.date}/.")
         if not days:
             raise DailyError(f"no built ad days before {self.date} in the A-CTR window. Fix: put "
                              f"logs under {self.config.logs}/ad/date=YYYY-MM-DD/.")
+        evaluation = self.evaluation()
+        if evaluation is not None:
+            entry["evaluation"] = evaluation.describe()
         cpms = self.cpms.usable(self.date)
         if not cpms:
             raise DailyError(f"no CPM checkpoint trained before {self.date} in {self.cpms.root}. "
@@ -285,10 +292,10 @@ class DailyJob:
         folder = self.actrs.path(self.date.isoformat())
         entry["checkpoint"] = folder
         if self.chief_progress is not None:  # trains with the chief, which saves and evaluates
-            if not self.resumable(folder, cpm.meta.get("id")):
-                self.fine_tune(entry, cpm, days)
+            if not self.resumable(folder, cpm.meta.get("id"), evaluation):
+                self.fine_tune(entry, cpm, days, evaluation)
             return None
-        if self.resumable(folder, cpm.meta.get("id")):
+        if self.resumable(folder, cpm.meta.get("id"), evaluation):
             actr = load_checkpoint(folder, self.config.actr)
             model, meta = actr.model, actr.meta
             entry.update(start=meta["start"], start_reason=meta["start_reason"], resumed=True,
@@ -296,47 +303,67 @@ class DailyJob:
             logger.info(f"A-CTR checkpoint {folder} of this day exists (an earlier run of the day "
                         f"trained it {meta['start']}): evaluating and exporting it as it is")
         else:
-            trained = self.fine_tune(entry, cpm, days)
+            trained = self.fine_tune(entry, cpm, days, evaluation)
             model, meta = trained.model, trained.meta
             save_checkpoint(folder, model, self.spec, trained.vocabs, meta, trained.snapshots)
             self.actrs.prune(ACTR_KEEP, {self.date.isoformat()})
-        self.evaluate(entry, folder, model, cpm)
+        rows = split(self.spec, self.work, True, evaluation)
+        self.evaluate(entry, folder, model, cpm, rows)
         self.report["metrics"] = entry["metrics"]["actr"]
         return Candidate(model, folder, meta, entry["metrics"]["actr"],
-                         entry.get("trained_days", []))
+                         entry.get("trained_days", []), rows)
 
-    def evaluate(self, entry: dict, folder: str, actr: CtrModel, cpm: Checkpoint) -> None:
-        """Scores the A-CTR and its CPM on D's ad traffic, into the step's entry and the
-        A-CTR checkpoint's meta.json."""
+    def evaluation(self) -> Evaluation | None:
+        """The share of D's ad requests the A-CTR of D never learns from and is judged on;
+        None when it does not learn from D (windows.actr_through_date false: judged on all)."""
+        w = self.config.windows
+        if not w.actr_through_date:
+            return None
+        evaluation = evaluation_share(self.spec, self.work, ("ad", self.date), w.evaluation_share)
+        logger.info(f"A-CTR of {self.date} learns through {self.date} and is judged on "
+                    f"{evaluation.share:.0%} of its ad requests ({evaluation.rows:,} rows, "
+                    f"{evaluation.clicks:,} clicks) that it never trains on")
+        return evaluation
+
+    def evaluate(self, entry: dict, folder: str, actr: CtrModel, cpm: Checkpoint,
+                 rows: HeldOut | None) -> None:
+        """Scores the A-CTR and its CPM on D's ad traffic (rows: the evaluation share of it),
+        into the step's entry and the A-CTR checkpoint's meta.json."""
         entry["metrics"] = {}
+        what = "evaluation share of ad" if rows is not None else "ad"
         for name, m, spec in (("actr", actr, self.spec), ("cpm", cpm.model, cpm.spec)):
-            r = entry["metrics"][name] = steps.evaluate(m, spec, self.work, [("ad", self.date)])
-            logger.info(f"{name} on ad {self.date} ({r['rows']:,} rows): {figures_line(r)}")
+            r = entry["metrics"][name] = steps.evaluate(m, spec, self.work, [("ad", self.date)],
+                                                        held_out=rows)
+            logger.info(f"{name} on {what} {self.date} ({r['rows']:,} rows): {figures_line(r)}")
         saved = read_json(storage.join(folder, META))
         saved["metrics"] = {f"{name} on ad {self.date}": r for name, r in entry["metrics"].items()}
         write_json(storage.join(folder, META), saved)
 
-    def resumable(self, folder: str, cpm_id: str | None) -> bool:
+    def resumable(self, folder: str, cpm_id: str | None, evaluation: Evaluation | None) -> bool:
         """True when an earlier (killed) run of this day saved the A-CTR checkpoint that this
-        run would train: same CPM, spec and structure; --force trains it again."""
+        run would train: same CPM, spec, structure and evaluation share; --force trains it
+        again."""
         if self.force or not storage.exists(storage.join(folder, META)):
             return False
         meta = read_json(storage.join(folder, META))
         same = (meta.get("cpm_id") == cpm_id and meta.get("spec_fingerprint") == self.spec.fingerprint
-                and meta.get("model") == structure(self.config.actr))
+                and meta.get("model") == structure(self.config.actr)
+                and meta.get("evaluation") == (evaluation.describe() if evaluation else None))
         if not same:
-            logger.info(f"A-CTR checkpoint {folder} was trained with another CPM, spec or model "
-                        f"structure: training it again")
+            logger.info(f"A-CTR checkpoint {folder} was trained with another CPM, spec, model "
+                        f"structure or evaluation share: training it again")
         return same
 
-    def fine_tune(self, entry: dict, cpm: Checkpoint, days: list[dt.date]) -> steps.Trained:
+    def fine_tune(self, entry: dict, cpm: Checkpoint, days: list[dt.date],
+                  evaluation: Evaluation | None) -> steps.Trained:
         """A-CTR of D: updated from the previous day's A-CTR on the ad days it has not learned
-        from when it descends from the same CPM, else re-derived from the CPM."""
+        from when it descends from the same CPM, else re-derived from the CPM; never trained
+        on the evaluation share of D."""
         cfg = self.config.actr
         cpm_name = storage.basename(cpm.folder)
         earlier = [(n, m) for n, m in self.actrs.complete() if n < self.date.isoformat()]
         previous, previous_meta = earlier[-1] if earlier else (None, {})
-        shared = self.shared_partitions()
+        shared = self.actr_vocabulary(days)
         if previous and previous_meta.get("cpm_id") == cpm.meta.get("id"):
             source_folder = self.actrs.path(previous)
             yesterday = (self.date - dt.timedelta(days=1)).isoformat()
@@ -353,7 +380,7 @@ class DailyJob:
             trained = steps.update_actr(source, self.spec, self.work, train_days, cfg,
                                         vocab_parts=shared, fresh_features=fresh,
                                         board=self.board("actr"),
-                                        distribution=self.distribution)
+                                        distribution=self.distribution, evaluation=evaluation)
         else:
             start = f"re-derived from CPM {cpm.folder}"
             reason = (f"CPM {cpm_name} landed after CPM {previous_meta.get('cpm')} that the "
@@ -364,7 +391,7 @@ class DailyJob:
             trained = steps.derive_actr(cpm, self.spec, self.work, days, cfg,
                                         self.config.transfer, vocab_parts=shared,
                                         fresh_features=fresh, board=self.board("actr"),
-                                        distribution=self.distribution)
+                                        distribution=self.distribution, evaluation=evaluation)
             train_days = days
         transfer = {**diff, **trained.meta["transfer"]}
         entry.update(start=start, start_reason=reason, transfer=transfer,
@@ -373,8 +400,9 @@ class DailyJob:
                      train=trained.meta["train"])
         trained.meta.update(id=f"{self.date.isoformat()}-{uuid.uuid4().hex[:12]}",
                             date=self.date.isoformat(), cpm=cpm_name, cpm_id=cpm.meta.get("id"),
-                            cpm_path=cpm.folder,
-                            start=start, start_reason=reason, transfer=transfer)
+                            cpm_path=cpm.folder, start=start, start_reason=reason,
+                            transfer=transfer,
+                            evaluation=evaluation.describe() if evaluation else None)
         return trained
 
     # -- export ---------------------------------------------------------------------------
@@ -414,6 +442,20 @@ class DailyJob:
     def shared_partitions(self) -> list[Partition]:
         """Where the CPM's and A-CTR's vocabularies and domains come from."""
         return steps.shared_parts(self.work, self.date, self.config.windows)
+
+    def actr_window(self) -> list[dt.date]:
+        """The built ad days the A-CTR of D reads: the actr_days through D, or before D with
+        windows.actr_through_date false."""
+        w = self.config.windows
+        return self.window("ad", w.actr_days) if not w.actr_through_date else steps.window_days(
+            self.work, "ad", self.date + dt.timedelta(days=1), w.actr_days)
+
+    def actr_vocabulary(self, days: list[dt.date]) -> list[Partition]:
+        """Where the A-CTR's vocabularies come from: the shared partitions and its own ad days
+        (D too when it learns from D: the build counts ids per day, so an id seen only in the
+        evaluation share gets a row no gradient reaches, as an unseen one would be OOV)."""
+        shared = self.shared_partitions()
+        return shared + [("ad", d) for d in days if ("ad", d) not in shared]
 
     def board(self, name: str) -> str:
         """The TensorBoard folder of step `name`'s fit of D."""

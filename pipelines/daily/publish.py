@@ -1,5 +1,6 @@
 """The export step: today's A-CTR is staged as a SavedModel (the TPM snapshots merged into one
-table), gated against the serving version on D's held-out ad traffic and on operational reasons
+table), gated against the serving version on D's held-out ad requests (the evaluation share the
+A-CTR never trained on, or all of D when it did not learn from D) and on operational reasons
 (data drift, a rollback in force), then published or rejected. A checkpoint that an interrupted
 run already published or rejected is not exported again: every export carries the id of the
 checkpoint it came from (assets.extra/actr.json)."""
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 import tensorflow as tf
 
 from ecdctr.config import RunConfig
-from ecdctr.data.datasets import partition_files
+from ecdctr.data.datasets import HeldOut, partition_files
 from ecdctr.data.drift import read_drift
 from ecdctr.io import storage
 from ecdctr.io.jsonio import read_json, write_json
@@ -37,13 +38,15 @@ logger = logging.getLogger(__name__)
 @dataclass
 class Candidate:
     """Today's A-CTR as the actr step leaves it: the model, its checkpoint folder and meta,
-    its metrics on D's ad traffic, and the ad days it learned from in this run."""
+    its metrics on D's ad traffic, the ad days it learned from in this run, and the rows of D
+    it is judged on (the evaluation share; None: all of D)."""
 
     model: CtrModel
     folder: str
     meta: dict
     metrics: dict
     trained_days: list[str] = field(default_factory=list)
+    judged_on: HeldOut | None = None
 
 
 def export_candidate(candidate: Candidate, config: RunConfig, spec: Spec, date: dt.date,
@@ -60,7 +63,7 @@ def export_candidate(candidate: Candidate, config: RunConfig, spec: Spec, date: 
     serving = versions(base)
     gate = run_gate(candidate.model, spec, staging,
                     storage.join(base, str(serving[-1])) if serving else None, held_out,
-                    candidate.metrics, config.gate)
+                    candidate.metrics, config.gate, split=candidate.judged_on)
     for reason in operational_reasons(config, candidate.trained_days):
         gate["passed"] = False
         gate["reasons"].append(reason)
