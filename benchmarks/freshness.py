@@ -72,8 +72,7 @@ def world(root: str, seed: int, days: int) -> str:
     if not os.path.isdir(logs):
         simulate(logs, START, WARMUP + days + 1,
                  SimConfig(users=3000, items=800, new_users_per_day=60, new_items_per_day=15,
-                           natural_rows_per_day=8000, ctr_offset=-3.5, seed=seed),
-                 log=lambda _: None)
+                           natural_rows_per_day=8000, ctr_offset=-3.5, seed=seed))
     return logs
 
 
@@ -82,11 +81,10 @@ def prebuild(root: str, logs: str, last: dt.date) -> None:
     it), so each daily run finds its days built."""
     work = os.path.join(root, "fresh", "work")
     build(load_spec(os.path.join(ROOT, "features", "default.yaml")), logs, work, start=START,
-          end=last, skip_built=True, log=lambda _: None)
+          end=last, skip_built=True)
 
 
-def run_scheme(root: str, scheme: str, dates: list[dt.date], log: list[str],
-               export: bool) -> dict[str, bool | None]:
+def run_scheme(root: str, scheme: str, dates: list[dt.date], export: bool) -> dict[str, bool | None]:
     """`daily` over dates in one scheme; {date: published (None: export skipped)}."""
     folder = os.path.join(root, scheme)
     os.makedirs(folder, exist_ok=True)
@@ -99,7 +97,7 @@ def run_scheme(root: str, scheme: str, dates: list[dt.date], log: list[str],
     patch = skip_export(export)
     try:
         for date in dates:
-            report = run_daily(config, date, log=log.append)
+            report = run_daily(config, date)
             kept = os.path.join(folder, "kept", date.isoformat())  # the run prunes old A-CTRs
             if not os.path.isdir(kept):
                 shutil.copytree(os.path.join(folder, "work", "models", "actr", date.isoformat()),
@@ -181,12 +179,11 @@ def run_seed(base: str, seed: int, days: int, export: bool) -> dict:
     logs = world(root, seed, days)
     dates = [START + dt.timedelta(days=WARMUP + i) for i in range(days)]
     prebuild(root, logs, dates[-1] + dt.timedelta(days=1))
-    log: list[str] = []
     print(f"seed {seed}: fresh", flush=True)
-    published = {"fresh": run_scheme(root, "fresh", dates, log, export)}
+    published = {"fresh": run_scheme(root, "fresh", dates, export)}
     copy_shared(root)
     print(f"seed {seed}: old", flush=True)
-    published["old"] = run_scheme(root, "old", dates, log, export)
+    published["old"] = run_scheme(root, "old", dates, export)
     per_day = []
     for date in dates:
         scores = next_day(root, date)

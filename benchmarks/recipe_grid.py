@@ -109,7 +109,7 @@ def run_world(world: str, args: argparse.Namespace) -> dict:
             config = dataclasses.replace(recipe, batch_size=batch, learning_rate=rate,
                                          max_epochs=args.max_epochs, validation_share=0.0)
             scorer = ScoreEachEpoch(spec, work, train, evaluation, config)
-            steps.train_ctr(spec, work, train, config, lambda _: None, kind="grid",
+            steps.train_ctr(spec, work, train, config, kind="grid",
                             callbacks=[scorer])
             for epoch, result in enumerate(scorer.scores, 1):
                 out["grid"].append({"epochs": epoch, "batch_size": batch, "learning_rate": rate,
@@ -118,7 +118,7 @@ def run_world(world: str, args: argparse.Namespace) -> dict:
                       flush=True)
     for batch, rate in dict.fromkeys([(recipe.batch_size, recipe.learning_rate), *args.recipes]):
         config = dataclasses.replace(recipe, batch_size=batch, learning_rate=rate)
-        trained = steps.train_ctr(spec, work, train, config, lambda _: None, kind="recipe")
+        trained = steps.train_ctr(spec, work, train, config, kind="recipe")
         fit = trained.meta["train"]
         result = {"batch_size": batch, "learning_rate": rate,
                   "chosen_epoch": fit["chosen_epoch"], "epochs_run": fit["epochs_run"],

@@ -173,7 +173,7 @@ def test_the_evaluation_share_of_D_is_never_trained_on(job, monkeypatch):
         read.append(sum(int(tf.size(labels)) for _, labels in ds)), recalibrate(model, ds, **kw))[1])
     trained = steps.derive_actr(cpm, SPEC_OBJECT, work, days,
                                 dataclasses.replace(config.actr, max_epochs=1), config.transfer,
-                                lambda _: None, evaluation=evaluation)
+                                evaluation=evaluation)
     train = trained.meta["train"]
     assert trained.meta["learned_through"] == DATE.isoformat()
     assert train["validation_days"][-1] == DATE.isoformat()  # D's bottom buckets validate
@@ -195,7 +195,7 @@ def test_the_evaluation_share_of_D_is_never_trained_on(job, monkeypatch):
     learned_ctr = (rows * ctr - evaluation.clicks) / (rows - evaluation.rows)
     assert trained.meta["prior_shift"] == pytest.approx(
         _logit(learned_ctr) - _logit(cpm.meta["ctr"]), abs=1e-6)
-    updated = steps.update_actr(trained, SPEC_OBJECT, work, [DATE], config.actr, lambda _: None,
+    updated = steps.update_actr(trained, SPEC_OBJECT, work, [DATE], config.actr,
                                 evaluation=evaluation)
     assert updated.meta["train"]["rows_read"] == (
         (traffic(work, [("ad", DATE)])[0] - evaluation.rows) * updated.meta["train"]["epochs_run"])
