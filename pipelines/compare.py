@@ -82,6 +82,40 @@ def run_compare(config: RunConfig, date: dt.date, variants: Sequence[str], out: 
                 plots: str | None = None) -> dict:
     """Trains every variant with every seed, scores them on [date, date + eval_days), and
     writes `out` (JSON) and `out` with .md (a Markdown table)."""
+    ablations = _checked_request(variants, source)
+    spec = load_spec(config.spec)
+    base = config.cpm if source == "natural" else config.actr
+    # fail on a bad name before training
+    configs = {v: parse_variant(v, base) for v in variants if v not in ABLATIONS}
+    train_days, eval_dates = _built_days(config, spec, date, eval_days, source, bool(ablations))
+    data = _Data(spec, config.work, source, train_days, eval_dates)
+    logger.info(f"compare on {source}: train {train_days[0]}..{train_days[-1]} ({data.train_rows:,} rows), "
+                f"eval {eval_dates[0]}..{eval_dates[-1]} ({data.eval_rows:,} rows), "
+                f"{len(data.domains)} domains, {len(variants)} variants x {seeds} seeds")
+    trainer = Ablations(config, spec, date) if ablations else None
+    focus = trainer.focus_groups if trainer else {}
+    runs, masks = _run_variants(config, data, variants, configs, seeds, trainer, focus)
+    report = {
+        "date": date.isoformat(), "source": source, "seeds": seeds, "variants": list(variants),
+        "train_days": [train_days[0].isoformat(), train_days[-1].isoformat()],
+        "eval_days": [d.isoformat() for d in eval_dates], "train_rows": data.train_rows,
+        "eval_rows": data.eval_rows, "domains": len(data.domains),
+        "bins": [{"domains": len(b), "train_rows": sum(data.domains[k] for k in b)}
+                 for b in data.bins],
+        "configs": {v: {"backbone": c.backbone, "multi_domain": c.multi_domain,
+                        "form": c.adasparse.form, "placement": c.adasparse.placement,
+                        "r_min": c.adasparse.r_min, "r_max": c.adasparse.r_max} for v, c in configs.items()},
+        "focus_groups": {k: {"users": len(v), "description": FOCUS_GROUPS[k]}
+                         for k, v in focus.items()},
+        "results": {v: _aggregate(runs[v]) for v in variants},
+        "runs": runs,
+    }
+    _write(report, masks, out, plots)
+    return report
+
+
+def _checked_request(variants: Sequence[str], source: str) -> list[str]:
+    """The ablations among variants, once the request is known to make sense."""
     if source not in ("natural", "ad"):
         raise ValueError(f"--source must be natural or ad, got {source!r}")
     if not variants:
@@ -89,16 +123,19 @@ def run_compare(config: RunConfig, date: dt.date, variants: Sequence[str], out: 
     ablations = [v for v in variants if v in ABLATIONS]
     if ablations and source != "ad":
         raise ValueError(f"the ablations {ablations} train ad models: use --source=ad")
-    spec = load_spec(config.spec)
-    base = config.cpm if source == "natural" else config.actr
-    # fail on a bad name before training
-    configs = {v: parse_variant(v, base) for v in variants if v not in ABLATIONS}
+    return ablations
+
+
+def _built_days(config: RunConfig, spec: Spec, date: dt.date, eval_days: int, source: str,
+                ablations: bool) -> tuple[list[dt.date], list[dt.date]]:
+    """(training days, evaluation days), built first (the ablations also read the natural
+    windows, back to the oldest TPM snapshot's)."""
     window = config.windows.cpm_days if source == "natural" else config.windows.actr_days
     first = date - dt.timedelta(days=window)
     last = date + dt.timedelta(days=eval_days - 1)
     build(spec, config.logs, config.work, start=first, end=last, sources=[source],
           beam_args=config.beam_args, skip_built=True)
-    if ablations:  # they also read the natural windows, back to the oldest TPM snapshot's
+    if ablations:
         w, t = config.windows, config.transfer
         back = (w.actr_days + w.cpm_days + w.tpm_days
                 + (t.tpm_snapshots - 1) * TPM_PERIOD[config.schedule.tpm])
@@ -111,12 +148,13 @@ def run_compare(config: RunConfig, date: dt.date, variants: Sequence[str], out: 
     if not train_days or len(eval_dates) != eval_days:
         raise ValueError(f"compare needs {source} days {first}..{last}: found {len(train_days)} "
                          f"training and {len(eval_dates)} of {eval_days} evaluation days built.")
-    data = _Data(spec, config.work, source, train_days, eval_dates)
-    logger.info(f"compare on {source}: train {train_days[0]}..{train_days[-1]} ({data.train_rows:,} rows), "
-                f"eval {eval_dates[0]}..{eval_dates[-1]} ({data.eval_rows:,} rows), "
-                f"{len(data.domains)} domains, {len(variants)} variants x {seeds} seeds")
-    trainer = Ablations(config, spec, date) if ablations else None
-    focus = trainer.focus_groups if trainer else {}
+    return train_days, eval_dates
+
+
+def _run_variants(config: RunConfig, data: _Data, variants: Sequence[str],
+                  configs: dict[str, ModelConfig], seeds: int, trainer: Ablations | None,
+                  focus: dict) -> tuple[dict[str, list[dict]], dict[str, dict]]:
+    """Every variant trained and scored with every seed: (runs by variant, AdaSparse masks)."""
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     masks: dict[str, dict] = {}
     for seed in range(seeds):
@@ -136,21 +174,11 @@ def run_compare(config: RunConfig, date: dt.date, variants: Sequence[str], out: 
         for name in variants:
             run = runs[name][seed]
             run["uplifted_domains"] = metrics.uplifted_share(run["per_domain_auc"], baseline)
-    report = {
-        "date": date.isoformat(), "source": source, "seeds": seeds, "variants": list(variants),
-        "train_days": [train_days[0].isoformat(), train_days[-1].isoformat()],
-        "eval_days": [d.isoformat() for d in eval_dates], "train_rows": data.train_rows,
-        "eval_rows": data.eval_rows, "domains": len(data.domains),
-        "bins": [{"domains": len(b), "train_rows": sum(data.domains[k] for k in b)}
-                 for b in data.bins],
-        "configs": {v: {"backbone": c.backbone, "multi_domain": c.multi_domain,
-                        "form": c.adasparse.form, "placement": c.adasparse.placement,
-                        "r_min": c.adasparse.r_min, "r_max": c.adasparse.r_max} for v, c in configs.items()},
-        "focus_groups": {k: {"users": len(v), "description": FOCUS_GROUPS[k]}
-                         for k, v in focus.items()},
-        "results": {v: _aggregate(runs[v]) for v in variants},
-        "runs": runs,
-    }
+    return runs, masks
+
+
+def _write(report: dict, masks: dict[str, dict], out: str, plots: str | None) -> None:
+    """The report as JSON at `out`, its table beside it (.md), and the plots when asked."""
     write_json(out, report)
     with open(_markdown_path(out), "w", encoding="utf-8") as f:
         f.write(markdown_table(report))
@@ -160,7 +188,6 @@ def run_compare(config: RunConfig, date: dt.date, variants: Sequence[str], out: 
 
         written = plotting.write_all(report, masks, plots)
         logger.info(f"wrote plots: {', '.join(written)}")
-    return report
 
 
 class _Data:
