@@ -224,61 +224,69 @@ def _section(doc: dict, key: str, allowed: tuple[str, ...], default: Any, errors
                for k in unknown_keys(body, allowed)]
     values = {}
     for name in allowed:
-        if name not in body:
-            continue
-        value = body[name]
-        if name == "adasparse":
-            value = _adasparse(key, value, errors)
-            if value is None:
-                continue
-        elif name in ("backbone", "cross_structure", "multi_domain"):
-            if not isinstance(value, str):
-                errors.append(f"{key}.{name} must be a string, got {value!r}.")
-                continue
-        elif name == "hidden":
-            if not isinstance(value, list) or not value or not all(is_int(v) and v > 0 for v in value):
-                errors.append(f"{key}.hidden must be a list of positive layer sizes, e.g. [128, 64].")
-                continue
-            value = tuple(value)
-        elif name in ("learning_rate", "dropout"):
-            if not is_number(value) or not (0 <= value < 1 if name == "dropout" else value > 0):
-                errors.append(f"{key}.{name} is {value!r}; it must be a number in range.")
-                continue
-            value = float(value)
-        elif name in ("apg_over_parameterize", "tpm_known_flag", "actr_through_date"):
-            if not isinstance(value, bool):
-                errors.append(f"{key}.{name} must be true or false, got {value!r}.")
-                continue
-        elif name == "validation_share":
-            if not is_number(value) or not 0 <= value < 1:
-                errors.append(f"{key}.validation_share must be a number in [0, 1) (0: no "
-                              f"validation, train max_epochs), got {value!r}.")
-                continue
-            value = float(value)
-        elif name == "evaluation_share":
-            if not is_number(value) or not 0 < value < 1:
-                errors.append(f"{key}.evaluation_share must be a number in (0, 1): the share of "
-                              f"D's ad requests the A-CTR of D is judged on, got {value!r}.")
-                continue
-            value = float(value)
-        elif name == "validation_min_clicks":
-            if not is_int(value) or value < 0:
-                errors.append(f"{key}.validation_min_clicks must be an integer >= 0, got {value!r}.")
-                continue
-        elif name in WINDOW_KEYS and is_int(value) and value > MAX_WINDOW_DAYS:
-            errors.append(f"{key}.{name} is {value!r} days; a window is at most {MAX_WINDOW_DAYS} "
-                          f"(ten years). Fix: give the number of days the window covers.")
-            continue
-        elif not is_int(value) or value < 1:
-            errors.append(f"{key}.{name} must be a positive integer, got {value!r}.")
-            continue
-        values[name] = value
+        if name in body:
+            value = _checked_value(key, name, body[name], errors)
+            if value is not _INVALID:
+                values[name] = value
     names = {f.name for f in fields(default)}
     try:
         return replace(default, **{k: v for k, v in values.items() if k in names})
     except ValueError as e:
         errors.append(f"{key}: {e}.")
         return default
+
+
+_INVALID = object()  # a value _checked_value refused (its error is in `errors`)
+
+
+def _checked_value(key: str, name: str, value: Any, errors: list[str]) -> Any:
+    """Section `key`'s value of `name`, checked and normalised; _INVALID (and an error) when
+    it is out of range or of the wrong type."""
+    if name == "adasparse":
+        value = _adasparse(key, value, errors)
+        return _INVALID if value is None else value
+    elif name in ("backbone", "cross_structure", "multi_domain"):
+        if not isinstance(value, str):
+            errors.append(f"{key}.{name} must be a string, got {value!r}.")
+            return _INVALID
+    elif name == "hidden":
+        if not isinstance(value, list) or not value or not all(is_int(v) and v > 0 for v in value):
+            errors.append(f"{key}.hidden must be a list of positive layer sizes, e.g. [128, 64].")
+            return _INVALID
+        value = tuple(value)
+    elif name in ("learning_rate", "dropout"):
+        if not is_number(value) or not (0 <= value < 1 if name == "dropout" else value > 0):
+            errors.append(f"{key}.{name} is {value!r}; it must be a number in range.")
+            return _INVALID
+        value = float(value)
+    elif name in ("apg_over_parameterize", "tpm_known_flag", "actr_through_date"):
+        if not isinstance(value, bool):
+            errors.append(f"{key}.{name} must be true or false, got {value!r}.")
+            return _INVALID
+    elif name == "validation_share":
+        if not is_number(value) or not 0 <= value < 1:
+            errors.append(f"{key}.validation_share must be a number in [0, 1) (0: no "
+                          f"validation, train max_epochs), got {value!r}.")
+            return _INVALID
+        value = float(value)
+    elif name == "evaluation_share":
+        if not is_number(value) or not 0 < value < 1:
+            errors.append(f"{key}.evaluation_share must be a number in (0, 1): the share of "
+                          f"D's ad requests the A-CTR of D is judged on, got {value!r}.")
+            return _INVALID
+        value = float(value)
+    elif name == "validation_min_clicks":
+        if not is_int(value) or value < 0:
+            errors.append(f"{key}.validation_min_clicks must be an integer >= 0, got {value!r}.")
+            return _INVALID
+    elif name in WINDOW_KEYS and is_int(value) and value > MAX_WINDOW_DAYS:
+        errors.append(f"{key}.{name} is {value!r} days; a window is at most {MAX_WINDOW_DAYS} "
+                      f"(ten years). Fix: give the number of days the window covers.")
+        return _INVALID
+    elif not is_int(value) or value < 1:
+        errors.append(f"{key}.{name} must be a positive integer, got {value!r}.")
+        return _INVALID
+    return value
 
 
 def _adasparse(key: str, body: Any, errors: list[str]) -> AdaSparseConfig | None:
