@@ -3,6 +3,9 @@
     python benchmarks/run.py [--only NAME] [--repeats N] [--rows N]
                              [--train-steps N] [--train-epochs N]
 
+(Over 500 lines on purpose: a script, not the library; its three benchmarks share the
+simulated data, the alternating timer and the report, and each stays runnable with --only.)
+
 The machine this runs on is small (2 cores) and shared, so absolute numbers drift from run
 to run. Every benchmark therefore times its arms alternately inside one run (the starting
 arm rotates each repeat; parse and train run each repeat as two sweeps, A B then B A, so a
@@ -462,6 +465,9 @@ def plain_model(spec: Spec, model: keras.Model, tpm: dict, hist_len: int, config
 
 
 def bench_train(spec: Spec, args: argparse.Namespace) -> dict:
+    """The train step against a plain tf_keras model. One function on purpose (71 lines): its
+    six arms share the batches, vocabularies and models it builds, and timing them in one
+    place keeps the arms' turns visible."""
     from ecdctr.models.ctr_model import ModelConfig, build_model  # here: other benchmarks need no model
     from ecdctr.training.loop import STEPS_PER_EXECUTION, fit
 
