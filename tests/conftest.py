@@ -40,6 +40,25 @@ class _Records(logging.Handler):
         self.records.append(record)
 
 
+def feature_batch(spec, n: int = 16, shift: float = 0.0) -> dict:
+    """A batch of n rows of raw features for `spec`'s features: numbers in [shift, shift + 50),
+    categories v0..v4, lists of 0-2 items; the same for every call."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    features = {}
+    for f in spec.features:
+        if f.kind == "numeric":
+            features[f.name] = tf.constant(rng.random(n).astype("float32") * 50 + shift)
+        elif f.kind == "categorical":
+            features[f.name] = tf.constant([f"v{i % 5}" for i in range(n)])
+        else:
+            features[f.name] = tf.ragged.constant([["c1", "c2"][: i % 3] for i in range(n)],
+                                                  dtype=tf.string)
+    return features
+
+
 @contextlib.contextmanager
 def recorded() -> Iterator[list[logging.LogRecord]]:
     """The records, info and above, that ecdctr's packages log meanwhile: for a fixture that

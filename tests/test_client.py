@@ -22,6 +22,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import feature_batch
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 from serving_decoders import decode_grpc_request, decode_rest_body
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
@@ -43,17 +44,7 @@ TIMEOUT = 10.0
 
 
 def _batch(n=16):
-    rng = np.random.default_rng(0)
-    features = {}
-    for f in SPEC.features:
-        if f.kind == "numeric":
-            features[f.name] = tf.constant(rng.random(n).astype("float32") * 50)
-        elif f.kind == "categorical":
-            features[f.name] = tf.constant([f"v{i % 5}" for i in range(n)])
-        else:
-            features[f.name] = tf.ragged.constant([["c1", "c2"][: i % 3] for i in range(n)],
-                                                  dtype=tf.string)
-    return features
+    return feature_batch(SPEC, n)
 
 
 def _rows(n=23):

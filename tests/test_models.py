@@ -2,6 +2,7 @@
 
 import numpy as np
 import tensorflow as tf
+from conftest import feature_batch
 
 from ecdctr.models.ctr_model import ModelConfig, build_model, serving_form, transfer_weights
 from ecdctr.spec.feature_spec import load_spec
@@ -12,17 +13,7 @@ CONFIG = ModelConfig(hidden=(8, 4), batch_size=16)
 
 
 def _batch(n=16, shift=0.0):
-    rng = np.random.default_rng(0)
-    features = {}
-    for f in SPEC.features:
-        if f.kind == "numeric":
-            features[f.name] = tf.constant(rng.random(n).astype("float32") * 50 + shift)
-        elif f.kind == "categorical":
-            features[f.name] = tf.constant([f"v{i % 5}" for i in range(n)])
-        else:
-            features[f.name] = tf.ragged.constant([["c1", "c2"][: i % 3] for i in range(n)],
-                                                  dtype=tf.string)
-    return features
+    return feature_batch(SPEC, n, shift)
 
 
 def _vocabs(user_tokens):

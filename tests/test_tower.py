@@ -4,6 +4,7 @@ import dataclasses
 
 import numpy as np
 import tensorflow as tf
+from conftest import feature_batch
 
 from ecdctr.models.ctr_model import ModelConfig, build_model, serving_form
 from ecdctr.models.tower import Tower
@@ -14,17 +15,7 @@ CONFIG = ModelConfig(hidden=(8, 4), batch_size=16)
 
 
 def _batch(n=16):
-    rng = np.random.default_rng(0)
-    features = {}
-    for f in SPEC.features:
-        if f.kind == "numeric":
-            features[f.name] = tf.constant(rng.random(n).astype("float32") * 50)
-        elif f.kind == "categorical":
-            features[f.name] = tf.constant([f"v{i % 5}" for i in range(n)])
-        else:
-            features[f.name] = tf.ragged.constant([["c1", "c2"][: i % 3] for i in range(n)],
-                                                  dtype=tf.string)
-    return features
+    return feature_batch(SPEC, n)
 
 
 VOCABS = {f.name: [f"v{i}" for i in range(5)] for f in SPEC.features if f.uses_vocab}
