@@ -81,3 +81,13 @@ def test_a_build_into_a_full_disk_is_one_error_line_with_the_fix(tmp_path, full_
     assert len(errors) == 1 and "Traceback" not in out.stderr, out.stderr
     assert "No space left on device" in errors[0] and "Fix: free space" in errors[0]
     assert f"{full_disk / 'work' / '.staging'}" in errors[0]  # where
+
+
+@pytest.mark.parametrize("text, what", [("[1, 2]", "a JSON list, not an object"), ("", "empty")])
+def test_inspect_of_a_damaged_meta_json_names_it(tmp_path, capsys, text, what):
+    (tmp_path / "meta.json").write_text(text)
+    with pytest.raises(SystemExit) as e:
+        main(["inspect", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    assert f"{tmp_path / 'meta.json'}: damaged ({what})" in err

@@ -112,3 +112,21 @@ def test_an_alert_that_times_out_is_killed_with_everything_it_started(tmp_path, 
         time.sleep(0.1)
     else:
         pytest.fail(f"the alert's child {sleeper} still runs after the timeout")
+
+
+def test_a_damaged_report_is_named_and_the_day_runs_again(tmp_path, caplog):
+    from pipelines.daily.report import finished_report
+
+    path = tmp_path / "2026-01-02.json"
+    assert finished_report(str(path)) is None  # no report: not done
+    path.write_text(json.dumps({"status": "ok", "date": "2026-01-02"}))
+    assert finished_report(str(path))["date"] == "2026-01-02"
+    path.write_text(json.dumps({"status": "failed"}))
+    assert finished_report(str(path)) is None
+    for text, what in (("", "empty"), ("[]", "a JSON list, not an object"), ('{"st', "not JSON")):
+        path.write_text(text)
+        with caplog.at_level(logging.INFO):
+            assert finished_report(str(path)) is None
+        last = caplog.records[-1]
+        assert last.levelname == "WARNING" and last.getMessage().startswith(
+            f"{path}: damaged ({what}") and last.getMessage().endswith("the day is run again")

@@ -74,3 +74,18 @@ def test_leftovers_of_dead_processes_go_those_of_live_ones_stay(tmp_path, logged
         f"removing the backup of an interrupted run of 2026-01-14: {backups / '2026-01-14'}",
         f"removing leftovers of an interrupted run: {export / f'.staging-x-{dead}'}",
         f"removing leftovers of an interrupted run: {reports / f'2026-01-15.json.tmp-{dead}'}"]
+
+
+def test_a_damaged_meta_json_is_named_and_its_output_taken_as_missing(tmp_path, logged):
+    _output(tmp_path, "2026-01-05", ["2026-01-01", "2026-01-04"])
+    for name, text in (("2026-01-06", "[1, 2]"), ("2026-01-07", ""), ("2026-01-08", '{"kind": ')):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "meta.json").write_text(text)
+    store = ModelStore(str(tmp_path))
+    assert [name for name, _ in store.complete()] == ["2026-01-05"]  # no traceback
+    assert store.meta("2026-01-06") is None and store.meta("2026-01-05")["kind"] == "cpm"
+    warned = [r.getMessage() for r in logged.records if r.levelname == "WARNING"]
+    for name, what in (("2026-01-06", "a JSON list, not an object"), ("2026-01-07", "empty"),
+                       ("2026-01-08", "not JSON")):
+        assert any(m.startswith(f"{tmp_path / name / 'meta.json'}: damaged ({what}")
+                   and "taken as missing" in m for m in warned), (name, warned)

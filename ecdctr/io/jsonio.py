@@ -31,3 +31,22 @@ def write_json(path: str, obj: Any) -> None:
 def read_json(path: str) -> Any:
     """Reads a JSON file."""
     return json.loads(storage.read_text(path))
+
+
+class DamagedFile(ValueError):
+    """A file the pipeline wrote cannot be trusted: the message names it and what is wrong."""
+
+
+def read_json_object(path: str) -> dict:
+    """Reads a JSON file the pipeline wrote (a report, a model folder's meta.json, a marker)
+    and checks it is a JSON object; DamagedFile, naming the path, when it is empty, truncated,
+    not JSON or another JSON value."""
+    text = storage.read_text(path)
+    try:
+        body = json.loads(text)
+    except ValueError as e:
+        raise DamagedFile(f"{path}: damaged ({'empty' if not text.strip() else f'not JSON: {e}'})"
+                          ) from None
+    if not isinstance(body, dict):
+        raise DamagedFile(f"{path}: damaged (a JSON {type(body).__name__}, not an object)")
+    return body

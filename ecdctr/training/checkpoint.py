@@ -31,7 +31,7 @@ from ecdctr.config import MODEL_KEYS
 from ecdctr.data.datasets import example_batch
 from ecdctr.data.vocab import read_vocabularies, write_vocabularies
 from ecdctr.io import commit, storage
-from ecdctr.io.jsonio import read_json, write_json
+from ecdctr.io.jsonio import read_json_object, write_json
 from ecdctr.layers.aggregator import TpmAggregator
 from ecdctr.models.adasparse import AdaSparseConfig
 from ecdctr.models.ctr_model import CtrModel, ModelConfig, TpmSnapshot, build_model
@@ -154,7 +154,7 @@ def is_current(meta: dict) -> bool:
 
 
 def _read_meta(folder: str) -> dict:
-    meta = read_json(storage.join(folder, META))
+    meta = read_json_object(storage.join(folder, META))
     if not is_current(meta):
         raise ValueError(f"{folder} was written by an ecdctr before model folders described "
                          f"themselves and cannot be rebuilt. Fix: delete it; `ecdctr daily` "
@@ -258,7 +258,7 @@ def load_snapshot(folder: str, name: str | None = None) -> Snapshot:
     if not storage.exists(path):
         raise FileNotFoundError(f"TPM snapshot {folder} has no manifest.json. Fix: delete {folder} "
                                 f"and rerun the day: the TPM of its period retrains.")
-    manifest = read_json(path)
+    manifest = read_json_object(path)
     tables = {}
     for entity, info in manifest["entities"].items():
         keys = json.loads(storage.read_text(storage.join(folder, f"{entity}.keys.json")))

@@ -45,6 +45,7 @@ from pipelines.daily.report import (
     DailyError,
     StepRecorder,
     figures_line,
+    finished_report,
     outcome,
     report_path,
     send_alert,
@@ -71,9 +72,10 @@ def run_daily(config: RunConfig, date: dt.date, force: bool = False) -> dict:
         return {"date": date.isoformat(), "status": "served", "task": str(distribution.task),
                 "outcome": "worker"}
     path = report_path(config, date)
-    if not force and storage.exists(path) and read_json(path).get("status") == "ok":
+    done = None if force else finished_report(path)
+    if done is not None:
         logger.info(f"{date} is done (report {path} says ok); nothing to do. Use --force to run it again.")
-        return {**read_json(path), "outcome": "done"}
+        return {**done, "outcome": "done"}
     spec = load_spec(config.spec)
     report: dict = {"date": date.isoformat(), "config": config.path, "status": "running",
                     "spec_fingerprint": spec.fingerprint, "steps": {}}
@@ -343,9 +345,9 @@ class DailyJob:
         """True when an earlier (killed) run of this day saved the A-CTR checkpoint that this
         run would train: same CPM, spec, structure and evaluation share; --force trains it
         again."""
-        if self.force or not storage.exists(storage.join(folder, META)):
+        meta = None if self.force else self.actrs.meta(storage.basename(folder))
+        if meta is None:
             return False
-        meta = read_json(storage.join(folder, META))
         same = (meta.get("cpm_id") == cpm_id and meta.get("spec_fingerprint") == self.spec.fingerprint
                 and meta.get("model") == structure(self.config.actr)
                 and meta.get("evaluation") == (evaluation.describe() if evaluation else None))

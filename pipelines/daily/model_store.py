@@ -10,7 +10,7 @@ import logging
 import re
 
 from ecdctr.io import commit, storage
-from ecdctr.io.jsonio import read_json
+from ecdctr.io.jsonio import DamagedFile, read_json_object
 from ecdctr.training.checkpoint import META, is_current
 
 logger = logging.getLogger(__name__)
@@ -31,12 +31,23 @@ class ModelStore:
         """The folder of the output called name."""
         return storage.join(self.root, name)
 
+    def meta(self, name: str) -> dict | None:
+        """The meta.json of the output called name; None when it has none, or a damaged one
+        (logged as a warning: the output counts as missing, so its step makes it again)."""
+        path = storage.join(self.root, name, META)
+        if not storage.exists(path):
+            return None
+        try:
+            return read_json_object(path)
+        except DamagedFile as e:
+            logger.warning(f"{e}: {self.path(name)} is taken as missing and made again when due")
+            return None
+
     def complete(self) -> list[tuple[str, dict]]:
         """(name, meta) of the whole outputs, oldest first (by the last day they were trained
         on, then name). Folders an older ecdctr wrote are left out (logged once)."""
-        found = [(name, read_json(storage.join(self.root, name, META)))
-                 for name in storage.listdir(self.root)
-                 if FOLDER_NAME.match(name) and storage.exists(storage.join(self.root, name, META))]
+        found = [(name, meta) for name in storage.listdir(self.root)
+                 if FOLDER_NAME.match(name) and (meta := self.meta(name)) is not None]
         for name, meta in found:
             if not is_current(meta) and name not in self.legacy:
                 self.legacy.add(name)

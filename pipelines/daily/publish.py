@@ -17,7 +17,7 @@ from ecdctr.config import RunConfig
 from ecdctr.data.datasets import HeldOut, partition_files
 from ecdctr.data.drift import read_drift
 from ecdctr.io import storage
-from ecdctr.io.jsonio import read_json, write_json
+from ecdctr.io.jsonio import DamagedFile, read_json_object, write_json
 from ecdctr.models.ctr_model import CtrModel
 from ecdctr.serving.export import (
     EXPORT_MARKER,
@@ -103,7 +103,11 @@ def exported(base: str, checkpoint_id: str) -> tuple[str, dict] | None:
     for path in candidates:
         marker = storage.join(path, "assets.extra", EXPORT_MARKER)
         if storage.exists(marker):
-            body = read_json(marker)
+            try:
+                body = read_json_object(marker)
+            except DamagedFile as e:  # not this checkpoint's proof: it is exported again
+                logger.warning(f"{e}: {path} is not taken as an earlier export of this day")
+                continue
             if body.get("checkpoint_id") == checkpoint_id:
                 return path, body
     return None

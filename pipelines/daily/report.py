@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 
 from ecdctr.config import RunConfig
 from ecdctr.io import storage
-from ecdctr.io.jsonio import json_safe, write_json
+from ecdctr.io.jsonio import DamagedFile, json_safe, read_json_object, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +162,19 @@ def run_in_own_group(argv: list[str], stdin: str, env: dict, timeout: float
             child.communicate()
             raise
     return subprocess.CompletedProcess(argv, child.returncode, out, err)
+
+
+def finished_report(path: str) -> dict | None:
+    """The day's report at path when it says the day is done (status ok); None when there is
+    none, it says otherwise, or it is damaged (a warning names it, and the day runs again)."""
+    if not storage.exists(path):
+        return None
+    try:
+        report = read_json_object(path)
+    except DamagedFile as e:
+        logger.warning(f"{e}: the day is run again")
+        return None
+    return report if report.get("status") == "ok" else None
 
 
 def first_error(report: dict) -> str:
