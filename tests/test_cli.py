@@ -91,3 +91,12 @@ def test_inspect_of_a_damaged_meta_json_names_it(tmp_path, capsys, text, what):
     err = capsys.readouterr().err
     assert e.value.code == 2 and "Traceback" not in err
     assert f"{tmp_path / 'meta.json'}: damaged ({what})" in err
+
+
+def test_the_daily_summary_on_stdout_keeps_the_overall_figures_only():
+    from ecdctr.cli.main import _headline
+
+    metrics = {"auc": 0.7, "auc_ci": [0.6, 0.8], "clicks": 12,
+               "per_domain_auc": {"s0|p1": {"auc": 0.5}}, "bins_auc": {"top": 0.7}}
+    assert _headline(metrics) == {"auc": 0.7, "auc_ci": [0.6, 0.8], "clicks": 12}
+    assert _headline(None) is None

@@ -178,12 +178,20 @@ def _daily(args: argparse.Namespace, beam_args: list[str]) -> int:
         outcome = report.get("outcome", "published" if report.get("published") else "rejected")
         print(json.dumps(json_safe({
             "date": report["date"], "status": report["status"], "outcome": outcome,
-            "metrics": report.get("metrics"), "published": report.get("published"),
+            "metrics": _headline(report.get("metrics")), "published": report.get("published"),
             "export": report.get("export") or report.get("rejected")}), indent=2, allow_nan=False))
         codes.append(OUTCOMES.get(outcome, OUTCOMES["failed"]))
     # the most urgent outcome of the days run: failed, then rejected, then published, then done
     urgency = [OUTCOMES[k] for k in ("failed", "rejected", "degraded", "published", "done")]
     return min(codes, key=lambda code: urgency.index(code) if code in urgency else len(urgency))
+
+
+def _headline(metrics: dict | None) -> dict | None:
+    """The day's figures for the summary on stdout: the overall ones; the per-domain and
+    per-bin tables stay in the report file (hundreds of domains would bury the summary)."""
+    if metrics is None:
+        return None
+    return {k: v for k, v in metrics.items() if not isinstance(v, dict)}
 
 
 def _compare(args: argparse.Namespace, beam_args: list[str]) -> None:
