@@ -196,7 +196,7 @@ def test_exit_codes_and_the_alert_command(run_copy, tmp_path, capsys):
         main(["daily", f"--config={with_alert}", f"--date={DATE}"])
     assert e.value.code == 4 and not alerted.exists()
     assert json.loads(capsys.readouterr().out)["outcome"] == "done"
-    later = DATE + dt.timedelta(days=1)  # no ad logs of that day: the run fails
+    later = DATE + dt.timedelta(days=2)  # no ad logs of that day (the world ends at D + 1): fails
     with pytest.raises(SystemExit) as e:
         main(["daily", f"--config={with_alert}", f"--date={later}"])
     err = capsys.readouterr().err
@@ -229,7 +229,7 @@ def test_python_dash_m_entry_point():
 
 def test_daily_without_ad_logs_on_the_date_says_what_is_missing(run_copy):
     _, config, _, _ = run_copy
-    later = DATE + dt.timedelta(days=1)
+    later = DATE + dt.timedelta(days=2)  # conftest's world ends the day after DATE
     with pytest.raises(DailyError, match=rf"ad traffic of {later} \(the evaluation day\) is not built"):
         run_daily(load_config(str(config)), later)
 

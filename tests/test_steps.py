@@ -135,7 +135,7 @@ def test_every_fit_trains_through_its_newest_day_and_validates_on_its_held_out_s
 
 
 def test_the_old_scheme_trains_on_the_days_before_D_and_judges_on_all_of_D(job):
-    root, config, report, _ = job
+    root, config, report = job
     actr = report["steps"]["actr"]
     assert not config.windows.actr_through_date and "evaluation" not in actr
     assert actr["trained_days"][-1] == "2026-01-08" and actr["train"]["train_days"][1] == "2026-01-08"
@@ -160,7 +160,7 @@ def test_the_evaluation_share_of_D_is_never_trained_on(job, monkeypatch):
     """The A-CTR of D learns through D less D's evaluation share (the top hash buckets): neither
     the fit, nor its validation, nor the BatchNorm re-estimation, nor an update reads those
     rows, and the prior shift takes the CTR without them."""
-    root, config, _, _ = job
+    root, config, _ = job
     work = config.work
     cpm = load_checkpoint(str(next((root / "work" / "models" / "cpm").iterdir())))
     days = steps.window_days(work, "ad", DATE + dt.timedelta(days=1), 4)
