@@ -267,15 +267,18 @@ def _die_with_parent() -> None:
 
 
 def run_child(argv: Sequence[str], timeout: float, env: dict | None = None,
-              cwd: str | None = None) -> subprocess.CompletedProcess:
-    """subprocess.run(capture_output, text) whose child dies with this process and is killed
-    at the timeout."""
-    with subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=env, cwd=cwd, preexec_fn=_die_with_parent) as child:
+              cwd: str | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """subprocess.run(capture_output, text; `stdin` as its input) whose child dies with this
+    process and runs in a process group of its own, killed whole at the timeout (the child and
+    whatever it started, e.g. a shell's children), then TimeoutExpired is raised."""
+    with subprocess.Popen(list(argv), stdin=subprocess.PIPE if stdin is not None else None,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                          cwd=cwd, preexec_fn=_die_with_parent, start_new_session=True) as child:
         try:
-            out, err = child.communicate(timeout=timeout)
+            out, err = child.communicate(stdin, timeout=timeout)
         except subprocess.TimeoutExpired:
-            child.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
             child.communicate()
             raise
     return subprocess.CompletedProcess(child.args, child.returncode, out, err)

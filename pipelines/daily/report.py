@@ -9,7 +9,6 @@ import datetime as dt
 import json
 import logging
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ from collections.abc import Callable, Iterator
 from ecdctr.config import RunConfig
 from ecdctr.io import storage
 from ecdctr.io.jsonio import DamagedFile, json_safe, read_json_object, write_json
+from ecdctr.serving.gate import run_child
 
 logger = logging.getLogger(__name__)
 
@@ -135,8 +135,8 @@ def send_alert(config: RunConfig, report: dict, path: str, timeout: float = ALER
     env = {**os.environ, "ECDCTR_DATE": report["date"], "ECDCTR_OUTCOME": report["outcome"],
            "ECDCTR_REPORT": path, "ECDCTR_ERROR": first_error(report)}
     try:
-        done = run_in_own_group(["/bin/sh", "-c", config.alert], json.dumps(json_safe(report)),
-                                env, timeout)
+        done = run_child(["/bin/sh", "-c", config.alert], timeout, env=env,
+                         stdin=json.dumps(json_safe(report)))
     except (OSError, subprocess.TimeoutExpired) as e:
         logger.error(f"the alert command failed to run ({e})")
         return
@@ -144,24 +144,6 @@ def send_alert(config: RunConfig, report: dict, path: str, timeout: float = ALER
         logger.error(f"the alert command exited {done.returncode}: {done.stderr.strip()[-500:]}")
     else:
         logger.info(f"alert sent ({report['outcome']}) by: {config.alert}")
-
-
-def run_in_own_group(argv: list[str], stdin: str, env: dict, timeout: float
-                     ) -> subprocess.CompletedProcess:
-    """subprocess.run(capture_output, text) in a new session (its own process group): at the
-    timeout the whole group is killed (the shell and whatever it started), then
-    TimeoutExpired is raised."""
-    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, env=env,
-                          start_new_session=True) as child:
-        try:
-            out, err = child.communicate(stdin, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(child.pid, signal.SIGKILL)
-            child.communicate()
-            raise
-    return subprocess.CompletedProcess(argv, child.returncode, out, err)
 
 
 def finished_report(path: str) -> dict | None:
