@@ -35,8 +35,8 @@ def test_the_series_is_read_from_the_reports_oldest_first_and_damaged_ones_are_n
     assert [r["version"] for r in rows] == [1, 2]
     assert history.metric_names(rows)[:5] == ["auc", "gauc", "logloss", "clicks", "rows"]
     warned = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
-    assert "2026-03-04.json: not a JSON object" in warned
-    assert "2026-03-05.json: not a readable JSON report" in warned
+    assert "2026-03-04.json: damaged (a JSON list, not an object)" in warned
+    assert "2026-03-05.json: damaged (empty)" in warned
     assert history.served_series(str(work), start=history.dt.date(2026, 3, 2))[0]["version"] == 2
     assert history.served_series(str(tmp_path / "nowhere")) == []
 

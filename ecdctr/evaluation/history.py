@@ -4,13 +4,13 @@ serving, read from the daily reports, as a table, JSON, TensorBoard scalars and 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 from collections.abc import Sequence
 
 from absl import logging
 
 from ecdctr.io import storage
+from ecdctr.io.jsonio import DamagedFile, read_json_object
 
 SERVED = "served"  # the daily report's key for the serving version's figures on the new day
 # The series every day has (others the report carries are listed after them, when numeric).
@@ -31,13 +31,9 @@ def _served_entry(path: str) -> dict | None:
     """The report's served-model figures, or None (with a warning naming the file) when the
     report cannot be read, is not a JSON object or has none."""
     try:
-        report = json.loads(storage.read_text(path))
-    except (OSError, ValueError) as e:
-        logging.warning("%s: not a readable JSON report (%s); left out of the history", path,
-                        " ".join(str(e).split())[:200])
-        return None
-    if not isinstance(report, dict):
-        logging.warning("%s: not a JSON object; left out of the history", path)
+        report = read_json_object(path)
+    except (OSError, DamagedFile) as e:
+        logging.warning("%s; left out of the history", " ".join(str(e).split())[:300])
         return None
     served = report.get(SERVED)
     return served if isinstance(served, dict) else None
