@@ -86,7 +86,7 @@ def _sample_source(spec: Spec, source: str, partitions: list[tuple[str, list[str
 
     seen: set[str] = set()  # request ids kept so far this day: later ones are duplicates
     seen_day = None  # the day whose request ids `seen` holds
-    for day, path, line, kind, payload in _sampled_rows(partitions, rows):
+    for day, path, line, kind, payload in _sampled_rows(partitions, rows, spec.max_line_bytes):
         if day != seen_day:
             seen, seen_day = set(), day
         sampled += 1
@@ -121,8 +121,8 @@ def _sample_source(spec: Spec, source: str, partitions: list[tuple[str, list[str
     }
 
 
-def _sampled_rows(partitions: list[tuple[str, list[str]]],
-                  rows: int) -> Iterator[tuple[dt.date, str, int, str, Any]]:
+def _sampled_rows(partitions: list[tuple[str, list[str]]], rows: int,
+                  max_line_bytes: int) -> Iterator[tuple[dt.date, str, int, str, Any]]:
     """The first `rows` rows of each day, as the build reads them: (day, path, line, kind,
     payload)."""
     from ecdctr.data.readers import FileCounters, read_log_file
@@ -133,7 +133,7 @@ def _sampled_rows(partitions: list[tuple[str, list[str]]],
         for path in paths:
             if taken >= rows:
                 break
-            reader = read_log_file(path, FileCounters())
+            reader = read_log_file(path, FileCounters(), max_line_bytes)
             with contextlib.closing(reader):
                 for line, kind, payload in reader:
                     taken += 1

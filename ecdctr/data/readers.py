@@ -17,9 +17,11 @@ from typing import Any
 
 from ecdctr.data.rows import ParsedRow, RowEncoder, RowError
 from ecdctr.io import beam_files, storage
+from ecdctr.io.lines import DEFAULT_MAX_LINE_BYTES, LineReader
 from ecdctr.spec.feature_spec import Spec
 
 MAX_RAW_CHARS = 10_000  # raw rows in quarantine records are cut here
+ARRAY_LINES = 64  # a .json file holding one array is read whole: up to 64 x max_line_bytes
 
 # A row as read_log_file yields it: (line, kind, payload). kind is TEXT (payload: the raw line,
 # bytes), VALUE (a decoded row: dict from CSV or Parquet, any JSON value from a JSON array) or
@@ -38,27 +40,41 @@ class FileCounters:
         self.line = 0  # the last physical line (or Parquet row) read completely
 
 
-def _read_json_lines(stream: Any, path: str, counters: FileCounters,
-                     allow_array: bool) -> Iterator[tuple[int, str, Any]]:
-    line_no = 0
-    decided = not allow_array
-    for raw in stream:
-        line_no += 1
-        counters.line = line_no
-        if not raw.strip():
-            counters.blank_lines += 1
+def _too_long(path: str, lines: LineReader, number: int) -> tuple[int, str, Any]:
+    return number, ERROR, (
+        "line_too_long", f"{path}: line {number} is longer than {lines.limit} bytes "
+                         f"({lines.too_long_bytes} bytes); it is skipped. Fix: if such rows are "
+                         f"real, raise max_line_bytes in the feature spec", lines.too_long_prefix)
+
+
+def _read_json_lines(stream: Any, path: str, counters: FileCounters, allow_array: bool,
+                     limit: int) -> Iterator[tuple[int, str, Any]]:
+    lines = LineReader(stream, limit)
+    if allow_array and lines.peek().removeprefix(codecs.BOM_UTF8).lstrip()[:1] == b"[":
+        yield from _read_json_array(lines, path)  # a .json file: JSON lines or one array
+        return
+    for line_no, raw in lines:
+        counters.line, counters.blank_lines = line_no, lines.blank_lines
+        if raw is None:
+            yield _too_long(path, lines, line_no)
             continue
         if line_no == 1 and raw.startswith(codecs.BOM_UTF8):
             raw = raw[len(codecs.BOM_UTF8):]
-        if not decided:  # a .json file holds JSON lines or one array of rows
-            decided = True
-            if raw.lstrip()[:1] == b"[":
-                yield from _read_json_array(raw + stream.read(), path)
-                return
-        yield line_no, TEXT, raw.rstrip(b"\r\n")
+        yield line_no, TEXT, raw
+    counters.line, counters.blank_lines = lines.line, lines.blank_lines
 
 
-def _read_json_array(data: bytes, path: str) -> Iterator[tuple[int, str, Any]]:
+def _read_json_array(lines: LineReader, path: str) -> Iterator[tuple[int, str, Any]]:
+    """The rows of a file holding one JSON array, read whole: it may be at most
+    ARRAY_LINES times the line bound."""
+    limit = ARRAY_LINES * lines.limit
+    data = lines.rest(limit)
+    if data is None:
+        yield 1, ERROR, ("line_too_long", f"{path}: the JSON array is longer than {limit} bytes "
+                                          f"({ARRAY_LINES} x max_line_bytes); the file is skipped. "
+                                          f"Fix: write the rows as JSON lines", None)
+        return
+    data = data.removeprefix(codecs.BOM_UTF8)
     try:
         rows = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as e:
@@ -76,30 +92,44 @@ def _read_json_array(data: bytes, path: str) -> Iterator[tuple[int, str, Any]]:
         yield index, VALUE, row
 
 
-def _read_csv(stream: Any, path: str, counters: FileCounters) -> Iterator[tuple[int, str, Any]]:
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
-    reader = csv.reader(text)
+def _csv_text(lines: LineReader, too_long: list[int]) -> Iterator[str]:
+    """The lines csv.reader parses: decoded, each with its end of line (a quoted field may span
+    lines); an over-long line is an empty one, its number put in too_long."""
+    for number, raw in lines:
+        if raw is None:
+            too_long.append(number)
+            yield "\n"
+            continue
+        text = raw.decode("utf-8", "surrogateescape")
+        yield (text[1:] if number == 1 and text.startswith("\ufeff") else text) + "\n"
+
+
+def _read_csv(stream: Any, path: str, counters: FileCounters,
+              limit: int) -> Iterator[tuple[int, str, Any]]:
+    lines = LineReader(stream, limit)
+    too_long: list[int] = []
+    reader = csv.reader(_csv_text(lines, too_long))
     header: list[str] | None = None
     while True:
         before = reader.line_num
         try:
             cells = next(reader)
         except StopIteration:
+            counters.line, counters.blank_lines = lines.line, lines.blank_lines
             return
         except csv.Error as e:
-            yield reader.line_num, ERROR, ("malformed_csv", f"{path}: line {reader.line_num}: {e}",
-                                           None)
+            yield lines.line, ERROR, ("malformed_csv", f"{path}: line {lines.line}: {e}", None)
             if reader.line_num == before:
                 return  # the reader cannot move on
             continue
-        counters.line = reader.line_num
-        if not cells:
-            counters.blank_lines += 1
+        line = counters.line = lines.line
+        counters.blank_lines = lines.blank_lines
+        if too_long:
+            yield _too_long(path, lines, too_long.pop())
             continue
         if header is None:
             header = [c.strip() for c in cells]
             continue
-        line = reader.line_num
         try:
             "".join(cells).encode("utf-8")
         except UnicodeEncodeError:
@@ -140,8 +170,10 @@ def _read_parquet(handle: Any, path: str) -> Iterator[tuple[int, str, Any]]:
                                                     f"{type(e).__name__}: {e}", None)
 
 
-def read_log_file(path: str, counters: FileCounters) -> Iterator[tuple[int, str, Any]]:
-    """Rows of one log file as (line, kind, payload); a truncated gzip ends with one error row."""
+def read_log_file(path: str, counters: FileCounters,
+                  max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[tuple[int, str, Any]]:
+    """Rows of one log file as (line, kind, payload); a truncated gzip ends with one error row,
+    a line longer than max_line_bytes is one error row (line_too_long) and is never held."""
     name = storage.basename(path).lower()
     gz = name.endswith(".gz")
     fmt = (name[:-3] if gz else name).rsplit(".", 1)[-1]
@@ -153,9 +185,9 @@ def read_log_file(path: str, counters: FileCounters) -> Iterator[tuple[int, str,
         stream = gzip.GzipFile(fileobj=handle, mode="rb") if gz else handle
         try:
             if fmt == "csv":
-                yield from _read_csv(stream, path, counters)
+                yield from _read_csv(stream, path, counters, max_line_bytes)
             else:
-                yield from _read_json_lines(stream, path, counters, allow_array=fmt == "json")
+                yield from _read_json_lines(stream, path, counters, fmt == "json", max_line_bytes)
         except _GZIP_ERRORS as e:
             if not gz:
                 raise
@@ -201,6 +233,7 @@ class RowChecker:
 
     def __init__(self, spec: Spec):
         self.encode = RowEncoder(spec)  # = RowParser.parse, then ExampleEncoder
+        self.max_line_bytes = spec.max_line_bytes
 
     def check(self, kind: str, payload: Any, day: dt.date) -> tuple[ParsedRow, bytes]:
         """(typed row, serialized Example) of a row read by read_log_file, or RowError with

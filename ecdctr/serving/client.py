@@ -15,6 +15,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2
 
 from ecdctr.data.rows import RowError, RowParser, features_example
+from ecdctr.io.lines import LineReader
 from ecdctr.serving.export import INPUT_KEY, OUTPUT_KEY
 
 PROTOCOLS = ("grpc", "rest")
@@ -140,15 +141,18 @@ def query(target: str, model_name: str, examples: Sequence[bytes], protocol: str
 def read_examples(path: str, parser: RowParser) -> tuple[list[bytes | None], list[str]]:
     """Serialized Examples of a JSON Lines file of raw-log rows (.jsonl[.gz]), in order, with
     None for a row that cannot be used, and one "path:line: skipped: reason" message per such
-    row; blank lines are skipped, as `ecdctr predict` does."""
+    row; blank lines are skipped, as `ecdctr predict` does. A line longer than the spec's
+    max_line_bytes is such a row, read in blocks and never held whole."""
     opener = gzip.open if path.endswith(".gz") else open
     rows: list[bytes | None] = []
     problems: list[str] = []
     with opener(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
+        lines = LineReader(f, parser.spec.max_line_bytes)
+        for n, raw in lines:
             try:
+                if raw is None:
+                    raise RowError("line_too_long", f"the line is longer than {lines.limit} bytes "
+                                                    f"({lines.too_long_bytes} bytes)")
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as e:

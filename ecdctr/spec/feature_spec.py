@@ -11,18 +11,20 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ecdctr.io.lines import DEFAULT_MAX_LINE_BYTES
 from ecdctr.spec.validation import ConfigError, is_int, is_number, load_yaml, unknown_keys
 
 KINDS = ("categorical", "numeric", "categorical_list")
 NORMALIZERS = ("zscore", "log", "none")
 ENTITIES = ("user", "item")
-TOP_KEYS = ("label", "timestamp", "request_id", "group_by", "features")
+TOP_KEYS = ("label", "timestamp", "request_id", "group_by", "max_line_bytes", "features")
 FEATURE_KEYS = (
     "column", "kind", "vocab", "hash_buckets", "dim", "default",
     "domain", "tpm", "entity", "normalize", "boundaries",
 )
 VOCAB_KEYS = ("min_count", "max_size")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # fullmatch: `$` would let a final "\n" in
+MIN_LINE_BYTES, MAX_LINE_BYTES = 1024, 1 << 30  # the range max_line_bytes may take
 MAX_NAME = 64  # feature names become file names (counts/<day>/<name>.tsv) and Keras layer names
 
 
@@ -70,6 +72,7 @@ class Spec:
     request_id: str
     group_by: str
     features: tuple[Feature, ...] = field(default_factory=tuple)
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES  # longer raw-log lines are quarantined unread
 
     def feature(self, name: str) -> Feature:
         """The feature called name; KeyError names the known ones."""
@@ -104,8 +107,9 @@ class Spec:
 
     @property
     def fingerprint(self) -> str:
-        """Hash of the spec's content (not its path); checkpoints record it."""
-        body = {k: v for k, v in asdict(self).items() if k != "path"}
+        """Hash of the spec's content (not its path, nor the reading bound max_line_bytes,
+        which shapes no model); checkpoints record it."""
+        body = {k: v for k, v in asdict(self).items() if k not in ("path", "max_line_bytes")}
         return _digest(body)
 
 
@@ -148,6 +152,12 @@ def parse_spec(doc: Any, path: str = "<spec>") -> Spec:
             errors.append(f"'{key}' must name a column (a non-empty string). "
                           f"Fix: e.g. `{key}: {default or key}`.")
         top[key] = value
+    max_line_bytes = doc.get("max_line_bytes", DEFAULT_MAX_LINE_BYTES)
+    if (not isinstance(max_line_bytes, int) or isinstance(max_line_bytes, bool)
+            or not MIN_LINE_BYTES <= max_line_bytes <= MAX_LINE_BYTES):
+        errors.append(f"'max_line_bytes' is {max_line_bytes!r}: it must be a whole number of bytes "
+                      f"from {MIN_LINE_BYTES} to {MAX_LINE_BYTES}. Fix: e.g. `max_line_bytes: "
+                      f"{DEFAULT_MAX_LINE_BYTES}` (the default, 1 MiB).")
     raw_features = doc.get("features")
     features: list[Feature] = []
     if not isinstance(raw_features, dict) or not raw_features:
@@ -161,7 +171,7 @@ def parse_spec(doc: Any, path: str = "<spec>") -> Spec:
     _check_cross_feature(top, features, errors)
     if errors:
         raise ConfigError(f"{path}: invalid feature spec:\n  - " + "\n  - ".join(errors))
-    return Spec(path=path, features=tuple(features), **top)
+    return Spec(path=path, features=tuple(features), max_line_bytes=max_line_bytes, **top)
 
 
 def _parse_feature(name: str, body: Any, errors: list[str]) -> Feature | None:

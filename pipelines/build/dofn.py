@@ -85,6 +85,7 @@ class _SliceWriter:
         self.day, self.part, self.stats, self.stack = day, part, stats, stack
         self.check, self.date = checker.check, dt.date.fromisoformat(day.date)
         self.request_id_of = checker.encode.parser.request_id
+        self.max_line_bytes = checker.max_line_bytes
         self.shards = ShardWriter(layout.examples_folder(staging, day.source, day.date),
                                   day.shards, stack)
         self.quarantine_path = storage.join(layout.quarantine_folder(staging, day.source, day.date),
@@ -97,7 +98,7 @@ class _SliceWriter:
         counters = FileCounters()
         rows = seen = 0
         slices, part = self.day.slices, self.part
-        for line, kind, payload in read_log_file(path, counters):
+        for line, kind, payload in read_log_file(path, counters, self.max_line_bytes):
             seen += 1
             checked = payload
             if slices > 1:
