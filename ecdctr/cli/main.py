@@ -20,6 +20,7 @@ from absl import app
 import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from ecdctr.cli import logs
 from ecdctr.cli.arguments import parser
+from ecdctr.io.storage import StorageError
 from ecdctr.spec.validation import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def error_line(e: BaseException) -> str | None:
     """One line saying what went wrong, where, and the fix, for the errors a user can act on
     (bad input, a missing or unwritable path, a full disk, TensorFlow file errors); None for
     anything else, which is a bug and keeps its traceback."""
-    if isinstance(e, ConfigError | ValueError):
+    if isinstance(e, ConfigError | ValueError | StorageError):
         return str(e)
     if isinstance(e, OSError):
         where = f": {e.filename}" if getattr(e, "filename", None) else ""

@@ -12,13 +12,24 @@ Credentials and endpoints come from the environment, as every AWS tool reads the
 AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
 AWS_SESSION_TOKEN, AWS_REGION (or AWS_DEFAULT_REGION). `configure_s3` passes them on to
 tensorflow-io (S3_ENDPOINT, S3_USE_HTTPS, S3_VERIFY_SSL) and `beam_s3_options` to Beam.
+
+Absence and failure are told apart: only a definite "not found" is absence (False, [],
+FileNotFoundError); a store that cannot be asked raises StorageError naming the path, the
+endpoint and the fix. A dead object store fails each call within ECDCTR_STORAGE_TIMEOUT
+seconds (default 120), and once found dead it fails the process's later calls at once for
+that long (see docs/storage.md).
 """
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import errno
+import math
 import os
 import posixpath
+import stat as stat_mode
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -42,6 +53,143 @@ _TFIO_SCHEMES = frozenset({"s3", "hdfs", "viewfs", "har", "az", "http", "https"}
 _native_loaded = False
 
 
+TIMEOUT_VARIABLE = "ECDCTR_STORAGE_TIMEOUT"
+DEFAULT_TIMEOUT = 120.0  # seconds a dead object store may take to fail a call
+ATTEMPTS = 3  # tries per request to an object store (AWS_MAX_ATTEMPTS)
+REQUESTS_PER_CALL = 3  # the most requests one call here makes before it knows (stat: 2 + 1)
+# Errors of a store that did not answer (tensorflow-io reports curl's connection errors as
+# UnknownError): its endpoint is taken as dead for the rest of the bound.
+_UNREACHABLE = ("UnknownError", "UnavailableError", "DeadlineExceededError",
+                "ResourceExhaustedError")
+# Errors that say the store failed (rather than the call was wrong: AlreadyExists,
+# FailedPrecondition, InvalidArgument, ... stay what they are).
+_STORE_FAILURES = (*_UNREACHABLE, "InternalError", "UnauthenticatedError",
+                   "PermissionDeniedError", "AbortedError")
+_dead: dict[str, tuple[float, str]] = {}  # endpoint -> (when found dead, the error)
+
+
+class StorageError(Exception):
+    """A storage call that failed (the store unreachable, the request refused): never absence,
+    which only a definite not-found answer means."""
+
+
+def timeout() -> float:
+    """Seconds a dead object store may take to fail a call: $ECDCTR_STORAGE_TIMEOUT, else 120."""
+    raw = os.environ.get(TIMEOUT_VARIABLE, "").strip()
+    try:
+        value = float(raw) if raw else DEFAULT_TIMEOUT
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise ValueError(f"{TIMEOUT_VARIABLE}={raw!r} is not a number of seconds above 0. "
+                         f"Fix: e.g. {TIMEOUT_VARIABLE}={DEFAULT_TIMEOUT:g}, or unset it.")
+    return value
+
+
+def per_try_seconds() -> int:
+    """Seconds one try of a request to an object store may wait to connect, or for an answer:
+    what of timeout() / REQUESTS_PER_CALL is left after the retry waits ("standard" mode:
+    up to 1 + 2 s), over ATTEMPTS; at least 1."""
+    return max(1, int((timeout() / REQUESTS_PER_CALL - 3) / ATTEMPTS))
+
+
+def endpoint(path: str) -> str:
+    """Where path's store answers, for messages: the S3 endpoint, else scheme://host."""
+    if scheme(path) == "s3":
+        return (os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+                or "AWS S3 (no AWS_ENDPOINT_URL set)")
+    return f"{scheme(path)}://{path.partition('://')[2].split('/')[0]}"
+
+
+def _failure(path: str, action: str, error: BaseException) -> BaseException:
+    """The StorageError of a call on path that the store failed (its endpoint is marked dead
+    when it did not answer); any other error as it is."""
+    kind = type(error).__name__
+    if kind not in _STORE_FAILURES:
+        return error
+    detail = " ".join(str(getattr(error, "message", error)).split())[:300]
+    where = endpoint(path)
+    message = (f"cannot {action} {path}: the store at {where} failed ({kind}: {detail}). Fix: "
+               f"check that {where} is up and reachable from this machine and the credentials "
+               f"(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) are right, then rerun; "
+               f"{TIMEOUT_VARIABLE}={timeout():g} s bounds the wait")
+    if kind in _UNREACHABLE:
+        _dead[where] = (time.monotonic(), message)
+    return StorageError(message)
+
+
+def _refuse_if_dead(path: str) -> None:
+    """Raises at once when path's store was found dead within the last timeout() seconds."""
+    if not is_remote(path):
+        return
+    found = _dead.get(endpoint(path))
+    if found is not None:
+        ago = time.monotonic() - found[0]
+        if ago < timeout():
+            raise StorageError(f"{found[1]} (found unreachable {ago:.0f} s ago)")
+        del _dead[endpoint(path)]
+
+
+def _confirm_absent(path: str) -> None:
+    """tensorflow-io answers "not found" for an S3 path also when the store did not answer:
+    its bucket is asked (HeadBucket), which says either, so that a dead store raises
+    StorageError instead of passing for absence. A missing bucket raises too."""
+    if scheme(path) != "s3":
+        return
+    bucket = "s3://" + path[len("s3://"):].split("/", 1)[0] + "/"
+    try:
+        tf.io.gfile.stat(bucket)
+    except tf.errors.NotFoundError:
+        raise StorageError(f"cannot read {path}: bucket {bucket} does not exist at "
+                           f"{endpoint(path)}. Fix: create it, or correct the path "
+                           f"or AWS_ENDPOINT_URL") from None
+    except tf.errors.OpError as e:
+        raise _failure(path, "read", e) from None
+
+
+def _bucket_slash(path: str) -> str:
+    """A bare bucket URI with the trailing '/' tensorflow-io wants (s3://b -> s3://b/)."""
+    return path + "/" if "/" not in path.partition("://")[2] else path
+
+
+def _remote_stat(path: str, action: str) -> Any:
+    """tf.io.gfile.stat of a URI, None if it is definitely absent; StorageError otherwise."""
+    _refuse_if_dead(path)
+    path = _bucket_slash(path)
+    try:
+        return tf.io.gfile.stat(path)
+    except tf.errors.NotFoundError:
+        _confirm_absent(path)
+        return None
+    except tf.errors.OpError as e:
+        raise _failure(path, action, e) from None
+
+
+@contextlib.contextmanager
+def _call(path: str, action: str) -> Iterator[None]:
+    """A gfile call on path: on an object store, refused at once if its store was found dead,
+    and its failure (but "not found") raised as StorageError."""
+    if not is_remote(path):
+        yield
+        return
+    _refuse_if_dead(path)
+    try:
+        yield
+    except tf.errors.NotFoundError:
+        raise
+    except tf.errors.OpError as e:
+        raise _failure(path, action, e) from None
+
+
+def _local_stat(path: str) -> os.stat_result | None:
+    """os.stat of a local path, None if nothing is there; other errors (permission denied on
+    a parent folder, I/O errors) raise, they are not absence."""
+    try:
+        return os.stat(path[len("file://"):] if scheme(path) == "file" else path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
 def scheme(path: str) -> str:
     """The URI scheme of path ('' for a local path)."""
     head, sep, _ = path.partition("://")
@@ -55,7 +203,15 @@ def is_remote(path: str) -> bool:
 
 def configure_s3() -> None:
     """Passes the standard AWS variables on to tensorflow-io's S3 file system (which reads
-    S3_ENDPOINT / S3_USE_HTTPS / S3_VERIFY_SSL / AWS_REGION); an explicit S3_* wins."""
+    S3_ENDPOINT / S3_USE_HTTPS / S3_VERIFY_SSL / AWS_REGION); an explicit S3_* wins. Bounds
+    each request to timeout() / REQUESTS_PER_CALL seconds: ATTEMPTS tries ("standard" retry
+    mode, AWS_MAX_ATTEMPTS, which boto3 reads too) of at most per_try_seconds() to connect
+    (S3_CONNECT_TIMEOUT_MSEC) and to wait for an answer (S3_REQUEST_TIMEOUT_MSEC) each."""
+    per_try = str(per_try_seconds() * 1000)
+    for name, value in (("AWS_RETRY_MODE", "standard"), ("AWS_MAX_ATTEMPTS", str(ATTEMPTS)),
+                        ("S3_CONNECT_TIMEOUT_MSEC", per_try),
+                        ("S3_REQUEST_TIMEOUT_MSEC", per_try)):
+        os.environ.setdefault(name, value)
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         os.environ.setdefault("S3_ENDPOINT", endpoint)
@@ -129,50 +285,86 @@ def absolute(path: str) -> str:
 
 
 def exists(path: str) -> bool:
-    """Whether a file or (non-empty, on object stores) folder exists at path."""
+    """Whether a file or (non-empty, on object stores) folder exists at path; StorageError
+    (or OSError, locally) when the store cannot tell."""
     register(path)
-    return tf.io.gfile.exists(path)
+    if is_remote(path):
+        return _remote_stat(path, "look up") is not None
+    return _local_stat(path) is not None
 
 
 def isdir(path: str) -> bool:
-    """Whether path is a folder."""
+    """Whether path is a folder (False: nothing there, or a file); StorageError (or OSError,
+    locally) when the store cannot tell."""
     register(path)
-    return tf.io.gfile.isdir(path)
+    if is_remote(path):
+        found = _remote_stat(path, "look up")
+        return found is not None and bool(found.is_directory)
+    found = _local_stat(path)
+    return found is not None and stat_mode.S_ISDIR(found.st_mode)
 
 
 def mtime(path: str) -> float:
     """When file path was last written, in seconds since the epoch."""
     register(path)
-    try:
-        return tf.io.gfile.stat(path).mtime_nsec / 1e9
-    except tf.errors.NotFoundError:
-        raise FileNotFoundError(errno.ENOENT, "No such file or directory", path) from None
+    if not is_remote(path):
+        found = _local_stat(path)
+        if found is None:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+        return found.st_mtime
+    found = _remote_stat(path, "look up")
+    if found is None:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+    return found.mtime_nsec / 1e9
 
 
 def makedirs(path: str) -> None:
     """Creates path and its parents (a no-op on object stores, where folders are prefixes)."""
     register(path)
-    tf.io.gfile.makedirs(path)
+    with _call(path, "create"):
+        tf.io.gfile.makedirs(path)
 
 
 def listdir(path: str) -> list[str]:
-    """Sorted names in folder path; [] if it does not exist."""
-    register(path)
-    if not tf.io.gfile.isdir(path):
+    """Sorted names in folder path; [] if it does not exist; StorageError if the store fails."""
+    if not isdir(path):
         return []
-    return sorted({name.rstrip("/") for name in tf.io.gfile.listdir(path)} - {""})
+    try:
+        names = tf.io.gfile.listdir(_bucket_slash(path) if is_remote(path) else path)
+    except tf.errors.NotFoundError:  # removed meanwhile
+        return []
+    except tf.errors.OpError as e:
+        raise _failure(path, "list", e) from None
+    return sorted({name.rstrip("/") for name in names} - {""})
 
 
 def glob(pattern: str) -> list[str]:
-    """Sorted paths matching pattern."""
+    """Sorted paths matching pattern; StorageError if the store fails (an S3 store that
+    matched nothing is asked whether it answered at all)."""
     register(pattern)
-    return sorted(tf.io.gfile.glob(pattern))
+    _refuse_if_dead(pattern)
+    try:
+        found = tf.io.gfile.glob(pattern)
+    except tf.errors.NotFoundError:
+        found = []
+    except tf.errors.OpError as e:
+        raise _failure(pattern, "list", e) from None
+    if not found:
+        _confirm_absent(pattern)
+    return sorted(found)
 
 
 def walk(path: str) -> Iterator[tuple[str, list[str], list[str]]]:
-    """(folder, subfolders, files) under path, top down."""
-    register(path)
-    yield from tf.io.gfile.walk(path)
+    """(folder, subfolders, files) under path, top down (nothing if path is no folder);
+    StorageError if the store fails."""
+    if not isdir(path):
+        return
+    folders, files = [], []
+    for name in listdir(path):
+        (folders if isdir(join(path, name)) else files).append(name)
+    yield path, folders, files
+    for name in folders:
+        yield from walk(join(path, name))
 
 
 def open(path: str, mode: str = "r") -> tf.io.gfile.GFile:  # the module's open: gfile, any scheme
@@ -188,11 +380,18 @@ def read_text(path: str) -> str:
 
 def read_bytes(path: str) -> bytes:
     """The bytes of file path (FileNotFoundError if there is none, as open() says)."""
+    if not is_remote(path):
+        with builtins.open(path[len("file://"):] if scheme(path) == "file" else path, "rb") as f:
+            return f.read()
+    _refuse_if_dead(path)
     try:
         with open(path, "rb") as f:
             return f.read()
     except tf.errors.NotFoundError:
+        _confirm_absent(path)
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", path) from None
+    except tf.errors.OpError as e:
+        raise _failure(path, "read", e) from None
 
 
 def write_text(path: str, text: str) -> None:
@@ -204,25 +403,27 @@ def write_text(path: str, text: str) -> None:
 def write_bytes(path: str, data: bytes) -> None:
     """Writes data to path atomically (see write_text)."""
     if is_remote(path):
-        FILES.write_bytes(path, data)
+        with _call(path, "write"):
+            FILES.write_bytes(path, data)
         return
     commit.write_file(FILES, path, data)
 
 
 def remove(path: str) -> None:
     """Deletes file path if it exists."""
-    register(path)
-    if tf.io.gfile.exists(path):
-        tf.io.gfile.remove(path)
+    if exists(path):
+        with _call(path, "delete"):
+            tf.io.gfile.remove(path)
 
 
 def rmtree(path: str) -> None:
     """Deletes folder path and everything in it, if it exists."""
-    register(path)
-    if tf.io.gfile.isdir(path):
-        tf.io.gfile.rmtree(path)
-    elif tf.io.gfile.exists(path):
-        tf.io.gfile.remove(path)
+    if isdir(path):
+        with _call(path, "delete"):
+            tf.io.gfile.rmtree(path)
+    elif exists(path):
+        with _call(path, "delete"):
+            tf.io.gfile.remove(path)
 
 
 def files_under(path: str) -> list[str]:
@@ -241,7 +442,8 @@ def copy(source: str, destination: str, overwrite: bool = True) -> None:
     parent = dirname(destination)
     if parent and not is_remote(destination):
         os.makedirs(parent, exist_ok=True)
-    tf.io.gfile.copy(source, destination, overwrite=overwrite)
+    with _call(source, "copy"), _call(destination, "copy to"):
+        tf.io.gfile.copy(source, destination, overwrite=overwrite)
 
 
 def copytree(source: str, destination: str, last: tuple[str, ...] = ()) -> None:
@@ -257,11 +459,12 @@ def rename(source: str, destination: str) -> None:
     """Moves source (a file or folder) to destination, which must not exist. Atomic on local
     disks and HDFS; on object stores a copy then a delete, which readers can see half of."""
     register(source)
-    if not renames_atomically(source) and tf.io.gfile.isdir(source):
+    if not renames_atomically(source) and isdir(source):
         copytree(source, destination)
         rmtree(source)
         return
-    tf.io.gfile.rename(source, destination, overwrite=False)
+    with _call(source, "rename"):
+        tf.io.gfile.rename(source, destination, overwrite=False)
 
 
 class GfileFiles:
@@ -289,7 +492,8 @@ class GfileFiles:
     def replace(self, source: str, destination: str) -> None:
         """Renames file source over destination."""
         register(source)
-        tf.io.gfile.rename(source, destination, overwrite=True)
+        with _call(source, "rename"):
+            tf.io.gfile.rename(source, destination, overwrite=True)
 
     def copy_tree(self, source: str, destination: str, last: Sequence[str]) -> None:
         """Copies folder source to destination, `last` after the rest (see copytree)."""
