@@ -116,3 +116,23 @@ def test_the_bound_is_validated(monkeypatch):
         storage.timeout()
     monkeypatch.setenv("ECDCTR_STORAGE_TIMEOUT", "120")
     assert storage.timeout() == 120 and storage.per_try_seconds() == 12
+
+
+def test_daily_on_a_dead_store_alerts_logs_and_fails_within_the_bound(tmp_path):
+    """The work folder is on the dead store, so no report can be written there: the failure
+    still reaches the exit code, the alert and the log."""
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    config = tmp_path / "night.yaml"
+    config.write_text(
+        f"spec: {ROOT / 'features' / 'default.yaml'}\nlogs: s3://night/logs\n"
+        f"work: s3://night/work\nexport: s3://night/export\nlock: {tmp_path / 'daily.lock'}\n"
+        f"alert: 'cat > {tmp_path / 'alert.json'}; echo \"$ECDCTR_ERROR\" > {tmp_path / 'alert.err'}'\n")
+    done, seconds = _run_dead(["daily", f"--config={config}", "--date=2026-01-08"], endpoint,
+                              tmp_path)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert seconds < BOUND + 30 + 15
+    failed = [line for line in done.stderr.splitlines() if "2026-01-08 failed" in line]
+    assert len(failed) >= 1 and endpoint in failed[-1], done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert endpoint in (tmp_path / "alert.err").read_text()
+    assert '"outcome": "failed"' in (tmp_path / "alert.json").read_text()

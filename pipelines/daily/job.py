@@ -44,6 +44,7 @@ from pipelines.daily.report import (
     ALERT_ON,
     DailyError,
     StepRecorder,
+    alert_unreported,
     figures_line,
     finished_report,
     outcome,
@@ -72,7 +73,11 @@ def run_daily(config: RunConfig, date: dt.date, force: bool = False) -> dict:
         return {"date": date.isoformat(), "status": "served", "task": str(distribution.task),
                 "outcome": "worker"}
     path = report_path(config, date)
-    done = None if force else finished_report(path)
+    try:
+        done = None if force else finished_report(path)
+    except storage.StorageError as e:
+        alert_unreported(config, date, path, e)
+        raise
     if done is not None:
         logger.info(f"{date} is done (report {path} says ok); nothing to do. Use --force to run it again.")
         return {**done, "outcome": "done"}
@@ -88,7 +93,12 @@ def run_daily(config: RunConfig, date: dt.date, force: bool = False) -> dict:
 
     def written() -> None:
         report["outcome"] = outcome(report)
-        write_json(path, report)
+        try:
+            write_json(path, report)
+        except storage.StorageError as e:  # the alert (below), the log and the exit code say it
+            report["outcome"], report["error"] = "failed", f"StorageError: {e}"
+            logger.error(f"the report could not be written to {path}: {e}")
+            raise
         logger.info(f"report written to {path}")
 
     with work_lock(config.lock or storage.join(config.work, ".daily.lock")):

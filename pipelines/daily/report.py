@@ -88,8 +88,8 @@ class StepRecorder:
             with self.step(name) as entry:
                 yield entry
         except Exception as e:  # noqa: BLE001  (recorded in the report, the day goes on)
-            if not self.degrade:
-                raise
+            if not self.degrade or isinstance(e, storage.StorageError):
+                raise  # a failing store fails the night: the later steps need it too
             reason = f"{name} failed ({type(e).__name__}: {e}); the A-CTR uses the newest earlier output"
             self.report.setdefault("degraded", []).append(reason)
             logger.error(reason)
@@ -144,6 +144,16 @@ def send_alert(config: RunConfig, report: dict, path: str, timeout: float = ALER
         logger.error(f"the alert command exited {done.returncode}: {done.stderr.strip()[-500:]}")
     else:
         logger.info(f"alert sent ({report['outcome']}) by: {config.alert}")
+
+
+def alert_unreported(config: RunConfig, date: dt.date, path: str, error: Exception) -> None:
+    """A run that failed before it had a report to write (its store failing when the last
+    report was looked up): the error goes to the log and the alert, from a report made here,
+    and the exit code says failed (the caller raises)."""
+    logger.error(f"{date} failed before its report could be written to {path}: {error}")
+    report = {"date": date.isoformat(), "config": config.path, "status": "failed",
+              "outcome": "failed", "error": f"{type(error).__name__}: {error}", "steps": {}}
+    send_alert(config, report, path)
 
 
 def finished_report(path: str) -> dict | None:
