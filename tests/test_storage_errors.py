@@ -136,3 +136,48 @@ def test_daily_on_a_dead_store_alerts_logs_and_fails_within_the_bound(tmp_path):
     assert "Traceback" not in done.stderr
     assert endpoint in (tmp_path / "alert.err").read_text()
     assert '"outcome": "failed"' in (tmp_path / "alert.json").read_text()
+
+
+def test_a_build_on_a_dead_store_ends_within_the_bound(tmp_path):
+    """Beam's S3 file system retries for minutes on its own (waits of 5, 10, 20, ... s); the
+    build ends at the bound with one error line naming the endpoint."""
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    done, seconds = _run_dead(["build", f"--spec={ROOT / 'features' / 'default.yaml'}",
+                               "--logs=s3://night/logs", f"--work={tmp_path / 'work'}"],
+                              endpoint, tmp_path)
+    assert done.returncode != 0
+    lines = _error_lines(done.stderr)
+    assert len(lines) == 1 and endpoint in lines[0], done.stderr[-3000:]
+    assert "Beam's S3 call" in lines[0] and "Traceback" not in done.stderr
+    assert seconds < BOUND + 30 + 15
+
+
+def test_a_training_reader_on_a_dead_store_is_explained_within_the_bound(tmp_path):
+    """tf.data reads through tensorflow-io, which reports a dead store as "not found": the
+    error is bounded by the same settings and explained as the store's failure."""
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    code = ("import time\n"
+            "from ecdctr.io import storage\n"
+            "from ecdctr.cli.main import error_line\n"
+            "import tensorflow as tf\n"
+            "storage.register('s3://night')\n"
+            "started = time.monotonic()\n"
+            "try:\n"
+            "    list(tf.data.TFRecordDataset(['s3://night/examples/part-0.tfrecord.gz'],\n"
+            "                                 compression_type='GZIP'))\n"
+            "except tf.errors.OpError as e:\n"
+            "    print('error:', error_line(e))\n"
+            "print('seconds', time.monotonic() - started)\n"
+            "import os; os._exit(0)\n")
+    env = {**os.environ, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test",
+           "AWS_SECRET_ACCESS_KEY": "test", "ECDCTR_STORAGE_TIMEOUT": str(BOUND),
+           "PYTHONPATH": str(ROOT)}
+    for name in ("S3_ENDPOINT", "S3_CONNECT_TIMEOUT_MSEC", "S3_REQUEST_TIMEOUT_MSEC",
+                 "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"):
+        env.pop(name, None)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=300, cwd=tmp_path)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and endpoint in lines[0] and "Fix:" in lines[0], done.stdout + done.stderr[-2000:]
+    seconds = float(done.stdout.split("seconds")[-1])
+    assert seconds < BOUND + 30

@@ -21,6 +21,7 @@ import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from ecdctr.cli import logs
 from ecdctr.cli.arguments import parser
 from ecdctr.io.storage import StorageError
+from ecdctr.io.storage import explain as storage_explain
 from ecdctr.spec.validation import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -79,11 +80,32 @@ _FIXES = {  # errno / TensorFlow error class -> what to do
 }
 
 
+def _storage_error(e: BaseException | None, depth: int = 0) -> StorageError | None:
+    """The StorageError behind e: e itself, its cause or context, or one that Beam's file
+    systems wrapped (BeamIOError's exception_details), at any depth."""
+    if e is None or depth > 8:
+        return None
+    if isinstance(e, StorageError):
+        return e
+    explained = storage_explain(e)
+    if explained is not None:
+        return explained
+    details = getattr(e, "exception_details", None)
+    for inner in details.values() if isinstance(details, dict) else ():
+        found = _storage_error(inner, depth + 1) if isinstance(inner, BaseException) else None
+        if found is not None:
+            return found
+    return _storage_error(e.__cause__ or e.__context__, depth + 1)
+
+
 def error_line(e: BaseException) -> str | None:
     """One line saying what went wrong, where, and the fix, for the errors a user can act on
     (bad input, a missing or unwritable path, a full disk, TensorFlow file errors); None for
     anything else, which is a bug and keeps its traceback."""
-    if isinstance(e, ConfigError | ValueError | StorageError):
+    storage_error = _storage_error(e)
+    if storage_error is not None:
+        return str(storage_error)
+    if isinstance(e, ConfigError | ValueError):
         return str(e)
     if isinstance(e, OSError):
         where = f": {e.filename}" if getattr(e, "filename", None) else ""

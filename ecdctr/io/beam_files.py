@@ -6,7 +6,10 @@ of ecdctr/io/commit.py."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
@@ -15,6 +18,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from ecdctr.io import storage
+
+logger = logging.getLogger(__name__)
 
 
 def pipeline_args(beam_args: Sequence[str], paths: Sequence[str]) -> list[str]:
@@ -27,9 +32,59 @@ def pipeline_args(beam_args: Sequence[str], paths: Sequence[str]) -> list[str]:
     return args
 
 
+class BoundedRetries(logging.Filter):
+    """Ends Beam's retries of a failing S3 call at storage.timeout(). Beam's S3 file system
+    retries a failed call up to 7 times with waits of about 5, 10, 20, ... 320 s (fixed in
+    apache_beam.utils.retry: no pipeline option changes them), and logs each wait with the
+    error's traceback on the `apache_beam.utils.retry` logger just before it sleeps. This
+    filter on that logger logs one line per wait instead, and when the call has been failing
+    for so long that the next wait would pass the bound, raises StorageError from that log
+    call, which ends the retry loop (the error names the endpoint)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing: dict[tuple[int, str], tuple[float, float]] = {}  # -> (first, last failure)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if len(args) < 3 or "S3ClientError" not in str(args[2]):
+            return True
+        wait, call, error = float(args[0]), str(args[1]), " ".join(str(args[2]).split())[:300]
+        key, now, bound = (threading.get_ident(), call), time.monotonic(), storage.timeout()
+        first, last = self.failing.get(key, (now, now))
+        if now - last > bound:  # an earlier episode of the same call, since recovered
+            first = now
+        self.failing[key] = (first, now)
+        where = storage.endpoint("s3://")
+        if now - first + wait > bound:
+            del self.failing[key]
+            raise storage.StorageError(
+                f"Beam's S3 call {call} failed for {now - first:.0f} s: the store at {where} "
+                f"failed ({error}). Fix: check that {where} is up and reachable from this "
+                f"machine, then rerun; {storage.TIMEOUT_VARIABLE}={bound:g} s bounds the wait")
+        logger.warning(f"Beam's S3 call {call} failed ({error}); retrying in {wait:.0f} s "
+                       f"(giving up {bound - (now - first):.0f} s from now)")
+        return False
+
+
+_BOUNDED_RETRIES = BoundedRetries()
+
+
+def bound_retries() -> None:
+    """Bounds Beam's retries of S3 calls in this process (see BoundedRetries); idempotent.
+    Warnings of Beam's retry logger must stay on for it to see them."""
+    retry_logger = logging.getLogger("apache_beam.utils.retry")
+    if _BOUNDED_RETRIES not in retry_logger.filters:
+        retry_logger.addFilter(_BOUNDED_RETRIES)
+    if retry_logger.getEffectiveLevel() > logging.WARNING:
+        retry_logger.setLevel(logging.WARNING)
+
+
 def configure(beam_args: Sequence[str], paths: Sequence[str]) -> PipelineOptions:
     """The pipeline options for beam_args and paths (see pipeline_args), also given to this
-    process's FileSystems so that its own calls reach the same stores as the workers'."""
+    process's FileSystems so that its own calls reach the same stores as the workers'; Beam's
+    S3 retries are bounded here (bound_retries; the build's workers do it in their setup)."""
+    bound_retries()
     options = PipelineOptions(pipeline_args(beam_args, paths))
     FileSystems.set_options(options)
     return options

@@ -28,6 +28,7 @@ import errno
 import math
 import os
 import posixpath
+import re
 import stat as stat_mode
 import time
 from collections.abc import Iterator, Sequence
@@ -152,6 +153,32 @@ def _bucket_slash(path: str) -> str:
     return path + "/" if "/" not in path.partition("://")[2] else path
 
 
+def explain(error: BaseException) -> StorageError | None:
+    """The StorageError behind a TensorFlow error raised outside this module (a tf.data
+    reader, a SavedModel load) on an object-store path, when its store fails: tensorflow-io
+    reports a dead store as "not found", or as UnknownError with curl's code and no path.
+    None if the error names no such path or its store answers (it is then what it says)."""
+    text = str(getattr(error, "message", error))
+    found = re.search(r"\b(s3|gs|hdfs|az)://[^\s'\",;]+", text)
+    if not type(error).__module__.startswith("tensorflow"):
+        return None
+    if found is not None:
+        path = found.group(0)
+    elif "curlCode" in text and _native_loaded:  # tensorflow-io's S3 client, no path named
+        path = "s3:// (read by TensorFlow)"
+    else:
+        return None
+    try:
+        _refuse_if_dead(path)
+        if type(error).__name__ == "NotFoundError":
+            _confirm_absent(path)
+            return None
+    except StorageError as e:
+        return e
+    failure = _failure(path, "read", error)
+    return failure if isinstance(failure, StorageError) else None
+
+
 def _remote_stat(path: str, action: str) -> Any:
     """tf.io.gfile.stat of a URI, None if it is definitely absent; StorageError otherwise."""
     _refuse_if_dead(path)
@@ -224,8 +251,13 @@ def configure_s3() -> None:
 
 
 def beam_s3_options() -> list[str]:
-    """Beam pipeline arguments for its S3 file system, from the same AWS variables."""
+    """Beam pipeline arguments for its S3 file system, from the same AWS variables; sets
+    the boto3 client's tries (AWS_MAX_ATTEMPTS) and connect timeout (AWS_DEFAULTS_MODE
+    standard: 3.1 s) in the environment, which Beam's workers inherit, unless set."""
     env = os.environ
+    for name, value in (("AWS_RETRY_MODE", "standard"), ("AWS_MAX_ATTEMPTS", str(ATTEMPTS)),
+                        ("AWS_DEFAULTS_MODE", "standard")):  # boto3: 3.1 s to connect
+        env.setdefault(name, value)
     endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
     pairs = [("--s3_endpoint_url", endpoint),
              ("--s3_access_key_id", env.get("AWS_ACCESS_KEY_ID")),

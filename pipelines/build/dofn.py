@@ -155,6 +155,7 @@ class BuildDay(beam.DoFn):
 
     def setup(self) -> None:
         self.checker = RowChecker(self.spec)
+        beam_files.bound_retries()  # a worker process of its own has not run configure()
 
     def process(self, element: tuple[int, int]) -> Iterator[Any]:
         day_id, part = element

@@ -40,7 +40,8 @@ def report_path(config: RunConfig, date: dt.date) -> str:
 @contextlib.contextmanager
 def tracked(entry: dict, done: Callable[[], None]) -> Iterator[None]:
     """Status bookkeeping of the report and of each step: `ok` unless the block set another
-    status (e.g. skipped), `failed` with the error if it raised; the seconds it took; then
+    status (e.g. skipped), `failed` with the error if it raised (a TensorFlow error that a
+    failing store caused becomes the StorageError naming it); the seconds it took; then
     `done` (write the report, log), whatever happened."""
     started = time.perf_counter()
     try:
@@ -49,7 +50,10 @@ def tracked(entry: dict, done: Callable[[], None]) -> Iterator[None]:
             entry["status"] = "ok"
     except Exception as e:
         entry["status"] = "failed"
-        entry["error"] = f"{type(e).__name__}: {e}"
+        explained = storage.explain(e)  # a TensorFlow reader's error on a failing store
+        entry["error"] = f"{type(explained or e).__name__}: {explained or e}"
+        if explained is not None:
+            raise explained from e
         raise
     finally:
         entry["seconds"] = round(time.perf_counter() - started, 1)
