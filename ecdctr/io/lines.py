@@ -35,13 +35,11 @@ class LineReader:
 
     def __iter__(self) -> Iterator[tuple[int, bytes | None]]:
         while True:
-            self._skip_blank_lines()
             buffer, pos = self._buffer, self._pos
-            end = buffer.find(b"\n", pos)
-            if end >= 0:
+            end = buffer.rfind(b"\n", pos)
+            if end >= 0:  # every complete line in the buffer at once
                 self._pos = end + 1
-                self.line += 1
-                yield self.line, self._cut(buffer, pos, end)
+                yield from self._lines(buffer[pos:end].split(b"\n"))
             elif len(buffer) - pos > self.limit:
                 self._drop_rest_of_line()
                 self.line += 1
@@ -84,6 +82,25 @@ class LineReader:
         while self._read(BLOCK):
             pass
         return None
+
+    def _lines(self, lines: list[bytes]) -> Iterator[tuple[int, bytes | None]]:
+        """The non-blank ones of complete lines (without their '\n'), numbered; the blank ones
+        counted."""
+        number, blank, limit = self.line, 0, self.limit
+        for raw in lines:
+            number += 1
+            if not raw or not raw.strip():
+                blank += 1
+                continue
+            self.line, self.blank_lines, blank = number, self.blank_lines + blank, 0
+            if raw[-1] == 0x0D:
+                raw = raw[:-1]
+            if len(raw) > limit:
+                self.too_long_bytes, self.too_long_prefix = len(raw), raw[:PREFIX]
+                yield number, None
+            else:
+                yield number, raw
+        self.line, self.blank_lines = number, self.blank_lines + blank
 
     def _cut(self, buffer: bytes, start: int, end: int) -> bytes | None:
         line_end = end - 1 if end > start and buffer[end - 1] == 0x0D else end
