@@ -155,28 +155,25 @@ def _bucket_slash(path: str) -> str:
 
 def explain(error: BaseException) -> StorageError | None:
     """The StorageError behind a TensorFlow error raised outside this module (a tf.data
-    reader, a SavedModel load) on an object-store path, when its store fails: tensorflow-io
-    reports a dead store as "not found", or as UnknownError with curl's code and no path.
-    None if the error names no such path or its store answers (it is then what it says)."""
-    text = str(getattr(error, "message", error))
-    found = re.search(r"\b(s3|gs|hdfs|az)://[^\s'\",;]+", text)
+    reader, a SavedModel load) when an S3 store fails: tensorflow-io reports a dead store as
+    "not found" on the path, or as UnknownError with curl's code and no path. A named S3
+    path's bucket is asked; None if it answers (the error is then what it says) or the error
+    is of another kind."""
     if not type(error).__module__.startswith("tensorflow"):
         return None
-    if found is not None:
-        path = found.group(0)
-    elif "curlCode" in text and _native_loaded:  # tensorflow-io's S3 client, no path named
-        path = "s3:// (read by TensorFlow)"
-    else:
-        return None
+    text = str(getattr(error, "message", error))
+    found = re.search(r"\bs3://[^\s'\",;]+", text)
     try:
-        _refuse_if_dead(path)
-        if type(error).__name__ == "NotFoundError":
-            _confirm_absent(path)
+        if found is not None:
+            _refuse_if_dead(found.group(0))
+            _confirm_absent(found.group(0))
             return None
     except StorageError as e:
         return e
-    failure = _failure(path, "read", error)
-    return failure if isinstance(failure, StorageError) else None
+    if "curlCode" in text and _native_loaded:  # tensorflow-io's S3 client could not connect
+        failure = _failure("s3:// (read by TensorFlow)", "read", error)
+        return failure if isinstance(failure, StorageError) else None
+    return None
 
 
 def _remote_stat(path: str, action: str) -> Any:
