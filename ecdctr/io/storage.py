@@ -25,16 +25,20 @@ from __future__ import annotations
 import builtins
 import contextlib
 import errno
-import math
 import os
 import posixpath
 import re
 import stat as stat_mode
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ecdctr.io import commit
+from ecdctr.io.failures import ATTEMPTS, failure, refuse_if_dead
+from ecdctr.io.failures import TIMEOUT_VARIABLE as TIMEOUT_VARIABLE  # re-exported: callers
+from ecdctr.io.failures import StorageError as StorageError  # reach them through storage
+from ecdctr.io.failures import endpoint as endpoint
+from ecdctr.io.failures import per_try_seconds as per_try_seconds
+from ecdctr.io.failures import timeout as timeout
 
 
 class _TensorFlow:
@@ -54,83 +58,6 @@ _TFIO_SCHEMES = frozenset({"s3", "hdfs", "viewfs", "har", "az", "http", "https"}
 _native_loaded = False
 
 
-TIMEOUT_VARIABLE = "ECDCTR_STORAGE_TIMEOUT"
-DEFAULT_TIMEOUT = 120.0  # seconds a dead object store may take to fail a call
-ATTEMPTS = 3  # tries per request to an object store (AWS_MAX_ATTEMPTS)
-REQUESTS_PER_CALL = 3  # the most requests one call here makes before it knows (stat: 2 + 1)
-# Errors of a store that did not answer (tensorflow-io reports curl's connection errors as
-# UnknownError): its endpoint is taken as dead for the rest of the bound.
-_UNREACHABLE = ("UnknownError", "UnavailableError", "DeadlineExceededError",
-                "ResourceExhaustedError")
-# Errors that say the store failed (rather than the call was wrong: AlreadyExists,
-# FailedPrecondition, InvalidArgument, ... stay what they are).
-_STORE_FAILURES = (*_UNREACHABLE, "InternalError", "UnauthenticatedError",
-                   "PermissionDeniedError", "AbortedError")
-_dead: dict[str, tuple[float, str]] = {}  # endpoint -> (when found dead, the error)
-
-
-class StorageError(Exception):
-    """A storage call that failed (the store unreachable, the request refused): never absence,
-    which only a definite not-found answer means."""
-
-
-def timeout() -> float:
-    """Seconds a dead object store may take to fail a call: $ECDCTR_STORAGE_TIMEOUT, else 120."""
-    raw = os.environ.get(TIMEOUT_VARIABLE, "").strip()
-    try:
-        value = float(raw) if raw else DEFAULT_TIMEOUT
-    except ValueError:
-        value = math.nan
-    if not 0 < value < math.inf:
-        raise ValueError(f"{TIMEOUT_VARIABLE}={raw!r} is not a number of seconds above 0. "
-                         f"Fix: e.g. {TIMEOUT_VARIABLE}={DEFAULT_TIMEOUT:g}, or unset it.")
-    return value
-
-
-def per_try_seconds() -> int:
-    """Seconds one try of a request to an object store may wait to connect, or for an answer:
-    what of timeout() / REQUESTS_PER_CALL is left after the retry waits ("standard" mode:
-    up to 1 + 2 s), over ATTEMPTS; at least 1."""
-    return max(1, int((timeout() / REQUESTS_PER_CALL - 3) / ATTEMPTS))
-
-
-def endpoint(path: str) -> str:
-    """Where path's store answers, for messages: the S3 endpoint, else scheme://host."""
-    if scheme(path) == "s3":
-        return (os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-                or "AWS S3 (no AWS_ENDPOINT_URL set)")
-    return f"{scheme(path)}://{path.partition('://')[2].split('/')[0]}"
-
-
-def _failure(path: str, action: str, error: BaseException) -> BaseException:
-    """The StorageError of a call on path that the store failed (its endpoint is marked dead
-    when it did not answer); any other error as it is."""
-    kind = type(error).__name__
-    if kind not in _STORE_FAILURES:
-        return error
-    detail = " ".join(str(getattr(error, "message", error)).split())[:300]
-    where = endpoint(path)
-    message = (f"cannot {action} {path}: the store at {where} failed ({kind}: {detail}). Fix: "
-               f"check that {where} is up and reachable from this machine and the credentials "
-               f"(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) are right, then rerun; "
-               f"{TIMEOUT_VARIABLE}={timeout():g} s bounds the wait")
-    if kind in _UNREACHABLE:
-        _dead[where] = (time.monotonic(), message)
-    return StorageError(message)
-
-
-def _refuse_if_dead(path: str) -> None:
-    """Raises at once when path's store was found dead within the last timeout() seconds."""
-    if not is_remote(path):
-        return
-    found = _dead.get(endpoint(path))
-    if found is not None:
-        ago = time.monotonic() - found[0]
-        if ago < timeout():
-            raise StorageError(f"{found[1]} (found unreachable {ago:.0f} s ago)")
-        del _dead[endpoint(path)]
-
-
 def _confirm_absent(path: str) -> None:
     """tensorflow-io answers "not found" for an S3 path also when the store did not answer:
     its bucket is asked (HeadBucket), which says either, so that a dead store raises
@@ -145,7 +72,7 @@ def _confirm_absent(path: str) -> None:
                            f"{endpoint(path)}. Fix: create it, or correct the path "
                            f"or AWS_ENDPOINT_URL") from None
     except tf.errors.OpError as e:
-        raise _failure(path, "read", e) from None
+        raise failure(path, "read", e) from None
 
 
 def _bucket_slash(path: str) -> str:
@@ -165,20 +92,20 @@ def explain(error: BaseException) -> StorageError | None:
     found = re.search(r"\bs3://[^\s'\",;]+", text)
     try:
         if found is not None:
-            _refuse_if_dead(found.group(0))
+            refuse_if_dead(found.group(0))
             _confirm_absent(found.group(0))
             return None
     except StorageError as e:
         return e
     if "curlCode" in text and _native_loaded:  # tensorflow-io's S3 client could not connect
-        failure = _failure("s3:// (read by TensorFlow)", "read", error)
-        return failure if isinstance(failure, StorageError) else None
+        explained = failure("s3:// (read by TensorFlow)", "read", error)
+        return explained if isinstance(explained, StorageError) else None
     return None
 
 
 def _remote_stat(path: str, action: str) -> Any:
     """tf.io.gfile.stat of a URI, None if it is definitely absent; StorageError otherwise."""
-    _refuse_if_dead(path)
+    refuse_if_dead(path)
     path = _bucket_slash(path)
     try:
         return tf.io.gfile.stat(path)
@@ -186,7 +113,7 @@ def _remote_stat(path: str, action: str) -> Any:
         _confirm_absent(path)
         return None
     except tf.errors.OpError as e:
-        raise _failure(path, action, e) from None
+        raise failure(path, action, e) from None
 
 
 @contextlib.contextmanager
@@ -196,13 +123,13 @@ def _call(path: str, action: str) -> Iterator[None]:
     if not is_remote(path):
         yield
         return
-    _refuse_if_dead(path)
+    refuse_if_dead(path)
     try:
         yield
     except tf.errors.NotFoundError:
         raise
     except tf.errors.OpError as e:
-        raise _failure(path, action, e) from None
+        raise failure(path, action, e) from None
 
 
 def _local_stat(path: str) -> os.stat_result | None:
@@ -363,7 +290,7 @@ def listdir(path: str) -> list[str]:
     except tf.errors.NotFoundError:  # removed meanwhile
         return []
     except tf.errors.OpError as e:
-        raise _failure(path, "list", e) from None
+        raise failure(path, "list", e) from None
     return sorted({name.rstrip("/") for name in names} - {""})
 
 
@@ -371,13 +298,13 @@ def glob(pattern: str) -> list[str]:
     """Sorted paths matching pattern; StorageError if the store fails (an S3 store that
     matched nothing is asked whether it answered at all)."""
     register(pattern)
-    _refuse_if_dead(pattern)
+    refuse_if_dead(pattern)
     try:
         found = tf.io.gfile.glob(pattern)
     except tf.errors.NotFoundError:
         found = []
     except tf.errors.OpError as e:
-        raise _failure(pattern, "list", e) from None
+        raise failure(pattern, "list", e) from None
     if not found:
         _confirm_absent(pattern)
     return sorted(found)
@@ -412,7 +339,7 @@ def read_bytes(path: str) -> bytes:
     if not is_remote(path):
         with builtins.open(path[len("file://"):] if scheme(path) == "file" else path, "rb") as f:
             return f.read()
-    _refuse_if_dead(path)
+    refuse_if_dead(path)
     try:
         with open(path, "rb") as f:
             return f.read()
@@ -420,7 +347,7 @@ def read_bytes(path: str) -> bytes:
         _confirm_absent(path)
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", path) from None
     except tf.errors.OpError as e:
-        raise _failure(path, "read", e) from None
+        raise failure(path, "read", e) from None
 
 
 def write_text(path: str, text: str) -> None:
