@@ -83,12 +83,13 @@ def find_partitions(logs: str, sources: Sequence[str], start: dt.date | None,
 
 def _local_entries(folder: str) -> list[str]:
     """Every entry of a local partition folder, files or not (FileSystems.match leaves out
-    what it cannot stat: dangling symlinks, symlink loops)."""
+    what it cannot stat: dangling symlinks, symlink loops). A folder that cannot be listed
+    (permission denied) raises: it is not an empty one."""
     if storage.is_remote(folder):
         return []
     try:
         return [os.path.join(folder, name) for name in os.listdir(folder)]
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):  # gone meanwhile: absent, not unreadable
         return []
 
 
