@@ -164,3 +164,13 @@ def test_blank_lines_are_counted_in_bulk(tmp_path):
     assert [line for line, _, _ in rows] == [1, blanks + 2]
     assert counters.blank_lines == blanks
     assert zlib.crc32(rows[1][2]) == zlib.crc32(json.dumps(_row("r2")).encode())
+
+
+def test_csv_keeps_empty_lines_inside_quoted_fields(tmp_path):
+    path = tmp_path / "a.csv"
+    path.write_bytes(b'request_id,note\r\nr1,"one\r\n\r\ntwo"\r\n\r\nr2,x\r\n')
+    counters = FileCounters()
+    rows = list(read_log_file(str(path), counters, BOUND))
+    assert [(line, payload) for line, _, payload in rows] == [
+        (4, {"request_id": "r1", "note": "one\r\n\r\ntwo"}), (6, {"request_id": "r2", "note": "x"})]
+    assert counters.blank_lines == 1 and counters.line == 6

@@ -106,7 +106,7 @@ def _csv_text(lines: LineReader, too_long: list[int]) -> Iterator[str]:
 
 def _read_csv(stream: Any, path: str, counters: FileCounters,
               limit: int) -> Iterator[tuple[int, str, Any]]:
-    lines = LineReader(stream, limit)
+    lines = LineReader(stream, limit, verbatim=True)
     too_long: list[int] = []
     reader = csv.reader(_csv_text(lines, too_long))
     header: list[str] | None = None
@@ -115,7 +115,7 @@ def _read_csv(stream: Any, path: str, counters: FileCounters,
         try:
             cells = next(reader)
         except StopIteration:
-            counters.line, counters.blank_lines = lines.line, lines.blank_lines
+            counters.line = lines.line
             return
         except csv.Error as e:
             yield lines.line, ERROR, ("malformed_csv", f"{path}: line {lines.line}: {e}", None)
@@ -123,9 +123,11 @@ def _read_csv(stream: Any, path: str, counters: FileCounters,
                 return  # the reader cannot move on
             continue
         line = counters.line = lines.line
-        counters.blank_lines = lines.blank_lines
         if too_long:
             yield _too_long(path, lines, too_long.pop())
+            continue
+        if not cells:
+            counters.blank_lines += 1
             continue
         if header is None:
             header = [c.strip() for c in cells]

@@ -20,12 +20,14 @@ class LineReader:
     ('\\n' or '\\r\\n'). A line longer than `limit` bytes comes as (number, None), its length in
     `too_long_bytes` and its first PREFIX bytes in `too_long_prefix`; only `limit` + BLOCK bytes
     are ever held. Blank (whitespace-only) lines are counted in `blank_lines`, not yielded.
+    verbatim (for CSV, whose quoted fields may hold empty lines and '\r\n'): every line comes,
+    blank ones too, and a '\r' before its '\n' is kept.
     `line` is the number of the last line read completely."""
 
-    def __init__(self, stream: Any, limit: int = DEFAULT_MAX_LINE_BYTES):
+    def __init__(self, stream: Any, limit: int = DEFAULT_MAX_LINE_BYTES, verbatim: bool = False):
         if limit < 1:
             raise ValueError(f"the line bound must be at least 1 byte, got {limit}")
-        self.stream, self.limit = stream, limit
+        self.stream, self.limit, self.verbatim = stream, limit, verbatim
         # read1: what one underlying read gives, so that the lines before a broken part of
         # the stream (a truncated gzip) are yielded before its error is raised
         self._read = getattr(stream, "read1", stream.read)
@@ -89,11 +91,11 @@ class LineReader:
         number, blank, limit = self.line, 0, self.limit
         for raw in lines:
             number += 1
-            if not raw or not raw.strip():
+            if (not raw or not raw.strip()) and not self.verbatim:
                 blank += 1
                 continue
             self.line, self.blank_lines, blank = number, self.blank_lines + blank, 0
-            if raw[-1] == 0x0D:
+            if raw[-1:] == b"\r" and not self.verbatim:
                 raw = raw[:-1]
             if len(raw) > limit:
                 self.too_long_bytes, self.too_long_prefix = len(raw), raw[:PREFIX]
