@@ -64,7 +64,7 @@ def failure(path: str, action: str, error: BaseException) -> BaseException:
     kind = type(error).__name__
     if kind not in _STORE_FAILURES:
         return error
-    detail = " ".join(str(getattr(error, "message", error)).split())[:300]
+    detail = " ".join(str(getattr(error, "message", error)).split()).lstrip(": ")[:300]
     where = endpoint(path)
     message = (f"cannot {action} {path}: the store at {where} failed ({kind}: {detail}). Fix: "
                f"check that {where} is up and reachable from this machine and the credentials "

@@ -58,7 +58,7 @@ _TFIO_SCHEMES = frozenset({"s3", "hdfs", "viewfs", "har", "az", "http", "https"}
 _native_loaded = False
 
 
-def _confirm_absent(path: str) -> None:
+def _confirm_absent(path: str, action: str = "read") -> None:
     """tensorflow-io answers "not found" for an S3 path also when the store did not answer:
     its bucket is asked (HeadBucket), which says either, so that a dead store raises
     StorageError instead of passing for absence. A missing bucket raises too."""
@@ -68,11 +68,11 @@ def _confirm_absent(path: str) -> None:
     try:
         tf.io.gfile.stat(bucket)
     except tf.errors.NotFoundError:
-        raise StorageError(f"cannot read {path}: bucket {bucket} does not exist at "
+        raise StorageError(f"cannot {action} {path}: bucket {bucket} does not exist at "
                            f"{endpoint(path)}. Fix: create it, or correct the path "
                            f"or AWS_ENDPOINT_URL") from None
     except tf.errors.OpError as e:
-        raise failure(path, "read", e) from None
+        raise failure(path, action, e) from None
 
 
 def _bucket_slash(path: str) -> str:
@@ -110,7 +110,7 @@ def _remote_stat(path: str, action: str) -> Any:
     try:
         return tf.io.gfile.stat(path)
     except tf.errors.NotFoundError:
-        _confirm_absent(path)
+        _confirm_absent(path, action)
         return None
     except tf.errors.OpError as e:
         raise failure(path, action, e) from None
@@ -306,7 +306,7 @@ def glob(pattern: str) -> list[str]:
     except tf.errors.OpError as e:
         raise failure(pattern, "list", e) from None
     if not found:
-        _confirm_absent(pattern)
+        _confirm_absent(pattern, "list")
     return sorted(found)
 
 
