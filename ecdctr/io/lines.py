@@ -4,6 +4,7 @@ bulk rather than one by one."""
 
 from __future__ import annotations
 
+import gzip
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -28,9 +29,11 @@ class LineReader:
         if limit < 1:
             raise ValueError(f"the line bound must be at least 1 byte, got {limit}")
         self.stream, self.limit, self.verbatim = stream, limit, verbatim
-        # read1: what one underlying read gives, so that the lines before a broken part of
-        # the stream (a truncated gzip) are yielded before its error is raised
-        self._read = getattr(stream, "read1", stream.read)
+        # A gzip stream is read with read1 (what one decompression step gives), so that the
+        # lines before a broken part (a truncated file) are yielded before its error is raised.
+        # Any other stream with read: a buffered reader's read1 would bypass its buffer, and
+        # on an object store each call would be a request of its own.
+        self._read = stream.read1 if isinstance(stream, gzip.GzipFile) else stream.read
         self.line = self.blank_lines = 0
         self.too_long_bytes, self.too_long_prefix = 0, b""
         self._buffer, self._pos, self._eof = b"", 0, False
