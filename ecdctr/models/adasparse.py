@@ -19,6 +19,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ecdctr.layers.core import constant_weight, folded_dense_batchnorm
+from ecdctr.models.adasparse_compact import compacted
 from ecdctr.models.tower import Tower
 
 FORMS = ("binarization", "scaling", "fusion")
@@ -316,17 +317,21 @@ class AdaSparseMlp(Tower):
         return x, factors, zero_shares
 
     def for_serving(self, domain_columns: Sequence[int] = (),
-                    domain_tables: Sequence[np.ndarray] | None = None) -> AdaSparseServingMlp:
+                    domain_tables: Sequence[np.ndarray] | None = None,
+                    compact: bool = True) -> Tower:
         """This tower's inference computation with its constants folded (AdaSparseServingMlp),
         the form exports serve; the tower itself is left as it is. domain_columns: the
         columns of the tower input that hold domain_embedding, if it carries it (as
         CtrModel's does); pruner_0 then reads the tower input alone. domain_tables: the
         embedding tables whose rows domain_embedding concatenates
         (FeatureEncoder.domain_tables); with pruner_input "domain" the factors are then
-        tabulated per combination of their rows (see AdaSparseServingMlp)."""
+        tabulated per combination of their rows (see AdaSparseServingMlp) and, if compact,
+        each domain's MLP is served compacted (adasparse_compact.compacted: its pruned neurons
+        removed, its factors folded into the weights)."""
         if not self.built:
             raise ValueError("for_serving needs a built AdaSparseMlp: call it on a batch first")
-        return AdaSparseServingMlp(self, domain_columns, domain_tables, name=self.name)
+        serving = AdaSparseServingMlp(self, domain_columns, domain_tables, name=self.name)
+        return compacted(serving) if compact else serving
 
     def get_config(self) -> dict:
         return {**super().get_config(), "hidden": list(self.hidden),
