@@ -180,11 +180,11 @@ def test_an_adasparse_model_whose_pruners_read_the_domain_alone_serves_as_it_pre
     assert reasons == [] and details["fold_moved_share"] == 0
     compact = adasparse_compact.compacted_layers
 
-    def drops_a_neuron(*args):  # a wrong compaction, for the test
-        inputs, kernels, biases = compact(*args)
-        return inputs, [kernels[0] * 0.0, *kernels[1:]], biases
+    def zeroes_a_layer(*args):  # a wrong compaction, for the test
+        kernels, biases = compact(*args)
+        return [kernels[0] * 0.0, *kernels[1:]], biases
 
-    monkeypatch.setattr(adasparse_compact, "compacted_layers", drops_a_neuron)
+    monkeypatch.setattr(adasparse_compact, "compacted_layers", zeroes_a_layer)
     path = stage_saved_model(model, SPEC, str(tmp_path / "wrong"))
     reasons, details = infra_gate(model, SPEC, path, GateConfig())
     assert details["fold_moved_share"] > 0.2 and "a serving form is wrong" in reasons[0]
