@@ -5,8 +5,8 @@ requests of mixed domains (the simulator's natural traffic). Arms: the DNN; AdaS
 published (pruners reading [e_d ; h_l]); and AdaSparse with `pruner_input: domain` at set
 per-layer sparsities (the pruners' biases shifted so that the given share of each layer's
 factors is zero over the domain combinations; latency does not depend on quality), exported
-with its factors tabulated per domain (`compact=False`) and compacted per domain (the default
-export: each domain's MLP with its pruned neurons removed). Arms are timed alternately in one
+with each `export_form`: its factors tabulated per domain ("tables", the default) and each
+domain's MLP with its pruned neurons removed ("compacted"). Arms are timed alternately in one
 run, so a drifting machine load hits them alike; each figure is the median over --repeats
 runs of the arms.
 
@@ -17,6 +17,7 @@ runs of the arms.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import tempfile
@@ -116,11 +117,10 @@ def exports(examples: list[bytes], folder: str, shares: list[float]) -> tuple[di
         label = f"domain-only {share:.0%}"
         sparsity[label] = model.mlp.sparsity(*model.tower_inputs(features)[:2])
         for form in ("tables", "compacted"):
+            model.mlp.config = dataclasses.replace(model.mlp.config, export_form=form)
             with serving_form(model):
-                if not isinstance(model.mlp, CompactedAdaSparseMlp):
-                    raise RuntimeError("the export did not compact: per-domain weights too large")
-                if form == "tables":
-                    model.mlp = model.mlp.tables
+                if isinstance(model.mlp, CompactedAdaSparseMlp) != (form == "compacted"):
+                    raise RuntimeError(f"the export is not {form}: per-domain weights too large?")
                 paths[f"{label}, {form}"] = save(model, folder, f"{label}-{form}")
     return paths, sparsity
 def latencies(paths: dict[str, str], examples: dict[str, list[bytes]], calls: int) -> dict:

@@ -379,7 +379,7 @@ def test_domain_pruners_factors_are_tabulated_per_combination_of_domain_ids(form
         optimizer.apply_gradients(zip(tape.gradient(loss, tower.trainable_variables),
                                       tower.trainable_variables, strict=True))
     expected = tower(X, domain_embedding=e_d, training=False).numpy()
-    serving = tower.for_serving(domain_tables=tables, compact=False)  # compacted: its own test
+    serving = tower.for_serving(domain_tables=tables)
     assert serving.reads_domain_key and [t.shape for t in serving.factor_tables] == (
         [(15, 12), (15, 16)] if placement == "input" else [(15, 16), (15, 8)])
     key = tf.constant(first * 5 + second, tf.int32)  # as FeatureEncoder.domain_key makes it
@@ -392,12 +392,10 @@ def test_domain_pruners_factors_are_tabulated_per_combination_of_domain_ids(form
                                expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="pass domain_index"):
         serving(X, domain_embedding=e_d)
-    assert not tower.for_serving(domain_tables=tables[:1] * 17, compact=False
-                                 ).reads_domain_key  # 3^17 rows
+    assert not tower.for_serving(domain_tables=tables[:1] * 17).reads_domain_key  # 3^17 rows
     size = 4 * 15 * sum(t.shape[1] for t in serving.factor_tables)  # float32 bytes
     monkeypatch.setattr(ecdctr.models.adasparse, "MAX_FACTOR_BYTES", size - 1)
-    assert not tower.for_serving(domain_tables=tables, compact=False
-                                 ).reads_domain_key  # tables too large
+    assert not tower.for_serving(domain_tables=tables).reads_domain_key  # tables too large
 
 
 def test_first_pruner_reads_the_domain_columns_of_its_input_when_told_where_they_are():

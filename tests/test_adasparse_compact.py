@@ -26,10 +26,10 @@ def _domains(first: np.ndarray, second: np.ndarray) -> tuple[tf.Tensor, tf.Tenso
     return tf.constant(e_d), tf.constant(first * 5 + second, tf.int64)
 
 
-def _trained(form: str, placement: str) -> AdaSparseMlp:
+def _trained(form: str, placement: str, export_form: str = "compacted") -> AdaSparseMlp:
     keras.utils.set_random_seed(0)
     tower = AdaSparseMlp((16, 8), AdaSparseConfig(form=form, placement=placement, ramp_steps=3,
-                                                  pruner_input="domain"))
+                                                  pruner_input="domain", export_form=export_form))
     e_d, _ = _domains(FIRST, SECOND)
     optimizer = keras.optimizers.SGD(0.5)
     for _ in range(5):
@@ -63,6 +63,8 @@ def test_the_compacted_form_predicts_as_the_training_tower_row_by_row(form, plac
                                    expected, rtol=1e-5, atol=1e-5)
     empty = call(X[:0], *_domains(FIRST[:0], SECOND[:0]))
     assert empty.shape == (0, 8)
+    with pytest.raises(ValueError, match="pass domain_index"):
+        serving(X, domain_embedding=_domains(FIRST, SECOND)[0])
 
 
 @pytest.mark.parametrize("placement", PLACEMENTS)
@@ -80,13 +82,13 @@ def test_pruned_neurons_are_removed_from_each_domains_weights(placement):
     assert ops.count("If") + ops.count("StatelessIf") == 1
 
 
-def test_the_tabulated_form_stays_when_not_tabulated_or_too_large(monkeypatch):
-    tower = _trained("fusion", "input")
-    tables = tower.for_serving(domain_tables=TABLES, compact=False)
+def test_the_tabulated_form_stays_unless_asked_or_when_too_large(monkeypatch):
+    tables = _trained("fusion", "input", "tables").for_serving(domain_tables=TABLES)
     assert tables.reads_domain_key and not isinstance(tables, CompactedAdaSparseMlp)
+    tower = _trained("fusion", "input")
     monkeypatch.setattr(ecdctr.models.adasparse_compact, "MAX_COMPACT_BYTES", 100)
     assert compacted(tables) is tables
     untabulated = tower.for_serving()  # no domain tables: factors from a matmul on e_d
     assert compacted(untabulated) is untabulated
-    with pytest.raises(ValueError, match="pass domain_index"):
-        tower.for_serving(domain_tables=TABLES)(X, domain_embedding=_domains(FIRST, SECOND)[0])
+    with pytest.raises(ValueError, match="AdaSparseConfig.export_form must be one of"):
+        AdaSparseConfig(export_form="sparse")

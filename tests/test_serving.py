@@ -154,7 +154,8 @@ def test_an_adasparse_model_whose_pruners_read_the_domain_alone_serves_as_it_pre
     vocabs = {f.name: ["u0", "u1", "i1", "s1", "p0", "g1", "c1"] for f in SPEC.features
               if f.uses_vocab}
     config = ModelConfig(hidden=(8, 4), multi_domain="adasparse", seed=1,
-                         adasparse=AdaSparseConfig(pruner_input="domain", ramp_steps=2))
+                         adasparse=AdaSparseConfig(pruner_input="domain", ramp_steps=2,
+                                                   export_form="compacted"))
     model = build_model(SPEC.features, vocabs, {}, config, features, initial_ctr=0.3,
                         domains=["s1|p0|g1"])
     data = make_dataset(SPEC, _held_out(tmp_path), 4, preprocess=model.preprocess,
