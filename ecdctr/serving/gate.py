@@ -333,8 +333,8 @@ def infra_gate(model: keras.Model, spec: Spec, staging: str, config: GateConfig)
     training = [model(features, training=False).numpy().ravel() for features in inputs]
     with serving_form(model) if isinstance(model, CtrModel) else contextlib.nullcontext():
         saved = [model(features, training=False).numpy().ravel() for features in inputs]
-    diff = max(float(np.max(np.abs(e - np.asarray(a)))) for e, a in zip(saved[:len(served)], served,
-                                                                   strict=True))
+    replayed = zip(saved[:len(served)], served, strict=True)  # the warmup requests as sent
+    diff = max(float(np.max(np.abs(e - np.asarray(a)))) for e, a in replayed)
     moved = np.abs(np.concatenate(saved) - np.concatenate(training))
     fold, share = float(np.max(moved)), float(np.mean(~(moved <= FOLD_TOLERANCE)))
     details = {"warmup_requests": len(requests), "max_abs_diff": diff, "fold_max_abs_diff": fold,
