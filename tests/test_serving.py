@@ -12,8 +12,9 @@ import tensorflow as tf
 
 from ecdctr.data.datasets import make_dataset, parse_batch
 from ecdctr.data.rows import RowParser, to_example
-from ecdctr.models import mlp
+from ecdctr.models import adasparse_compact, mlp
 from ecdctr.models.adasparse import AdaSparseConfig
+from ecdctr.models.adasparse_compact import CompactedAdaSparseMlp
 from ecdctr.models.ctr_model import ModelConfig, build_model, is_preprocessed, serving_form
 from ecdctr.serving.export import (
     OUTPUT_KEY,
@@ -135,14 +136,26 @@ def test_a_model_trained_on_preprocessed_batches_serves_raw_examples_alike(tmp_p
     assert np.ptp(training) > 1e-4  # rows differ: the comparison is not of constants
 
 
-def test_an_adasparse_model_whose_pruners_read_the_domain_alone_serves_as_it_predicts(tmp_path):
-    """pruner_input "domain": the export gathers every pruner's factors from tables of the
-    domain-aware features' id combinations; the served predictions are the Keras model's."""
-    features, _ = parse_batch(SPEC, tf.constant(_examples()))
+def _mixed_examples():
+    """_examples' rows spread over several domains (an OOV scenario and position included)."""
+    parser = RowParser(SPEC)
+    return [to_example(SPEC, parser.parse({**r, "scenario": ["s1", "s9"][i % 2],
+                                           "position": ["p0", "p0", "p7"][i % 3]})
+                       ).SerializeToString() for i, r in enumerate(ROWS)]
+
+
+def test_an_adasparse_model_whose_pruners_read_the_domain_alone_serves_as_it_predicts(
+        tmp_path, monkeypatch):
+    """pruner_input "domain": the export tabulates every pruner's factors per combination of
+    the domain-aware features' ids and serves each domain's MLP compacted; the served
+    predictions are the Keras model's on requests of one domain and of mixed domains, and the
+    infra gate holds the compacted form against the training model."""
+    features, _ = parse_batch(SPEC, tf.constant(_mixed_examples()))
     vocabs = {f.name: ["u0", "u1", "i1", "s1", "p0", "g1", "c1"] for f in SPEC.features
               if f.uses_vocab}
     config = ModelConfig(hidden=(8, 4), multi_domain="adasparse", seed=1,
-                         adasparse=AdaSparseConfig(pruner_input="domain", ramp_steps=2))
+                         adasparse=AdaSparseConfig(pruner_input="domain", ramp_steps=2,
+                                                   export_form="compacted"))
     model = build_model(SPEC.features, vocabs, {}, config, features, initial_ctr=0.3,
                         domains=["s1|p0|g1"])
     data = make_dataset(SPEC, _held_out(tmp_path), 4, preprocess=model.preprocess,
@@ -151,14 +164,31 @@ def test_an_adasparse_model_whose_pruners_read_the_domain_alone_serves_as_it_pre
     assert model.mlp.alpha.numpy() == 5.0  # the ramp is over: factors at their end value
     training = model(features, training=False).numpy().ravel()
     with serving_form(model):
-        assert model.mlp.reads_domain_key  # the factors are tabulated per domain ids
-        # scenario, position, segment: 7 tokens in each vocabulary and the OOV id
-        assert [t.shape[0] for t in model.mlp.factor_tables] == [8 * 8 * 8] * 2
+        assert isinstance(model.mlp, CompactedAdaSparseMlp)  # per domain, pruned neurons gone
+        # the factors are tabulated per domain ids: scenario, position, segment, 7 tokens in
+        # each vocabulary and the OOV id
+        assert [t.shape[0] for t in model.mlp.tables.factor_tables] == [8 * 8 * 8] * 2
     path = stage_saved_model(model, SPEC, str(tmp_path / "actr"))
-    served = tf.saved_model.load(path).signatures["serving_default"](
-        examples=tf.constant(_examples()))[OUTPUT_KEY].numpy()
-    np.testing.assert_allclose(served, training, atol=1e-6)
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    served = serve(examples=tf.constant(_mixed_examples()))[OUTPUT_KEY].numpy()
+    np.testing.assert_allclose(served, training, atol=1e-6)  # mixed domains
     assert np.ptp(training) > 1e-4
+    for examples in (_examples(), _mixed_examples()[:1], _mixed_examples()[3::6]):
+        served = serve(examples=tf.constant(examples))[OUTPUT_KEY].numpy()  # one domain
+        expected = model(parse_batch(SPEC, tf.constant(examples))[0], training=False)
+        np.testing.assert_allclose(served, expected.numpy().ravel(), atol=1e-6)
+    reasons, details = infra_gate(model, SPEC, path, GateConfig())
+    assert reasons == [] and details["fold_moved_share"] == 0
+    compact = adasparse_compact.compacted_layers
+
+    def zeroes_a_layer(*args):  # a wrong compaction, for the test
+        kernels, biases = compact(*args)
+        return [kernels[0] * 0.0, *kernels[1:]], biases
+
+    monkeypatch.setattr(adasparse_compact, "compacted_layers", zeroes_a_layer)
+    path = stage_saved_model(model, SPEC, str(tmp_path / "wrong"))
+    reasons, details = infra_gate(model, SPEC, path, GateConfig())
+    assert details["fold_moved_share"] > 0.2 and "a serving form is wrong" in reasons[0]
 
 
 def test_unseen_ids_missing_features_and_malformed_examples(staged):

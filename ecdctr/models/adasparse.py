@@ -19,11 +19,13 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ecdctr.layers.core import constant_weight, folded_dense_batchnorm
+from ecdctr.models.adasparse_compact import compacted
 from ecdctr.models.tower import Tower
 
 FORMS = ("binarization", "scaling", "fusion")
 PLACEMENTS = ("input", "output")
 PRUNER_INPUTS = ("layer", "domain")
+EXPORT_FORMS = ("tables", "compacted")
 MAX_FACTOR_ROWS = 1 << 16  # the most domain combinations whose factors an export tabulates
 MAX_FACTOR_BYTES = 64 << 20  # and the most bytes its factor tables may take in the SavedModel
 
@@ -44,6 +46,10 @@ class AdaSparseConfig:
     alpha from alpha_start to alpha_end, lambda_hat from lambda_start to lambda_end; both then stay.
     Steps are counted over the model's whole training (warm starts included), not per fit.
     r_min, r_max: the band of per-layer sparsity the regularizer leaves alone.
+    export_form (serving only, with pruner_input "domain" and tabulated factors): "tables"
+    gathers each row's factors; "compacted" serves each domain's MLP with its pruned neurons
+    removed on requests of one domain (adasparse_compact; BENCHMARKS.md section 9 says when
+    it pays).
     """
 
     form: str = "fusion"
@@ -58,6 +64,7 @@ class AdaSparseConfig:
     r_max: float = 0.25
     lambda_start: float = 0.01
     lambda_end: float = 1.0
+    export_form: str = "tables"
 
     def __post_init__(self) -> None:
         checks = (
@@ -74,6 +81,7 @@ class AdaSparseConfig:
             ("r_max", self.r_min <= self.r_max <= 1, "in [r_min, 1]"),
             ("lambda_start", self.lambda_start >= 0, ">= 0"),
             ("lambda_end", self.lambda_end >= self.lambda_start, ">= lambda_start"),
+            ("export_form", self.export_form in EXPORT_FORMS, f"one of {list(EXPORT_FORMS)}"),
         )
         for field, ok, requirement in checks:
             if not ok:
@@ -316,17 +324,20 @@ class AdaSparseMlp(Tower):
         return x, factors, zero_shares
 
     def for_serving(self, domain_columns: Sequence[int] = (),
-                    domain_tables: Sequence[np.ndarray] | None = None) -> AdaSparseServingMlp:
+                    domain_tables: Sequence[np.ndarray] | None = None) -> Tower:
         """This tower's inference computation with its constants folded (AdaSparseServingMlp),
         the form exports serve; the tower itself is left as it is. domain_columns: the
         columns of the tower input that hold domain_embedding, if it carries it (as
         CtrModel's does); pruner_0 then reads the tower input alone. domain_tables: the
         embedding tables whose rows domain_embedding concatenates
         (FeatureEncoder.domain_tables); with pruner_input "domain" the factors are then
-        tabulated per combination of their rows (see AdaSparseServingMlp)."""
+        tabulated per combination of their rows (see AdaSparseServingMlp) and, with
+        export_form "compacted", each domain's MLP is served compacted
+        (adasparse_compact.compacted: its pruned neurons removed, its factors folded in)."""
         if not self.built:
             raise ValueError("for_serving needs a built AdaSparseMlp: call it on a batch first")
-        return AdaSparseServingMlp(self, domain_columns, domain_tables, name=self.name)
+        serving = AdaSparseServingMlp(self, domain_columns, domain_tables, name=self.name)
+        return compacted(serving) if self.config.export_form == "compacted" else serving
 
     def get_config(self) -> dict:
         return {**super().get_config(), "hidden": list(self.hidden),

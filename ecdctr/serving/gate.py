@@ -296,11 +296,23 @@ def replay_in_fresh_process(staging: str, timeout: float = 300) -> list[list[flo
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def one_domain(spec: Spec, features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """A batch's features with every row's domain-aware features set to its first row's: a
+    request of one domain, which serving forms with per-domain weights run on their own path."""
+    out = dict(features)
+    for f in spec.domain_features:
+        value = features[f.name]
+        rows = value.nrows() if isinstance(value, tf.RaggedTensor) else tf.shape(value)[0]
+        out[f.name] = tf.gather(value, tf.zeros([rows], tf.int32))
+    return out
+
+
 def infra_gate(model: keras.Model, spec: Spec, staging: str, config: GateConfig) -> tuple[list[str], dict]:
     """Replays the warmup records in a fresh process and compares them with the model's own
     predictions on the same Examples, in the form the export saved (models.serving_form: folded
     towers, merged TPM table). Returns (reasons, details); details also give how far that form
-    is from the training form: `fold_max_abs_diff`, reported, and `fold_moved_share`, the
+    is from the training form, on the warmup rows as requested and as requests of one domain
+    each (one_domain): `fold_max_abs_diff`, reported, and `fold_moved_share`, the
     share of rows moved by more than FOLD_TOLERANCE, gated by max_fold_share (a pruner logit
     within float rounding of its threshold may flip a factor on a few rows; a wrong fold moves
     most)."""
@@ -317,10 +329,12 @@ def infra_gate(model: keras.Model, spec: Spec, staging: str, config: GateConfig)
         # requests carry features only (no label), as serving's do
         parsed = tf.io.parse_example(tf.constant(examples), feature_description(spec, False))
         inputs.append(features_by_name(spec, parsed))
+    inputs += [one_domain(spec, features) for features in inputs]  # and as one-domain requests
     training = [model(features, training=False).numpy().ravel() for features in inputs]
     with serving_form(model) if isinstance(model, CtrModel) else contextlib.nullcontext():
         saved = [model(features, training=False).numpy().ravel() for features in inputs]
-    diff = max(float(np.max(np.abs(e - np.asarray(a)))) for e, a in zip(saved, served, strict=True))
+    replayed = zip(saved[:len(served)], served, strict=True)  # the warmup requests as sent
+    diff = max(float(np.max(np.abs(e - np.asarray(a)))) for e, a in replayed)
     moved = np.abs(np.concatenate(saved) - np.concatenate(training))
     fold, share = float(np.max(moved)), float(np.mean(~(moved <= FOLD_TOLERANCE)))
     details = {"warmup_requests": len(requests), "max_abs_diff": diff, "fold_max_abs_diff": fold,
