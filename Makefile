@@ -1,5 +1,10 @@
 # `make demo` and `make test` each create .venv if it is missing and install into it.
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# Its interpreter: the first of python3.11, python3.12, python3 that is Python 3.11 or 3.12
+# (setup.py's python_requires); PYTHON=/path/to/python overrides.
+SUPPORTED_PYTHONS := 3.11 3.12
+PYTHON ?= $(shell for p in python3.11 python3.12 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(f"{sys.version_info[0]}.{sys.version_info[1]}" not in "$(SUPPORTED_PYTHONS)".split())' 2>/dev/null \
+	&& { command -v $$p; break; }; done)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ECDCTR := $(VENV)/bin/ecdctr
@@ -21,6 +26,11 @@ DEMO_AD_CTR_OFFSET ?= 0.7
 install: $(STAMP)
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt setup.py
+	@test -x $(PY) || test -n "$(PYTHON)" || { echo "ecdctr needs Python 3.11 or 3.12 and found neither" \
+		"(python3.11, python3.12, python3). Install one (e.g. apt install python3.12 python3.12-venv," \
+		"or pyenv install 3.12) or pass PYTHON=/path/to/python3.12." >&2; exit 1; }
+	@test -x $(PY) || $(PYTHON) -c 'import sys; v = f"{sys.version_info[0]}.{sys.version_info[1]}"; \
+		sys.exit(0 if v in "$(SUPPORTED_PYTHONS)".split() else f"$(PYTHON) is Python {v}; ecdctr needs 3.11 or 3.12. Install one or pass PYTHON=/path/to/python3.12.")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet -r requirements-dev.txt -c constraints.txt

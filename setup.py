@@ -15,7 +15,7 @@ setup(
     name="ecdctr",
     version="0.1.0",
     description="Ad CTR training pipeline with natural-to-ad transfer (E-CDCTR) and AdaSparse",
-    python_requires=">=3.11,<3.12",
+    python_requires=">=3.11,<3.13",  # 3.11 and 3.12: README, "Python versions"
     packages=find_packages(include=["ecdctr", "ecdctr.*", "pipelines", "pipelines.*"]),
     package_data={"ecdctr": ["py.typed"]},
     install_requires=REQUIREMENTS,

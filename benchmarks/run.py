@@ -109,6 +109,7 @@ import tf_keras as keras
 from ecdctr.data.datasets import feature_description, make_dataset, parse_batch
 from ecdctr.data.rows import RowError, RowParser, to_example
 from ecdctr.data.simulator import SOURCES, SimConfig, simulate
+from ecdctr.seeding import set_random_seed
 from ecdctr.spec.feature_spec import Spec, load_spec
 from ecdctr.data.vocab import build_vocabularies, numeric_stats, read_stats
 from pipelines.build import build, built_partitions
@@ -422,7 +423,7 @@ def precomputed_ids(model: keras.Model, spec: Spec, features: dict, hist_len: in
 def plain_model(spec: Spec, model: keras.Model, tpm: dict, hist_len: int, config: ModelConfig,
                 initial_ctr: float) -> keras.Model:
     """A functional tf_keras model on precomputed ids: same tables, same MLP, same optimizer."""
-    keras.utils.set_random_seed(config.seed)
+    set_random_seed(config.seed)
     inputs, parts = {}, []
     for i, f in enumerate(spec.features):
         emb = model.encoder.embeddings.get(f.name)

@@ -20,6 +20,7 @@ import tf_keras as keras
 
 import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tf.keras is first used)
 from ecdctr.layers.aggregator import MergedTpmLookup, TpmAggregator
+from ecdctr.seeding import set_random_seed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ENTITIES = {"user": 200_000, "item": 50_000}
@@ -97,7 +98,7 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(HERE, "results", "tpm_lookup.json"))
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
-    keras.utils.set_random_seed(args.seed)
+    set_random_seed(args.seed)
     agg = TpmAggregator(snapshots(rng), name="tpm")
     for attention in agg.attentions.values():  # trained-looking, non-uniform attention
         for weight in attention.trainable_weights:

@@ -20,6 +20,7 @@ from ecdctr.models.adasparse import (
 )
 from ecdctr.models.ctr_model import ModelConfig, build_model, transfer_weights
 from ecdctr.models.mlp import Mlp
+from ecdctr.seeding import set_random_seed
 from ecdctr.spec.feature_spec import load_spec
 
 RNG = np.random.default_rng(0)
@@ -31,7 +32,7 @@ HEAD = tf.constant(RNG.normal(size=(8, 1)).astype("float32"))
 
 @pytest.fixture(autouse=True)
 def _seed():
-    keras.utils.set_random_seed(0)
+    set_random_seed(0)
 
 
 def _task_loss(tower: AdaSparseMlp, training: bool = True) -> tf.Tensor:

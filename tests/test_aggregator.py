@@ -9,6 +9,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ecdctr.layers.aggregator import MergedTpmLookup, TpmAggregator
+from ecdctr.seeding import set_random_seed
 
 DIMS = {"user": 4, "item": 3}
 
@@ -40,7 +41,7 @@ def _vector(snapshot: dict, feature: str, key: str) -> np.ndarray:
 
 def _trained(snapshots: list[dict], steps: int = 30) -> TpmAggregator:
     """An aggregator after a few Adam steps on a toy regression, so attention is not uniform."""
-    keras.utils.set_random_seed(0)
+    set_random_seed(0)
     agg = TpmAggregator(snapshots, name="tpm")
     batch = _batch(ALL_USERS, ALL_ITEMS)
     target = tf.constant(np.random.default_rng(1).normal(size=(len(ALL_USERS), 7)).astype("float32"))

@@ -6,9 +6,9 @@ import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
 import pytest
 import tensorflow as tf
-import tf_keras as keras
 
 from ecdctr.models.apg import ApgMlp, distinct_conditions
+from ecdctr.seeding import set_random_seed
 
 RNG = np.random.default_rng(0)
 X = tf.constant(RNG.normal(size=(40, 6)).astype("float32"))
@@ -19,7 +19,7 @@ E = tf.constant(DOMAIN_TABLE[INDEX.numpy()])
 
 @pytest.fixture(autouse=True)
 def _seed():
-    keras.utils.set_random_seed(0)
+    set_random_seed(0)
 
 
 def _perturbed(tower: ApgMlp) -> ApgMlp:

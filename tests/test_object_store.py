@@ -67,7 +67,9 @@ class _Poller(threading.Thread):
                     serve(**{INPUT_KEY: tf.constant(_examples()[:2])})[OUTPUT_KEY].numpy()
                     self.loaded.add(int(name))
                 except Exception as e:  # noqa: BLE001  (any failure to load is the finding)
-                    if storage.exists(folder):  # not merely deleted while loading
+                    # not merely deleted while loading (remove_version deletes saved_model.pb
+                    # first; a load begun before can then miss the assets or variables)
+                    if storage.exists(storage.join(folder, "saved_model.pb")):
                         self.failed.append(f"{name}: {type(e).__name__}: {e}"[:300])
 
 

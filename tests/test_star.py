@@ -10,6 +10,7 @@ import tf_keras as keras
 
 from ecdctr.models.mlp import Mlp
 from ecdctr.models.star import PartitionedNormalization, StarMlp, block_diagonal_matmul
+from ecdctr.seeding import set_random_seed
 
 RNG = np.random.default_rng(0)
 DOMAINS = 5
@@ -20,7 +21,7 @@ INDEX = tf.constant(np.arange(48) % 4, tf.int32)  # domains 0..3 of 5 present
 
 @pytest.fixture(autouse=True)
 def _seed():
-    keras.utils.set_random_seed(0)
+    set_random_seed(0)
 
 
 def _trained_tower(hidden=(8, 4), num_domains=DOMAINS) -> StarMlp:

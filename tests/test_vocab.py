@@ -1,5 +1,6 @@
 """Vocabularies survive any id: Unicode line separators round-trip through the build, the
-vocabulary files and the model's lookups, and an id spelled "[UNK]" shifts no row."""
+vocabulary files and the model's lookups, an id spelled "[UNK]" shifts no row and the empty id
+(which no vocabulary file line can hold) is out-of-vocabulary."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def _row(i: int, age_level: str) -> dict:
     return {"request_id": f"r{i}", "ts": ts, "click": i % 2, "user_id": f"u{i}", "item_id": "i1",
             "gender": "f", "age_level": age_level, "city_tier": "1", "scenario": "feed",
             "position": "1", "user_segment": "new", "category": "c1", "brand": "b1",
-            "price": 9.5, "hist_categories": ["c1"]}
+            "price": 9.5, "hist_categories": ["c1", ""]}
 
 
 def test_ids_with_unicode_line_separators_round_trip(tmp_path):
@@ -39,6 +40,7 @@ def test_ids_with_unicode_line_separators_round_trip(tmp_path):
     vocabs = build_vocabularies(SPEC, str(tmp_path / "work"), [("natural", DAY)])
     expected = ["f", "x"] + sorted(f"f{sep}x" for sep in SEPARATORS)  # "[UNK]" left out
     assert vocabs["age_level"] == expected
+    assert vocabs["hist_categories"] == ["c1"]  # the empty id of every row left out
     write_vocabularies(vocabs, str(tmp_path / "vocab"))
     assert read_vocabularies(str(tmp_path / "vocab")) == vocabs
 

@@ -14,7 +14,9 @@ from ecdctr.spec.feature_spec import Spec
 Partition = tuple[str, dt.date]  # (source, date)
 OOV_PLACEHOLDER = "<no-vocabulary>"  # keeps lookups valid when a window has no tokens
 OOV_TOKEN = "[UNK]"  # tf_keras StringLookup's OOV token: it drops it from the head of a
-# vocabulary, which would shift every row by one, so an id spelled "[UNK]" is left out (OOV)
+# vocabulary, which would shift every row by one, so an id spelled "[UNK]" is left out (OOV).
+# The empty id (a "" inside a list; a blank single value is missing) is left out too: an export
+# ships each vocabulary as a text file, one token per line, where it cannot be a line.
 
 
 def read_stats(work: str, source: str, date: dt.date) -> dict:
@@ -45,7 +47,7 @@ def merge_counts(work: str, feature: str, partitions: Iterable[Partition]) -> co
 
 def build_vocabularies(spec: Spec, work: str, partitions: Iterable[Partition]) -> dict[str, list[str]]:
     """Vocabulary per vocabulary feature: tokens with count >= min_count, the max_size most
-    frequent, ordered by count then token (stable across runs)."""
+    frequent, ordered by count then token (stable across runs); never "[UNK]" nor ""."""
     partitions = list(partitions)
     vocabs = {}
     for feature in spec.features:
@@ -53,7 +55,7 @@ def build_vocabularies(spec: Spec, work: str, partitions: Iterable[Partition]) -
             continue
         counts = merge_counts(work, feature.name, partitions)
         ranked = sorted((t for t, c in counts.items()
-                         if c >= feature.vocab_min_count and t != OOV_TOKEN),
+                         if c >= feature.vocab_min_count and t != OOV_TOKEN and t),
                         key=lambda t: (-counts[t], t))
         vocabs[feature.name] = ranked[: feature.vocab_max_size] or [OOV_PLACEHOLDER]
     return vocabs

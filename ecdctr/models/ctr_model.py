@@ -23,6 +23,7 @@ from ecdctr.models.apg import ApgMlp
 from ecdctr.models.mlp import Mlp
 from ecdctr.models.star import StarMlp
 from ecdctr.models.tower import Tower
+from ecdctr.seeding import set_random_seed
 from ecdctr.spec.feature_spec import Feature
 
 logger = logging.getLogger(__name__)
@@ -194,7 +195,7 @@ def build_model(features: Sequence[Feature], vocabs: Mapping[str, Sequence[str]]
     tpm_tables: one TPM snapshot ({entity feature: (ids, vectors)}) or the last K, oldest
     first; they reach the model through an attention aggregator learned with it.
     initial_ctr (clipped to [1e-4, 1 - 1e-4]) sets the output bias so training starts calibrated."""
-    keras.utils.set_random_seed(config.seed)
+    set_random_seed(config.seed)
     if initial_ctr is not None:
         initial_ctr = min(max(initial_ctr, 1e-4), 1 - 1e-4)
     model = CtrModel(features, vocabs, numeric_stats, config, tpm_tables, initial_ctr, domains,

@@ -34,6 +34,7 @@ from ecdctr.io import commit, storage
 from ecdctr.io.jsonio import write_json
 from ecdctr.models.ctr_model import CtrModel, serving_form
 from ecdctr.models.tower import Tower
+from ecdctr.serving.vocab_assets import vocabulary_assets
 from ecdctr.spec.feature_spec import Spec
 
 logger = logging.getLogger(__name__)
@@ -274,8 +275,9 @@ def unfinished_versions(base: str) -> list[str]:
 
 def stage_saved_model(model: keras.Model, spec: Spec, base: str,
                       timing_examples: Sequence[bytes] = (), model_name: str = "actr") -> str:
-    """Writes the SavedModel (both signatures, the spec and synthetic warmup requests in
-    assets.extra/) into a staging folder under base that TF Serving ignores; returns its path.
+    """Writes the SavedModel (both signatures, its vocabularies as files in assets/, the spec
+    and synthetic warmup requests in assets.extra/) into a staging folder under base that TF
+    Serving ignores; returns its path.
     A CtrModel is saved in its serving form (models.ctr_model.serving_form: merged TPM table,
     its tower folded for inference).
     timing_examples (real held-out rows) only time the pruned inference path in memory
@@ -291,9 +293,10 @@ def stage_saved_model(model: keras.Model, spec: Spec, base: str,
             logger.info(f"pruned MLP inference: dense {path_choice['dense_ms']} ms vs tf.sparse "
                         f"{path_choice['sparse_ms']} ms on {path_choice['rows']} rows -> "
                         f"{path_choice['chosen']}")
-        tf.saved_model.save(model, staging, signatures={
-            "serving_default": serving_function(model, spec),
-            RAW_SIGNATURE: raw_function(model, spec)})
+        with vocabulary_assets(model):
+            tf.saved_model.save(model, staging, signatures={
+                "serving_default": serving_function(model, spec),
+                RAW_SIGNATURE: raw_function(model, spec)})
     extra = storage.join(staging, "assets.extra")
     storage.makedirs(extra)
     storage.copy(spec.path, storage.join(extra, SPEC_FILE))
