@@ -1,6 +1,7 @@
 """The build on Beam's DaskRunner: a dask.distributed scheduler and two worker processes on
 127.0.0.1, started and stopped here as a user would, with logs and work on the local S3
-server (no shared disk); its files equal the DirectRunner's build record by record."""
+server (no shared disk); its files equal the DirectRunner's build record by record, days
+built in slices (a GroupByKey on Dask) included."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +22,9 @@ import boto3
 import pytest
 
 from ecdctr.data.simulator import SimConfig, simulate
+from ecdctr.spec.feature_spec import load_spec
+from pipelines.build import build
+from pipelines.build.discovery import input_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 START = dt.date(2026, 1, 1)
@@ -49,15 +54,14 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait(timeout=10)
 
 
-@pytest.fixture
-def dask_cluster(tmp_path) -> Iterator[str]:
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory) -> Iterator[str]:
     """`dask scheduler` and `dask worker --nworkers 2 --nthreads 1` on 127.0.0.1, without the
     AWS variables (whatever reaches S3 on the workers comes from the build's pipeline
     options); yields the scheduler's address, then stops both."""
     from distributed import Client
 
-    folder = tmp_path / "dask"
-    folder.mkdir()
+    folder = tmp_path_factory.mktemp("dask")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     address = f"tcp://127.0.0.1:{_free_port()}"
@@ -128,30 +132,60 @@ def _comparable(key: str, data: bytes) -> object:
     return data
 
 
-def test_the_build_on_dask_workers_equals_the_direct_runners(bucket, dask_cluster, tmp_path):
-    from distributed import Client
-
-    logs = tmp_path / "logs"
+@pytest.fixture(scope="module")
+def s3_logs(s3_server, tmp_path_factory) -> tuple[str, Path]:
+    """The tiny logs in a bucket of the local S3 server: (bucket URI, local copy)."""
+    logs = tmp_path_factory.mktemp("logs")
     _make_logs(logs)
-    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    client = boto3.client("s3", endpoint_url=s3_server)
+    bucket = f"dask-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
     for path in sorted(logs.rglob("*")):
         if path.is_file():
-            client.upload_file(str(path), bucket[len("s3://"):],
-                               f"logs/{path.relative_to(logs).as_posix()}")
-    build = ["build", f"--spec={ROOT / 'features' / 'default.yaml'}", f"--logs={bucket}/logs"]
-    _ecdctr([*build, f"--work={bucket}/direct"], tmp_path)
-    log = _ecdctr([*build, f"--work={bucket}/dask", "--", "--runner=DaskRunner",
+            client.upload_file(str(path), bucket, f"logs/{path.relative_to(logs).as_posix()}")
+    return f"s3://{bucket}", logs
+
+
+def _same_files(bucket: str, ours: str, theirs: str) -> dict[str, bytes]:
+    """Asserts that two work folders hold the same files, record by record (stats but their
+    times); returns theirs."""
+    mine, reference = _objects(bucket, ours), _objects(bucket, theirs)
+    assert sorted(mine) == sorted(reference)
+    kinds = {key.split("/", 1)[0] for key in reference}
+    assert {"examples", "quarantine", "counts", "stats"} <= kinds, kinds
+    for key in sorted(reference):
+        assert _comparable(key, mine[key]) == _comparable(key, reference[key]), key
+    return reference
+
+
+def test_the_build_on_dask_workers_equals_the_direct_runners(s3_logs, dask_cluster, tmp_path):
+    from distributed import Client
+
+    bucket, _ = s3_logs
+    command = ["build", f"--spec={ROOT / 'features' / 'default.yaml'}", f"--logs={bucket}/logs"]
+    _ecdctr([*command, f"--work={bucket}/direct"], tmp_path)
+    log = _ecdctr([*command, f"--work={bucket}/dask", "--", "--runner=DaskRunner",
                    f"--dask_client_address={dask_cluster}"], tmp_path)
     assert "pipeline starting (DaskRunner)" in log
 
-    direct, dask = _objects(bucket, "direct"), _objects(bucket, "dask")
-    assert sorted(dask) == sorted(direct)
-    kinds = {key.split("/", 1)[0] for key in direct}
-    assert {"examples", "quarantine", "counts", "stats"} <= kinds, kinds
-    for key in sorted(direct):
-        assert _comparable(key, dask[key]) == _comparable(key, direct[key]), key
+    direct = _same_files(bucket, "dask", "direct")
     stats = json.loads(direct[f"stats/natural/{START}.json"])
     assert stats["quarantine_reasons"] == {"duplicate_request_id": 1, "invalid_json": 1}
     with Client(dask_cluster, timeout=60) as dask_client:  # both workers built days
         executed = dask_client.run(lambda dask_worker: dask_worker.state.executed_count)
     assert len(executed) == 2 and all(n > 0 for n in executed.values()), executed
+
+
+def test_a_day_built_in_slices_on_dask_equals_the_direct_runners(s3_logs, dask_cluster):
+    """The natural day of START in 2 slices: their stats meet in MergeSlices after a
+    GroupByKey, which on Dask is a shuffle between the worker processes."""
+    bucket, logs = s3_logs
+    day = logs / "natural" / f"date={START}"
+    weighted = sum(input_bytes(str(f), f.stat().st_size) for f in day.iterdir())
+    spec = load_spec(str(ROOT / "features" / "default.yaml"))
+    window = {"sources": ["natural"], "start": START, "end": START, "slice_bytes": weighted // 2 + 1}
+    [direct] = build(spec, f"{bucket}/logs", f"{bucket}/sliced-direct", **window)
+    [dask] = build(spec, f"{bucket}/logs", f"{bucket}/sliced-dask", **window,
+                   beam_args=["--runner=DaskRunner", f"--dask_client_address={dask_cluster}"])
+    assert direct["slices"] == dask["slices"] == 2
+    _same_files(bucket, "sliced-dask", "sliced-direct")
