@@ -23,8 +23,9 @@ import pytest
 
 from ecdctr.data.simulator import SimConfig, simulate
 from ecdctr.spec.feature_spec import load_spec
-from pipelines.build import build
+from pipelines.build import build, pipeline_runner
 from pipelines.build.discovery import input_bytes
+from pipelines.build.pipeline import DASK_RUNNER
 
 ROOT = Path(__file__).resolve().parents[1]
 START = dt.date(2026, 1, 1)
@@ -189,3 +190,17 @@ def test_a_day_built_in_slices_on_dask_equals_the_direct_runners(s3_logs, dask_c
                    beam_args=["--runner=DaskRunner", f"--dask_client_address={dask_cluster}"])
     assert direct["slices"] == dask["slices"] == 2
     _same_files(bucket, "sliced-dask", "sliced-direct")
+
+
+def test_dask_runner_by_its_short_name_builds_one_day_per_partition():
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.dask.dask_runner import DaskOptions, DaskRunner
+
+    options = PipelineOptions(["--runner=DaskRunner", "--dask_client_address=tcp://h:8786"])
+    runner, name = pipeline_runner(options)
+    assert isinstance(runner, DaskRunner) and name == "DaskRunner"
+    assert options.view_as(DaskOptions).partition_size == 1  # not 128 days in one task
+    given = PipelineOptions([f"--runner={DASK_RUNNER}", "--dask_npartitions=3"])
+    pipeline_runner(given)
+    assert (given.view_as(DaskOptions).npartitions, given.view_as(DaskOptions).partition_size) == (
+        3, None)
