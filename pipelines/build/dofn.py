@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from ecdctr.data.readers import (
     ERROR,
@@ -138,7 +140,25 @@ class _SliceWriter:
         self.quarantine_file.write(record.encode("utf-8") + b"\n")
 
 
-class BuildDay(beam.DoFn):
+class _StagingDoFn(beam.DoFn):
+    """A DoFn of the build: it reaches the logs and staging through Beam's FileSystems with
+    the pipeline's own options (S3 endpoint and keys, ...). Runners on Beam's SDK harness give
+    the harness's FileSystems those options; others do not (DaskRunner: its workers would use
+    boto3's defaults), so setup() gives them, the same on every runner."""
+
+    def __init__(self, spec: Spec, days: list[Day], staging: str,
+                 options: PipelineOptions | None = None):
+        self.spec = spec
+        self.days = days
+        self.staging = staging
+        self.options = options
+
+    def setup(self) -> None:
+        if self.options is not None:
+            FileSystems.set_options(self.options)
+
+
+class BuildDay(_StagingDoFn):
     """One slice k of S of a day -> its example shards, quarantine file, token counts and
     stats, all written to the staging folder in one pass over the day's files: each row is
     read, validated, encoded and written once, in (file, line) order, into the shard count
@@ -148,12 +168,8 @@ class BuildDay(beam.DoFn):
     and yields (day, (k, its DayStats)) for MergeSlices; a day of one slice writes its
     counts and stats."""
 
-    def __init__(self, spec: Spec, days: list[Day], staging: str):
-        self.spec = spec
-        self.days = days
-        self.staging = staging
-
     def setup(self) -> None:
+        super().setup()
         self.checker = RowChecker(self.spec)
         beam_files.bound_retries()  # a worker process of its own has not run configure()
 
@@ -179,14 +195,9 @@ class BuildDay(beam.DoFn):
         return stats
 
 
-class MergeSlices(beam.DoFn):
+class MergeSlices(_StagingDoFn):
     """A sliced day's (day, [(slice, DayStats)]) -> its token counts and stats in staging, as
     one pass over the day writes them."""
-
-    def __init__(self, spec: Spec, days: list[Day], staging: str):
-        self.spec = spec
-        self.days = days
-        self.staging = staging
 
     def process(self, element: tuple[int, Any]) -> Iterator[Any]:
         day_id, parts = element
@@ -203,10 +214,12 @@ class MergeSlices(beam.DoFn):
 def add_build_steps(p: beam.Pipeline, spec: Spec, days: list[Day], staging: str) -> None:
     """Every slice of a day (one for most days) is one element, built by one BuildDay call;
     Reshuffle spreads them over the workers (the DirectRunner deals them out in order: pass
-    the largest days first). The stats of sliced days meet in MergeSlices."""
+    the largest days first). The stats of sliced days meet in MergeSlices. Both steps carry
+    the pipeline's options to their workers' file systems."""
+    options = p.options
     _ = (p
          | "Days" >> beam.Create([(i, k) for i, day in enumerate(days) for k in range(day.slices)])
          | "SpreadDays" >> beam.Reshuffle()
-         | "BuildDays" >> beam.ParDo(BuildDay(spec, days, staging))
+         | "BuildDays" >> beam.ParDo(BuildDay(spec, days, staging, options))
          | "GroupSlices" >> beam.GroupByKey()
-         | "MergeSlices" >> beam.ParDo(MergeSlices(spec, days, staging)))
+         | "MergeSlices" >> beam.ParDo(MergeSlices(spec, days, staging, options)))

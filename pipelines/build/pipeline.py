@@ -27,6 +27,8 @@ from pipelines.build.stats import DayStats
 
 logger = logging.getLogger(__name__)
 
+DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
+
 
 def build(spec: Spec, logs: str, work: str, start: dt.date | None = None,
           end: dt.date | None = None, sources: Sequence[str] = SOURCES,
@@ -109,11 +111,31 @@ def pipeline_runner(options: PipelineOptions) -> tuple[Any, str]:
     """The runner to use and its name for the log. Beam's DirectRunner first tries Prism,
     which downloads a binary at run time; the local default is therefore the DirectRunner's
     own in-process engine (FnApiRunner), which honours --direct_num_workers and
-    --direct_running_mode. Any other --runner is passed through as given."""
+    --direct_running_mode. `DaskRunner`, which Beam knows only by its module path, runs on the
+    dask.distributed scheduler of --dask_client_address (see dask_runner). Any other --runner
+    is passed through as given."""
     name = options.view_as(StandardOptions).runner
     if name in (None, "DirectRunner"):
         return FnApiRunner(), "DirectRunner (in-process FnApiRunner)"
+    if name in ("DaskRunner", DASK_RUNNER):
+        return dask_runner(options), "DaskRunner"
     return None, name
+
+
+def dask_runner(options: PipelineOptions) -> Any:
+    """Beam's DaskRunner for these options. Its Create puts up to 128 elements in one Dask
+    partition and its Reshuffle does nothing, so every day of a build would run in one task
+    on one worker: unless --dask_npartitions or --dask_partition_size is given, each day (or
+    slice) is its own partition."""
+    try:
+        from apache_beam.runners.dask.dask_runner import DaskOptions, DaskRunner
+    except ImportError as e:
+        raise ImportError(f"--runner=DaskRunner needs the packages dask and distributed ({e}); "
+                          f"install the project's requirements.txt") from e
+    dask = options.view_as(DaskOptions)
+    if dask.npartitions is None and dask.partition_size is None:
+        dask.partition_size = 1
+    return DaskRunner()
 
 
 def run_pipeline(spec: Spec, days: list[Day], run_dir: str, options: PipelineOptions) -> float:
@@ -123,7 +145,13 @@ def run_pipeline(spec: Spec, days: list[Day], run_dir: str, options: PipelineOpt
     began = time.monotonic()
     pipeline = beam.Pipeline(runner=runner, options=options)
     add_build_steps(pipeline, spec, days, run_dir)
-    pipeline.run().wait_until_finish()
+    result = pipeline.run()
+    try:
+        result.wait_until_finish()
+    finally:
+        client = getattr(result, "client", None)  # a Dask run's connection to its scheduler
+        if client is not None:
+            client.close()
     seconds = time.monotonic() - began
     logger.info(f"pipeline finished in {seconds:.1f} s")
     return seconds
