@@ -177,7 +177,7 @@ def pytest_unconfigure(config):
 SPREAD_MODULES = ("test_distribute.py", "test_compare.py")
 # The longest modules first, so that no worker starts one of them as the other runs out of work.
 LONGEST_FIRST = ("test_distribute.py", "test_e2e.py", "test_daily.py", "test_compare.py",
-                 "test_object_store.py", "test_steps.py", "test_build_s3.py")
+                 "test_object_store.py", "test_dask.py", "test_steps.py", "test_build_s3.py")
 
 
 def pytest_collection_modifyitems(config, items):
