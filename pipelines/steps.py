@@ -389,13 +389,14 @@ def derive_actr(cpm: Checkpoint | Trained, spec: Spec, work: str, ad_days: Seque
                 vocab_parts: Sequence[Partition] | None = None,
                 fresh_features: Sequence[str] = (), board: str | None = None,
                 distribution: Distribution | None = None,
-                evaluation: Evaluation | None = None) -> Trained:
+                evaluation: Evaluation | None = None,
+                callbacks: Sequence[keras.callbacks.Callback] = ()) -> Trained:
     """The A-CTR from a CPM (E-CDCTR): the same structure and TPM snapshots, weights by name
     (embedding rows by token), BatchNorm reset as options say, the output prior moved to the
     ad CTR, then fine-tuned on the ad days. Reset BatchNorm statistics are re-estimated on the
     ad training rows before the fit (so held-out rows are scored with ad statistics, not
     with zeros and ones) and again after it. evaluation: rows of ad_days it never learns from,
-    not even their CTR (fit_on)."""
+    not even their CTR (fit_on). callbacks: more Keras callbacks for the fit."""
     parts = [("ad", d) for d in ad_days]
     ad_ctr = _ctr_without(work, parts, evaluation)
     model, vocabs, stats, snapshots, make = _actr_from(cpm, spec, work, config,
@@ -410,7 +411,7 @@ def derive_actr(cpm: Checkpoint | Trained, spec: Spec, work: str, ad_days: Seque
         _reestimate_batchnorm(model, spec, work, parts, config, validation, evaluation)
     train = fit_on(model, spec, work, parts, config, "actr", board,
                    distribution=distribution, build=make, validation=validation,
-                   evaluation=evaluation)
+                   evaluation=evaluation, callbacks=callbacks)
     if options.reset_batchnorm:  # and again for the fine-tuned weights
         _reestimate_batchnorm(model, spec, work, parts, config, validation, evaluation)
     meta = _meta("actr", parts, work, train, stats, list(cpm.meta["domains"]),
