@@ -13,6 +13,9 @@ over days and seeds as benchmarks/freshness.py pools. Writes <out>.json and <out
 
     nice -n 10 .venv/bin/python benchmarks/update_validation.py --root /tmp/freshness \
         --seeds 101 102 103 --out benchmarks/results/update_validation
+Each chain saves its scores under <root>/seed<S>/scores/<chain>/, so one process per seed and
+chain can run in parallel (--seeds S --chains fixed); a run pairs every seed whose two chains
+are saved (`--chains` with no name: pair only).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import json
 import os
 import sys
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # ruff: noqa: I001  (keep `import ecdctr` ahead of TensorFlow, whatever the import sorter wants)
@@ -32,6 +37,7 @@ from benchmarks.freshness import pooled  # noqa: E402
 from ecdctr.config import load_config  # noqa: E402
 from ecdctr.data.datasets import make_dataset, partition_files  # noqa: E402
 from ecdctr.evaluation.uncertainty import PairedAuc  # noqa: E402
+from ecdctr.io.jsonio import json_safe  # noqa: E402
 from ecdctr.training.checkpoint import load_checkpoint  # noqa: E402
 from pipelines import steps  # noqa: E402
 from pipelines.held_out import evaluation_share  # noqa: E402
@@ -41,15 +47,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHAINS = ("validated", "fixed")
 
 
-def chain(folder: str, validate: bool) -> dict[str, steps.Trained]:
-    """{D: the A-CTR of D} over the updated days after the first derived one (as daily runs)."""
+def chain(folder: str, validate: bool, scores: str, most: int) -> None:
+    """The chain's A-CTR of each updated day after the first derived one (as daily runs it),
+    each scored on all of the next day's ad rows as it comes: <scores>/<D>.json (AUC with its
+    interval, clicks, LogLoss, calibration, what the update check kept) and <D>.npz (labels and
+    probabilities, for the pairing); at most `most` days."""
     config = load_config(os.path.join(folder, "config.yaml"))
     work, windows = config.work, config.windows
     kept = sorted(os.listdir(os.path.join(folder, "kept")))
     model = load_checkpoint(os.path.join(folder, "kept", kept[0]), config.actr)
     spec = model.spec
-    out = {}
-    for name in kept[1:]:
+    os.makedirs(scores, exist_ok=True)
+    for name in kept[1:most + 1]:
         date = dt.date.fromisoformat(name)
         saved = load_checkpoint(os.path.join(folder, "kept", name)).meta
         if saved.get("cpm_id") != model.meta.get("cpm_id"):
@@ -62,30 +71,39 @@ def chain(folder: str, validate: bool) -> dict[str, steps.Trained]:
         model = steps.update_actr(model, spec, work, [d for d in days if d > seen], config.actr,
                                   vocab_parts=shared, evaluation=evaluation, validate=validate,
                                   earlier=[d for d in days if d <= seen])
-        out[name] = model
+        after = [("ad", date + dt.timedelta(days=1))]
+        r = steps.evaluate(model.model, spec, work, after)
         check = model.meta["train"].get("update_check")
-        print(f"  {'validated' if validate else 'fixed'} {name}: "
-              + (f"kept {check['kept']}, {model.meta['train']['chosen_epoch']} epoch(s)" if check
-                 else f"{model.meta['train']['epochs_run']} epoch(s)"), flush=True)
-    return out
+        result = {**{k: r[k] for k in ("rows", "clicks", "auc", "auc_ci", "logloss",
+                                        "calibration_ratio")},
+                  "kept": check["kept"] if check else None, "check": check,
+                  "epochs_run": model.meta["train"].get("epochs_run")}
+        labels, probs = scores_on(model.model, spec, make_dataset(
+            spec, partition_files(work, "ad", [after[0][1]]), 4096))
+        np.savez(os.path.join(scores, f"{name}.npz"), labels=labels, probs=probs)
+        with open(os.path.join(scores, f"{name}.json"), "w", encoding="utf-8") as f:
+            json.dump(json_safe(result), f)
+        print(f"  {'validated' if validate else 'fixed'} {name}: AUC on D+1 {r['auc']:.4f}, "
+              + (f"kept {check['kept']}" if check else f"{result['epochs_run']} epoch(s)"),
+              flush=True)
 
 
-def next_day(work: str, models: dict[str, steps.Trained], date: str) -> dict:
-    """Both chains' A-CTR of date scored on all of date + 1, alone and paired."""
-    after = dt.date.fromisoformat(date) + dt.timedelta(days=1)
-    out, probs, labels = {}, {}, None
-    for name, model in models.items():
-        r = steps.evaluate(model.model, model.spec, work, [("ad", after)])
-        out[name] = {k: r[k] for k in ("rows", "clicks", "auc", "auc_ci", "logloss",
-                                        "calibration_ratio")}
-        check = model.meta["train"].get("update_check")
-        out[name]["kept"] = check["kept"] if check else None
-        labels, probs[name] = scores_on(model.model, model.spec, make_dataset(
-            model.spec, partition_files(work, "ad", [after]), 4096))
-    paired = PairedAuc()
-    paired.add(labels, probs["validated"], probs["fixed"])
-    out["paired"] = paired.result()
-    out["date"] = date
+def paired_days(scores: str) -> list[dict]:
+    """The days both chains of a seed scored (<scores>/<chain>/<D>.*), alone and paired."""
+    days = sorted(set.intersection(*[{f[:-5] for f in os.listdir(os.path.join(scores, c))
+                                      if f.endswith(".json")} for c in CHAINS]))
+    out = []
+    for date in days:
+        day, probs = {"date": date}, {}
+        for c in CHAINS:
+            with open(os.path.join(scores, c, f"{date}.json"), encoding="utf-8") as f:
+                day[c] = json.load(f)
+            saved = np.load(os.path.join(scores, c, f"{date}.npz"))
+            probs[c], labels = saved["probs"], saved["labels"]
+        paired = PairedAuc()
+        paired.add(labels, probs["validated"], probs["fixed"])
+        day["paired"] = paired.result()
+        out.append(day)
     return out
 
 
@@ -115,26 +133,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="/tmp/freshness", help="benchmarks/freshness.py's --root")
     parser.add_argument("--seeds", type=int, nargs="+", default=[101, 102, 103])
+    parser.add_argument("--chains", nargs="*", choices=CHAINS, default=list(CHAINS),
+                        help="run only these chains (one process per chain and seed runs in "
+                             "parallel; a run without chains to run pairs what is saved)")
+    parser.add_argument("--days", type=int, default=6, help="updated days per chain, at most")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                       "update_validation"))
-    parser.add_argument("--merge", nargs="*", default=[],
-                        help="only merge these <out>.json of separate runs (one per seed) into <out>")
     args = parser.parse_args()
-    results = []
-    if args.merge:
-        for path in args.merge:
-            with open(path, encoding="utf-8") as f:
-                results += json.load(f)
-        write(results, args.out)
-        return
     for seed in args.seeds:
         folder = os.path.join(args.root, f"seed{seed}", "fresh")
-        print(f"seed {seed}", flush=True)
-        models = {name: chain(folder, name == "validated") for name in CHAINS}
-        work = load_config(os.path.join(folder, "config.yaml")).work
-        days = [next_day(work, {n: models[n][d] for n in CHAINS}, d) for d in models["fixed"]]
-        results.append({"seed": seed, "days": days})
-        write(results, args.out)
+        for name in args.chains:
+            print(f"seed {seed}: {name}", flush=True)
+            chain(folder, name == "validated", os.path.join(args.root, f"seed{seed}", "scores",
+                                                            name), args.days)
+    results = [{"seed": seed, "days": paired_days(os.path.join(args.root, f"seed{seed}", "scores"))}
+               for seed in args.seeds
+               if all(os.path.isdir(os.path.join(args.root, f"seed{seed}", "scores", c))
+                      for c in CHAINS)]
+    if results:
+        write([r for r in results if r["days"]], args.out)
 
 
 def write(results: list[dict], out: str) -> None:
