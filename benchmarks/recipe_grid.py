@@ -1,19 +1,28 @@
 """The training recipe against a grid tuned by hand: epochs x batch size x learning rate.
 
-On each simulated world (one folder per simulator seed, holding logs/ and work/ as
-`ecdctr simulate` and `ecdctr build` write them) a plain model of the `--source` traffic is
-trained on the `--window` days before `--date` and scored on the `--eval_days` days from it,
-with the same code `compare` and `daily` run (pipelines.steps.train_ctr):
+On each world (one folder per simulator seed or real-log conversion, holding logs/ and work/ as
+`ecdctr simulate` (or benchmarks/real_logs.py) and `ecdctr build` write them) a model is trained
+on the `--window` days before `--date` and scored on the `--eval_days` days from it, with the same
+code `compare` and `daily` run (pipelines.steps):
+  --source natural  a plain model of natural traffic (the CPM's role; train_ctr);
+  --source ad       a plain model of ad traffic trained from scratch (train_ctr);
+  --source actr     the A-CTR: a CPM is trained once per world by its shipped recipe on the
+                    --cpm_window natural days before --date, and each fit derives the A-CTR
+                    from it on the ad days (derive_actr: weights by name, BatchNorm reset, prior
+                    shift as the run config's transfer section says).
+Per fit:
   grid    every batch size x learning rate for a fixed number of epochs, no validation; the
-          model after each epoch is scored too (BatchNorm re-estimated as train_ctr does after
+          model after each epoch is scored too (BatchNorm re-estimated as the steps do after
           a fit), so one fit of --max_epochs gives every epoch count of the grid;
-  recipe  the run config's own settings (configs/demo.yaml: its `cpm` section for natural
-          traffic, `actr` for ad traffic): validation share by request-id hash sized by its
-          clicks, early stopping, the best epoch kept.
+  recipe  the run config's own settings (--config, default configs/demo.yaml: its `cpm`
+          section for natural traffic, `actr` for ad traffic): validation share by request-id
+          hash sized by its clicks, early stopping, the best epoch kept.
 Writes <out>.json (every figure) and <out>.md (the table).
 
     nice -n 10 .venv/bin/python benchmarks/recipe_grid.py --worlds /tmp/w101 /tmp/w102 \
         /tmp/w103 --date 2026-03-15 --out benchmarks/results/recipe_grid
+    nice -n 10 .venv/bin/python benchmarks/recipe_grid.py --source actr --spec \
+        benchmarks/real_logs.yaml --worlds /tmp/real --date 2017-07-01 --eval_days 5 ...
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 
 import numpy as np
 import yaml
@@ -35,7 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ecdctr  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tf_keras as keras  # noqa: E402
 
-from ecdctr.config import load_config  # noqa: E402
+from ecdctr.config import RunConfig, load_config  # noqa: E402
 from ecdctr.data.vocab import traffic  # noqa: E402
 from ecdctr.models.ctr_model import ModelConfig  # noqa: E402
 from ecdctr.spec.feature_spec import Spec, load_spec  # noqa: E402
@@ -73,32 +83,56 @@ def auc_se(auc: float, clicks: int, non_clicks: int) -> float:
     return float(np.sqrt(max(var, 0.0)))
 
 
-def world_config(world: str, source: str, window: int) -> ModelConfig:
-    """The training settings configs/demo.yaml ships for the source's model, on this world."""
-    with open(os.path.join(ROOT, "configs", "demo.yaml"), encoding="utf-8") as f:
+def world_config(world: str, config: str, spec: str, window: int) -> RunConfig:
+    """The run config (`config`: configs/demo.yaml by default) on this world."""
+    with open(config, encoding="utf-8") as f:
         doc = yaml.safe_load(f)
-    doc.update(spec=os.path.join(ROOT, "features", "default.yaml"),
-               logs=os.path.join(world, "logs"), work=os.path.join(world, "work"),
-               export=os.path.join(world, "export"))
+    doc.update(spec=os.path.abspath(spec), logs=os.path.join(world, "logs"),
+               work=os.path.join(world, "work"), export=os.path.join(world, "export"))
     doc["windows"] = {**doc.get("windows", {}), "cpm_days": window, "actr_days": window}
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(doc, f)
-    config = load_config(f.name)
+    run = load_config(f.name)
     os.unlink(f.name)
-    return config.cpm if source == "natural" else config.actr
+    return run
+
+
+def recipe_of(run: RunConfig, source: str) -> ModelConfig:
+    """The shipped training settings of the source's model."""
+    return run.cpm if source == "natural" else run.actr
+
+
+def trainer(spec: Spec, work: str, run: RunConfig, args: argparse.Namespace
+            ) -> tuple[Callable[..., steps.Trained], list[Partition], dict]:
+    """(fit(config, kind, callbacks) -> Trained, the training partitions, facts to record):
+    train_ctr on the window, or for the A-CTR derive_actr from a CPM trained here once."""
+    source = "natural" if args.source == "natural" else "ad"
+    train = [(source, args.date - dt.timedelta(days=k)) for k in range(args.window, 0, -1)]
+    if args.source != "actr":
+        return (lambda config, kind, callbacks=(): steps.train_ctr(
+            spec, work, train, config, kind=kind, callbacks=callbacks)), train, {}
+    natural = [("natural", args.date - dt.timedelta(days=k)) for k in range(args.cpm_window, 0, -1)]
+    cpm = steps.train_ctr(spec, work, natural, run.cpm, kind="cpm", vocab_parts=natural + train,
+                          stats_parts=natural)
+    facts = {"cpm_rows": traffic(work, natural)[0], "cpm_epoch": cpm.meta["train"]["chosen_epoch"]}
+    return (lambda config, kind, callbacks=(): steps.derive_actr(
+        cpm, spec, work, [d for _, d in train], config, run.transfer,
+        vocab_parts=natural + train, callbacks=callbacks)), train, facts
 
 
 def run_world(world: str, args: argparse.Namespace) -> dict:
     """Grid and recipe on one world: every evaluation's AUC, GAUC, LogLoss and clicks."""
-    spec = load_spec(os.path.join(ROOT, "features", "default.yaml"))
+    spec = load_spec(args.spec)
     work = os.path.join(world, "work")
-    recipe = world_config(world, args.source, args.window)
-    train = [(args.source, args.date - dt.timedelta(days=k)) for k in range(args.window, 0, -1)]
-    evaluation = [(args.source, args.date + dt.timedelta(days=k)) for k in range(args.eval_days)]
+    run = world_config(world, args.config, args.spec, args.window)
+    recipe = recipe_of(run, args.source)
+    fit_with, train, facts = trainer(spec, work, run, args)
+    source = train[0][0]
+    evaluation = [(source, args.date + dt.timedelta(days=k)) for k in range(args.eval_days)]
     rows, ctr = traffic(work, evaluation)
     clicks = round(rows * ctr)
     out = {"world": world, "eval_rows": rows, "eval_clicks": clicks,
-           "train_rows": traffic(work, train)[0], "grid": [], "candidates": []}
+           "train_rows": traffic(work, train)[0], "grid": [], "candidates": [], **facts}
 
     def record(result: dict) -> dict:
         return {"auc": result["auc"], "gauc": result["gauc"], "logloss": result["logloss"],
@@ -109,8 +143,7 @@ def run_world(world: str, args: argparse.Namespace) -> dict:
             config = dataclasses.replace(recipe, batch_size=batch, learning_rate=rate,
                                          max_epochs=args.max_epochs, validation_share=0.0)
             scorer = ScoreEachEpoch(spec, work, train, evaluation, config)
-            steps.train_ctr(spec, work, train, config, kind="grid",
-                            callbacks=[scorer])
+            fit_with(config, "grid", [scorer])
             for epoch, result in enumerate(scorer.scores, 1):
                 out["grid"].append({"epochs": epoch, "batch_size": batch, "learning_rate": rate,
                                     **record(result)})
@@ -118,7 +151,7 @@ def run_world(world: str, args: argparse.Namespace) -> dict:
                       flush=True)
     for batch, rate in dict.fromkeys([(recipe.batch_size, recipe.learning_rate), *args.recipes]):
         config = dataclasses.replace(recipe, batch_size=batch, learning_rate=rate)
-        trained = steps.train_ctr(spec, work, train, config, kind="recipe")
+        trained = fit_with(config, "recipe")
         fit = trained.meta["train"]
         result = {"batch_size": batch, "learning_rate": rate,
                   "chosen_epoch": fit["chosen_epoch"], "epochs_run": fit["epochs_run"],
@@ -172,9 +205,11 @@ def markdown(report: dict) -> str:
     """The table: per world the shipped recipe and the grid's best; then every recipe setting
     measured against the grid; then the grid's cells."""
     s, recipe = report["summary"], tuple(report["recipe"])
-    lines = [f"# Recipe against a hand grid ({report['source']} traffic, plain `dnn`)", "",
-             f"Simulated worlds {', '.join(os.path.basename(w['world']) for w in report['worlds'])}"
-             f" (`ecdctr simulate --seed`, 5,000 users, 6,000 natural rows a day). Each trains on "
+    model = {"natural": "natural traffic, plain model", "ad": "ad traffic, plain model",
+             "actr": "the A-CTR derived from a CPM"}[report["source"]]
+    lines = [f"# Recipe against a hand grid ({model})", "",
+             f"Worlds {', '.join(os.path.basename(w['world']) for w in report['worlds'])}"
+             f" ({report.get('note') or 'simulated: `ecdctr simulate --seed`'}). Each trains on "
              f"the {report['window']} days before {report['date']} and is scored on the "
              f"{report['eval_days']} days from it. Grid: epochs 1-{report['max_epochs']} x batch "
              f"{report['batch_sizes']} x learning rate {report['learning_rates']}, no validation, "
@@ -227,7 +262,13 @@ def main() -> None:
     p.add_argument("--date", type=dt.date.fromisoformat, help="first held-out day")
     p.add_argument("--eval_days", type=int, default=3)
     p.add_argument("--window", type=int, default=14, help="training days before --date")
-    p.add_argument("--source", choices=("natural", "ad"), default="natural")
+    p.add_argument("--source", choices=("natural", "ad", "actr"), default="natural")
+    p.add_argument("--cpm_window", type=int, default=7,
+                   help="--source actr: natural days before --date the CPM trains on")
+    p.add_argument("--spec", default=os.path.join(ROOT, "features", "default.yaml"))
+    p.add_argument("--config", default=os.path.join(ROOT, "configs", "demo.yaml"),
+                   help="run config whose cpm/actr/transfer sections are the shipped recipe")
+    p.add_argument("--note", default="", help="what the worlds are, for the table's header")
     p.add_argument("--max_epochs", type=int, default=5)
     p.add_argument("--batch_sizes", type=int, nargs="+", default=[256, 1024])
     p.add_argument("--learning_rates", type=float, nargs="+", default=[0.001, 0.003])
@@ -238,23 +279,33 @@ def main() -> None:
     args = p.parse_args()
     if args.render:
         with open(args.out + ".json", encoding="utf-8") as f:
-            report = json.load(f)
-    else:
-        if not args.worlds or not args.date:
-            p.error("--worlds and --date are required unless --render")
-        worlds = [run_world(w, args) for w in args.worlds]
-        report = {"date": args.date.isoformat(), "source": args.source, "window": args.window,
-                  "eval_days": args.eval_days, "max_epochs": args.max_epochs,
-                  "batch_sizes": args.batch_sizes, "learning_rates": args.learning_rates,
-                  "worlds": worlds}
-    shipped = world_config(report["worlds"][0]["world"], report["source"], report["window"])
+            write(json.load(f), args)
+        return
+    if not args.worlds or not args.date:
+        p.error("--worlds and --date are required unless --render")
+    report = {"date": args.date.isoformat(), "source": args.source, "window": args.window,
+              "eval_days": args.eval_days, "max_epochs": args.max_epochs,
+              "batch_sizes": args.batch_sizes, "learning_rates": args.learning_rates,
+              "spec": os.path.abspath(args.spec), "config": os.path.abspath(args.config),
+              "note": args.note, "cpm_window": args.cpm_window, "worlds": []}
+    for world in args.worlds:  # written after each world: a partial run keeps what it measured
+        report["worlds"].append(run_world(world, args))
+        write(report, args)
+
+
+def write(report: dict, args: argparse.Namespace) -> None:
+    """<out>.json and <out>.md of report, the shipped recipe being its run config's."""
+    shipped = recipe_of(world_config(report["worlds"][0]["world"],
+                                     report.get("config", args.config),
+                                     report.get("spec", args.spec), report["window"]),
+                        report["source"])
     report["recipe"] = [shipped.batch_size, shipped.learning_rate]
     report["summary"] = summary(report["worlds"], tuple(report["recipe"]))
     with open(args.out + ".json", "w", encoding="utf-8") as f:
         json.dump(report, f, indent=1)
     with open(args.out + ".md", "w", encoding="utf-8") as f:
         f.write(markdown(report))
-    print(markdown(report))
+    print(markdown(report), flush=True)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ RENAMED_KEYS = {"epochs": "epochs is now max_epochs: fits stop early on their va
 MODEL_KEYS = ("hidden", "dropout", "backbone", "cross_layers", "cross_structure", "multi_domain",
               "apg_rank", "apg_over_parameterize", "tpm_known_flag", "adasparse")
 TRANSFER_KEYS = ("reset_batchnorm", "reset_batchnorm_affine", "shift_output_prior", "tpm_snapshots",
-                 "tpm_historical", "tpm_warm_start", "tpm_standardize")
+                 "tpm_historical", "tpm_warm_start", "tpm_standardize", "validate_update")
 SCHEDULE_KEYS = ("tpm", "cpm", "cpm_weekday", "tpm_day")
 FREQUENCIES = ("daily", "weekly", "monthly", "once")
 ADASPARSE_KEYS = ("form", "beta", "epsilon", "alpha_start", "alpha_end", "ramp_steps", "r_min",
@@ -95,6 +95,9 @@ class TransferConfig:
     share one embedding space.
     tpm_standardize: each exported snapshot table is standardised per dimension (zero mean,
     unit variance over its ids), so frozen vectors enter the CPM on the scale of its inputs.
+    validate_update: the A-CTR's daily update validates by evidence (pipelines.steps.update_actr:
+    early stopping on a held-out share of the new days' requests, kept only if it does not
+    validate worse than the model it starts from); false: the epoch count its lineage chose.
     """
 
     reset_batchnorm: bool = True
@@ -104,6 +107,7 @@ class TransferConfig:
     tpm_historical: bool = True
     tpm_warm_start: bool = True
     tpm_standardize: bool = False
+    validate_update: bool = False
 
 
 @dataclass(frozen=True)

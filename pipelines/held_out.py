@@ -28,6 +28,13 @@ class Validation:
         """Its rows: the lowest hash buckets of its days' requests."""
         return Share(*share_buckets(self.share), frozenset(files_of(work, self.days)))
 
+    def rows_in(self, spec: Spec, work: str, parts: Sequence[Partition]) -> int:
+        """Its rows among parts (a fit's training days; an update may validate on older ones)."""
+        inside = [p for p in self.days if p in parts]
+        if len(inside) == len(self.days):
+            return self.rows
+        return held_out_counts(spec, files_of(work, inside), self.share)[0]
+
 
 @dataclass(frozen=True)
 class Evaluation:

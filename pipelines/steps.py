@@ -52,6 +52,7 @@ from pipelines.held_out import (
     files_of,
     split,
 )
+from pipelines.update_check import validated_update
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ def fit_on(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
     else:
         validation = None
     evaluation = evaluation if evaluation is not None and evaluation.day in parts else None
-    rows = (traffic(work, parts)[0] - (validation.rows if validation else 0)
+    rows = (traffic(work, parts)[0] - (validation.rows_in(spec, work, parts) if validation else 0)
             - (evaluation.rows if evaluation else 0))
     logger.info(f"[{name}] training on {len(parts)} partitions ({rows:,} rows"
                 + (f"; {evaluation.share:.0%} of {evaluation.day[1]}'s requests left out to judge it"
@@ -389,13 +390,14 @@ def derive_actr(cpm: Checkpoint | Trained, spec: Spec, work: str, ad_days: Seque
                 vocab_parts: Sequence[Partition] | None = None,
                 fresh_features: Sequence[str] = (), board: str | None = None,
                 distribution: Distribution | None = None,
-                evaluation: Evaluation | None = None) -> Trained:
+                evaluation: Evaluation | None = None,
+                callbacks: Sequence[keras.callbacks.Callback] = ()) -> Trained:
     """The A-CTR from a CPM (E-CDCTR): the same structure and TPM snapshots, weights by name
     (embedding rows by token), BatchNorm reset as options say, the output prior moved to the
     ad CTR, then fine-tuned on the ad days. Reset BatchNorm statistics are re-estimated on the
     ad training rows before the fit (so held-out rows are scored with ad statistics, not
     with zeros and ones) and again after it. evaluation: rows of ad_days it never learns from,
-    not even their CTR (fit_on)."""
+    not even their CTR (fit_on). callbacks: more Keras callbacks for the fit."""
     parts = [("ad", d) for d in ad_days]
     ad_ctr = _ctr_without(work, parts, evaluation)
     model, vocabs, stats, snapshots, make = _actr_from(cpm, spec, work, config,
@@ -410,7 +412,7 @@ def derive_actr(cpm: Checkpoint | Trained, spec: Spec, work: str, ad_days: Seque
         _reestimate_batchnorm(model, spec, work, parts, config, validation, evaluation)
     train = fit_on(model, spec, work, parts, config, "actr", board,
                    distribution=distribution, build=make, validation=validation,
-                   evaluation=evaluation)
+                   evaluation=evaluation, callbacks=callbacks)
     if options.reset_batchnorm:  # and again for the fine-tuned weights
         _reestimate_batchnorm(model, spec, work, parts, config, validation, evaluation)
     meta = _meta("actr", parts, work, train, stats, list(cpm.meta["domains"]),
@@ -419,30 +421,35 @@ def derive_actr(cpm: Checkpoint | Trained, spec: Spec, work: str, ad_days: Seque
     return Trained(model, spec, vocabs, meta, snapshots)
 
 
-def update_actr(previous: Checkpoint | Trained, spec: Spec, work: str,
-                new_days: Sequence[dt.date], config: ModelConfig,
-                vocab_parts: Sequence[Partition] | None = None,
+def update_actr(previous: Checkpoint | Trained, spec: Spec, work: str, new_days: Sequence[dt.date],
+                config: ModelConfig, vocab_parts: Sequence[Partition] | None = None,
                 fresh_features: Sequence[str] = (), board: str | None = None,
-                distribution: Distribution | None = None,
-                evaluation: Evaluation | None = None) -> Trained:
+                distribution: Distribution | None = None, evaluation: Evaluation | None = None,
+                validate: bool = False, earlier: Sequence[dt.date] = ()) -> Trained:
     """The A-CTR of a new day from the previous one: weights by name (BatchNorm kept), then
-    trained on the ad days the previous model has not learned from, for the epoch count its
-    own lineage chose on validation (one day is too little to hold out another), less the
-    evaluation rows when given."""
+    trained on the ad days the previous one has not learned from (less the evaluation rows
+    when given) for the epoch count its lineage chose on validation; validate: by evidence
+    instead, kept only if not worse than where it started (update_check.validated_update;
+    `earlier`: older ad days its validation may grow into)."""
     parts = [("ad", d) for d in new_days]
     model, vocabs, _, snapshots, make = _actr_from(previous, spec, work, config,
                                                    vocab_parts or parts, previous.meta["ctr"])
     transfer = transfer_weights(previous.model, model, reset_batchnorm=False,
                                 fresh_features=fresh_features)
     epochs = int(previous.meta["train"].get("chosen_epoch") or 1)
-    if parts:
+    train = validated_update(model, spec, work, [("ad", d) for d in earlier] + parts, config,
+                             lambda v: fit_on(model, spec, work, parts, config, "actr", board,
+                                              distribution=distribution, build=make,
+                                              validation=v, evaluation=evaluation),
+                             "actr") if validate and parts else None
+    if train is None and parts:
         train = fit_on(model, spec, work, parts, config, "actr", board, epochs=epochs,
                        distribution=distribution, build=make, evaluation=evaluation)
-    else:
-        logger.info("A-CTR: no ad day it has not learned from yet; kept as it is")
-        train = {"rows_read": 0, "steps": 0, "epochs_run": 0,
+    if train is None or train.get("update_check", {}).get("kept") == "previous":
+        logger.info("A-CTR: nothing new learned (no new ad day, or the update kept out); kept as it was")
+        train = {**(train or {"rows_read": 0, "steps": 0, "epochs_run": 0}), "chosen_epoch": epochs,
                  "train_days": [previous.meta["learned_through"]] * 2}
-    train["chosen_epoch"] = epochs
+        parts = []
     meta = {**previous.meta, "train": train, "parent": getattr(previous, "folder", None),
             "transfer": _counts(transfer), "learned_through": train["train_days"][1],
             "rows": previous.meta["rows"] + (_rows_without(work, parts, evaluation) if parts else 0),

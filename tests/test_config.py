@@ -20,6 +20,7 @@ def test_demo_config_resolves_paths_against_its_folder():
     assert (config.cpm.batch_size, config.cpm.learning_rate) == (256, 0.003)  # recipe_grid.md
     assert config.cpm.validation_share == 0.1 and config.cpm.validation_min_clicks == 200
     assert config.transfer.tpm_snapshots == 3 and config.transfer.tpm_historical  # measured
+    assert not config.transfer.validate_update  # measured: BENCHMARKS 17
     assert config.cpm.multi_domain == config.actr.multi_domain == "none"  # measured: BENCHMARKS 4
     assert config.actr.adasparse.form == "fusion" and config.actr.adasparse.placement == "input"
     assert config.actr.adasparse.pruner_input == "layer"  # as published
@@ -66,6 +67,7 @@ def _write(tmp_path, text):
     ("model: {adasparse: {pruner_input: hidden}}\n", "AdaSparseConfig.pruner_input must be one of"),
     ("transfer: {reset_bn: true}\n", "transfer: unknown key 'reset_bn'"),
     ("transfer: {reset_batchnorm_affine: 1}\n", "reset_batchnorm_affine must be true or false"),
+    ("transfer: {validate_update: yes please}\n", "validate_update must be true or false"),
     ("schedule: weekly\n", "'schedule' must be a mapping"),
     ("schedule: {cpm_day: 2}\n", "schedule: unknown key 'cpm_day'"),
     ("schedule: {tpm: hourly}\n", "schedule.tpm is 'hourly'; it must be one of"),

@@ -332,3 +332,37 @@ def test_the_served_version_is_watched_from_the_second_day_and_history_shows_it(
     with pytest.raises(SystemExit) as e:
         main(["history", f"--work={work}", "--json", f"--start={after + dt.timedelta(days=1)}"])
     assert e.value.code == 0 and json.loads(capsys.readouterr().out) == []
+
+
+def test_a_zero_click_ad_day_publishes_judged_on_what_is_defined(run_copy, world, tmp_path):
+    """The next day's ad logs rewritten with no click at all: `daily` still publishes, its gate
+    says the AUC was not compared (no click: no AUC) and judged LogLoss, calibration and the
+    infra check, and nothing in the report on disk is NaN."""
+    root, config, _, _ = run_copy
+    after = DATE + dt.timedelta(days=1)
+    logs = tmp_path / "logs"
+    for source in ("natural", "ad"):
+        (logs / source).mkdir(parents=True)
+        for day in os.listdir(os.path.join(world, source)):
+            if not (source == "ad" and day == f"date={after}"):
+                (logs / source / day).symlink_to(os.path.join(world, source, day))
+    quiet = logs / "ad" / f"date={after}"
+    quiet.mkdir()
+    for name in os.listdir(os.path.join(world, "ad", f"date={after}")):
+        with gzip.open(os.path.join(world, "ad", f"date={after}", name), "rt") as f:
+            rows = [{**json.loads(line), "click": 0} for line in f if line.strip()]
+        with gzip.open(quiet / name, "wt") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+    assert rows
+    config.write_text(config.read_text().replace(f"logs: {world}\n", f"logs: {logs}\n"))
+    with recorded():
+        report = run_daily(load_config(str(config)), after)
+    assert report["outcome"] == "published" and report["published"], report.get("gate")
+    checks = report["gate"]["checks"]
+    assert not checks["auc"]["ran"] and "0 clicks" in checks["auc"]["why"]
+    assert all(checks[name]["ran"] for name in ("logloss", "calibration", "infra"))
+    assert report["steps"]["actr"]["metrics"]["actr"]["clicks"] == 0
+
+    def no_nan(text: str) -> float:
+        raise AssertionError(f"{text} in the report of {after}")
+    json.loads((root / "work" / "reports" / f"{after}.json").read_text(), parse_constant=no_nan)

@@ -201,6 +201,44 @@ def test_the_evaluation_share_of_D_is_never_trained_on(job, monkeypatch):
         (traffic(work, [("ad", DATE)])[0] - evaluation.rows) * updated.meta["train"]["epochs_run"])
 
 
+def test_a_validated_update_holds_out_its_share_and_grows_back_into_earlier_days(job):
+    """transfer.validate_update: the update validates on the bottom share of the new day's
+    requests (grown back into the earlier days to the click minimum), never trains on them,
+    stops early on them, and records the paired check against where it started."""
+    root, config, _ = job
+    work = config.work
+    actr = load_checkpoint(str(root / "work" / "models" / "actr" / DATE.isoformat()))
+    assert actr.meta["learned_through"] == (DATE - dt.timedelta(days=1)).isoformat()
+    earlier = steps.window_days(work, "ad", DATE, 4)
+    updated = steps.update_actr(actr, SPEC_OBJECT, work, [DATE], config.actr, validate=True,
+                                earlier=earlier)
+    train, check = updated.meta["train"], updated.meta["train"]["update_check"]
+    assert train["validation_days"][-1] == DATE.isoformat() and len(train["validation_days"]) > 1
+    new_rows, new_clicks = held_out_counts(SPEC_OBJECT, steps.partition_files(work, "ad", [DATE]),
+                                           config.actr.validation_share)
+    assert new_clicks < config.actr.validation_min_clicks  # hence the earlier days
+    assert train["rows_read"] == (traffic(work, [("ad", DATE)])[0] - new_rows) * train["epochs_run"]
+    assert len(train["validation_auc"]) == train["epochs_run"] <= config.actr.max_epochs
+    assert (check["rows"], check["clicks"]) == (train["validation_rows"], train["validation_clicks"])
+    assert check["kept"] == "update" and check["ci"][0] <= check["auc_difference"] <= check["ci"][1]
+    assert updated.meta["learned_through"] == DATE.isoformat()
+
+
+def test_an_update_kept_out_leaves_the_lineage_as_it_was(job):
+    """When the update check keeps the previous model (tests/test_update_check.py), update_actr
+    keeps its lineage (learned_through, rows, window): the next update trains on the day again."""
+    root, config, _ = job
+    actr = load_checkpoint(str(root / "work" / "models" / "actr" / DATE.isoformat()))
+    undone = {"rows_read": 10, "epochs_run": 1, "chosen_epoch": 1,
+              "update_check": {"kept": "previous"}}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(steps, "validated_update", lambda *args, **kwargs: dict(undone))
+        kept = steps.update_actr(actr, SPEC_OBJECT, config.work, [DATE], config.actr, validate=True)
+    assert kept.meta["learned_through"] == actr.meta["learned_through"]
+    assert kept.meta["rows"] == actr.meta["rows"] and kept.meta["window"] == actr.meta["window"]
+    assert kept.meta["train"]["update_check"]["kept"] == "previous"
+
+
 def test_validation_grows_back_from_the_newest_day_to_the_click_minimum(job):
     root, _, _ = job
     work = str(root / "work")

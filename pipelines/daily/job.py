@@ -392,7 +392,9 @@ class DailyJob:
             trained = steps.update_actr(source, self.spec, self.work, train_days, cfg,
                                         vocab_parts=shared, fresh_features=fresh,
                                         board=self.board("actr"),
-                                        distribution=self.distribution, evaluation=evaluation)
+                                        distribution=self.distribution, evaluation=evaluation,
+                                        validate=self.config.transfer.validate_update,
+                                        earlier=[d for d in days if d <= seen])
         else:
             start = f"re-derived from CPM {cpm.folder}"
             reason = (f"CPM {cpm_name} landed after CPM {previous_meta.get('cpm')} that the "
