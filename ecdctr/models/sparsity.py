@@ -4,9 +4,13 @@ layer, overall and per domain-size bin (for compare, the daily report and Tensor
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
+
+if TYPE_CHECKING:  # ctr_model imports this module through adasparse
+    from ecdctr.models.ctr_model import CtrModel
 
 SIZE_BINS = 5  # equal-traffic domain-size bins the achieved sparsity is reported by (as compare)
 
@@ -41,7 +45,7 @@ def controlled_shift(shift: tf.Variable, zero_shares: Sequence[tf.Tensor], alpha
     shift.assign_add(rate * gap / alpha)
 
 
-def measure(model, dataset: tf.data.Dataset, bins: Iterable[Sequence[str]],
+def measure(model: CtrModel, dataset: tf.data.Dataset, bins: Iterable[Sequence[str]],
             max_batches: int = 8) -> dict[str, list]:
     """The achieved sparsity of an AdaSparse CtrModel on up to max_batches batches of dataset
     ((features, labels), at the inference alpha): {"layers": per layer, "bins": per bin of
