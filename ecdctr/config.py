@@ -31,7 +31,8 @@ TRANSFER_KEYS = ("reset_batchnorm", "reset_batchnorm_affine", "shift_output_prio
 SCHEDULE_KEYS = ("tpm", "cpm", "cpm_weekday", "tpm_day")
 FREQUENCIES = ("daily", "weekly", "monthly", "once")
 ADASPARSE_KEYS = ("form", "beta", "epsilon", "alpha_start", "alpha_end", "ramp_steps", "r_min",
-                  "r_max", "lambda_start", "lambda_end", "placement", "pruner_input")
+                  "r_max", "lambda_start", "lambda_end", "placement", "pruner_input",
+                  "ramp_epochs", "control_rate")
 
 
 @dataclass(frozen=True)

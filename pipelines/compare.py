@@ -27,6 +27,7 @@ from ecdctr.evaluation.evaluator import Evaluator
 from ecdctr.evaluation.uncertainty import Z95
 from ecdctr.io.jsonio import write_json
 from ecdctr.io.layout import built_partitions
+from ecdctr.models import sparsity
 from ecdctr.models.adasparse import FORMS, PLACEMENTS, PRUNER_INPUTS
 from ecdctr.models.ctr_model import BACKBONES, CtrModel, ModelConfig
 from ecdctr.spec.feature_spec import Spec, load_spec
@@ -239,7 +240,8 @@ def _score(model: CtrModel, data: _Data, train: dict, name: str, seed: int,
     result["fit"] = {k: train[k] for k in ("chosen_epoch", "epochs_run", "validation_days",
                                            "validation_rows", "validation_clicks") if k in train}
     if model.config.multi_domain == "adasparse":
-        result["sparsity"] = _layer_sparsity(model, data)
+        measured = sparsity.measure(model, data.eval(), data.bins)
+        result["sparsity"], result["sparsity_bins"] = measured["layers"], measured["bins"]
     logger.info(f"{name} seed {seed}: AUC {result['auc']:.4f} GAUC {result['gauc']:.4f} "
                 f"logloss {result['logloss']:.4f}, {result['examples_per_second']:,} ex/s"
         + (f", sparsity {result['sparsity']}" if "sparsity" in result else "")
@@ -251,16 +253,6 @@ def _score(model: CtrModel, data: _Data, train: dict, name: str, seed: int,
 def _eval_tower_inputs(model: CtrModel, data: _Data, max_batches: int = 8):
     for features, _ in data.eval().take(max_batches):
         yield model.tower_inputs(features)
-
-
-def _layer_sparsity(model: CtrModel, data: _Data) -> list[float]:
-    """Share of pruned neurons per MLP layer on the evaluation rows, at inference alpha."""
-    kept, total = None, 0
-    for x, e_d, _, _ in _eval_tower_inputs(model, data):
-        means = [tf.reduce_sum(m, axis=0).numpy() for m in model.mlp.masks(x, e_d)]
-        kept = means if kept is None else [a + b for a, b in zip(kept, means, strict=True)]
-        total += int(x.shape[0])
-    return [round(1.0 - float(k.sum()) / (total * k.size), 4) for k in kept]
 
 
 def _domain_masks(model: CtrModel, data: _Data) -> dict:
@@ -293,6 +285,8 @@ def _aggregate(runs: list[dict]) -> dict:
                        for b in range(len(runs[0]["bins"]))]
     if "sparsity" in runs[0]:
         out["sparsity"] = np.mean([r["sparsity"] for r in runs], axis=0).round(4).tolist()
+        out["sparsity_bins"] = [_mean_shares([r["sparsity_bins"][b] for r in runs])
+                                for b in range(len(runs[0]["sparsity_bins"]))]
     out["noise"] = _noise(runs)
     out["tpm_snapshots"] = min(int(r.get("tpm_snapshots", 0)) for r in runs)
     return out
@@ -306,6 +300,12 @@ def _noise(runs: list[dict]) -> dict:
     return {prefix + key: _nanmean([float(r.get(key, float("nan"))) for r in rows])
             for prefix, rows in parts.items()
             for key in ("clicks", "auc_se", "gauc_se", "calibration_ratio", "calibration_error")}
+
+
+def _mean_shares(shares: list[list[float] | None]) -> list[float] | None:
+    """Per layer, the mean over seeds of a bin's sparsity (None where no seed saw the bin)."""
+    seen = [s for s in shares if s]
+    return np.mean(seen, axis=0).round(4).tolist() if seen else None
 
 
 def _nanmean(values: list[float]) -> float:
@@ -412,7 +412,25 @@ def markdown_table(report: dict) -> str:
               "|---|" + "---|" * len(bins)]
     for name, r in report["results"].items():
         lines.append(f"| {name} | " + " | ".join(f"{a:.4f}" for a in r["bins_auc"]) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _sparsity_lines(report)) + "\n"
+
+
+def _sparsity_lines(report: dict) -> list[str]:
+    """The AdaSparse variants' achieved sparsity per layer, overall and per domain-size bin."""
+    pruned = {n: r for n, r in report["results"].items() if r.get("sparsity_bins")}
+    if not pruned:
+        return []
+    bins = report["bins"]
+    lines = ["", "Sparsity per layer (share of pruned factors on the evaluation rows, layer 0 "
+                 "first), overall and by domain-size bin:", "",
+             "| variant | band | overall | " + " | ".join(f"bin {i + 1}" for i in range(len(bins)))
+             + " |", "|---|---|---|" + "---|" * len(bins)]
+    for name, r in pruned.items():
+        c = report["configs"][name]
+        cells = ["/".join(f"{v:.2f}" for v in s) if s else "n/a"
+                 for s in (r["sparsity"], *r["sparsity_bins"])]
+        lines.append(f"| {name} | {c['r_min']:.2f}–{c['r_max']:.2f} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _markdown_path(out: str) -> str:

@@ -31,8 +31,10 @@ from ecdctr.config import TransferConfig, Windows
 from ecdctr.data.datasets import HeldOut, example_batch, make_dataset
 from ecdctr.data.datasets import partition_files as partition_files  # callers' steps.partition_files
 from ecdctr.data.vocab import Partition, build_vocabularies, domain_sizes, numeric_stats, traffic
+from ecdctr.evaluation import metrics
 from ecdctr.evaluation.evaluator import Evaluator
 from ecdctr.io.layout import built_partitions
+from ecdctr.models import sparsity
 from ecdctr.models.ctr_model import (
     CtrModel,
     ModelConfig,
@@ -477,10 +479,16 @@ def evaluate(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
     """LogLoss, AUC, GAUC, CTR, mean prediction and calibration of the model on the given
     partitions (held_out: only one side of a request-id split of them, e.g. daily's evaluation
     share: split(spec, work, True, evaluation)), overall and per domain, streamed batch by
-    batch (memory does not grow with the rows; ecdctr.evaluation.evaluator)."""
-    return score(model, spec, make_dataset(spec, files_of(work, parts), batch_size,
-                                           held_out=held_out),
-                 Evaluator(per_domain=True))
+    batch (memory does not grow with the rows; ecdctr.evaluation.evaluator). An AdaSparse
+    model's result also holds its achieved sparsity per layer, overall and per domain-size
+    bin of these rows (sparsity.measure; bins as compare's, by the partitions' rows)."""
+    rows = functools.partial(make_dataset, spec, files_of(work, parts), batch_size,
+                             held_out=held_out)
+    result = score(model, spec, rows(), Evaluator(per_domain=True))
+    if model.config.multi_domain == "adasparse":
+        bins = metrics.size_bins(domain_sizes(work, parts), sparsity.SIZE_BINS)
+        result["sparsity"] = sparsity.measure(model, rows(), bins)
+    return result
 
 
 def score(model: CtrModel, spec: Spec, dataset: tf.data.Dataset, evaluator: Evaluator,

@@ -16,10 +16,10 @@ from ecdctr.models.adasparse import (
     AdaSparseConfig,
     AdaSparseMlp,
     DomainPruner,
-    sparsity_regularizer,
 )
 from ecdctr.models.ctr_model import ModelConfig, build_model, transfer_weights
 from ecdctr.models.mlp import Mlp
+from ecdctr.models.sparsity import sparsity_regularizer
 from ecdctr.seeding import set_random_seed
 from ecdctr.spec.feature_spec import load_spec
 
@@ -52,8 +52,9 @@ def _train(tower: AdaSparseMlp, steps: int, learning_rate: float = 0.1) -> None:
 
 @pytest.mark.parametrize(("field", "value"), [
     ("form", "sign"), ("placement", "hidden"), ("pruner_input", "both"), ("beta", 0.0), ("epsilon", 1.5),
-    ("alpha_start", 0.0), ("alpha_end", 0.05), ("ramp_steps", 0), ("r_min", -0.1),
-    ("r_max", 0.1), ("lambda_start", -1.0), ("lambda_end", 0.0)])
+    ("alpha_start", 0.0), ("alpha_end", 0.05), ("ramp_steps", -1), ("ramp_epochs", 0.0),
+    ("r_min", -0.1), ("r_max", 0.1), ("lambda_start", -1.0), ("lambda_end", 0.0),
+    ("control_rate", -0.1)])
 def test_config_rejects_bad_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=f"AdaSparseConfig.{field} "):
         AdaSparseConfig(**{field: value})
@@ -103,11 +104,30 @@ def test_alpha_rises_in_training_is_saved_and_frozen_at_inference(tmp_path):
     tf.train.Checkpoint(tower=restored).restore(path).assert_consumed()
     assert float(restored.alpha) == alpha and int(restored.step) == 6
 
-    tower.set_ramp_steps(100)  # replaces the config's value, keeps the counter
-    assert tower.config.ramp_steps == tower.ramp_steps == 100 and int(tower.step) == 6
-    tower(X, domain_embedding=E, training=True)
+
+
+def test_the_ramp_is_planned_once_from_the_first_fits_epoch_and_saved(tmp_path):
+    config = AdaSparseConfig(ramp_epochs=0.5)  # ramp_steps 0: planned from the epoch
+    tower = AdaSparseMlp((8,), config)
+    tower(X, domain_embedding=E, training=False)
+    assert tower.ramp_steps == 0
+    tower.plan_schedule(20)
+    tower.plan_schedule(400)  # a later fit (or a daily update) keeps the planned ramp
+    assert tower.ramp_steps == 10
+    for _ in range(5):
+        tower(X, domain_embedding=E, training=True)
     assert float(tower.alpha) == pytest.approx(config.alpha_start + (config.alpha_end
-                                               - config.alpha_start) * 7 / 100)
+                                               - config.alpha_start) * 5 / 10)
+    path = tf.train.Checkpoint(tower=tower).save(str(tmp_path / "ckpt"))
+    restored = AdaSparseMlp((8,), config)
+    restored(X, domain_embedding=E, training=False)
+    tf.train.Checkpoint(tower=restored).restore(path).assert_consumed()
+    assert restored.ramp_steps == 10
+    np.testing.assert_allclose(restored.pruner_shift.numpy(), tower.pruner_shift.numpy())
+    fixed = AdaSparseMlp((8,), AdaSparseConfig(ramp_steps=7))
+    fixed(X, domain_embedding=E, training=False)
+    fixed.plan_schedule(20)  # the config's ramp_steps wins
+    assert fixed.ramp_steps == 7 and float(fixed.ramp_length) == 0
 
 
 def _alpha_trajectory(tower: AdaSparseMlp, batches: int) -> list[float]:
@@ -156,7 +176,8 @@ def test_warm_start_copies_the_step_counter_but_takes_ramp_steps_from_its_own_co
     source, target = model(4, "cpm"), model(8, "actr")
     source.fit(tf.data.Dataset.from_tensors((features, tf.ones([16, 1]))).repeat(3), verbose=0)
     report = transfer_weights(source, target)
-    assert {"mlp/pruning_step", "mlp/alpha"} <= set(report["copied"])
+    assert {"mlp/pruning_step", "mlp/alpha", "mlp/ramp_length", "mlp/pruner_shift"} <= set(
+        report["copied"])
     assert int(target.mlp.step) == 3 and float(target.mlp.alpha) == float(source.mlp.alpha)
     target.fit(tf.data.Dataset.from_tensors((features, tf.ones([16, 1]))), verbose=0)
     c = target.mlp.config
@@ -261,8 +282,9 @@ def test_masks_per_domain_and_weight_names_match_the_plain_mlp(placement, widths
 
 def _reference(tower: AdaSparseMlp, x: tf.Tensor, e: tf.Tensor) -> tf.Tensor:
     """The tower's inference output written out from its own sublayers, per placement."""
-    for dense, norm, pruner in zip(tower.dense, tower.norms, tower.pruners, strict=True):
-        pi, _ = pruner(e, x, tower.alpha)
+    for i, (dense, norm, pruner) in enumerate(zip(tower.dense, tower.norms, tower.pruners,
+                                                  strict=True)):
+        pi, _ = pruner(e, x, tower.alpha, tower.pruner_shift[i])  # logits less the controller's
         if tower.config.placement == "input":  # the paper's equation 3: scale W^l's input
             x = tf.nn.relu(norm(dense(x * pi), training=False))
         else:

@@ -77,10 +77,13 @@ def test_compare_end_to_end(tmp_path):
     assert len(dnn["bins_auc"]) == 5 and sum(b["domains"] for b in report["bins"]) == report["domains"]
     ada = report["results"]["dnn+adasparse:0.1-0.3"]
     assert len(ada["sparsity"]) == 2 and all(0 <= s <= 1 for s in ada["sparsity"])
+    assert len(ada["sparsity_bins"]) == 5  # per domain-size bin, per layer (None: no rows)
+    assert all(b is None or len(b) == 2 for b in ada["sparsity_bins"])
     star, dnn_tower = report["results"]["dnn+star"], dnn["tower_parameters"]["mean"]
     assert star["tower_parameters"]["mean"] > 10 * dnn_tower  # grows with the domains
     table = (tmp_path / "cmp" / "report.md").read_text()
     assert "| dnn+star |" in table and "bin 5" in table
+    assert "| dnn+adasparse:0.1-0.3 | 0.10–0.30 |" in table  # its sparsity by bin
     names = sorted(os.listdir(tmp_path / "plots"))
     assert names == ["auc_lift_by_bin.png", "auc_vs_sparsity_band.png", "masks.png"]
 
@@ -91,12 +94,14 @@ def test_aggregate_over_seeds():
     def run(auc, sparsity):
         return {"logloss": 0.2, "auc": auc, "gauc": float("nan"), "uplifted_domains": 0.5,
                 "examples_per_second": 10, "parameters": 5, "tower_parameters": 3, "train_seconds": 1,
-                "bins": [{"auc": auc}], "sparsity": sparsity}
+                "bins": [{"auc": auc}], "sparsity": sparsity,
+                "sparsity_bins": [sparsity, None]}
 
     out = _aggregate([run(0.70, [0.1, 0.2]), run(0.74, [0.3, 0.2])])
     assert out["auc"]["mean"] == pytest.approx(0.72) and out["auc"]["std"] == pytest.approx(0.02)
     assert out["gauc"] == {"mean": None, "std": None}
     assert out["sparsity"] == [0.2, 0.2] and out["bins_auc"] == [pytest.approx(0.72)]
+    assert out["sparsity_bins"] == [[0.2, 0.2], None]
 
 
 def test_ablations_on_ad_traffic(tmp_path, logged):

@@ -144,6 +144,18 @@ def test_the_old_scheme_trains_on_the_days_before_D_and_judges_on_all_of_D(job):
     assert actr["metrics"]["actr"]["rows"] == traffic(config.work, [("ad", DATE)])[0]
 
 
+def test_the_daily_report_and_tensorboard_carry_the_achieved_sparsity(job):
+    root, _, report = job
+    for name in ("actr", "cpm"):  # both AdaSparse: per layer, overall and per domain-size bin
+        sparsity = report["steps"]["actr"]["metrics"][name]["sparsity"]
+        assert len(sparsity["layers"]) == 2 and all(0 <= s <= 1 for s in sparsity["layers"])
+        assert len(sparsity["bins"]) == 5
+    board = root / "work" / "tensorboard" / "actr" / DATE.isoformat()
+    tags = {v.tag for path in board.iterdir() if path.is_file()
+            for e in tf.compat.v1.train.summary_iterator(str(path)) for v in e.summary.value}
+    assert {"sparsity_evaluated/layer_0", "sparsity_evaluated/bin_1/layer_1"} <= tags
+
+
 def _logit(p):
     return float(np.log(p / (1 - p)))
 

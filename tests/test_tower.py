@@ -47,7 +47,7 @@ def test_a_tower_without_schedules_or_extra_logit_gets_the_base_defaults():
             return x
 
     tower = Identity()
-    tower.set_ramp_steps(10)  # no schedule: nothing to set
+    tower.plan_schedule(10)  # no schedule: nothing to set
     x = tf.ones([2, 3])
     assert tower.extra_logit(x, None, None) is None and tower.for_serving() is tower
     assert not tower.reads_domain_key and not tower.has_sparse_path

@@ -20,6 +20,7 @@ import tf_keras as keras
 
 from ecdctr.layers.core import constant_weight, folded_dense_batchnorm
 from ecdctr.models.adasparse_compact import compacted
+from ecdctr.models.sparsity import controlled_shift, sparsity_regularizer
 from ecdctr.models.tower import Tower
 
 FORMS = ("binarization", "scaling", "fusion")
@@ -28,6 +29,7 @@ PRUNER_INPUTS = ("layer", "domain")
 EXPORT_FORMS = ("tables", "compacted")
 MAX_FACTOR_ROWS = 1 << 16  # the most domain combinations whose factors an export tabulates
 MAX_FACTOR_BYTES = 64 << 20  # and the most bytes its factor tables may take in the SavedModel
+FALLBACK_RAMP_STEPS = 1000  # the ramp of a tower trained without plan_schedule (ramp_steps 0)
 
 
 @dataclass(frozen=True)
@@ -42,14 +44,22 @@ class AdaSparseConfig:
     pruner_input: "layer" (as published) feeds pruner l [e_d ; h_l]; "domain" feeds it e_d
     alone, so a row's factors depend on its domain-aware features only (cheaper to train, and
     the export computes all pruners in one small matmul on e_d).
-    alpha and the regularizer weight lambda_hat rise linearly over ramp_steps training steps,
-    alpha from alpha_start to alpha_end, lambda_hat from lambda_start to lambda_end; both then stay.
-    Steps are counted over the model's whole training (warm starts included), not per fit.
+    alpha and the regularizer weight lambda_hat rise linearly over the ramp, alpha from
+    alpha_start to alpha_end, lambda_hat from lambda_start to lambda_end; both then stay. The
+    ramp: ramp_steps training steps when > 0; with 0 (the default) ramp_epochs of the first
+    fit's epoch (its steps known from its training rows and batch size, AdaSparseMlp.plan_schedule),
+    so it ends within the fits early stopping makes. Steps are counted over the model's whole
+    training (warm starts and daily updates included), not per fit.
     r_min, r_max: the band of per-layer sparsity the regularizer leaves alone.
     export_form (serving only, with pruner_input "domain" and tabulated factors): "tables"
     gathers each row's factors; "compacted" serves each domain's MLP with its pruned neurons
     removed on requests of one domain (adasparse_compact; BENCHMARKS.md section 9 says when
     it pays).
+    control_rate: the sparsity controller. Each training step, for each layer whose zero share
+    r is outside [r_min, r_max], the threshold its pruner's logits must clear moves by
+    control_rate (r_bar - r) / alpha (r_bar: the band's centre), so a layer pruning too little
+    prunes more and one pruning too much less; the regularizer and the task still decide which
+    neurons. 0 turns it off (the paper's regularizer alone).
     """
 
     form: str = "fusion"
@@ -59,12 +69,14 @@ class AdaSparseConfig:
     epsilon: float = 0.25
     alpha_start: float = 0.1
     alpha_end: float = 5.0
-    ramp_steps: int = 1000
+    ramp_steps: int = 0
+    ramp_epochs: float = 0.5
     r_min: float = 0.15
     r_max: float = 0.25
     lambda_start: float = 0.01
     lambda_end: float = 1.0
     export_form: str = "tables"
+    control_rate: float = 0.5
 
     def __post_init__(self) -> None:
         checks = (
@@ -75,33 +87,20 @@ class AdaSparseConfig:
             ("epsilon", 0 < self.epsilon < min(1.0, self.beta), "in (0, min(1, beta))"),
             ("alpha_start", self.alpha_start > 0, "> 0"),
             ("alpha_end", self.alpha_end >= self.alpha_start, ">= alpha_start"),
-            ("ramp_steps", isinstance(self.ramp_steps, int) and self.ramp_steps >= 1,
-             "an integer >= 1"),
+            ("ramp_steps", isinstance(self.ramp_steps, int) and self.ramp_steps >= 0,
+             "an integer >= 0 (0: ramp_epochs of the first fit's epoch)"),
+            ("ramp_epochs", self.ramp_epochs > 0, "> 0"),
             ("r_min", 0 <= self.r_min <= 1, "in [0, 1]"),
             ("r_max", self.r_min <= self.r_max <= 1, "in [r_min, 1]"),
             ("lambda_start", self.lambda_start >= 0, ">= 0"),
             ("lambda_end", self.lambda_end >= self.lambda_start, ">= lambda_start"),
             ("export_form", self.export_form in EXPORT_FORMS, f"one of {list(EXPORT_FORMS)}"),
+            ("control_rate", self.control_rate >= 0, ">= 0 (0: no sparsity controller)"),
         )
         for field, ok, requirement in checks:
             if not ok:
                 raise ValueError(f"AdaSparseConfig.{field} must be {requirement}, "
                                  f"got {getattr(self, field)!r}")
-
-
-def sparsity_regularizer(zero_shares: Sequence[tf.Tensor], lambda_hat: tf.Tensor | float,
-                         r_min: float, r_max: float) -> tf.Tensor:
-    """R = (1/L) sum_l lambda_l |r_l - r_bar|, r_bar = (r_min + r_max) / 2, with lambda_l = 0 for
-    r_l in [r_min, r_max] and lambda_hat |r_l - r_bar| outside. lambda_l is a coefficient (no
-    gradient), so outside the band dR/dr_l = lambda_l sign(r_l - r_bar) / L."""
-    target = (r_min + r_max) / 2
-    terms = []
-    for share in zero_shares:
-        gap = tf.abs(share - target)
-        outside = tf.logical_or(share < r_min, share > r_max)
-        weight = tf.where(outside, lambda_hat * tf.stop_gradient(gap), 0.0)
-        terms.append(weight * gap)
-    return tf.add_n(terms) / len(terms)
 
 
 class DomainPruner(keras.layers.Layer):
@@ -130,9 +129,10 @@ class DomainPruner(keras.layers.Layer):
             return self.dense(domain_embedding)
         return self.dense(tf.concat([domain_embedding, layer_input], axis=-1))
 
-    def call(self, domain_embedding: tf.Tensor, layer_input: tf.Tensor,
-             alpha: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return self.factors(self.logits(domain_embedding, layer_input), alpha)
+    def call(self, domain_embedding: tf.Tensor, layer_input: tf.Tensor, alpha: tf.Tensor,
+             shift: tf.Tensor | float = 0.0) -> tuple[tf.Tensor, tf.Tensor]:
+        """(factors, zero share) of logits v - shift (shift: the sparsity controller's)."""
+        return self.factors(self.logits(domain_embedding, layer_input) - shift, alpha)
 
     def factors(self, logits: tf.Tensor, alpha: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """(pi, zero share) from logits v at temperature alpha (see the class docstring)."""
@@ -193,13 +193,17 @@ class AdaSparseMlp(Tower):
     config.pruner_input "domain": pi_l = pruner_l(e_d) under either placement, so the factors
     are a function of the row's domain-aware features alone.
 
-    alpha is a non-trainable variable saved with the model, and so is the step counter
-    pruning_step; both are copied by name when a model warm-starts from another. Each
+    The schedule lives in non-trainable variables saved with the model and copied by name
+    when a model warm-starts from another (so a daily update continues it): alpha, the step
+    counter pruning_step, the ramp's length ramp_length (0 until plan_schedule sets it from
+    the first fit's epoch) and the controller's per-layer logit shifts pruner_shift (pruner l's
+    factors read v - shift_l; exports fold it into the pruner's bias). Each
     training-mode call (one per training step) advances the counter and sets alpha (and the
     regularizer weight lambda_hat) from it: after k steps alpha = alpha_start + (alpha_end -
-    alpha_start) min(k / ramp_steps, 1), with ramp_steps from the config, so alpha depends on
-    the steps trained so far, never on how long one fit is. Inference calls read alpha and
-    change nothing.
+    alpha_start) min(k / ramp, 1), ramp = config.ramp_steps if > 0, else ramp_length (else
+    FALLBACK_RAMP_STEPS), so alpha depends on the steps trained so far, never on how long one
+    fit is; then each layer's shift moves as config.control_rate says. Inference calls read
+    alpha and change nothing.
 
     In training mode the sparsity regularizer (see sparsity_regularizer) is added with add_loss
     (except under scaling, where r_l = 0 is a constant without gradient); every call reports
@@ -246,18 +250,26 @@ class AdaSparseMlp(Tower):
             initializer=keras.initializers.Constant(self.config.alpha_start), **schedule)
         self.step = self.add_weight(name="pruning_step", shape=(), dtype=tf.int64,
                                     initializer="zeros", **schedule)
+        self.ramp_length = self.add_weight(name="ramp_length", shape=(), dtype=tf.float32,
+                                           initializer="zeros", **schedule)
+        self.pruner_shift = self.add_weight(name="pruner_shift", shape=(len(self.hidden),),
+                                            dtype=tf.float32, initializer="zeros", **schedule)
         super().build(input_shape)
 
     @property
     def ramp_steps(self) -> int:
-        """Training steps alpha and lambda_hat take to reach their end values (the config's)."""
-        return self.config.ramp_steps
+        """Training steps alpha and lambda_hat take to reach their end values: the config's
+        ramp_steps when > 0, else the planned ramp_length (0: not planned yet)."""
+        if self.config.ramp_steps:
+            return self.config.ramp_steps
+        return int(self.ramp_length.numpy()) if self.built else 0
 
-    def set_ramp_steps(self, steps: int) -> None:
-        """Replaces the config's ramp_steps (kept for callers that set it in code; prefer
-        AdaSparseConfig(ramp_steps=...)). The step counter and alpha are kept. The value is
-        read when the training step is traced, so set it before training starts."""
-        self.config = dataclasses.replace(self.config, ramp_steps=steps)
+    def plan_schedule(self, steps_per_epoch: int) -> None:
+        """Sets the ramp to config.ramp_epochs of an epoch of steps_per_epoch steps, unless the
+        config fixes ramp_steps or a ramp is already planned (by an earlier fit, or copied
+        from the model this one warm-starts from). Call it before the tower's first fit."""
+        if self.built and not self.config.ramp_steps and float(self.ramp_length) == 0:
+            self.ramp_length.assign(max(1.0, round(self.config.ramp_epochs * steps_per_epoch)))
 
     def call(self, x: tf.Tensor, domain_embedding: tf.Tensor | None = None,
              domain_index: tf.Tensor | None = None, training: bool | None = None) -> tf.Tensor:
@@ -275,6 +287,10 @@ class AdaSparseMlp(Tower):
         if training and self.config.form != "scaling":
             self.add_loss(sparsity_regularizer(zero_shares, lambda_hat, self.config.r_min,
                                                self.config.r_max))
+            if self.config.control_rate:
+                c = self.config
+                controlled_shift(self.pruner_shift, zero_shares, alpha, c.r_min, c.r_max,
+                                 c.control_rate)
         return y
 
     def masks(self, x: tf.Tensor, domain_embedding: tf.Tensor) -> list[tf.Tensor]:
@@ -295,7 +311,9 @@ class AdaSparseMlp(Tower):
     def _advance_schedule(self) -> tuple[tf.Tensor, tf.Tensor]:
         self.step.assign_add(1)
         c = self.config
-        progress = tf.minimum(tf.cast(self.step, tf.float32) / float(c.ramp_steps), 1.0)
+        ramp = (tf.constant(float(c.ramp_steps)) if c.ramp_steps else
+                tf.where(self.ramp_length > 0, self.ramp_length, float(FALLBACK_RAMP_STEPS)))
+        progress = tf.minimum(tf.cast(self.step, tf.float32) / ramp, 1.0)
         alpha = c.alpha_start + (c.alpha_end - c.alpha_start) * progress
         self.alpha.assign(alpha)
         return alpha, c.lambda_start + (c.lambda_end - c.lambda_start) * progress
@@ -308,14 +326,14 @@ class AdaSparseMlp(Tower):
         for i, (dense, norm, pruner) in enumerate(zip(self.dense, self.norms, self.pruners,
                                                       strict=True)):
             if prune_input:
-                pi, share = pruner(domain_embedding, x, alpha)
+                pi, share = pruner(domain_embedding, x, alpha, self.pruner_shift[i])
                 x = x * pi
                 z = _sparse_input_dense(x, dense) if sparse else dense(x)
                 x = tf.nn.relu(norm(z, training=training))
             else:  # dense before pruner, as this form always ran: a seed gives the same weights
                 z = _sparse_input_dense(x, dense) if sparse and i > 0 else dense(x)
                 h = tf.nn.relu(norm(z, training=training))
-                pi, share = pruner(domain_embedding, x, alpha)
+                pi, share = pruner(domain_embedding, x, alpha, self.pruner_shift[i])
                 x = h * pi
             if self.dropout is not None:
                 x = self.dropout(x, training=training)
@@ -406,7 +424,8 @@ class AdaSparseServingMlp(Tower):
                 np.add.at(kernel, split + np.asarray(domain_columns), kernel[:split])
                 kernel = kernel[split:]
             pruner_kernels.append(kernel)
-            pruner_biases.append(alpha * pruner.dense.bias.numpy())
+            pruner_biases.append(alpha * (pruner.dense.bias.numpy()
+                                          - float(tower.pruner_shift[i])))  # the controller's
             scale = left_out if c.placement == "input" else carry
             kernel, bias = folded_dense_batchnorm(dense, norm, scale)
             self.kernels.append(constant_weight(self, f"dense_{i}_kernel", kernel))

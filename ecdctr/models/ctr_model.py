@@ -175,9 +175,10 @@ class CtrModel(keras.Model):
             logit += extra
         return tf.sigmoid(logit)
 
-    def set_total_steps(self, steps: int) -> None:
-        """Tells schedules inside the tower (AdaSparse's alpha) how long training will run."""
-        self.mlp.set_ramp_steps(max(int(steps), 1))
+    def plan_schedules(self, steps_per_epoch: int) -> None:
+        """Tells schedules inside the tower (AdaSparse's ramp) how many steps an epoch of the
+        coming fit has (Tower.plan_schedule); training.loop.fit calls it."""
+        self.mlp.plan_schedule(max(int(steps_per_epoch), 1))
 
 
 def is_preprocessed(inputs: Mapping[str, object]) -> bool:

@@ -38,9 +38,9 @@ class Tower(keras.layers.Layer):
         """A term [B, 1] the model adds to its logit (STAR's auxiliary network), or None."""
         return None
 
-    def set_ramp_steps(self, steps: int) -> None:
-        """Sets how many training steps the tower's schedules (AdaSparse's alpha) take; a
-        tower without schedules ignores it."""
+    def plan_schedule(self, steps_per_epoch: int) -> None:
+        """Tells the tower's schedules (AdaSparse's alpha and regularizer ramp) how many steps
+        an epoch of the coming fit has; a tower without schedules ignores it."""
 
     def for_serving(self, domain_columns: Sequence[int] = (),
                     domain_tables: Sequence[np.ndarray] | None = None) -> Tower:

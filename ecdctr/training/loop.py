@@ -121,7 +121,9 @@ def fit(model: keras.Model, dataset: tf.data.Dataset, epochs: int, batch_size: i
     epochs and restores the best epoch's weights (reported as chosen_epoch, with the AUC of
     every epoch); without it, runs all `epochs`. `rows` (the dataset's size, when known) is
     reported as rows_read. With tensorboard_dir, the loss and the metrics (AdaSparse's
-    per-layer sparsity among them) go to TensorBoard every 50 steps.
+    per-layer sparsity among them) go to TensorBoard every 50 steps. A model with
+    plan_schedules (CtrModel) is told the steps of an epoch (steps_per_epoch, else rows /
+    batch_size) before the fit, so AdaSparse's ramp is measured in epochs.
     Distributed fits (ecdctr.training.distribute): `dataset` and `validation` are per-worker inputs,
     batch_size the global batch; with backup_dir the training state is backed up there after
     every epoch (keras BackupAndRestore: a rerun resumes from the last whole epoch, the
@@ -146,6 +148,10 @@ def fit(model: keras.Model, dataset: tf.data.Dataset, epochs: int, batch_size: i
         hooks.append(keras.callbacks.TensorBoard(tensorboard_dir,
                                                  update_freq="epoch" if coordinated else 50,
                                                  write_graph=False, profile_batch=0))
+    plan = getattr(model, "plan_schedules", None)  # CtrModel: AdaSparse's ramp from the epoch
+    epoch_steps = steps_per_epoch or (-(-rows // batch_size) if rows else None)
+    if callable(plan) and epoch_steps:
+        plan(epoch_steps)
     started = time.perf_counter()
     history = model.fit(dataset, epochs=epochs, verbose=0, callbacks=[*hooks, *callbacks],
                         validation_data=validation, steps_per_epoch=steps_per_epoch,

@@ -21,6 +21,7 @@ from ecdctr.io import storage
 from ecdctr.io.jsonio import read_json, write_json
 from ecdctr.io.layout import built_partitions
 from ecdctr.models.ctr_model import CtrModel
+from ecdctr.models.sparsity import write_tensorboard
 from ecdctr.spec.feature_spec import Spec, feature_diff, feature_fingerprints, load_spec
 from ecdctr.training.checkpoint import (
     META,
@@ -347,6 +348,9 @@ class DailyJob:
             r = entry["metrics"][name] = steps.evaluate(m, spec, self.work, [("ad", self.date)],
                                                         held_out=rows)
             logger.info(f"{name} on {what} {self.date} ({r['rows']:,} rows): {figures_line(r)}")
+            if "sparsity" in r:  # AdaSparse: achieved sparsity per layer and domain-size bin
+                write_tensorboard(self.board(name), int(m.mlp.step), r["sparsity"]["layers"],
+                                  r["sparsity"]["bins"], prefix="sparsity_evaluated")
         saved = read_json(storage.join(folder, META))
         saved["metrics"] = {f"{name} on ad {self.date}": r for name, r in entry["metrics"].items()}
         write_json(storage.join(folder, META), saved)
