@@ -1,7 +1,7 @@
 """Tests for the AdaSparse tower: pruner forms, gradients, alpha schedule, regularizer, sparse path."""
 
 import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-import ecdctr.models.adasparse
+import ecdctr.models.adasparse_serving
 
 # isort: split
 import numpy as np
@@ -417,7 +417,7 @@ def test_domain_pruners_factors_are_tabulated_per_combination_of_domain_ids(form
         serving(X, domain_embedding=e_d)
     assert not tower.for_serving(domain_tables=tables[:1] * 17).reads_domain_key  # 3^17 rows
     size = 4 * 15 * sum(t.shape[1] for t in serving.factor_tables)  # float32 bytes
-    monkeypatch.setattr(ecdctr.models.adasparse, "MAX_FACTOR_BYTES", size - 1)
+    monkeypatch.setattr(ecdctr.models.adasparse_serving, "MAX_FACTOR_BYTES", size - 1)
     assert not tower.for_serving(domain_tables=tables).reads_domain_key  # tables too large
 
 

@@ -24,8 +24,6 @@ FORMS = ("binarization", "scaling", "fusion")
 PLACEMENTS = ("input", "output")
 PRUNER_INPUTS = ("layer", "domain")
 EXPORT_FORMS = ("tables", "compacted")
-MAX_FACTOR_ROWS = 1 << 16  # the most domain combinations whose factors an export tabulates
-MAX_FACTOR_BYTES = 64 << 20  # and the most bytes its factor tables may take in the SavedModel
 FALLBACK_RAMP_STEPS = 1000  # the ramp of a tower trained without plan_schedule (ramp_steps 0)
 
 

@@ -11,13 +11,14 @@ import tensorflow as tf
 
 from ecdctr.layers.core import constant_weight, folded_dense_batchnorm
 from ecdctr.models.adasparse import (
-    MAX_FACTOR_BYTES,
-    MAX_FACTOR_ROWS,
     AdaSparseMlp,
     sparse_input_affine,
 )
 from ecdctr.models.adasparse_compact import compacted
 from ecdctr.models.tower import Tower
+
+MAX_FACTOR_ROWS = 1 << 16  # the most domain combinations whose factors an export tabulates
+MAX_FACTOR_BYTES = 64 << 20  # and the most bytes its factor tables may take in the SavedModel
 
 
 class AdaSparseServingMlp(Tower):
