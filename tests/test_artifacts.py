@@ -5,6 +5,7 @@ ways where it applies: truncated, garbage, valid JSON of the wrong shape."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from pathlib import Path
@@ -114,3 +115,115 @@ def test_tf_reports_a_damaged_shard_as_data_loss(tmp_path):
     with pytest.raises(tf.errors.DataLossError):
         for _ in tf.data.TFRecordDataset([str(shard)], compression_type="GZIP"):
             pass
+
+
+# -- model folders and TPM snapshots ---------------------------------------------------------
+
+def _folder(root: Path, name: str, last_day: str, **files: bytes) -> Path:
+    """A model folder as save_checkpoint leaves it: its files, then meta.json recording them."""
+    from ecdctr.training.checkpoint import file_records
+
+    folder = root / name
+    for relative, data in files.items():
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        (folder / relative).write_bytes(data)
+    meta = {"kind": "cpm", "model_name": "cpm", "tpm_snapshots": [],
+            "window": ["2026-01-01", last_day], "files": file_records(str(folder))}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder
+
+
+def _snapshot(root: Path, name: str, last_day: str, rows: int = 50) -> Path:
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.ones((rows, 4), np.float32))
+    manifest = {"sha256": "x", "entities": {"user": {"feature": "user_id", "rows": rows, "dim": 4}}}
+    return _folder(root, name, last_day, **{
+        "manifest.json": json.dumps(manifest).encode(), "user.npy": buffer.getvalue(),
+        "user.keys.json": json.dumps([f"u{i}" for i in range(rows)]).encode(),
+        "weights/ckpt.index": b"index", "weights/ckpt.data-00000-of-00001": b"w" * 1000})
+
+
+def _garble(path: Path) -> None:
+    path.write_bytes(bytes(255 - b for b in path.read_bytes()))
+
+
+@pytest.mark.parametrize("damage, what", [
+    (lambda f: os.truncate(f / "weights" / "ckpt.data-00000-of-00001", 10), "truncated"),
+    (lambda f: (f / "weights" / "ckpt.index").unlink(), "missing"),
+    (lambda f: _garble(f / "weights" / "ckpt.data-00000-of-00001"), "content changed"),
+    (lambda f: (f / "meta.json").write_text(json.dumps({**json.loads((f / "meta.json").read_text()),
+                                                        "files": [1, 2]})), "files is not")])
+def test_a_damaged_model_folder_is_named_and_skipped_for_the_previous_one(tmp_path, logged, damage,
+                                                                          what):
+    from pipelines.daily.model_store import ModelStore
+
+    _snapshot(tmp_path, "2026-01-05", "2026-01-04")
+    newest = _snapshot(tmp_path, "2026-01-12", "2026-01-11")
+    damage(newest)
+    store = ModelStore(str(tmp_path))
+    name, _ = store.newest(store.usable(dt.date(2026, 1, 13)))
+    assert name == "2026-01-05"
+    assert list(store.damaged) == ["2026-01-12"] and what in store.damaged["2026-01-12"]
+    warned = [m for m in logged.messages if m.endswith("is taken as missing (the previous one is "
+                                                        "used) and made again when due")]
+    assert len(warned) == 1 and str(newest) in warned[0] and what in warned[0]
+    assert [n for n, _ in store.complete()] == ["2026-01-05"]  # from now on, as missing
+    store.saved("2026-01-12")  # made again
+    assert "2026-01-12" not in store.damaged
+
+
+def test_a_folder_written_before_file_records_is_read_unchecked(tmp_path):
+    from ecdctr.training.checkpoint import folder_damage
+    from pipelines.daily.model_store import ModelStore
+
+    folder = _snapshot(tmp_path, "2026-01-05", "2026-01-04")
+    meta = json.loads((folder / "meta.json").read_text())
+    del meta["files"]
+    (folder / "meta.json").write_text(json.dumps(meta))
+    os.truncate(folder / "weights" / "ckpt.index", 1)
+    assert folder_damage(str(folder), meta, content=True) is None
+    store = ModelStore(str(tmp_path))
+    assert store.newest(store.complete())[0] == "2026-01-05"
+
+
+def _truncate_half(path: Path) -> None:
+    os.truncate(path, path.stat().st_size // 2)
+
+
+@pytest.mark.parametrize("records, damage", [(True, _truncate_half), (True, _garble),
+                                             (False, _truncate_half)])
+def test_a_damaged_snapshot_table_is_named_never_a_bare_numpy_error(tmp_path, records, damage):
+    from ecdctr.training.checkpoint import load_snapshot
+
+    folder = _snapshot(tmp_path, "2026-01", "2026-01-04")
+    assert load_snapshot(str(folder)).tables["user_id"][1].shape == (50, 4)
+    if not records:  # a snapshot saved before file records: numpy's own check, named
+        meta = json.loads((folder / "meta.json").read_text())
+        (folder / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "files"}))
+    damage(folder / "user.npy")
+    with pytest.raises(DamagedFile, match=f"{folder / 'user.npy'}: .*TPM snapshot {folder} is "
+                                          f"damaged. Fix: none needed"):
+        load_snapshot(str(folder))
+
+
+def test_load_checkpoint_refuses_a_folder_whose_files_do_not_match_its_meta(tmp_path):
+    from ecdctr.training.checkpoint import load_checkpoint
+
+    folder = _snapshot(tmp_path, "2026-01-05", "2026-01-04")
+    os.truncate(folder / "weights" / "ckpt.index", 2)
+    with pytest.raises(DamagedFile, match=r"ckpt.index: 2 bytes, 5 written \(truncated\): model folder"):
+        load_checkpoint(str(folder))
+
+
+def test_the_note_of_a_cpm_without_snapshots_names_the_damaged_ones():
+    from pipelines import tpm_notes
+
+    reason = tpm_notes.no_snapshot_reason([], dt.date(2026, 1, 5), False, 1,
+                                          {"2026-01": "work/tpm/2026-01/user.npy: 3 bytes"})
+    assert reason.startswith("the TPM snapshot(s) 2026-01 are damaged and left out "
+                             "(work/tpm/2026-01/user.npy: 3 bytes)")
+
