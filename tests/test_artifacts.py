@@ -227,3 +227,45 @@ def test_the_note_of_a_cpm_without_snapshots_names_the_damaged_ones():
     assert reason.startswith("the TPM snapshot(s) 2026-01 are damaged and left out "
                              "(work/tpm/2026-01/user.npy: 3 bytes)")
 
+
+# -- the rollback hold -----------------------------------------------------------------------
+
+HOLDS = [("", "empty"), ('{"to": 3, "vers', "not JSON"), ("[3]", "a JSON list, not an object"),
+         ('{"to": "3", "version": 4, "at": "now"}', "not a rollback hold")]
+
+
+@pytest.mark.parametrize("text, what", HOLDS)
+def test_a_damaged_rollback_hold_keeps_new_versions_out_and_says_how_to_fix_it(tmp_path, text, what,
+                                                                               logged):
+    from types import SimpleNamespace
+
+    from ecdctr.serving.export import held, release
+    from pipelines.daily.publish import operational_reasons
+
+    hold = tmp_path / "export" / "actr" / "rollback.json"
+    hold.parent.mkdir(parents=True)
+    hold.write_text(text)
+    with pytest.raises(DamagedFile, match=what):
+        held(str(hold.parent))
+    config = SimpleNamespace(work=str(tmp_path / "work"), export=str(tmp_path / "export"),
+                             gate=SimpleNamespace(max_drift=0))
+    (reason,) = operational_reasons(config, [])
+    assert reason.startswith(f"{hold}: damaged ({what}") and (
+        f"Fix: `ecdctr rollback --export={tmp_path / 'export'} --release`" in reason)
+    assert logged.records[-1].levelname == "ERROR" and logged.messages[-1] == reason
+    assert release(str(hold.parent))["damaged"].startswith(f"{hold}: damaged")
+    assert not hold.exists() and operational_reasons(config, []) == []
+
+
+def test_a_whole_rollback_hold_still_holds(tmp_path):
+    from types import SimpleNamespace
+
+    from pipelines.daily.publish import operational_reasons
+
+    hold = tmp_path / "export" / "actr" / "rollback.json"
+    hold.parent.mkdir(parents=True)
+    hold.write_text(json.dumps({"to": 3, "version": 5, "at": "2026-01-12T03:00:00+0000"}))
+    config = SimpleNamespace(work=str(tmp_path / "work"), export=str(tmp_path / "export"),
+                             gate=SimpleNamespace(max_drift=0))
+    (reason,) = operational_reasons(config, [])
+    assert reason.startswith("a rollback to version 3 (served as version 5) is in force")
