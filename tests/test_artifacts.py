@@ -269,3 +269,32 @@ def test_a_whole_rollback_hold_still_holds(tmp_path):
                              gate=SimpleNamespace(max_drift=0))
     (reason,) = operational_reasons(config, [])
     assert reason.startswith("a rollback to version 3 (served as version 5) is in force")
+
+
+# -- an evaluation or validation day without rows ----------------------------------------------
+
+def test_a_day_whose_rows_were_all_quarantined_is_named_before_anything_trains(tmp_path, logged):
+    from pipelines.held_out import Evaluation, choose_validation, unjudgeable
+
+    logs, work = tmp_path / "logs", tmp_path / "work"
+    write_jsonl(partition(logs, "ad", D1) / "a.jsonl", [row(f"r{i}", D1, click=7) for i in range(5)])
+    write_jsonl(partition(logs, "ad", D2) / "a.jsonl",
+                [row(f"s{i}", D2, click=i % 2) for i in range(60)])
+    build(SPEC, str(logs), str(work))
+    said = unjudgeable(str(work), ("ad", D1), Evaluation(0.2, ("ad", D1), 0, 0))
+    assert said == (f"ad {D1}, the day the model is judged on, has no rows to judge it on: its 5 "
+                    f"rows read were all quarantined (bad_label 5). Fix: see why in "
+                    f"{work / 'quarantine' / 'ad' / f'date={D1}'} and fix the day's logs; the next "
+                    f"run of the day rebuilds it (the days after it run as usual)")
+    assert unjudgeable(str(work), ("ad", D1), None) == said
+    assert unjudgeable(str(work), ("ad", D2), None) is None
+    assert "its evaluation share (20% of its requests) holds none of its 60 rows" in unjudgeable(
+        str(work), ("ad", D2), Evaluation(0.2, ("ad", D2), 0, 0))
+    # a fit whose newest day is empty validates on the days before it
+    validation = choose_validation(SPEC, str(work), [("ad", D1), ("ad", D2)], 0.5, 1)
+    assert validation is not None and validation.days == (("ad", D2),)
+    logged.clear()
+    assert choose_validation(SPEC, str(work), [("ad", D1)], 0.5, 1) is None
+    assert logged.messages == [f"no validation: the held-out 50% of the requests of ad {D1} holds 0 "
+                               f"rows and 0 clicks (an AUC needs both classes); the fit runs its "
+                               f"epochs without early stopping"]

@@ -52,7 +52,7 @@ from pipelines.daily.report import (
     tracked,
 )
 from pipelines.daily.watch import watch_served
-from pipelines.held_out import Evaluation, evaluation_share, split
+from pipelines.held_out import Evaluation, evaluation_share, split, unjudgeable
 
 logger = logging.getLogger(__name__)
 
@@ -293,6 +293,9 @@ class DailyJob:
         evaluation = self.evaluation()
         if evaluation is not None:
             entry["evaluation"] = evaluation.describe()
+        empty = unjudgeable(self.work, ("ad", self.date), evaluation)
+        if empty:  # before any training: nothing could judge or gate it
+            raise DailyError(empty)
         newest = self.cpms.newest(self.cpms.usable(self.date))
         if newest is None:
             damaged = f" (damaged: {self.cpms.damaged})" if self.cpms.damaged else ""
