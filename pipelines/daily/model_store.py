@@ -29,6 +29,7 @@ class ModelStore:
         self.root = root
         self.legacy: set[str] = set()  # folders of an older format, logged once
         self.damaged: dict[str, str] = {}  # folder name -> what is wrong with it
+        self.sized: set[str] = set()  # folders whose file sizes were checked (meta)
         self.proven: set[str] = set()  # folders whose bytes were checked (newest)
 
     def path(self, name: str) -> str:
@@ -46,12 +47,13 @@ class ModelStore:
             return None
         try:
             meta = read_json_object(path)
-            problem = folder_damage(self.path(name), meta)
+            problem = None if name in self.sized else folder_damage(self.path(name), meta)
         except DamagedFile as e:
             problem = str(e)
         if problem:
             self.mark_damaged(name, problem)
             return None
+        self.sized.add(name)  # once per store: a folder changes only through `saved`
         return meta
 
     def mark_damaged(self, name: str, problem: str) -> None:
@@ -63,6 +65,7 @@ class ModelStore:
     def saved(self, name: str) -> None:
         """The output called name was just written again: whatever was wrong with it is gone."""
         self.damaged.pop(name, None)
+        self.sized.discard(name)
         self.proven.discard(name)
 
     def newest(self, outputs: list[tuple[str, dict]]) -> tuple[str, dict] | None:
