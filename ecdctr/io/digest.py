@@ -36,7 +36,7 @@ class DigestingWriter:
         self.raw, self.digest = raw, Digest()
 
     def write(self, data: bytes) -> int:
-        self.digest.update(bytes(data))
+        self.digest.update(data if isinstance(data, bytes) else bytes(data))
         return self.raw.write(data)
 
     def flush(self) -> None:
