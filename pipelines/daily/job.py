@@ -182,6 +182,8 @@ class DailyJob:
         key = self.due("tpm", self.tpms, entry)
         if key is None:
             return
+        if key in self.tpms.damaged:  # its period's snapshot is made again
+            entry["damaged"] = self.tpms.damaged[key]
         t = self.config.transfer
         if t.tpm_snapshots == 0:
             entry.update(status="skipped", reason="transfer.tpm_snapshots is 0: no TPM")
