@@ -8,9 +8,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from ecdctr.data.built_days import day_damage, rebuild_fix
 from ecdctr.io import layout, storage
-from ecdctr.io.jsonio import DamagedFile
 from ecdctr.spec.feature_spec import Spec
 
 
@@ -64,17 +62,13 @@ def example_batch(spec: Spec) -> dict[str, tf.Tensor]:
 
 
 def partition_files(work: str, source: str, dates: Iterable[dt.date]) -> list[str]:
-    """The TFRecord shards of the given built days; a day that is not built, or whose shards
-    are not the size the build recorded (ecdctr.data.built_days), is an error."""
+    """The TFRecord shards of the given built days; a day that is not built is an error."""
     files: list[str] = []
     for date in dates:
         folder = layout.examples_folder(work, source, date)
         if not storage.isdir(folder):
             raise FileNotFoundError(f"{folder}: day not built. Fix: run `ecdctr build` for "
                                     f"{source} {date.isoformat()} first.")
-        problem = day_damage(work, source, date)
-        if problem:
-            raise DamagedFile(f"{problem}: {source} {date} is damaged. {rebuild_fix(source, date)}")
         files.extend(storage.glob(storage.join(folder, "*.tfrecord.gz")))
     return files
 
