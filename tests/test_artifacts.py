@@ -195,9 +195,12 @@ def _truncate_half(path: Path) -> None:
     os.truncate(path, path.stat().st_size // 2)
 
 
-@pytest.mark.parametrize("records, damage", [(True, _truncate_half), (True, _garble),
-                                             (False, _truncate_half)])
-def test_a_damaged_snapshot_table_is_named_never_a_bare_numpy_error(tmp_path, records, damage):
+@pytest.mark.parametrize("records, damage, what", [
+    (True, _truncate_half, r"\d+ bytes, [\d,]+ written \(truncated\)"),
+    (True, _garble, "content changed since written"), (False, _truncate_half, "damaged \\(")])
+def test_a_damaged_snapshot_table_is_named_never_a_bare_numpy_error(tmp_path, records, damage, what):
+    import re
+
     from ecdctr.training.checkpoint import load_snapshot
 
     folder = _snapshot(tmp_path, "2026-01", "2026-01-04")
@@ -206,9 +209,13 @@ def test_a_damaged_snapshot_table_is_named_never_a_bare_numpy_error(tmp_path, re
         meta = json.loads((folder / "meta.json").read_text())
         (folder / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "files"}))
     damage(folder / "user.npy")
-    with pytest.raises(DamagedFile, match=f"{folder / 'user.npy'}: .*TPM snapshot {folder} is "
-                                          f"damaged. Fix: none needed"):
+    with pytest.raises(DamagedFile) as e:
         load_snapshot(str(folder))
+    assert re.match(re.escape(f"{folder / 'user.npy'}: ") + what, str(e.value)), str(e.value)
+    assert str(e.value).count(str(folder / "user.npy")) == 1
+    assert str(e.value).endswith(f"TPM snapshot {folder} is damaged. Fix: none needed: `ecdctr "
+                                 f"daily` takes it as missing, uses the previous one and retrains "
+                                 f"it when due (delete it to free the disk)")
 
 
 def test_load_checkpoint_refuses_a_folder_whose_files_do_not_match_its_meta(tmp_path):

@@ -316,8 +316,9 @@ def load_snapshot(folder: str, name: str | None = None) -> Snapshot:
     tables = {}
     for entity, info in manifest["entities"].items():
         keys = json.loads(proven(f"{entity}.keys.json"))
+        table = proven(f"{entity}.npy")  # DamagedFile is a ValueError: not caught below
         try:
-            rows = np.load(io.BytesIO(proven(f"{entity}.npy")))
+            rows = np.load(io.BytesIO(table))
         except ValueError as e:  # a snapshot written before file records, damaged
             raise DamagedFile(f"{storage.join(folder, entity + '.npy')}: damaged ({e}): TPM "
                               f"snapshot {folder} is damaged. {RETRAIN_FIX}") from None
