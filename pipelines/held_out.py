@@ -5,12 +5,16 @@ that split a dataset reads."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ecdctr.data.datasets import HeldOut, Share, held_out_counts, partition_files, share_buckets
-from ecdctr.data.vocab import Partition
+from ecdctr.data.vocab import Partition, read_stats
+from ecdctr.io import layout
 from ecdctr.spec.feature_spec import Spec
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -90,8 +94,31 @@ def choose_validation(spec: Spec, work: str, parts: Sequence[Partition], share: 
         if clicks >= min_clicks:
             break
     if clicks == 0 or clicks == rows:
+        logger.warning(f"no validation: the held-out {share:.0%} of the requests of "
+                       f"{', '.join(f'{s} {d}' for s, d in sorted(days))} holds {rows:,} rows and "
+                       f"{clicks:,} clicks (an AUC needs both classes); the fit runs its epochs "
+                       f"without early stopping")
         return None
     return Validation(share, tuple(sorted(days)), rows, clicks)
+
+
+def unjudgeable(work: str, day: Partition, evaluation: Evaluation | None) -> str | None:
+    """Why no model can be judged on day, its evaluation share of it (or all of it when
+    evaluation is None) holding no row, with the fix; None when there are rows."""
+    if evaluation is not None and evaluation.rows:
+        return None
+    source, date = day
+    stats = read_stats(work, source, date)
+    if evaluation is None and stats["rows_written"]:
+        return None
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(stats.get("quarantine_reasons", {}).items()))
+    held = (f"its evaluation share ({evaluation.share:.0%} of its requests) holds none of its "
+            f"{stats['rows_written']:,} rows" if stats["rows_written"] else
+            f"its {stats['rows_read']:,} rows read were all quarantined"
+            + (f" ({reasons})" if reasons else ""))
+    return (f"{source} {date}, the day the model is judged on, has no rows to judge it on: "
+            f"{held}. Fix: see why in {layout.quarantine_folder(work, source, date)} and fix the "
+            f"day's logs; the next run of the day rebuilds it (the days after it run as usual)")
 
 
 def files_of(work: str, parts: Sequence[Partition]) -> list[str]:

@@ -28,6 +28,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from ecdctr.config import TransferConfig, Windows
+from ecdctr.data.built_days import names_data_loss, sound_days
 from ecdctr.data.datasets import HeldOut, example_batch, make_dataset
 from ecdctr.data.datasets import partition_files as partition_files  # callers' steps.partition_files
 from ecdctr.data.vocab import Partition, build_vocabularies, domain_sizes, numeric_stats, traffic
@@ -71,8 +72,8 @@ class Trained:
 
 
 def built_days(work: str, source: str, first: dt.date, end: dt.date) -> list[dt.date]:
-    """The built days of source in [first, end)."""
-    return [d for d in built_partitions(work, source) if first <= d < end]
+    """The built days of source in [first, end), less damaged ones (named in a warning)."""
+    return sound_days(work, source, [d for d in built_partitions(work, source) if first <= d < end])
 
 
 def window_days(work: str, source: str, date: dt.date, days: int) -> list[dt.date]:
@@ -168,6 +169,7 @@ def validation_of(spec: Spec, work: str, parts: Sequence[Partition], config: Mod
                              config.validation_min_clicks)
 
 
+@names_data_loss
 def fit_on(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
            config: ModelConfig, name: str, board: str | None = None,
            epochs: int | None = None, distribution: Distribution | None = None,
@@ -474,6 +476,7 @@ def _ctr_without(work: str, parts: Sequence[Partition], evaluation: Evaluation |
     return (ctr * rows - evaluation.clicks) / (rows - evaluation.rows)
 
 
+@names_data_loss
 def evaluate(model: CtrModel, spec: Spec, work: str, parts: Sequence[Partition],
              batch_size: int = 4096, held_out: HeldOut | None = None) -> dict:
     """LogLoss, AUC, GAUC, CTR, mean prediction and calibration of the model on the given

@@ -6,15 +6,21 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 logger = logging.getLogger(__name__)
 
 
 def no_snapshot_reason(usable: Sequence[tuple[str, dict]], cpm_first: dt.date,
-                       historical: bool, chosen: int) -> str:
+                       historical: bool, chosen: int, damaged: Mapping[str, str] | None = None
+                       ) -> str:
     """Why a CPM whose window starts at cpm_first reads no TPM snapshot, given the usable
-    snapshots ((name, meta) pairs) and how many were chosen before the unreadable were left out."""
+    snapshots ((name, meta) pairs), how many were chosen before the unreadable were left out
+    and the damaged ones left out ({name: what is wrong})."""
+    if damaged:
+        return (f"the TPM snapshot(s) {', '.join(sorted(damaged))} are damaged and left out "
+                f"({'; '.join(damaged[n] for n in sorted(damaged))}); the TPM step retrains "
+                f"its period's snapshot when due")
     if not usable:
         return "no TPM snapshot was trained yet (the TPM's windows held no built natural day)"
     if not chosen:

@@ -1,6 +1,7 @@
 """The daily job's schedule, CPM warm start, A-CTR from yesterday and resumability, on a tiny
 simulated set (the sizes of tests/test_e2e.py)."""
 
+import dataclasses
 import datetime as dt
 import gzip
 import json
@@ -22,7 +23,7 @@ from conftest import recorded
 from ecdctr.config import load_config
 from ecdctr.models.ctr_model import ModelConfig, build_model, transfer_weights
 from ecdctr.spec.feature_spec import feature_diff, load_spec
-from pipelines import daily, tpm_notes
+from pipelines import daily, steps, tpm_notes
 from pipelines.daily import run_daily
 
 START = dt.date(2026, 1, 1)
@@ -304,15 +305,20 @@ def test_killed_runs_resume_to_the_same_result(logs, tmp_path, logged):
 
 
 def test_a_failed_cpm_degrades_the_day_and_the_actr_uses_the_newest_cpm(friday, logs, tmp_path,
-                                                                       logged):
+                                                                       logged, monkeypatch):
     config = load_config(_config(tmp_path, logs, extra=WEEKLY))
     _, _, (first, _), left = friday  # run_daily(config, 2026-01-09), in a copy of its folders
     for folder in ("work", "export"):
         shutil.copytree(left / folder, tmp_path / folder)
     assert first["outcome"] == "published"
-    # a bad artifact: the TPM snapshot the next CPM reads is corrupt
-    snapshot = tmp_path / "work" / "tpm" / "2026-01"
-    (snapshot / "manifest.json").write_text("{not json")
+    train_ctr = steps.train_ctr
+
+    def full_disk(*args, kind, **kwargs):  # the CPM's fit fails (a damaged artifact no longer
+        if kind == "cpm":                   # does: it is left out, see test_artifacts)
+            raise OSError(28, "No space left on device")
+        return train_ctr(*args, kind=kind, **kwargs)
+
+    monkeypatch.setattr(steps, "train_ctr", full_disk)
     report = run_daily(config, dt.date(2026, 1, 12))  # a new week: CPM due
     assert report["steps"]["cpm"]["status"] == "failed"
     assert report["status"] == "ok" and report["published"] and report["outcome"] == "degraded"
@@ -324,6 +330,57 @@ def test_a_failed_cpm_degrades_the_day_and_the_actr_uses_the_newest_cpm(friday, 
                for r in logged.records)
     # the first day's version served through the second, and is scored on its traffic
     assert report["served"]["version"] == 1 and report["steps"]["watch"]["status"] == "ok"
+
+
+def test_damaged_shards_and_snapshot_are_named_and_made_again_and_the_day_publishes(
+        friday, logs, tmp_path, logged):
+    """Friday's folders with an ad shard of the A-CTR window truncated, a natural shard of the
+    CPM window garbled (same size) and the month's TPM snapshot's user table truncated: the
+    build rebuilds both days from their logs, the TPM retrains the snapshot, and Monday
+    publishes."""
+    config = load_config(_config(tmp_path, logs, extra=WEEKLY))
+    *_, left = friday
+    for folder in ("work", "export"):
+        shutil.copytree(left / folder, tmp_path / folder)
+    work = tmp_path / "work"
+    (ad,) = (work / "examples" / "ad" / "date=2026-01-08").glob("*.tfrecord.gz")
+    os.truncate(ad, 3000)
+    (natural,) = (work / "examples" / "natural" / "date=2026-01-09").glob("*.tfrecord.gz")
+    natural.write_bytes(natural.read_bytes()[:100] + bytes(natural.stat().st_size - 100))
+    table = work / "tpm" / "2026-01" / "user.npy"
+    os.truncate(table, table.stat().st_size // 2)
+    report = run_daily(config, dt.date(2026, 1, 12))
+    assert report["outcome"] == "published", report
+    said = logged.messages
+    assert any(m.startswith(f"rebuilding ad 2026-01-08 from its logs: {ad}: 3,000 bytes, ")
+               and m.endswith("written (truncated)") for m in said)
+    assert any(m.startswith(f"rebuilding natural 2026-01-09 from its logs: {natural}: content "
+                            f"changed since written") for m in said)
+    tpm = report["steps"]["tpm"]
+    assert tpm["status"] == "ok" and tpm["damaged"].startswith(f"{table}: ")
+    assert "(truncated)" in tpm["damaged"]
+    assert any(m.startswith(f"{table}: ") and "is damaged; it is taken as missing" in m for m in said)
+    assert report["steps"]["cpm"]["status"] == "ok" and "tpm" not in report["steps"]["cpm"]
+    assert not any("DataLossError" in m or "Traceback" in m for m in said)
+
+
+def test_a_damaged_snapshot_is_left_out_of_the_cpm_and_the_report_says_so(friday, logs, tmp_path,
+                                                                          logged):
+    config = load_config(_config(tmp_path, logs, extra=WEEKLY))
+    config = dataclasses.replace(config, transfer=dataclasses.replace(config.transfer,
+                                                                      tpm_historical=False))
+    *_, left = friday
+    shutil.copytree(left / "work", tmp_path / "work")
+    snapshot = tmp_path / "work" / "tpm" / "2026-01"
+    table = snapshot / "user.npy"
+    table.write_bytes(bytes(table.stat().st_size))  # garbage of the same size
+    job = daily.DailyJob(config, load_spec(SPEC), dt.date(2026, 1, 12), {"steps": {}})
+    entry: dict = {}
+    assert job.snapshots_for(dt.date(2026, 1, 7), entry) == []
+    assert entry["damaged_snapshots"]["2026-01"].startswith(f"{table}: content changed since written")
+    assert entry["tpm"].startswith("configured, but no snapshot: the TPM snapshot(s) 2026-01 are "
+                                   f"damaged and left out ({table}: content changed")
+    assert any(m.startswith("the CPM reads no TPM snapshot") for m in logged.messages)
 
 
 def test_a_run_configured_for_the_tpm_that_reads_no_snapshot_says_so(logs, tmp_path, caplog):

@@ -262,6 +262,20 @@ def test_versions_rollback_and_the_hold_on_the_next_run(run_copy, capsys):
     assert any("a rollback to version 1" in r and "--release" in r for r in report["gate"]["reasons"])
     served = json.loads(capsys.readouterr().out)
     assert served["outcome"] == "rejected"
+    # a hold cut in half fails closed: shown by versions, and the next run is held still
+    hold = export / "actr" / "rollback.json"
+    hold.write_text(hold.read_text()[:len(hold.read_text()) // 2])
+    with pytest.raises(SystemExit):
+        main(["versions", f"--export={export}"])
+    assert f"rollback hold damaged: {hold}: damaged (not JSON" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["daily", f"--config={config}", f"--date={DATE}", "--force"])
+    assert e.value.code == 3
+    report = json.loads((root / "work" / "reports" / f"{DATE}.json").read_text())
+    assert report["outcome"] == "rejected" and not report["published"]
+    assert any(r.startswith(f"{hold}: damaged (not JSON") and "--release" in r
+               for r in report["gate"]["reasons"])
+    capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         main(["rollback", f"--export={export}", "--release"])
     assert e.value.code == 0 and not (export / "actr" / "rollback.json").exists()

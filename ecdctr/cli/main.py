@@ -292,10 +292,15 @@ def _export_base(folder: str) -> str:
 
 
 def _versions(args: argparse.Namespace, _: list[str]) -> None:
+    from ecdctr.io.jsonio import DamagedFile
     from ecdctr.serving.export import describe_versions, held
 
     base = _export_base(args.export)
-    rows, hold = describe_versions(base), held(base)
+    rows = describe_versions(base)
+    try:
+        hold = held(base)
+    except DamagedFile as e:  # shown as it is: it keeps new versions out
+        hold = {"damaged": str(e)}
     if args.json:
         print(json.dumps({"base": base, "versions": rows, "hold": hold}, indent=2))
         return
@@ -312,7 +317,10 @@ def _versions(args: argparse.Namespace, _: list[str]) -> None:
             note = ("served (highest); " + note).strip("; ")
         print(f"{row['version']:>7}  {row['date'] or '-':10}  {auc:>6}  {row['gate'] or '-':8}  "
               f"{vs:>10}  {row['published_at'] or '-':26}{note}")
-    if hold:
+    if hold and "damaged" in hold:
+        print(f"rollback hold damaged: {hold['damaged']}; new candidates are held until "
+              f"`ecdctr rollback --release` removes it (or it is rewritten)")
+    elif hold:
         print(f"rollback in force since {hold['at']}: version {hold['version']} serves version "
               f"{hold['to']}; new candidates are held (`ecdctr rollback --release` ends it)")
 
@@ -323,8 +331,10 @@ def _rollback(args: argparse.Namespace, _: list[str]) -> None:
     base = _export_base(args.export)
     if args.release:
         hold = release(base)
-        logger.info("%s", f"released the rollback to version {hold['to']}: the next daily run "
-                          f"publishes through the gate" if hold else "no rollback was in force")
+        what = ("no rollback was in force" if not hold else
+                f"removed the damaged rollback hold ({hold['damaged']})" if "damaged" in hold
+                else f"released the rollback to version {hold['to']}")
+        logger.info("%s", what + (": the next daily run publishes through the gate" if hold else ""))
         return
     rollback(base, args.to)
 

@@ -159,6 +159,12 @@ def match(patterns: list[str]) -> list[str]:
     return sorted({m.path for result in results for m in result.metadata_list})
 
 
+def sizes(pattern: str) -> dict[str, int]:
+    """{path: bytes} of the files matching pattern (one listing)."""
+    return {m.path: m.size_in_bytes for result in FileSystems.match([pattern])
+            for m in result.metadata_list}
+
+
 def files_under(folder: str) -> list[str]:
     """Every file below folder, at any depth (none if it does not exist)."""
     return match([storage.join(folder, "**")])

@@ -41,7 +41,11 @@ def read_json_object(path: str) -> dict:
     """Reads a JSON file the pipeline wrote (a report, a model folder's meta.json, a marker)
     and checks it is a JSON object; DamagedFile, naming the path, when it is empty, truncated,
     not JSON or another JSON value."""
-    text = storage.read_text(path)
+    return json_object(storage.read_text(path), path)
+
+
+def json_object(text: str | bytes, path: str) -> dict:
+    """The JSON object in text, read from path (see read_json_object)."""
     try:
         body = json.loads(text)
     except ValueError as e:

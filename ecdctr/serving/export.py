@@ -31,7 +31,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 from ecdctr.data.datasets import feature_description, features_by_name, serving_features
 from ecdctr.data.rows import features_example
 from ecdctr.io import commit, storage
-from ecdctr.io.jsonio import write_json
+from ecdctr.io.jsonio import DamagedFile, read_json_object, write_json
 from ecdctr.models.ctr_model import CtrModel, serving_form
 from ecdctr.models.tower import Tower
 from ecdctr.serving.vocab_assets import vocabulary_assets
@@ -402,12 +402,26 @@ def rollback(base: str, to: int, keep: int = 5) -> dict:
 
 
 def held(base: str) -> dict | None:
-    """The rollback in force under base, if any (see rollback)."""
-    return _read_optional(storage.join(base, HOLD_FILE)) or None
+    """The rollback in force under base, if any (see rollback). DamagedFile, naming the hold
+    file, when it is there but empty, truncated, not JSON or not {to, version, at}: a hold
+    that cannot be read is safety state, so its callers keep new versions out (fail closed)."""
+    path = storage.join(base, HOLD_FILE)
+    if not storage.exists(path):
+        return None
+    hold = read_json_object(path)
+    if not (all(isinstance(hold.get(k), int) and not isinstance(hold.get(k), bool)
+                for k in ("to", "version")) and isinstance(hold.get("at"), str)):
+        raise DamagedFile(f"{path}: damaged (not a rollback hold: "
+                          f"{{\"to\": version, \"version\": version, \"at\": time}} expected)")
+    return hold
 
 
 def release(base: str) -> dict | None:
-    """Ends a rollback hold: the next daily run publishes through the gate again."""
-    hold = held(base)
+    """Ends a rollback hold, a damaged one too ({"damaged": what is wrong}): the next daily
+    run publishes through the gate again."""
+    try:
+        hold = held(base)
+    except DamagedFile as e:
+        hold = {"damaged": str(e)}
     storage.remove(storage.join(base, HOLD_FILE))
     return hold

@@ -7,7 +7,9 @@ A folder (TPM snapshot, CPM, A-CTR, or a compare variant) holds:
     tpm/<k>/<feature>.keys.json  the ids of each TPM snapshot it reads (their vectors are in
                          the weights; meta.json records each snapshot's content hash)
     meta.json            written last: kind, structure, numeric stats, domains, training
-                         window, rows, parent, training summary (chosen epoch), metrics
+                         window, rows, parent, training summary (chosen epoch), metrics, and
+                         `files`: the size and crc32c of every other file (ecdctr.io.digest),
+                         checked before the folder is trusted (folder_damage)
 `load_checkpoint` rebuilds the model from these alone: no TFRecords, stats or TPM folders are
 read. Writes go to `<folder>.tmp`, renamed into place when whole; on an object store (no
 atomic rename) straight into the folder, its meta.json removed first and written last, so a
@@ -31,13 +33,15 @@ from ecdctr.config import MODEL_KEYS
 from ecdctr.data.datasets import example_batch
 from ecdctr.data.vocab import read_vocabularies, write_vocabularies
 from ecdctr.io import commit, storage
-from ecdctr.io.jsonio import read_json_object, write_json
+from ecdctr.io.digest import content_problem, is_record, record_of, size_problem, stream_record
+from ecdctr.io.jsonio import DamagedFile, json_object, read_json_object, write_json
 from ecdctr.layers.aggregator import TpmAggregator
 from ecdctr.models.adasparse import AdaSparseConfig
 from ecdctr.models.ctr_model import CtrModel, ModelConfig, TpmSnapshot, build_model
 from ecdctr.spec.feature_spec import Spec, feature_fingerprints, load_spec
 
 META = "meta.json"
+FILES = "files"  # meta.json's records of the folder's other files
 
 
 @dataclass(frozen=True)
@@ -136,8 +140,43 @@ def save_checkpoint(folder: str, model: CtrModel, spec: Spec, vocabs: Mapping[st
             writer(storage.join(tmp, relative))
         meta = {**meta, "model": structure(model.config), "model_name": model.name,
                 "tpm_snapshots": described, "spec_fingerprint": spec.fingerprint,
-                "feature_fingerprints": feature_fingerprints(spec)}
+                "feature_fingerprints": feature_fingerprints(spec), FILES: file_records(tmp)}
         write_json(storage.join(tmp, META), meta)
+
+
+def file_records(folder: str) -> dict[str, dict]:
+    """{relative path: size and crc32c} of every file under folder but meta.json."""
+    records = {}
+    for relative in storage.files_under(folder):
+        if relative != META and not commit.is_temp_file(relative, of=META):
+            with storage.open(storage.join(folder, relative), "rb") as f:
+                records[relative] = stream_record(f)
+    return records
+
+
+def folder_damage(folder: str, meta: dict, content: bool = False) -> str | None:
+    """What is wrong with a model folder whose meta.json says `meta` (None: every file it
+    records is there with its size, and with content=True its crc32c; or the folder predates
+    file records): the first file missing, of another size or of other bytes."""
+    records = meta.get(FILES)
+    if records is None:
+        return None
+    if not isinstance(records, dict) or not all(is_record(r) for r in records.values()):
+        return f"{storage.join(folder, META)}: damaged ({FILES} is not {{file: {{size, crc32c}}}})"
+    for relative, record in sorted(records.items()):
+        path = storage.join(folder, relative)
+        if not storage.exists(path):
+            return f"{path}: missing ({record['size']:,} bytes written)"
+        with storage.open(path, "rb") as f:
+            problem = (content_problem(path, record, stream_record(f)) if content
+                       else size_problem(path, record, f.size()))
+        if problem:
+            return problem
+    return None
+
+
+RETRAIN_FIX = ("Fix: none needed: `ecdctr daily` takes it as missing, uses the previous one "
+               "and retrains it when due (delete it to free the disk)")
 
 
 def is_checkpoint(folder: str) -> bool:
@@ -169,6 +208,9 @@ def load_checkpoint(folder: str, config: ModelConfig | None = None) -> Checkpoin
         raise FileNotFoundError(f"{folder}: no {META}, so not a whole checkpoint. Fix: point to a "
                                 f"model folder (e.g. <work>/models/actr/<date>) or retrain it.")
     meta = _read_meta(folder)
+    damage = folder_damage(folder, meta)
+    if damage:
+        raise DamagedFile(f"{damage}: model folder {folder} is damaged. {RETRAIN_FIX}")
     spec = load_spec(storage.join(folder, "spec.yaml"))
     config = with_structure(config or ModelConfig(), meta["model"])
     vocabs = read_vocabularies(storage.join(folder, "vocab"))
@@ -253,15 +295,32 @@ def save_snapshot(folder: str, model: CtrModel, spec: Spec, vocabs: Mapping[str,
 
 
 def load_snapshot(folder: str, name: str | None = None) -> Snapshot:
-    """The exported tables of a TPM snapshot folder, named by the folder."""
+    """The exported tables of a TPM snapshot folder, named by the folder; DamagedFile (naming
+    the file and what is wrong) when a table or its manifest is not as written."""
     path = storage.join(folder, "manifest.json")
     if not storage.exists(path):
         raise FileNotFoundError(f"TPM snapshot {folder} has no manifest.json. Fix: delete {folder} "
                                 f"and rerun the day: the TPM of its period retrains.")
-    manifest = read_json_object(path)
+    records = read_json_object(storage.join(folder, META)).get(FILES) or {}
+
+    def proven(relative: str) -> bytes:
+        data = storage.read_bytes(storage.join(folder, relative))
+        if is_record(records.get(relative)):
+            problem = content_problem(storage.join(folder, relative), records[relative],
+                                      record_of(data))
+            if problem:
+                raise DamagedFile(f"{problem}: TPM snapshot {folder} is damaged. {RETRAIN_FIX}")
+        return data
+
+    manifest = json_object(proven("manifest.json"), path)
     tables = {}
     for entity, info in manifest["entities"].items():
-        keys = json.loads(storage.read_text(storage.join(folder, f"{entity}.keys.json")))
-        rows = np.load(io.BytesIO(storage.read_bytes(storage.join(folder, f"{entity}.npy"))))
+        keys = json.loads(proven(f"{entity}.keys.json"))
+        table = proven(f"{entity}.npy")  # DamagedFile is a ValueError: not caught below
+        try:
+            rows = np.load(io.BytesIO(table))
+        except ValueError as e:  # a snapshot written before file records, damaged
+            raise DamagedFile(f"{storage.join(folder, entity + '.npy')}: damaged ({e}): TPM "
+                              f"snapshot {folder} is damaged. {RETRAIN_FIX}") from None
         tables[info["feature"]] = (keys, rows)
     return Snapshot(name or storage.basename(folder), tables, manifest["sha256"])

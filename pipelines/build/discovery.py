@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
-import json
 import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ecdctr.data.built_days import SHARDS, shard_damage, shard_records
 from ecdctr.data.log_partitions import LOGS_LAYOUT, Partition, find_partitions
 from ecdctr.io import beam_files, layout, storage
+from ecdctr.io.jsonio import DamagedFile, json_object
 
 logger = logging.getLogger(__name__)
 
@@ -123,13 +124,37 @@ def find_days(logs: str, work: str, sources: Sequence[str], start: dt.date | Non
 
 def _leave_out_built(work: str, sources: Sequence[str], partitions: dict[Partition, list[str]],
                      inputs: dict[Partition, list]) -> None:
-    """Removes from partitions the days built already whose inputs have not changed since."""
+    """Removes from partitions the days built already whose inputs have not changed since and
+    whose shards are as the build wrote them (size and crc32c, ecdctr.data.built_days); a
+    damaged day is named and built again from its logs."""
     built = {(s, d.isoformat()) for s in sources for d in layout.built_partitions(work, s)}
+    unrecorded = []
     for key in sorted(set(partitions) & built):
-        before = json.loads(beam_files.read_bytes(layout.stats_file(work, *key))).get("inputs")
+        path = layout.stats_file(work, *key)
+        try:
+            stats = json_object(beam_files.read_bytes(path), path)
+            records = shard_records(stats, path)
+        except DamagedFile as e:
+            logger.warning(f"rebuilding {key[0]} {key[1]} from its logs: {e}")
+            continue
+        before = stats.get("inputs")
         changed = changed_inputs(before, inputs[key]) if before is not None else ""
         if changed:  # late data: logs arrived or changed after the day was built
             logger.info(f"rebuilding {key[0]} {key[1]}: its logs changed since it was built ({changed})")
             continue
+        if records is None:
+            unrecorded.append(key)
+        else:
+            folder = layout.examples_folder(work, *key)
+            damage = shard_damage(folder, records, beam_files.sizes(storage.join(folder, SHARDS)),
+                                  beam_files.open_raw)
+            if damage:
+                logger.warning(f"rebuilding {key[0]} {key[1]} from its logs: {damage}")
+                continue
         logger.info(f"skipping {key[0]} {key[1]}: already built (stats file exists)")
         del partitions[key]
+    if unrecorded:
+        logger.info(f"{len(unrecorded)} built day(s) ({unrecorded[0][1]} .. {unrecorded[-1][1]}) "
+                    f"were built before shard sizes and hashes were recorded: their shards are "
+                    f"read unchecked; a build without --skip_built over them adds the records")
+

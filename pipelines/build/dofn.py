@@ -191,6 +191,7 @@ class BuildDay(_StagingDoFn):
             for file_no, path in enumerate(day.paths):
                 writer.read_file(file_no, path)
             writer.shards.close()
+            stats.shard_files = writer.shards.records()
         stats.count_tokens()
         return stats
 

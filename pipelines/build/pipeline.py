@@ -159,7 +159,8 @@ def run_pipeline(spec: Spec, days: list[Day], run_dir: str, options: PipelineOpt
 
 def finish_day(spec: Spec, run_dir: str, staged: set[str], day: Day, seconds: float) -> dict:
     """The day's stats from what the pipeline staged; checks that every row is counted and
-    completes the day's files (see publish.complete_day)."""
+    completes the day's files (see publish.complete_day); its shard_files record every shard's
+    size and crc32c (ecdctr.data.built_days checks them before the day is trusted)."""
     # The shard count comes from the files' sizes when they were found; when a log file grew
     # since, the day holds the rows read, in that many shards (every row once), and the
     # inputs recorded at discovery make the next --skip_built build rebuild it.
@@ -170,7 +171,8 @@ def finish_day(spec: Spec, run_dir: str, staged: set[str], day: Day, seconds: fl
             f"{day.source} {day.date}: rows_read {stats['rows_read']} != rows_written "
             f"{stats['rows_written']} + rows_quarantined {stats['rows_quarantined']}; "
             f"nothing was published (staging left in {run_dir})")
-    publish.complete_day(spec, run_dir, staged, day)
+    stats["shard_files"] = dict(sorted(
+        {**stats["shard_files"], **publish.complete_day(spec, run_dir, staged, day)}.items()))
     return stats
 
 

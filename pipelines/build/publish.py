@@ -33,15 +33,18 @@ def new_run_folder(work: str) -> str:
     return run_dir
 
 
-def complete_day(spec: Spec, run_dir: str, staged: set[str], day: Day) -> None:
+def complete_day(spec: Spec, run_dir: str, staged: set[str], day: Day) -> dict[str, dict]:
     """Fills what the pipeline writes only when there is data: empty shards, quarantine, counts.
-    staged: the files the pipeline wrote (one listing, not one request per file)."""
+    staged: the files the pipeline wrote (one listing, not one request per file). Returns the
+    records (size, crc32c) of the empty shards it wrote, by file name."""
     examples = layout.examples_folder(run_dir, day.source, day.date)
     beam_files.makedirs(examples)
+    empty = {}
     for shard in range(day.shards):
-        path = storage.join(examples, shard_name(shard, day.shards))
+        name = shard_name(shard, day.shards)
+        path = storage.join(examples, name)
         if path not in staged:
-            write_empty_shard(path)
+            empty[name] = write_empty_shard(path)
     quarantine_folder = layout.quarantine_folder(run_dir, day.source, day.date)
     beam_files.makedirs(quarantine_folder)
     quarantine = storage.join(quarantine_folder, "part-00000.jsonl")
@@ -52,6 +55,7 @@ def complete_day(spec: Spec, run_dir: str, staged: set[str], day: Day) -> None:
         path = layout.counts_file(run_dir, day.source, day.date, f.name)
         if f.uses_vocab and path not in staged:
             beam_files.write_bytes(path, b"")
+    return empty
 
 
 def publish(work: str, run_dir: str, days: list[dict]) -> None:

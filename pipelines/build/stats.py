@@ -31,7 +31,8 @@ def numeric_columns(spec: Spec) -> list[str]:
 class DayStats:
     """What building a day, or one slice of it, counted: its files, rows read, written and
     quarantined (by reason), clicks, rows and clicks per domain, sums of numeric columns,
-    dropped columns and the token counts of vocabulary features. The slices of a day merge
+    dropped columns, the token counts of vocabulary features and the size and crc32c of each
+    shard file written (`shard_files`, ecdctr.io.digest). The slices of a day merge
     (`merged`) into what one pass over it counts."""
 
     def __init__(self, spec: Spec, shards: int):
@@ -47,6 +48,7 @@ class DayStats:
         vocab = [f for f in spec.features if f.uses_vocab]
         self.counts = {f.name: collections.Counter() for f in vocab}
         self.tokens_with_line_breaks = 0
+        self.shard_files: dict[str, dict] = {}
         # tokens gathered per vocabulary feature since the last count_tokens
         self._gathered: list[tuple[str, collections.Counter, list]] = [
             (f.column, self.counts[f.name], []) for f in vocab]
@@ -136,6 +138,7 @@ class DayStats:
                 acc[4] = max(acc[4], high)
             for name, counter in part.counts.items():
                 day.counts[name].update(counter)
+            day.shard_files.update(part.shard_files)
         return day
 
     def write(self, staging: str, source: str, date: str) -> None:
@@ -195,6 +198,7 @@ class DayStats:
             "domains": {k: {"rows": v[0], "clicks": v[1]} for k, v in sorted(self.domains.items())},
             "numeric": numeric,
             "shards": self.shards,
+            "shard_files": dict(sorted(self.shard_files.items())),
             "spec_fingerprint": spec.fingerprint,
             "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "seconds": round(seconds, 3),

@@ -18,7 +18,7 @@ from ecdctr.data.drift import read_drift
 from ecdctr.data.vocab import Partition
 from ecdctr.io import lock as file_lock
 from ecdctr.io import storage
-from ecdctr.io.jsonio import read_json, write_json
+from ecdctr.io.jsonio import DamagedFile, read_json, write_json
 from ecdctr.io.layout import built_partitions
 from ecdctr.models.ctr_model import CtrModel
 from ecdctr.models.sparsity import write_tensorboard
@@ -54,7 +54,7 @@ from pipelines.daily.report import (
     tracked,
 )
 from pipelines.daily.watch import watch_served
-from pipelines.held_out import Evaluation, evaluation_share, split
+from pipelines.held_out import Evaluation, evaluation_share, split, unjudgeable
 
 logger = logging.getLogger(__name__)
 
@@ -193,6 +193,8 @@ class DailyJob:
         key = self.due("tpm", self.tpms, entry)
         if key is None:
             return
+        if key in self.tpms.damaged:  # its period's snapshot is made again
+            entry["damaged"] = self.tpms.damaged[key]
         t = self.config.transfer
         if t.tpm_snapshots == 0:
             entry.update(status="skipped", reason="transfer.tpm_snapshots is 0: no TPM")
@@ -205,11 +207,11 @@ class DailyJob:
             logger.info(f"TPM skipped: {entry['reason']} (a CPM then reads no new snapshot)")
             return
         # the parent: the newest snapshot trained on days before this one's window only
-        earlier = [n for n, m in self.tpms.usable(self.date)
+        earlier = [(n, m) for n, m in self.tpms.usable(self.date)
                    if n != key and m["window"][1] < days[0].isoformat()]
         parent, fresh = None, []
-        if t.tpm_warm_start and earlier:
-            parent = load_checkpoint(self.tpms.path(earlier[-1]), self.config.tpm)
+        if t.tpm_warm_start and (newest := self.tpms.newest(earlier)):
+            parent = load_checkpoint(self.tpms.path(newest[0]), self.config.tpm)
             fresh, _ = self.fresh_features(parent.meta, f"TPM warm start from {parent.folder}")
         trained = steps.train_tpm(self.spec, self.work, days, self.config.tpm, parent,
                                   self.board("tpm"), fresh_features=fresh,
@@ -219,6 +221,7 @@ class DailyJob:
             return self.chief_progress.wait_for_save(folder)
         save_snapshot(folder, trained.model, self.spec, trained.vocabs, trained.meta,
                       steps.tpm_tables(trained, t.tpm_standardize))
+        self.tpms.saved(key)
         entry.update(snapshot=folder, train=trained.meta["train"], warm_start=trained.meta["parent"])
         logger.info(f"TPM snapshot {folder} of {trained.meta['window'][0]}..{trained.meta['window'][1]}")
         cpms = self.cpms.complete()
@@ -231,11 +234,18 @@ class DailyJob:
         t = self.config.transfer
         usable = self.tpms.usable(self.date)
         names = steps.choose_snapshots(usable, cpm_first, t.tpm_snapshots, t.tpm_historical)
-        snapshots = steps.readable_snapshots([load_snapshot(self.tpms.path(n)) for n in names],
-                                             self.spec)
+        loaded = []
+        for name in names:
+            try:
+                loaded.append(load_snapshot(self.tpms.path(name)))
+            except DamagedFile as e:  # left out; the TPM step retrains it when due
+                self.tpms.mark_damaged(name, str(e))
+        snapshots = steps.readable_snapshots(loaded, self.spec)
+        if self.tpms.damaged:
+            entry["damaged_snapshots"] = dict(sorted(self.tpms.damaged.items()))
         if not snapshots and t.tpm_snapshots > 0:
             entry["tpm"] = tpm_notes.without_tpm("CPM", tpm_notes.no_snapshot_reason(
-                usable, cpm_first, t.tpm_historical, len(names)))
+                usable, cpm_first, t.tpm_historical, len(names), self.tpms.damaged))
         return snapshots
 
     # -- CPM ------------------------------------------------------------------------------
@@ -253,10 +263,10 @@ class DailyJob:
         snapshots = self.snapshots_for(days[0], entry)
         logger.info(f"CPM on {len(days)} natural days with TPM snapshots "
                  f"{[s.name for s in snapshots] or 'none'}")
-        previous = [name for name, _ in self.cpms.usable(self.date) if name != key]
+        previous = self.cpms.newest([(n, m) for n, m in self.cpms.usable(self.date) if n != key])
         parent, fresh = None, []
         if previous:
-            parent = load_checkpoint(self.cpms.path(previous[-1]), self.config.cpm)
+            parent = load_checkpoint(self.cpms.path(previous[0]), self.config.cpm)
             fresh, diff = self.fresh_features(parent.meta, f"CPM warm start from {parent.folder}")
             entry["warm_start"] = {"from": parent.folder, **diff}
         else:
@@ -277,6 +287,7 @@ class DailyJob:
                         {**trained.meta, "period": key, "schedule": self.config.schedule.cpm,
                          "id": f"{key}-{uuid.uuid4().hex[:12]}"},
                         trained.snapshots)
+        self.cpms.saved(key)
         entry["checkpoint"] = folder
         self.cpms.prune(CPM_KEEP, {key})
 
@@ -295,11 +306,15 @@ class DailyJob:
         evaluation = self.evaluation()
         if evaluation is not None:
             entry["evaluation"] = evaluation.describe()
-        cpms = self.cpms.usable(self.date)
-        if not cpms:
-            raise DailyError(f"no CPM checkpoint trained before {self.date} in {self.cpms.root}. "
-                             f"Fix: let the cpm step run first.")
-        cpm = load_checkpoint(self.cpms.path(cpms[-1][0]), self.config.cpm)
+        empty = unjudgeable(self.work, ("ad", self.date), evaluation)
+        if empty:  # before any training: nothing could judge or gate it
+            raise DailyError(empty)
+        newest = self.cpms.newest(self.cpms.usable(self.date))
+        if newest is None:
+            damaged = f" (damaged: {self.cpms.damaged})" if self.cpms.damaged else ""
+            raise DailyError(f"no CPM checkpoint trained before {self.date} in {self.cpms.root}"
+                             f"{damaged}. Fix: let the cpm step run first.")
+        cpm = load_checkpoint(self.cpms.path(newest[0]), self.config.cpm)
         logger.info(f"loaded CPM {cpm.folder}")
         self.note_missing_tpm(entry, cpm)
         folder = self.actrs.path(self.date.isoformat())
@@ -319,6 +334,7 @@ class DailyJob:
             trained = self.fine_tune(entry, cpm, days, evaluation)
             model, meta = trained.model, trained.meta
             save_checkpoint(folder, model, self.spec, trained.vocabs, meta, trained.snapshots)
+            self.actrs.saved(self.date.isoformat())
             self.actrs.prune(ACTR_KEEP, {self.date.isoformat()})
         rows = split(self.spec, self.work, True, evaluation)
         self.evaluate(entry, folder, model, cpm, rows)
@@ -359,8 +375,9 @@ class DailyJob:
         """True when an earlier (killed) run of this day saved the A-CTR checkpoint that this
         run would train: same CPM, spec, structure and evaluation share; --force trains it
         again."""
-        meta = None if self.force else self.actrs.meta(storage.basename(folder))
-        if meta is None:
+        name = storage.basename(folder)
+        meta = None if self.force else self.actrs.meta(name)
+        if meta is None or self.actrs.newest([(name, meta)]) is None:
             return False
         same = (meta.get("cpm_id") == cpm_id and meta.get("spec_fingerprint") == self.spec.fingerprint
                 and meta.get("model") == structure(self.config.actr)
@@ -378,7 +395,7 @@ class DailyJob:
         cfg = self.config.actr
         cpm_name = storage.basename(cpm.folder)
         earlier = [(n, m) for n, m in self.actrs.complete() if n < self.date.isoformat()]
-        previous, previous_meta = earlier[-1] if earlier else (None, {})
+        previous, previous_meta = self.actrs.newest(earlier) or (None, {})
         shared = self.actr_vocabulary(days)
         if previous and previous_meta.get("cpm_id") == cpm.meta.get("id"):
             source_folder = self.actrs.path(previous)

@@ -1,7 +1,9 @@
 """The model folders of one kind: TPM snapshots under <work>/tpm, CPM and A-CTR checkpoints
 under <work>/models/{cpm,actr}. Which are whole and current, which a day may use, how old ones
 are pruned and what a killed run left unfinished. A folder is whole once its meta.json is in
-place (ecdctr/training/checkpoint.py writes it last)."""
+place (ecdctr/training/checkpoint.py writes it last) and its files are as meta.json records
+them (sizes here; bytes too, crc32c, for the one a step loads: `newest`); a damaged one is
+named, taken as missing (made again when due) and skipped for the previous one."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import re
 
 from ecdctr.io import commit, storage
 from ecdctr.io.jsonio import DamagedFile, read_json_object
-from ecdctr.training.checkpoint import META, is_current
+from ecdctr.training.checkpoint import META, folder_damage, is_current
 
 logger = logging.getLogger(__name__)
 
@@ -26,22 +28,59 @@ class ModelStore:
     def __init__(self, root: str):
         self.root = root
         self.legacy: set[str] = set()  # folders of an older format, logged once
+        self.damaged: dict[str, str] = {}  # folder name -> what is wrong with it
+        self.sized: set[str] = set()  # folders whose file sizes were checked (meta)
+        self.proven: set[str] = set()  # folders whose bytes were checked (newest)
 
     def path(self, name: str) -> str:
         """The folder of the output called name."""
         return storage.join(self.root, name)
 
     def meta(self, name: str) -> dict | None:
-        """The meta.json of the output called name; None when it has none, or a damaged one
-        (logged as a warning: the output counts as missing, so its step makes it again)."""
+        """The meta.json of the output called name; None when it has none, or when it or a
+        file it records is damaged (`damaged`; logged once as a warning: the output counts as
+        missing, so its step makes it again)."""
         path = storage.join(self.root, name, META)
         if not storage.exists(path):
             return None
-        try:
-            return read_json_object(path)
-        except DamagedFile as e:
-            logger.warning(f"{e}: {self.path(name)} is taken as missing and made again when due")
+        if name in self.damaged:
             return None
+        try:
+            meta = read_json_object(path)
+            problem = None if name in self.sized else folder_damage(self.path(name), meta)
+        except DamagedFile as e:
+            problem = str(e)
+        if problem:
+            self.mark_damaged(name, problem)
+            return None
+        self.sized.add(name)  # once per store: a folder changes only through `saved`
+        return meta
+
+    def mark_damaged(self, name: str, problem: str) -> None:
+        """Takes the output called name as missing from now on, with a warning saying why."""
+        self.damaged[name] = problem
+        logger.warning(f"{problem}: {self.path(name)} is damaged; it is taken as missing (the "
+                       f"previous one is used) and made again when due")
+
+    def saved(self, name: str) -> None:
+        """The output called name was just written again: whatever was wrong with it is gone."""
+        self.damaged.pop(name, None)
+        self.sized.discard(name)
+        self.proven.discard(name)
+
+    def newest(self, outputs: list[tuple[str, dict]]) -> tuple[str, dict] | None:
+        """The newest of outputs ((name, meta), oldest first) whose every file holds the bytes
+        written (crc32c); the damaged ones met on the way are marked (mark_damaged) and
+        skipped for the one before. None when none is left."""
+        for name, meta in reversed(outputs):
+            if name not in self.proven:
+                problem = folder_damage(self.path(name), meta, content=True)
+                if problem:
+                    self.mark_damaged(name, problem)
+                    continue
+                self.proven.add(name)
+            return name, meta
+        return None
 
     def complete(self) -> list[tuple[str, dict]]:
         """(name, meta) of the whole outputs, oldest first (by the last day they were trained

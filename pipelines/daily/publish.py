@@ -124,7 +124,14 @@ def operational_reasons(config: RunConfig, trained_days: list[str]) -> list[str]
             f"the A-CTR learned from days with data drift ({drifted}); gate.max_drift is "
             f"{config.gate.max_drift}. Fix: check those days' logs; rebuild them once "
             f"fixed, or raise gate.max_drift if the change is real")
-    hold = held(storage.join(config.export, "actr"))
+    try:
+        hold = held(storage.join(config.export, "actr"))
+    except DamagedFile as e:  # safety state that cannot be read fails closed
+        reasons.append(f"{e}; a rollback hold that cannot be read keeps new versions out. "
+                       f"Fix: `ecdctr rollback --export={config.export} --release` if no rollback "
+                       f"should be in force (or rewrite the file), and the next run publishes again")
+        logger.error(reasons[-1])
+        return reasons
     if hold:  # an operator rolled back: nothing new is served until they release it
         reasons.append(
             f"a rollback to version {hold['to']} (served as version {hold['version']}) is in "
