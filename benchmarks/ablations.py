@@ -12,6 +12,9 @@ held-out days, with several training seeds. Results: <out>/<arm>.json and .md pe
 
 Arms (the TPM hypotheses of BENCHMARKS.md section 7):
   main         finetune, ecdctr, ecdctr-no_tpm, ecdctr-no_bn_reinit with the defaults
+  tpm          ecdctr (TPM) against ecdctr-no_tpm: the two arms of transfer.tpm
+  auto         the same two and ecdctr-auto (transfer.tpm: auto), which chooses between them
+               on the A-CTR's validation share as the weekly derivation does
   leaky        (a) snapshots trained on the CPM's own window (transfer.tpm_historical: false)
   tpm1         (c) the TPM trained one epoch, no validation (the old recipe)
   standardize  (d) snapshot tables standardised per dimension (transfer.tpm_standardize)
@@ -45,6 +48,8 @@ from pipelines.compare import run_compare  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 ARMS: dict[str, tuple[dict, list[str]]] = {
     "main": ({}, ["finetune", "ecdctr", "ecdctr-no_tpm", "ecdctr-no_bn_reinit"]),
+    "tpm": ({}, ["ecdctr", "ecdctr-no_tpm"]),
+    "auto": ({"transfer": {"tpm": "auto"}}, ["ecdctr", "ecdctr-no_tpm", "ecdctr-auto"]),
     "leaky": ({"transfer": {"tpm_historical": False}}, ["ecdctr"]),
     "tpm1": ({"tpm": {"max_epochs": 1, "validation_share": 0}}, ["ecdctr"]),
     "standardize": ({"transfer": {"tpm_standardize": True}}, ["ecdctr"]),
