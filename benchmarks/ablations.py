@@ -122,9 +122,11 @@ def main() -> None:
         for name, r in report["results"].items():
             cells = [r["auc"], r["gauc"], r["logloss"], r["natural_users_auc"],
                      r["returning_users_auc"], r["returning_users_gauc"]]
-            rows.append(f"| {arm} | {name} | " + " | ".join(
-                "n/a" if c["mean"] is None else f"{c['mean']:.4f} ± {c['std']:.4f}" for c in cells)
-                + " |")
+            chosen = [run["choice"]["chosen"] for run in report["runs"][name] if "choice" in run]
+            rows.append(f"| {arm} | {name}" + (f" (chose {', '.join(chosen)})" if chosen else "")
+                        + " | " + " | ".join("n/a" if c["mean"] is None
+                                             else f"{c['mean']:.4f} ± {c['std']:.4f}" for c in cells)
+                        + " |")
         with open(os.path.join(args.out, "summary.md"), "w", encoding="utf-8") as f:
             f.write("\n".join(rows) + "\n")
     print(json.dumps({"summary": os.path.join(args.out, "summary.md")}))

@@ -156,6 +156,10 @@ def load_config(path: str) -> RunConfig:
     schedule = _schedule(doc.get("schedule") or {}, errors)
     gate = _gate(doc.get("gate") or {}, errors)
     distribute = _distribute(doc.get("distribute") or {}, folder, errors)
+    if auto and distribute.strategy in ("multi_worker_mirrored", "parameter_server"):
+        errors.append(f"{', '.join(auto)}: auto is for one process (or distribute.strategy "
+                      f"mirrored); a {distribute.strategy} cluster's workers do not train the "
+                      f"arms. Fix: set the setting to a fixed value.")
     seed = doc.get("seed", 0)
     if not is_int(seed):
         errors.append(f"'seed' must be an integer, got {seed!r}.")

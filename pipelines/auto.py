@@ -9,6 +9,7 @@ and why. `daily` and `compare`'s `ecdctr-auto` both choose through `choose`."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -18,11 +19,16 @@ import tensorflow as tf
 
 from ecdctr.config import RunConfig, TransferConfig
 from ecdctr.data.datasets import make_dataset
+from ecdctr.data.vocab import Partition
 from ecdctr.evaluation.evaluator import Evaluator
 from ecdctr.evaluation.uncertainty import PairedAuc, interval
+from ecdctr.io import storage
 from ecdctr.models.ctr_model import CtrModel, ModelConfig
 from ecdctr.spec.feature_spec import Spec
-from pipelines.held_out import Validation, files_of, split
+from ecdctr.training.checkpoint import META, Checkpoint, Snapshot, load_checkpoint, save_checkpoint
+from ecdctr.training.distribute import Distribution
+from pipelines import steps
+from pipelines.held_out import Evaluation, Validation, files_of, split
 
 logger = logging.getLogger(__name__)
 
@@ -188,3 +194,84 @@ def auto_lines(report: dict) -> list[str]:
                               f"({', '.join(run['choice']['settings'])}: auto) on its "
                               f"validation share:", "", *evidence_lines(run["choice"])]
     return lines
+
+
+# -- the daily job's weekly derivation ---------------------------------------------------------
+def cpm_arms(config: RunConfig) -> tuple[Arm, list[Arm]]:
+    """(the arm of the CPM folder itself, the other arms the CPM step trains beside it): the
+    CPM folder holds the configured arm (the TPM on with tpm_snapshots, multi_domain none)."""
+    main = Arm(config.transfer.tpm_snapshots > 0, config.cpm.multi_domain)
+    return main, [a for a in arms(config) if a != main]
+
+
+def train_cpm_arms(config: RunConfig, spec: Spec, natural: Sequence[Partition],
+                   snapshots: Sequence[Snapshot], vocab_parts: Sequence[Partition],
+                   main_folder: str, arms_root: str, meta: dict, parent: Checkpoint | None,
+                   board: str, distribution: Distribution | None = None) -> dict:
+    """The other arms' CPMs of a weekly CPM (auto settings), each trained on the same natural
+    days as the CPM of main_folder, warm from the same arm of the parent CPM when it has one
+    (else from the parent), saved under <arms_root>/<arm>; returns meta["arms"] of the main
+    CPM: {arm name: {"tpm", "multi_domain", "folder"}}, simplest first."""
+    main, others = cpm_arms(config)
+    folders = {main: main_folder}
+    for arm in others:
+        previous = (parent.meta.get("arms") or {}).get(arm.name) if parent else None
+        source = (load_checkpoint(previous["folder"], arm.model(config.cpm))
+                  if previous and storage.exists(storage.join(previous["folder"], META)) else parent)
+        logger.info(f"CPM arm {arm.name} (auto {', '.join(config.auto)}) on the same "
+                    f"{len(natural)} natural days" + (f", warm from {source.folder}" if source else ""))
+        trained = steps.train_ctr(spec, config.work, natural, arm.model(config.cpm), kind="cpm",
+                                  snapshots=snapshots if arm.tpm else (),
+                                  vocab_parts=vocab_parts, stats_parts=natural, parent=source,
+                                  board=storage.join(board, arm.name), label=f"cpm {arm.name}",
+                                  distribution=distribution)
+        folders[arm] = storage.join(arms_root, arm.name)
+        save_checkpoint(folders[arm], trained.model, spec, trained.vocabs,
+                        {**trained.meta, **{k: meta[k] for k in ("period", "schedule")},
+                         "id": f"{meta['id']}/{arm.name}", "arm": arm.name},
+                        trained.snapshots)
+    return {a.name: {"tpm": a.tpm, "multi_domain": a.multi_domain, "folder": folders[a]}
+            for a in sorted(folders, key=lambda a: (a.multi_domain != "none", a.tpm))}
+
+
+def prune_cpm_arms(arms_root: str, kept: set[str]) -> None:
+    """Removes the arm folders of CPMs no longer kept (their names are the CPM folders')."""
+    for name in storage.listdir(arms_root):
+        if name not in kept:
+            storage.rmtree(storage.join(arms_root, name))
+            logger.info(f"removed old CPM arms {storage.join(arms_root, name)}")
+
+
+def derive_chosen(cpm: Checkpoint, config: RunConfig, spec: Spec, days: Sequence[dt.date],
+                  vocab_parts: Sequence[Partition], fresh_features: Sequence[str], board: str,
+                  distribution: Distribution | None = None,
+                  evaluation: Evaluation | None = None) -> steps.Trained:
+    """The weekly derivation with auto settings: an A-CTR derived from each arm's CPM
+    (cpm.meta["arms"]) on the same ad days, the one kept that validates better by a clear
+    margin (choose); its meta gets "arm" (name, settings, its CPM's folder) and "choice" (the
+    evidence), which the daily updates carry until the next derivation."""
+    derived: dict[str, steps.Trained] = {}
+    for name, info in cpm.meta["arms"].items():
+        arm = Arm(info["tpm"], info["multi_domain"])
+        source = cpm if info["folder"] == cpm.folder else load_checkpoint(
+            info["folder"], arm.model(config.cpm))
+        logger.info(f"A-CTR arm {name} derived from CPM {source.folder}")
+        derived[name] = steps.derive_actr(source, spec, config.work, days, arm.model(config.actr),
+                                          arm.transfer(config.transfer), vocab_parts=vocab_parts,
+                                          fresh_features=fresh_features,
+                                          board=storage.join(board, name),
+                                          distribution=distribution, evaluation=evaluation)
+    validation = steps.validation_of(spec, config.work, [("ad", d) for d in days], config.actr)
+    evidence = choose({n: t.model for n, t in derived.items()}, spec, config.work, validation,
+                      config.auto)
+    chosen = evidence["chosen"]
+    trained = derived[chosen]
+    trained.meta.update(arm={"name": chosen, **cpm.meta["arms"][chosen]}, choice=evidence)
+    return trained
+
+
+def arm_config(meta: dict, config: ModelConfig) -> ModelConfig:
+    """The model config of the arm an A-CTR's meta names (config itself when it has none):
+    a daily update keeps the arm the weekly derivation chose."""
+    arm = meta.get("arm")
+    return config if not arm else Arm(arm["tpm"], arm["multi_domain"]).model(config)

@@ -2,6 +2,7 @@
 simpler arm) and its evidence in compare's ecdctr-auto."""
 
 import datetime as dt
+import json
 import os
 
 import pytest
@@ -92,3 +93,37 @@ def test_compare_auto_chooses_an_arm_and_records_the_evidence(tmp_path):
     assert run["auc"] == report["runs"][same][0]["auc"]
     table = (tmp_path / "auto.md").read_text()
     assert "the weekly derivation's choice" in table and "(chosen)" in table
+
+
+def test_daily_chooses_at_the_weekly_derivation_and_updates_keep_the_arm(world, tmp_path,
+                                                                         monkeypatch):
+    from pipelines import daily
+
+    config = tmp_path / "config.yaml"
+    config.write_text(f"spec: {os.path.abspath('features/default.yaml')}\nlogs: {world}\n"
+                      "work: work\nexport: export\nwindows: {tpm_days: 1, cpm_days: 2, actr_days: 2}\n"
+                      "transfer: {tpm: false}\nmodel: {hidden: [8], multi_domain: auto}\n"
+                      "schedule: {tpm: monthly, cpm: weekly}\n"
+                      "tpm: {hidden: [8], batch_size: 256, max_epochs: 1}\n"
+                      "cpm: {batch_size: 256, max_epochs: 1}\nactr: {batch_size: 128, max_epochs: 1}\n")
+    monkeypatch.setattr(daily.DailyJob, "export", lambda self, entry, _: entry.update(status="skipped"))
+    first = daily.run_daily(load_config(str(config)), dt.date(2026, 1, 9))
+    arms = first["steps"]["cpm"]["arms"]
+    # the TPM arms are compare's test's (the same code); here the tower's, which change the
+    # A-CTR's structure that the update must keep
+    assert list(arms) == ["no_tpm", "no_tpm+adasparse"]
+    assert all(os.path.isfile(os.path.join(a["folder"], "meta.json")) for a in arms.values())
+    choice = first["steps"]["actr"]["choice"]
+    assert first["choice"] == choice and set(choice["arms"]) == set(arms)
+    assert len(choice["comparisons"]) == 1 and choice["reason"]
+    chosen = choice["chosen"]
+    assert first["steps"]["actr"]["arm"] == chosen
+    saved = json.load(open(os.path.join(first["steps"]["actr"]["checkpoint"], "meta.json")))
+    assert saved["arm"]["name"] == chosen and saved["cpm_path"] == arms[chosen]["folder"]
+    assert saved["model"]["multi_domain"] == arms[chosen]["multi_domain"]
+    # the next day (no new CPM) updates the chosen arm's A-CTR, and says so
+    second = daily.run_daily(load_config(str(config)), dt.date(2026, 1, 10))
+    actr = second["steps"]["actr"]
+    assert "choice" not in second and actr["arm"] == chosen
+    assert f"keeps the arm {chosen}" in actr["start_reason"]
+    assert actr["start"].startswith("from yesterday's A-CTR")
