@@ -90,6 +90,8 @@ def main() -> None:
                    help="first held-out day D")
     p.add_argument("--eval_days", type=int, default=5)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--base", default=os.path.join(HERE, "ablations.yaml"),
+                   help="the base run config (windows, models) the arms change")
     args = p.parse_args()
     logging.basicConfig(format="%(message)s")  # ecdctr's progress as plain lines
     for name in LOGGERS:
@@ -103,7 +105,7 @@ def main() -> None:
                            away_rate=args.away_rate, return_rate=args.return_rate))
     work = os.path.join(data, "work") if not args.logs else os.path.join(
         os.path.dirname(os.path.abspath(logs)), "work")
-    with open(os.path.join(HERE, "ablations.yaml"), encoding="utf-8") as f:
+    with open(args.base, encoding="utf-8") as f:
         base = yaml.safe_load(f)
     base.update(spec=os.path.abspath(args.spec), logs=os.path.abspath(logs),
                 work=os.path.abspath(work), export=os.path.abspath(os.path.join(work, "..", "export")))
