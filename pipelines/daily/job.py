@@ -309,6 +309,10 @@ class DailyJob:
                          train=meta["train"], transfer=meta["transfer"])
             logger.info(f"A-CTR checkpoint {folder} of this day exists (an earlier run of the day "
                         f"trained it {meta['start']}): evaluating and exporting it as it is")
+            if "arm" in meta:  # an auto arm: its evidence when this day chose it
+                entry["arm"] = meta["arm"]["name"]
+                if meta["start"].startswith("re-derived"):
+                    self.report["choice"] = entry["choice"] = meta["choice"]
         else:
             trained = self.fine_tune(entry, cpm, days, evaluation)
             model, meta = trained.model, trained.meta
