@@ -12,6 +12,9 @@ held-out days, with several training seeds. Results: <out>/<arm>.json and .md pe
 
 Arms (the TPM hypotheses of BENCHMARKS.md section 7):
   main         finetune, ecdctr, ecdctr-no_tpm, ecdctr-no_bn_reinit with the defaults
+  tpm          ecdctr (TPM) against ecdctr-no_tpm: the two arms of transfer.tpm
+  auto         the same two and ecdctr-auto (transfer.tpm: auto), which chooses between them
+               on the A-CTR's validation share as the weekly derivation does
   leaky        (a) snapshots trained on the CPM's own window (transfer.tpm_historical: false)
   tpm1         (c) the TPM trained one epoch, no validation (the old recipe)
   standardize  (d) snapshot tables standardised per dimension (transfer.tpm_standardize)
@@ -45,6 +48,8 @@ from pipelines.compare import run_compare  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 ARMS: dict[str, tuple[dict, list[str]]] = {
     "main": ({}, ["finetune", "ecdctr", "ecdctr-no_tpm", "ecdctr-no_bn_reinit"]),
+    "tpm": ({}, ["ecdctr", "ecdctr-no_tpm"]),
+    "auto": ({"transfer": {"tpm": "auto"}}, ["ecdctr", "ecdctr-no_tpm", "ecdctr-auto"]),
     "leaky": ({"transfer": {"tpm_historical": False}}, ["ecdctr"]),
     "tpm1": ({"tpm": {"max_epochs": 1, "validation_share": 0}}, ["ecdctr"]),
     "standardize": ({"transfer": {"tpm_standardize": True}}, ["ecdctr"]),
@@ -85,6 +90,8 @@ def main() -> None:
                    help="first held-out day D")
     p.add_argument("--eval_days", type=int, default=5)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--base", default=os.path.join(HERE, "ablations.yaml"),
+                   help="the base run config (windows, models) the arms change")
     args = p.parse_args()
     logging.basicConfig(format="%(message)s")  # ecdctr's progress as plain lines
     for name in LOGGERS:
@@ -98,7 +105,7 @@ def main() -> None:
                            away_rate=args.away_rate, return_rate=args.return_rate))
     work = os.path.join(data, "work") if not args.logs else os.path.join(
         os.path.dirname(os.path.abspath(logs)), "work")
-    with open(os.path.join(HERE, "ablations.yaml"), encoding="utf-8") as f:
+    with open(args.base, encoding="utf-8") as f:
         base = yaml.safe_load(f)
     base.update(spec=os.path.abspath(args.spec), logs=os.path.abspath(logs),
                 work=os.path.abspath(work), export=os.path.abspath(os.path.join(work, "..", "export")))
@@ -117,9 +124,11 @@ def main() -> None:
         for name, r in report["results"].items():
             cells = [r["auc"], r["gauc"], r["logloss"], r["natural_users_auc"],
                      r["returning_users_auc"], r["returning_users_gauc"]]
-            rows.append(f"| {arm} | {name} | " + " | ".join(
-                "n/a" if c["mean"] is None else f"{c['mean']:.4f} ± {c['std']:.4f}" for c in cells)
-                + " |")
+            chosen = [run["choice"]["chosen"] for run in report["runs"][name] if "choice" in run]
+            rows.append(f"| {arm} | {name}" + (f" (chose {', '.join(chosen)})" if chosen else "")
+                        + " | " + " | ".join("n/a" if c["mean"] is None
+                                             else f"{c['mean']:.4f} ± {c['std']:.4f}" for c in cells)
+                        + " |")
         with open(os.path.join(args.out, "summary.md"), "w", encoding="utf-8") as f:
             f.write("\n".join(rows) + "\n")
     print(json.dumps({"summary": os.path.join(args.out, "summary.md")}))

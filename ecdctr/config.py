@@ -26,8 +26,11 @@ RENAMED_KEYS = {"epochs": "epochs is now max_epochs: fits stop early on their va
                                    "clicks: validation_share, validation_min_clicks"}
 MODEL_KEYS = ("hidden", "dropout", "backbone", "cross_layers", "cross_structure", "multi_domain",
               "apg_rank", "apg_over_parameterize", "tpm_known_flag", "adasparse")
-TRANSFER_KEYS = ("reset_batchnorm", "reset_batchnorm_affine", "shift_output_prior", "tpm_snapshots",
-                 "tpm_historical", "tpm_warm_start", "tpm_standardize", "validate_update")
+TRANSFER_KEYS = ("reset_batchnorm", "reset_batchnorm_affine", "shift_output_prior", "tpm",
+                 "tpm_snapshots", "tpm_historical", "tpm_warm_start", "tpm_standardize",
+                 "validate_update")
+AUTO = "auto"  # the value of a setting the weekly derivation chooses by evidence (pipelines/auto.py)
+AUTO_SETTINGS = ("transfer.tpm", "model.multi_domain")
 SCHEDULE_KEYS = ("tpm", "cpm", "cpm_weekday", "tpm_day")
 FREQUENCIES = ("daily", "weekly", "monthly", "once")
 ADASPARSE_KEYS = ("form", "beta", "epsilon", "alpha_start", "alpha_end", "ramp_steps", "r_min",
@@ -132,6 +135,9 @@ class RunConfig:
     lock: str = ""  # a local file; <work>/.daily.lock when work is local
     alert: str = ""  # a shell command run for a failed or rejected day (README "Exit codes")
     distribute: DistributeConfig = field(default_factory=DistributeConfig)
+    # settings set to `auto` (AUTO_SETTINGS): the weekly derivation trains one arm per value
+    # and keeps the one that validates better by a clear margin (pipelines/auto.py)
+    auto: tuple[str, ...] = ()
 
 
 def load_config(path: str) -> RunConfig:
@@ -146,6 +152,7 @@ def load_config(path: str) -> RunConfig:
     paths = _paths(doc, folder, errors)
     lock = _lock(doc.get("lock"), folder, paths, errors)
     windows = _section(doc, "windows", WINDOW_KEYS, Windows(), errors)
+    auto = _auto_settings(doc, errors)
     models = _models(doc, errors)
     if windows.actr_through_date and models["actr"].validation_share + windows.evaluation_share > 1:
         errors.append(f"actr.validation_share {models['actr'].validation_share} and "
@@ -155,6 +162,10 @@ def load_config(path: str) -> RunConfig:
     schedule = _schedule(doc.get("schedule") or {}, errors)
     gate = _gate(doc.get("gate") or {}, errors)
     distribute = _distribute(doc.get("distribute") or {}, folder, errors)
+    if auto and distribute.strategy in ("multi_worker_mirrored", "parameter_server"):
+        errors.append(f"{', '.join(auto)}: auto is for one process (or distribute.strategy "
+                      f"mirrored); a {distribute.strategy} cluster's workers do not train the "
+                      f"arms. Fix: set the setting to a fixed value.")
     seed = doc.get("seed", 0)
     if not is_int(seed):
         errors.append(f"'seed' must be an integer, got {seed!r}.")
@@ -171,7 +182,29 @@ def load_config(path: str) -> RunConfig:
     models = {k: replace(v, seed=seed) for k, v in models.items()}
     return RunConfig(path=os.path.abspath(path), windows=windows, transfer=transfer,
                      schedule=schedule, gate=gate, seed=seed, distribute=distribute,
-                     beam_args=tuple(beam_args), lock=lock, alert=alert, **paths, **models)
+                     beam_args=tuple(beam_args), lock=lock, alert=alert, auto=auto, **paths,
+                     **models)
+
+
+def _auto_settings(doc: dict, errors: list[str]) -> tuple[str, ...]:
+    """The settings set to `auto` (AUTO_SETTINGS), taken out of doc's sections so that the
+    models and the transfer options read their fixed default: multi_domain none (the simpler
+    arm) and the TPM on with transfer.tpm_snapshots (the TPM arm's K)."""
+    auto = []
+    model = doc.get("model")
+    if isinstance(model, dict) and model.get("multi_domain") == AUTO:
+        doc["model"] = {k: v for k, v in model.items() if k != "multi_domain"}
+        auto.append("model.multi_domain")
+    for name in ("tpm", "cpm", "actr"):
+        section = doc.get(name)
+        if isinstance(section, dict) and section.get("multi_domain") == AUTO:
+            errors.append(f"{name}.multi_domain: auto is not a choice a single model makes. Fix: "
+                          f"set `model: {{multi_domain: auto}}` (CPM and A-CTR share it; the "
+                          f"weekly derivation trains one arm per value and keeps the better).")
+    transfer = doc.get("transfer")
+    if isinstance(transfer, dict) and transfer.get("tpm") == AUTO:
+        auto.append("transfer.tpm")
+    return tuple(auto)
 
 
 def _paths(doc: dict, folder: str, errors: list[str]) -> dict[str, str]:
@@ -330,6 +363,12 @@ def _transfer(body: Any, errors: list[str]) -> TransferConfig:
         if key not in body:
             continue
         value = body[key]
+        if key == "tpm":
+            if value not in (True, False, AUTO):
+                errors.append(f"transfer.tpm must be true, false or {AUTO} (the weekly derivation "
+                              f"trains the A-CTR with and without TPM features and keeps the one "
+                              f"that validates better), got {value!r}.")
+            continue
         if key == "tpm_snapshots":
             if not is_int(value) or value < 0:
                 errors.append(f"transfer.tpm_snapshots must be an integer >= 0 (0: no TPM), "
@@ -339,6 +378,15 @@ def _transfer(body: Any, errors: list[str]) -> TransferConfig:
             errors.append(f"transfer.{key} must be true or false, got {value!r}.")
             continue
         values[key] = value
+    tpm, snapshots = body.get("tpm", True), values.get("tpm_snapshots", TransferConfig.tpm_snapshots)
+    if tpm is False:
+        if "tpm_snapshots" in body and snapshots > 0:
+            errors.append(f"transfer.tpm is false but transfer.tpm_snapshots is {snapshots}. Fix: "
+                          f"remove one of them (tpm: false is tpm_snapshots: 0).")
+        values["tpm_snapshots"] = 0
+    elif tpm == AUTO and snapshots == 0:
+        errors.append("transfer.tpm is auto but transfer.tpm_snapshots is 0: the TPM arm would read "
+                      "no snapshot. Fix: give tpm_snapshots >= 1 (the TPM arm's K, e.g. 3).")
     return replace(TransferConfig(), **values)
 
 

@@ -10,6 +10,10 @@ buys what. Each ablation is a way to train the ad model from the same days:
   statistics reset and re-estimated on ad data, output prior moved to the ad CTR.
 - `ecdctr-no_bn_reinit`: the method without the BatchNorm reset (statistics carried over).
 - `ecdctr-no_tpm`: the method without the TPM embeddings.
+- `ecdctr-auto`: the method as the daily job derives it with the config's `auto` settings
+  (`transfer.tpm: auto`, `model.multi_domain: auto`): one A-CTR per arm, the one kept that
+  validates better by a clear margin (pipelines/auto.py); the evidence is in its run's
+  `choice`. Its arms are the same fits as `ecdctr` and `ecdctr-no_tpm` of the same seed.
 - `ecdctr-no_cpm`: the TPM embeddings but no CPM: the A-CTR trains from scratch on ad data.
 - `ecdctr-daily`: the method as the daily job runs it from one CPM: the CPM (and TPM) of the
   ad window's first day, the A-CTR derived from it on the first days, then updated day by day
@@ -37,10 +41,10 @@ from ecdctr.data.vocab import merge_counts
 from ecdctr.models.ctr_model import CtrModel, ModelConfig
 from ecdctr.spec.feature_spec import Spec
 from ecdctr.training.checkpoint import Snapshot
-from pipelines import steps, tpm_notes
+from pipelines import auto, steps, tpm_notes
 
 ABLATIONS = ("ad_only", "joint", "finetune", "ecdctr", "ecdctr-no_bn_reinit", "ecdctr-no_tpm",
-             "ecdctr-no_cpm", "ecdctr-daily", "ecdctr-no_tpm-daily")
+             "ecdctr-auto", "ecdctr-no_cpm", "ecdctr-daily", "ecdctr-no_tpm-daily")
 NATURAL_HEAVY = 10  # a user is natural-heavy with at least this many natural rows per ad row
 TPM_PERIOD = {"daily": 1, "weekly": 7, "monthly": 30, "once": 0}  # days between snapshots
 RETURNING_GAP = 14  # a returning user was active before, but not in the last this many days
@@ -139,18 +143,22 @@ class Ablations:
             self._cache[key] = snapshots
         return self._cache[key]
 
-    def cpm(self, seed: int, with_tpm: bool, date: dt.date | None = None) -> steps.Trained:
+    def cpm(self, seed: int, with_tpm: bool, date: dt.date | None = None,
+            multi_domain: str | None = None) -> steps.Trained:
         """The CPM trained on `date` (default: the evaluation day) on the short natural window
-        before it, with or without the TPM embeddings."""
+        before it, with or without the TPM embeddings (multi_domain: another tower module
+        than the config's)."""
         date = date or self.date
-        key = ("cpm", seed, with_tpm, date)
+        config = self.config.cpm if multi_domain is None else dataclasses.replace(
+            self.config.cpm, multi_domain=multi_domain)
+        key = ("cpm", seed, with_tpm, date, config.multi_domain)
         if key not in self._cache:
             natural = [("natural", d) for d in steps.window_days(
                 self.config.work, "natural", date, self.config.windows.cpm_days)]
             snapshots = self.snapshots(seed, date) if with_tpm else ()
             with self._fit_progress_only():
                 self._cache[key] = steps.train_ctr(
-                    self.spec, self.config.work, natural, self._seeded(self.config.cpm, seed),
+                    self.spec, self.config.work, natural, self._seeded(config, seed),
                     kind="cpm", snapshots=snapshots, vocab_parts=self.shared, stats_parts=natural)
         return self._cache[key]
 
@@ -195,7 +203,12 @@ class Ablations:
         elif name == "ecdctr-no_bn_reinit":
             transfer = dataclasses.replace(transfer, reset_batchnorm=False,
                                            reset_batchnorm_affine=False)
+        if name == "ecdctr-auto":
+            return self._auto(seed)
         with_tpm = name not in ("finetune", "ecdctr-no_tpm", "ecdctr-no_tpm-daily")
+        if name in ("ecdctr", "ecdctr-no_tpm"):  # the arms ecdctr-auto chooses between
+            trained = self._derived(seed, auto.Arm(with_tpm, self.config.actr.multi_domain))
+            return trained.model, trained.meta["train"]
         if not name.endswith("-daily"):
             cpm = self.cpm(seed, with_tpm)
             trained = steps.derive_actr(cpm, self.spec, work, self.ad_days, mc, transfer,
@@ -213,6 +226,34 @@ class Ablations:
             trained = steps.update_actr(trained, self.spec, work, new, mc,
                                         vocab_parts=self.shared)
         return trained.model, trained.meta["train"]
+
+
+    def _derived(self, seed: int, arm: auto.Arm) -> steps.Trained:
+        """The A-CTR of one arm derived as the daily job derives it (cached per seed)."""
+        key = ("actr", seed, arm)
+        if key not in self._cache:
+            mc = arm.model(self._seeded(self.config.actr, seed))
+            cpm = self.cpm(seed, arm.tpm, multi_domain=arm.multi_domain)
+            self._cache[key] = steps.derive_actr(cpm, self.spec, self.config.work, self.ad_days,
+                                                 mc, arm.transfer(self.config.transfer),
+                                                 vocab_parts=self.shared)
+        return self._cache[key]
+
+    def _auto(self, seed: int) -> tuple[CtrModel, dict]:
+        """ecdctr-auto: every arm of the config's auto settings derived, the one kept that
+        validates better by a clear margin (auto.choose, as daily chooses); the evidence
+        goes into the returned training summary as `choice`."""
+        if not self.config.auto:
+            raise ValueError("ecdctr-auto needs a setting set to auto in the run config. Fix: "
+                             "`transfer: {tpm: auto}` and/or `model: {multi_domain: auto}`.")
+        arms = auto.arms(self.config)
+        derived = {arm.name: self._derived(seed, arm) for arm in arms}
+        mc = self._seeded(self.config.actr, seed)
+        validation = steps.validation_of(self.spec, self.config.work, self.ad, mc)
+        evidence = auto.choose({n: t.model for n, t in derived.items()}, self.spec,
+                               self.config.work, validation, self.config.auto)
+        chosen = derived[evidence["chosen"]]
+        return chosen.model, {**chosen.meta["train"], "choice": evidence}
 
 
 def focus_rows(groups: np.ndarray, users: set[str]) -> np.ndarray:

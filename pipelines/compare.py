@@ -33,6 +33,7 @@ from ecdctr.models.ctr_model import BACKBONES, CtrModel, ModelConfig
 from ecdctr.spec.feature_spec import Spec, load_spec
 from pipelines import steps
 from pipelines.ablations import ABLATIONS, FOCUS_GROUPS, TPM_PERIOD, Ablations, focus_rows
+from pipelines.auto import auto_lines
 from pipelines.build import build
 
 logger = logging.getLogger(__name__)
@@ -239,6 +240,8 @@ def _score(model: CtrModel, data: _Data, train: dict, name: str, seed: int,
     result["examples_per_second"] = train["examples_per_second"]
     result["fit"] = {k: train[k] for k in ("chosen_epoch", "epochs_run", "validation_days",
                                            "validation_rows", "validation_clicks") if k in train}
+    if "choice" in train:  # ecdctr-auto: the arm kept and the evidence (pipelines/auto.py)
+        result["choice"] = train["choice"]
     if model.config.multi_domain == "adasparse":
         measured = sparsity.measure(model, data.eval(), data.bins)
         result["sparsity"], result["sparsity_bins"] = measured["layers"], measured["bins"]
@@ -399,6 +402,7 @@ def markdown_table(report: dict) -> str:
         lines += ["", f"{', '.join(missing)} ran without a TPM snapshot: the TPM's windows held no "
                       f"built natural day (e.g. windows covering the whole history with "
                       f"transfer.tpm_historical), so these rows are not E-CDCTR with its TPM."]
+    lines += auto_lines(report)
     for group, info in report.get("focus_groups", {}).items():
         lines += ["", f"On the {info['users']:,} {info['description']}:", "",
                   "| variant | AUC | GAUC |", "|---|---|---|"]

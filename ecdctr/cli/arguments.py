@@ -125,7 +125,8 @@ def _compare_arguments(c: argparse.ArgumentParser) -> None:
                    help="comma-separated, e.g. dnn,dnn+adasparse,dnn+adasparse:binarization,"
                         "dnn+star,dnn+apg,dcnv2,dcnv2+adasparse (first = baseline); with "
                         "--source=ad also the E-CDCTR ablations ad_only, joint, finetune, ecdctr, "
-                        "ecdctr-no_bn_reinit, ecdctr-no_tpm, ecdctr-no_cpm, ecdctr-daily")
+                        "ecdctr-no_bn_reinit, ecdctr-no_tpm, ecdctr-auto, ecdctr-no_cpm, "
+                        "ecdctr-daily")
     c.add_argument("--out", required=True, help="report JSON (a .md table is written beside it)")
     c.add_argument("--eval_days", type=_positive_int, default=1, help="held-out days from D (default 1)")
     c.add_argument("--source", choices=("natural", "ad"), default="natural")

@@ -202,7 +202,10 @@ def _daily(args: argparse.Namespace, beam_args: list[str]) -> int:
         print(json.dumps(json_safe({
             "date": report["date"], "status": report["status"], "outcome": outcome,
             "metrics": _headline(report.get("metrics")), "published": report.get("published"),
-            "export": report.get("export") or report.get("rejected")}), indent=2, allow_nan=False))
+            "export": report.get("export") or report.get("rejected"),
+            # an auto setting's choice at the weekly derivation (docs/models.md)
+            **({"choice": {k: report["choice"][k] for k in ("chosen", "reason")}}
+               if report.get("choice") else {})}), indent=2, allow_nan=False))
         codes.append(OUTCOMES.get(outcome, OUTCOMES["failed"]))
     # the most urgent outcome of the days run: failed, then rejected, then published, then done
     urgency = [OUTCOMES[k] for k in ("failed", "rejected", "degraded", "published", "done")]

@@ -34,7 +34,7 @@ from ecdctr.training.checkpoint import (
     structure,
 )
 from ecdctr.training.distribute import Distribution, create, serve
-from pipelines import steps, tpm_notes
+from pipelines import auto, steps, tpm_notes
 from pipelines.build import build
 from pipelines.daily import schedule
 from pipelines.daily.cluster import ChiefProgress
@@ -283,13 +283,18 @@ class DailyJob:
         if entry["warm_start"]:
             entry["warm_start"].update(trained.meta["transfer"])
         entry["train"] = trained.meta["train"]
-        save_checkpoint(folder, trained.model, self.spec, trained.vocabs,
-                        {**trained.meta, "period": key, "schedule": self.config.schedule.cpm,
-                         "id": f"{key}-{uuid.uuid4().hex[:12]}"},
-                        trained.snapshots)
+        meta = {**trained.meta, "period": key, "schedule": self.config.schedule.cpm,
+                "id": f"{key}-{uuid.uuid4().hex[:12]}"}
+        arms_root = storage.join(self.work, "models", "cpm_arms")
+        if self.config.auto:  # the other arms first: the CPM is whole once it is saved
+            meta["arms"] = entry["arms"] = auto.train_cpm_arms(
+                self.config, self.spec, natural, snapshots, self.shared_partitions(), folder,
+                storage.join(arms_root, key), meta, parent, self.board("cpm"), self.distribution)
+        save_checkpoint(folder, trained.model, self.spec, trained.vocabs, meta, trained.snapshots)
         self.cpms.saved(key)
         entry["checkpoint"] = folder
         self.cpms.prune(CPM_KEEP, {key})
+        auto.prune_cpm_arms(arms_root, {name for name, _ in self.cpms.complete()})
 
     # -- A-CTR ----------------------------------------------------------------------------
     def actr(self, entry: dict) -> Candidate | None:
@@ -330,12 +335,18 @@ class DailyJob:
                          train=meta["train"], transfer=meta["transfer"])
             logger.info(f"A-CTR checkpoint {folder} of this day exists (an earlier run of the day "
                         f"trained it {meta['start']}): evaluating and exporting it as it is")
+            if "arm" in meta:  # an auto arm: its evidence when this day chose it
+                entry["arm"] = meta["arm"]["name"]
+                if meta["start"].startswith("re-derived"):
+                    self.report["choice"] = entry["choice"] = meta["choice"]
         else:
             trained = self.fine_tune(entry, cpm, days, evaluation)
             model, meta = trained.model, trained.meta
             save_checkpoint(folder, model, self.spec, trained.vocabs, meta, trained.snapshots)
             self.actrs.saved(self.date.isoformat())
             self.actrs.prune(ACTR_KEEP, {self.date.isoformat()})
+        if meta.get("cpm_path", cpm.folder) != cpm.folder:  # an auto arm: scored beside its CPM
+            cpm = load_checkpoint(meta["cpm_path"], self.config.cpm)
         rows = split(self.spec, self.work, True, evaluation)
         self.evaluate(entry, folder, model, cpm, rows)
         self.report["metrics"] = entry["metrics"]["actr"]
@@ -380,7 +391,7 @@ class DailyJob:
         if meta is None or self.actrs.newest([(name, meta)]) is None:
             return False
         same = (meta.get("cpm_id") == cpm_id and meta.get("spec_fingerprint") == self.spec.fingerprint
-                and meta.get("model") == structure(self.config.actr)
+                and meta.get("model") == structure(auto.arm_config(meta, self.config.actr))
                 and meta.get("evaluation") == (evaluation.describe() if evaluation else None))
         if not same:
             logger.info(f"A-CTR checkpoint {folder} was trained with another CPM, spec, model "
@@ -392,17 +403,19 @@ class DailyJob:
         """A-CTR of D: updated from the previous day's A-CTR on the ad days it has not learned
         from when it descends from the same CPM, else re-derived from the CPM; never trained
         on the evaluation share of D."""
-        cfg = self.config.actr
         cpm_name = storage.basename(cpm.folder)
         earlier = [(n, m) for n, m in self.actrs.complete() if n < self.date.isoformat()]
         previous, previous_meta = self.actrs.newest(earlier) or (None, {})
+        cfg = auto.arm_config(previous_meta, self.config.actr)  # an update keeps its arm
         shared = self.actr_vocabulary(days)
         if previous and previous_meta.get("cpm_id") == cpm.meta.get("id"):
             source_folder = self.actrs.path(previous)
             yesterday = (self.date - dt.timedelta(days=1)).isoformat()
             start = (f"from yesterday's A-CTR {source_folder}" if previous == yesterday
                      else f"from the A-CTR of {previous} {source_folder} (the newest earlier one)")
-            reason = f"it descends from the newest CPM {cpm_name}"
+            reason = f"it descends from the newest CPM {cpm_name}" + (
+                f"; it keeps the arm {previous_meta['arm']['name']} chosen when it was derived"
+                if "arm" in previous_meta else "")
             source = load_checkpoint(source_folder, cfg)
             fresh, diff = self.fresh_features(source.meta, f"A-CTR {start}")
             # Only the ad days the previous A-CTR has not learned from: re-reading the whole
@@ -423,19 +436,27 @@ class DailyJob:
                       else "no earlier A-CTR checkpoint")
             fresh, diff = self.fresh_features(cpm.meta, f"A-CTR {start}")
             logger.info(f"A-CTR starts {start} ({reason})")
-            trained = steps.derive_actr(cpm, self.spec, self.work, days, cfg,
-                                        self.config.transfer, vocab_parts=shared,
-                                        fresh_features=fresh, board=self.board("actr"),
-                                        distribution=self.distribution, evaluation=evaluation)
+            if len(cpm.meta.get("arms") or {}) > 1:  # auto: one A-CTR per arm, the better kept
+                trained = auto.derive_chosen(cpm, self.config, self.spec, days, shared, fresh,
+                                             self.board("actr"), self.distribution, evaluation)
+                self.report["choice"] = entry["choice"] = trained.meta["choice"]
+            else:
+                trained = steps.derive_actr(cpm, self.spec, self.work, days, self.config.actr,
+                                            self.config.transfer, vocab_parts=shared,
+                                            fresh_features=fresh, board=self.board("actr"),
+                                            distribution=self.distribution, evaluation=evaluation)
             train_days = days
         transfer = {**diff, **trained.meta["transfer"]}
         entry.update(start=start, start_reason=reason, transfer=transfer,
                      trained_days=[d.isoformat() for d in train_days
                                    if d.isoformat() <= trained.meta["learned_through"]],
                      train=trained.meta["train"])
+        if "arm" in trained.meta:  # auto: the arm the weekly derivation chose, kept by updates
+            entry["arm"] = trained.meta["arm"]["name"]
         trained.meta.update(id=f"{self.date.isoformat()}-{uuid.uuid4().hex[:12]}",
                             date=self.date.isoformat(), cpm=cpm_name, cpm_id=cpm.meta.get("id"),
-                            cpm_path=cpm.folder, start=start, start_reason=reason,
+                            cpm_path=trained.meta.get("arm", {}).get("folder", cpm.folder),
+                            start=start, start_reason=reason,
                             transfer=transfer,
                             evaluation=evaluation.describe() if evaluation else None)
         return trained
