@@ -35,7 +35,7 @@ SCHEDULE_KEYS = ("tpm", "cpm", "cpm_weekday", "tpm_day")
 FREQUENCIES = ("daily", "weekly", "monthly", "once")
 ADASPARSE_KEYS = ("form", "beta", "epsilon", "alpha_start", "alpha_end", "ramp_steps", "r_min",
                   "r_max", "lambda_start", "lambda_end", "placement", "pruner_input",
-                  "ramp_epochs", "control_rate")
+                  "ramp_epochs", "control_rate", "export_form")
 
 
 @dataclass(frozen=True)

@@ -104,8 +104,11 @@ def test_defaults(tmp_path):
 
 def test_adasparse_pruner_input_is_read(tmp_path):
     config = load_config(_write(tmp_path, "model: {multi_domain: adasparse, "
-                                          "adasparse: {pruner_input: domain}}\n"))
+                                          "adasparse: {pruner_input: domain, export_form: compacted, "
+                                          "ramp_epochs: 0.25, control_rate: 0.1}}\n"))
     assert config.actr.adasparse.pruner_input == config.cpm.adasparse.pruner_input == "domain"
+    assert config.actr.adasparse.export_form == "compacted"  # every AdaSparseConfig field is a key
+    assert (config.actr.adasparse.ramp_epochs, config.actr.adasparse.control_rate) == (0.25, 0.1)
 
 
 def test_schedule_and_transfer_keys_are_read(tmp_path):
