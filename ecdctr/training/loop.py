@@ -138,16 +138,8 @@ def fit(model: keras.Model, dataset: tf.data.Dataset, epochs: int, batch_size: i
     sized = not coordinated and all(_known_size(d) for d in (dataset, validation) if d is not None)
     set_steps_per_execution(model, steps_per_execution if sized else 1)
     progress = ProgressLog(name, batch_size, batches=not coordinated)
-    hooks: list[keras.callbacks.Callback] = [progress]
-    if backup_dir:  # first, so that the state is restored before the others begin
-        hooks.insert(0, keras.callbacks.BackupAndRestore(backup_dir))
     best = BestEpoch(patience, name) if validation is not None else None
-    if best is not None:
-        hooks.append(best)
-    if tensorboard_dir:
-        hooks.append(keras.callbacks.TensorBoard(tensorboard_dir,
-                                                 update_freq="epoch" if coordinated else 50,
-                                                 write_graph=False, profile_batch=0))
+    hooks = _hooks(progress, best, backup_dir, tensorboard_dir, coordinated)
     plan = getattr(model, "plan_schedules", None)  # CtrModel: AdaSparse's ramp from the epoch
     epoch_steps = steps_per_epoch or (-(-rows // batch_size) if rows else None)
     if callable(plan) and epoch_steps:
@@ -174,6 +166,22 @@ def fit(model: keras.Model, dataset: tf.data.Dataset, epochs: int, batch_size: i
     if first:
         summary["resumed_after_epoch"] = first
     return summary
+
+
+def _hooks(progress: ProgressLog, best: BestEpoch | None, backup_dir: str | None,
+           tensorboard_dir: str | None, coordinated: bool) -> list[keras.callbacks.Callback]:
+    """fit's own callbacks, in their order: the backup first (the state is restored before the
+    others begin), progress, early stopping, TensorBoard."""
+    hooks: list[keras.callbacks.Callback] = [progress]
+    if backup_dir:
+        hooks.insert(0, keras.callbacks.BackupAndRestore(backup_dir))
+    if best is not None:
+        hooks.append(best)
+    if tensorboard_dir:
+        hooks.append(keras.callbacks.TensorBoard(tensorboard_dir,
+                                                 update_freq="epoch" if coordinated else 50,
+                                                 write_graph=False, profile_batch=0))
+    return hooks
 
 
 def _known_size(dataset: object) -> bool:

@@ -27,7 +27,8 @@ Layout: <work>/tpm/<YYYY-MM or period start>/ (the TPM's model folder plus its e
 <work>/models/actr/<D>/: self-describing model folders (ecdctr/training/checkpoint.py).
 
 The parts, each with one job:
-  job.py          run_daily and the steps, top-down: build → TPM → CPM → A-CTR → export
+  run.py          run_daily: the report, the lock and the alert around the job
+  job.py          the steps, top-down: build → TPM → CPM → A-CTR → export
   schedule.py     what is due on D: a step's period and whether it has its output
   model_store.py  the model folders of one kind: whole, usable before D, pruned
   publish.py      the export step: stage, gate, publish or reject; never twice a checkpoint
@@ -36,8 +37,9 @@ The parts, each with one job:
   leftovers.py    what killed runs left behind, deleted when the next run starts
 """
 
-from pipelines.daily.job import DailyJob, run_daily, work_lock
+from pipelines.daily.job import DailyJob
 from pipelines.daily.report import ALERT_ON, OUTCOMES, DailyError, outcome, report_path, send_alert
+from pipelines.daily.run import run_daily, work_lock
 
 __all__ = ["ALERT_ON", "OUTCOMES", "DailyError", "DailyJob", "outcome", "report_path", "run_daily",
            "send_alert", "work_lock"]
