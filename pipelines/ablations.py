@@ -42,6 +42,7 @@ from ecdctr.models.ctr_model import CtrModel, ModelConfig
 from ecdctr.spec.feature_spec import Spec
 from ecdctr.training.checkpoint import Snapshot
 from pipelines import auto, steps, tpm_notes
+from pipelines.snapshots import tpm_window
 
 ABLATIONS = ("ad_only", "joint", "finetune", "ecdctr", "ecdctr-no_bn_reinit", "ecdctr-no_tpm",
              "ecdctr-auto", "ecdctr-no_cpm", "ecdctr-daily", "ecdctr-no_tpm-daily")
@@ -122,7 +123,7 @@ class Ablations:
             period = TPM_PERIOD[self.config.schedule.tpm]
             for k in reversed(range(t.tpm_snapshots if period else min(t.tpm_snapshots, 1))):
                 tpm_date = date - dt.timedelta(days=k * period)
-                days = steps.built_days(work, "natural", *steps.tpm_window(
+                days = steps.built_days(work, "natural", *tpm_window(
                     tpm_date, self.config.windows, t.tpm_historical))
                 if not days:
                     continue

@@ -24,6 +24,7 @@ from pipelines import daily, steps
 from pipelines.ablations import Ablations
 from pipelines.daily import run_daily
 from pipelines.held_out import evaluation_share
+from pipelines.snapshots import choose_snapshots, readable_snapshots, tpm_window
 
 START = dt.date(2026, 1, 1)
 DATE = dt.date(2026, 1, 9)
@@ -324,12 +325,12 @@ def test_snapshots_a_spec_change_left_behind_are_left_out_with_a_log_line(job, t
     wide = Snapshot("2026-02", {"uid": (["a"], np.ones((1, 8), "float32")),
                                 "item_id": (["b"], np.ones((1, 16), "float32"))})
     logged.clear()
-    assert steps.readable_snapshots([old, new], renamed) == [new]
+    assert readable_snapshots([old, new], renamed) == [new]
     assert logged.messages == [
         "TPM snapshot 2025-12 left out: it holds a table keyed by 'user_id', a feature the spec "
         "no longer has (the spec changed since it trained; it leaves the choice as newer "
         "snapshots arrive)"]
-    assert steps.readable_snapshots([new, wide], renamed) == [wide]  # newest wins
+    assert readable_snapshots([new, wide], renamed) == [wide]  # newest wins
     cpm = load_checkpoint(str(next((root / "work" / "models" / "cpm").iterdir())))
     assert cpm.snapshots  # all keyed by user_id: none readable with the renamed spec
     logged.clear()
@@ -341,16 +342,16 @@ def test_snapshots_a_spec_change_left_behind_are_left_out_with_a_log_line(job, t
 
 def test_tpm_window_and_snapshot_choice():
     w = Windows(tpm_days=10, cpm_days=5, actr_days=3)
-    assert steps.tpm_window(DATE, w, historical=True) == (dt.date(2025, 12, 25), dt.date(2026, 1, 4))
-    assert steps.tpm_window(DATE, w, historical=False) == (dt.date(2025, 12, 30), DATE)
+    assert tpm_window(DATE, w, historical=True) == (dt.date(2025, 12, 25), dt.date(2026, 1, 4))
+    assert tpm_window(DATE, w, historical=False) == (dt.date(2025, 12, 30), DATE)
     snapshots = [("2025-11", {"window": ["2025-05-01", "2025-10-31"]}),
                  ("2025-12", {"window": ["2025-06-01", "2025-11-30"]}),
                  ("2026-01", {"window": ["2025-07-01", "2025-12-31"]})]
     cpm_first = dt.date(2025, 12, 10)
-    assert steps.choose_snapshots(snapshots, cpm_first, 3, True) == ["2025-11", "2025-12"]
-    assert steps.choose_snapshots(snapshots, cpm_first, 1, True) == ["2025-12"]
-    assert steps.choose_snapshots(snapshots, cpm_first, 3, False) == ["2025-11", "2025-12", "2026-01"]
-    assert steps.choose_snapshots(snapshots, cpm_first, 0, False) == []
+    assert choose_snapshots(snapshots, cpm_first, 3, True) == ["2025-11", "2025-12"]
+    assert choose_snapshots(snapshots, cpm_first, 1, True) == ["2025-12"]
+    assert choose_snapshots(snapshots, cpm_first, 3, False) == ["2025-11", "2025-12", "2026-01"]
+    assert choose_snapshots(snapshots, cpm_first, 0, False) == []
 
 
 def test_historical_snapshots_and_tpm_warm_start_in_the_daily_job(job):

@@ -211,12 +211,12 @@ _REBUILD_RULE = ("built days are not rebuilt for a spec change: `build --skip_bu
                  "the stats record is not compared; only `ecdctr build` without --skip_built, "
                  "over the days to redo, rebuilds them")
 _SNAPSHOT_RULE = ("a CPM reads the newest transfer.tpm_snapshots TPM snapshots chosen by "
-                  "training window (steps.choose_snapshots). Each snapshot's tables are keyed "
+                  "training window (snapshots.choose_snapshots). Each snapshot's tables are keyed "
                   "by the name of its entity features; the CPM and the A-CTR look them up by "
                   "that name in the current spec's inputs, and every snapshot read together "
                   "must have the same entity features with the same dim (TpmAggregator). "
                   "Snapshots that break this with the current spec are left out, with a log "
-                  "line (steps.readable_snapshots): the models train with fewer snapshots, or "
+                  "line (snapshots.readable_snapshots): the models train with fewer snapshots, or "
                   "none, until newer ones arrive")
 
 

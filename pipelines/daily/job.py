@@ -47,6 +47,7 @@ from pipelines.daily.report import (
 )
 from pipelines.daily.watch import watch_served
 from pipelines.held_out import Evaluation, evaluation_share, split, unjudgeable
+from pipelines.snapshots import choose_snapshots, readable_snapshots, tpm_window
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class DailyJob:
             entry.update(status="skipped", reason="the chief builds")
             return
         w = self.config.windows
-        first_tpm = steps.tpm_window(self.date, w, self.config.transfer.tpm_historical)[0]
+        first_tpm = tpm_window(self.date, w, self.config.transfer.tpm_historical)[0]
         start = min(first_tpm, self.date - dt.timedelta(days=max(w.cpm_days, w.actr_days)))
         built = build(self.spec, self.config.logs, self.work, start=start, end=self.date,
                       beam_args=self.config.beam_args, skip_built=True,
@@ -138,7 +139,7 @@ class DailyJob:
         if t.tpm_snapshots == 0:
             entry.update(status="skipped", reason="transfer.tpm_snapshots is 0: no TPM")
             return
-        first, end = steps.tpm_window(self.date, self.config.windows, t.tpm_historical)
+        first, end = tpm_window(self.date, self.config.windows, t.tpm_historical)
         days = steps.built_days(self.work, "natural", first, end)
         if not days:
             entry.update(status="skipped", reason=f"no built natural day in the TPM window "
@@ -172,14 +173,14 @@ class DailyJob:
         the run is configured for the TPM and there is none, a warning and entry["tpm"] say why."""
         t = self.config.transfer
         usable = self.tpms.usable(self.date)
-        names = steps.choose_snapshots(usable, cpm_first, t.tpm_snapshots, t.tpm_historical)
+        names = choose_snapshots(usable, cpm_first, t.tpm_snapshots, t.tpm_historical)
         loaded = []
         for name in names:
             try:
                 loaded.append(load_snapshot(self.tpms.path(name)))
             except DamagedFile as e:  # left out; the TPM step retrains it when due
                 self.tpms.mark_damaged(name, str(e))
-        snapshots = steps.readable_snapshots(loaded, self.spec)
+        snapshots = readable_snapshots(loaded, self.spec)
         if self.tpms.damaged:
             entry["damaged_snapshots"] = dict(sorted(self.tpms.damaged.items()))
         if not snapshots and t.tpm_snapshots > 0:
