@@ -18,7 +18,7 @@ from ecdctr.data.vocab import Partition
 from ecdctr.io import storage
 from ecdctr.io.jsonio import DamagedFile, read_json, write_json
 from ecdctr.io.layout import built_partitions
-from ecdctr.models.ctr_model import CtrModel
+from ecdctr.models.ctr_model import CtrModel, ModelConfig
 from ecdctr.models.sparsity import write_tensorboard
 from ecdctr.spec.feature_spec import Spec, feature_diff, feature_fingerprints
 from ecdctr.training.checkpoint import (
@@ -349,26 +349,8 @@ class DailyJob:
         cfg = auto.arm_config(previous_meta, self.config.actr)  # an update keeps its arm
         shared = self.actr_vocabulary(days)
         if previous and previous_meta.get("cpm_id") == cpm.meta.get("id"):
-            source_folder = self.actrs.path(previous)
-            yesterday = (self.date - dt.timedelta(days=1)).isoformat()
-            start = (f"from yesterday's A-CTR {source_folder}" if previous == yesterday
-                     else f"from the A-CTR of {previous} {source_folder} (the newest earlier one)")
-            reason = f"it descends from the newest CPM {cpm_name}" + (
-                f"; it keeps the arm {previous_meta['arm']['name']} chosen when it was derived"
-                if "arm" in previous_meta else "")
-            source = load_checkpoint(source_folder, cfg)
-            fresh, diff = self.fresh_features(source.meta, f"A-CTR {start}")
-            # Only the ad days the previous A-CTR has not learned from: re-reading the whole
-            # window every day would be one more epoch over it a day, and overfits the ids.
-            seen = dt.date.fromisoformat(source.meta["learned_through"])
-            train_days = [d for d in days if d > seen]
-            logger.info(f"A-CTR starts {start} ({reason})")
-            trained = steps.update_actr(source, self.spec, self.work, train_days, cfg,
-                                        vocab_parts=shared, fresh_features=fresh,
-                                        board=self.board("actr"),
-                                        distribution=self.distribution, evaluation=evaluation,
-                                        validate=self.config.transfer.validate_update,
-                                        earlier=[d for d in days if d <= seen])
+            trained, start, reason, diff, train_days = self.update_from(
+                previous, previous_meta, cfg, cpm_name, days, shared, evaluation)
         else:
             start = f"re-derived from CPM {cpm.folder}"
             reason = (f"CPM {cpm_name} landed after CPM {previous_meta.get('cpm')} that the "
@@ -400,6 +382,33 @@ class DailyJob:
                             transfer=transfer,
                             evaluation=evaluation.describe() if evaluation else None)
         return trained
+
+    def update_from(self, previous: str, previous_meta: dict, cfg: ModelConfig, cpm_name: str,
+                    days: list[dt.date], shared: list[Partition], evaluation: Evaluation | None
+                    ) -> tuple[steps.Trained, str, str, dict, list[dt.date]]:
+        """fine_tune's update: the A-CTR of `previous` (it descends from the newest CPM) trained
+        on the ad days it has not learned from; returns what fine_tune records of it."""
+        source_folder = self.actrs.path(previous)
+        yesterday = (self.date - dt.timedelta(days=1)).isoformat()
+        start = (f"from yesterday's A-CTR {source_folder}" if previous == yesterday
+                 else f"from the A-CTR of {previous} {source_folder} (the newest earlier one)")
+        reason = f"it descends from the newest CPM {cpm_name}" + (
+            f"; it keeps the arm {previous_meta['arm']['name']} chosen when it was derived"
+            if "arm" in previous_meta else "")
+        source = load_checkpoint(source_folder, cfg)
+        fresh, diff = self.fresh_features(source.meta, f"A-CTR {start}")
+        # Only the ad days the previous A-CTR has not learned from: re-reading the whole
+        # window every day would be one more epoch over it a day, and overfits the ids.
+        seen = dt.date.fromisoformat(source.meta["learned_through"])
+        train_days = [d for d in days if d > seen]
+        logger.info(f"A-CTR starts {start} ({reason})")
+        trained = steps.update_actr(source, self.spec, self.work, train_days, cfg,
+                                    vocab_parts=shared, fresh_features=fresh,
+                                    board=self.board("actr"),
+                                    distribution=self.distribution, evaluation=evaluation,
+                                    validate=self.config.transfer.validate_update,
+                                    earlier=[d for d in days if d <= seen])
+        return trained, start, reason, diff, train_days
 
     # -- export ---------------------------------------------------------------------------
     def export(self, entry: dict, candidate: Candidate) -> None:
