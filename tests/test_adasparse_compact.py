@@ -11,6 +11,7 @@ import tf_keras as keras
 
 from ecdctr.models.adasparse import FORMS, PLACEMENTS, AdaSparseConfig, AdaSparseMlp
 from ecdctr.models.adasparse_compact import CompactedAdaSparseMlp, compacted
+from ecdctr.seeding import set_random_seed
 
 RNG = np.random.default_rng(0)
 X = tf.constant(RNG.normal(size=(64, 12)).astype("float32"))
@@ -27,7 +28,7 @@ def _domains(first: np.ndarray, second: np.ndarray) -> tuple[tf.Tensor, tf.Tenso
 
 
 def _trained(form: str, placement: str, export_form: str = "compacted") -> AdaSparseMlp:
-    keras.utils.set_random_seed(0)
+    set_random_seed(0)
     tower = AdaSparseMlp((16, 8), AdaSparseConfig(form=form, placement=placement, ramp_steps=3,
                                                   pruner_input="domain", export_form=export_form))
     e_d, _ = _domains(FIRST, SECOND)

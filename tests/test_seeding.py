@@ -5,6 +5,7 @@ import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 # isort: split
 import random
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,3 +35,13 @@ def test_the_same_weights_as_tf_keras_seeding():
     expected = _dense_kernel()
     set_random_seed(3)
     np.testing.assert_array_equal(_dense_kernel(), expected)
+
+
+def test_no_code_seeds_through_tf_keras_directly():
+    """keras.utils.set_random_seed fails on 3.12 with the pinned tf_keras: ecdctr.seeding's only."""
+    root = Path(__file__).resolve().parent.parent
+    callers = [str(p.relative_to(root)) for folder in ("ecdctr", "pipelines", "benchmarks", "tests")
+               for p in sorted((root / folder).rglob("*.py"))
+               if p.name not in ("test_seeding.py", "seeding.py")
+               and "utils.set_random_seed(" in p.read_text()]
+    assert callers == [], f"use ecdctr.seeding.set_random_seed in {callers}"

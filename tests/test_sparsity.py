@@ -7,11 +7,11 @@ import ecdctr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
 import pytest
 import tensorflow as tf
-import tf_keras as keras
 
 from ecdctr.models.adasparse import AdaSparseConfig, AdaSparseMlp
 from ecdctr.models.ctr_model import ModelConfig, build_model, transfer_weights
 from ecdctr.models.sparsity import SparsityTally, controlled_shift, measure, write_tensorboard
+from ecdctr.seeding import set_random_seed
 from ecdctr.spec.feature_spec import load_spec
 from ecdctr.training.loop import fit, recalibrate_batchnorm
 
@@ -50,7 +50,7 @@ def _model(band: tuple[float, float], name: str = "m"):
 
 @pytest.mark.parametrize("band", [(0.15, 0.25), (0.6, 0.7)])
 def test_a_two_epoch_fit_reaches_its_band_in_every_layer(band):
-    keras.utils.set_random_seed(0)
+    set_random_seed(0)
     features, data = _world()
     model = _model(band)
     fit(model, data, epochs=2, batch_size=BATCH, name="t", rows=ROWS)  # 32 steps
@@ -62,7 +62,7 @@ def test_a_two_epoch_fit_reaches_its_band_in_every_layer(band):
 
 
 def test_a_warm_start_continues_the_schedule_and_the_controller():
-    keras.utils.set_random_seed(0)
+    set_random_seed(0)
     _, data = _world()
     source, target = _model((0.3, 0.5), "cpm"), _model((0.3, 0.5), "actr")
     fit(source, data.take(8), epochs=1, batch_size=BATCH, name="s", rows=8 * BATCH)
@@ -95,7 +95,7 @@ def test_tally_reads_sparsity_overall_and_per_bin(tmp_path):
 
 
 def test_measure_bins_the_rows_by_the_models_domains():
-    keras.utils.set_random_seed(0)
+    set_random_seed(0)
     features, data = _world()
     model = _model((0.15, 0.25))
     model(features, training=False)
