@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
+from towers import task_loss, train_tower
 
 from ecdctr.models.adasparse import (
     FORMS,
@@ -36,18 +37,11 @@ def _seed():
 
 
 def _task_loss(tower: AdaSparseMlp, training: bool = True) -> tf.Tensor:
-    logits = tower(X, domain_embedding=E, training=training) @ HEAD
-    loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(Y, logits))
-    return loss + tf.add_n(tower.losses) if tower.losses else loss
+    return task_loss(tower, X, E, Y, HEAD, training)
 
 
 def _train(tower: AdaSparseMlp, steps: int, learning_rate: float = 0.1) -> None:
-    optimizer = keras.optimizers.SGD(learning_rate)
-    for _ in range(steps):
-        with tf.GradientTape() as tape:
-            loss = _task_loss(tower)
-        optimizer.apply_gradients(zip(tape.gradient(loss, tower.trainable_variables),
-                                      tower.trainable_variables, strict=True))
+    train_tower(tower, X, E, Y, HEAD, steps, learning_rate)
 
 
 @pytest.mark.parametrize(("field", "value"), [
@@ -393,14 +387,7 @@ def test_domain_pruners_factors_are_tabulated_per_combination_of_domain_ids(form
     e_d = tf.constant(np.concatenate([tables[0][first], tables[1][second]], axis=1))
     tower = AdaSparseMlp((16, 8), AdaSparseConfig(form=form, placement=placement, ramp_steps=3,
                                                   pruner_input="domain"))
-    optimizer = keras.optimizers.SGD(0.5)
-    for _ in range(5):
-        with tf.GradientTape() as tape:
-            logits = tower(X, domain_embedding=e_d, training=True) @ HEAD
-            loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(Y, logits))
-            loss += tf.add_n(tower.losses) if tower.losses else 0.0
-        optimizer.apply_gradients(zip(tape.gradient(loss, tower.trainable_variables),
-                                      tower.trainable_variables, strict=True))
+    train_tower(tower, X, e_d, Y, HEAD, 5, 0.5)
     expected = tower(X, domain_embedding=e_d, training=False).numpy()
     serving = tower.for_serving(domain_tables=tables)
     assert serving.reads_domain_key and [t.shape for t in serving.factor_tables] == (
@@ -424,14 +411,7 @@ def test_domain_pruners_factors_are_tabulated_per_combination_of_domain_ids(form
 def test_first_pruner_reads_the_domain_columns_of_its_input_when_told_where_they_are():
     inputs = tf.concat([X[:, :8], E, X[:, 8:]], axis=-1)  # the domain embedding in columns 8-11
     tower = AdaSparseMlp((16, 8), AdaSparseConfig(ramp_steps=3))
-    optimizer = keras.optimizers.SGD(0.1)
-    for _ in range(5):
-        with tf.GradientTape() as tape:
-            logits = tower(inputs, domain_embedding=E, training=True) @ HEAD
-            loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(Y, logits))
-            loss += tf.add_n(tower.losses)
-        optimizer.apply_gradients(zip(tape.gradient(loss, tower.trainable_variables),
-                                      tower.trainable_variables, strict=True))
+    train_tower(tower, inputs, E, Y, HEAD, 5, 0.1)
     assert 0 < tower.sparsity(inputs, E)[0] < 1
     expected = tower(inputs, domain_embedding=E, training=False).numpy()
     serving = tower.for_serving(range(8, 12))

@@ -7,7 +7,7 @@ import ecdctr.models.adasparse_compact
 import numpy as np
 import pytest
 import tensorflow as tf
-import tf_keras as keras
+from towers import train_tower
 
 from ecdctr.models.adasparse import FORMS, PLACEMENTS, AdaSparseConfig, AdaSparseMlp
 from ecdctr.models.adasparse_compact import CompactedAdaSparseMlp, compacted
@@ -32,14 +32,7 @@ def _trained(form: str, placement: str, export_form: str = "compacted") -> AdaSp
     tower = AdaSparseMlp((16, 8), AdaSparseConfig(form=form, placement=placement, ramp_steps=3,
                                                   pruner_input="domain", export_form=export_form))
     e_d, _ = _domains(FIRST, SECOND)
-    optimizer = keras.optimizers.SGD(0.5)
-    for _ in range(5):
-        with tf.GradientTape() as tape:
-            logits = tower(X, domain_embedding=e_d, training=True) @ HEAD
-            loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(Y, logits))
-            loss += tf.add_n(tower.losses) if tower.losses else 0.0
-        optimizer.apply_gradients(zip(tape.gradient(loss, tower.trainable_variables),
-                                      tower.trainable_variables, strict=True))
+    train_tower(tower, X, e_d, Y, HEAD, 5, 0.5)
     return tower
 
 
