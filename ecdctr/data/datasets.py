@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -184,18 +185,36 @@ class HeldOut:
 def held_out_counts(spec: Spec, files: Sequence[str], share: float, top: bool = False
                     ) -> tuple[int, int]:
     """(rows, clicks) of the held-out share (HeldOut.of) of files, read once: parses only the
-    request id and the label."""
+    request id and the label, in one graph traced once per process (a fit's validation grows
+    a day at a time, so this runs once per day of the window)."""
     if not files:
         return 0, 0
-    held_out = HeldOut.of(spec, share, files, held=True, top=top)
-    description = {spec.label: tf.io.FixedLenFeature([], tf.int64)}
-    ds = held_out.records(files, shuffle=False, seed=0).batch(8192)
-    ds = ds.map(lambda s: tf.io.parse_example(s, description)[spec.label])
-    rows = clicks = 0
-    for labels in ds:
-        rows += int(tf.size(labels))
-        clicks += int(tf.reduce_sum(labels))
-    return rows, clicks
+    rows, clicks = _held_out_counter(spec.request_id, spec.label)(
+        tf.constant(list(files), tf.string), tf.constant(share_buckets(share, top), tf.int64))
+    return int(rows), int(clicks)
+
+
+@functools.cache
+def _held_out_counter(request_id: str, label: str) -> Callable[[tf.Tensor, tf.Tensor], tuple]:
+    """held_out_counts' graph for one pair of columns: (files, [first, end) of the buckets) ->
+    (rows, clicks) of the rows whose request id hashes into the range (HeldOut.is_held)."""
+    description = {request_id: tf.io.FixedLenFeature([], tf.string, default_value=""),
+                   label: tf.io.FixedLenFeature([], tf.int64)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([2], tf.int64)],
+                 autograph=False)
+    def count(files: tf.Tensor, bounds: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        def add(totals: tuple[tf.Tensor, tf.Tensor], batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            parsed = tf.io.parse_example(batch, description)
+            bucket = crc32(parsed[request_id]) % HASH_BUCKETS
+            labels = tf.boolean_mask(parsed[label], (bucket >= bounds[0]) & (bucket < bounds[1]))
+            return totals[0] + tf.size(labels, out_type=tf.int64), totals[1] + tf.reduce_sum(labels)
+
+        records = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(8192)
+        zero = tf.constant(0, tf.int64)
+        return records.reduce((zero, zero), add)
+
+    return count
 
 
 def make_dataset(spec: Spec, files: Sequence[str], batch_size: int, shuffle: bool = False,
