@@ -81,7 +81,7 @@ def test_publishing_on_s3_never_shows_a_loadable_partial_version(bucket, monkeyp
     copy = storage.copy
 
     def slow_copy(source, destination, overwrite=True):  # widen the window a poller can hit
-        time.sleep(0.6)
+        time.sleep(0.2)  # a poll (a listing, a stat) takes ~20 ms here
         copy(source, destination, overwrite)
 
     monkeypatch.setattr(storage, "copy", slow_copy)
