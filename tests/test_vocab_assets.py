@@ -114,3 +114,31 @@ def test_a_plain_layer_saves_its_lookup_as_an_asset(tmp_path):
     assert list(assets.values()) == [2] and os.listdir(tmp_path / "assets") == list(assets)
     loaded = tf.saved_model.load(str(tmp_path)).signatures["serving_default"]
     assert loaded(tf.constant(["y\tz", "x", "y"]))["ids"].numpy().tolist() == [2, 1, 0]
+
+
+def _tracked_values(layer):
+    """Every value Keras visits when it gathers a layer's variables (Layer._flatten_modules:
+    the tracked layers, and the items of tracked lists and dicts)."""
+    seen, queue, values = set(), list(layer._self_tracked_trackables), []
+    while queue:
+        value = queue.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        values.append(value)
+        if isinstance(value, tf.__internal__.tracking.TrackableDataStructure):
+            queue.extend(value._values)
+        elif isinstance(value, tf.Module):
+            queue.extend(getattr(value, "_self_tracked_trackables", []))
+    return values
+
+
+def test_no_vocabulary_is_walked_when_variables_are_gathered():
+    """A vocabulary held in a tracked list is walked id by id whenever the model's variables
+    are gathered (~1,000 times in one export: 170 CPU seconds at 1M ids); the encoder, the TPM
+    lookups and the aggregator hold theirs untracked."""
+    model = _model()
+    assert len(string_lookups(model)) >= 4  # the feature lookups and the TPM aggregator's
+    walked = [v for v in _tracked_values(model) if isinstance(v, str | bytes)]
+    assert not set(walked) & {*USERS, *ITEMS} and len(walked) < 3 * len(SPEC.features)  # names
+    assert model.encoder.vocabs["user_id"] == USERS  # still there to read

@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from ecdctr.layers.core import TpmLookup, known_from_rows
+from ecdctr.layers.core import TpmLookup, Untracked, known_from_rows, token_array
 
 # The serving form of a TpmAggregator: one StringLookup + gather per entity feature over
 # `TpmAggregator.merged_tables()`, features in name order, a zero vector for unseen ids, tables
@@ -75,7 +75,7 @@ class TpmAggregator(keras.layers.Layer):
         dims = _validate(snapshots)
         self.feature_names = sorted(dims)
         self.snapshot_count = len(snapshots)
-        self.keys: dict[str, list[str]] = {}
+        self.keys: dict[str, list[str]] = Untracked()
         self.lookups: dict[str, keras.layers.StringLookup] = {}
         self.snapshot_tables: dict[str, list[tf.Variable]] = {}
         self.present: dict[str, tf.Variable] = {}
@@ -93,7 +93,7 @@ class TpmAggregator(keras.layers.Layer):
                 present[rows, k] = True
                 tables.append(self._frozen(f"tpm_snap{k}_{name}", aligned))
             self.keys[name] = keys
-            self.lookups[name] = keras.layers.StringLookup(vocabulary=keys, num_oov_indices=1,
+            self.lookups[name] = keras.layers.StringLookup(vocabulary=token_array(keys), num_oov_indices=1,
                                                            name=f"tpm_lookup_{name}")
             self.snapshot_tables[name] = tables
             self.present[name] = self._frozen(f"tpm_present_{name}", present)
