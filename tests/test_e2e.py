@@ -201,7 +201,7 @@ def test_exit_codes_and_the_alert_command(run_copy, tmp_path, capsys):
         main(["daily", f"--config={with_alert}", f"--date={later}"])
     err = capsys.readouterr().err
     assert e.value.code == 1, err
-    assert f"ecdctr daily: {later} failed: " in err and "evaluation day" in err
+    assert f"ecdctr daily: error: {later} failed: " in err and "evaluation day" in err
     sent = json.loads(alerted.read_text())
     assert sent["outcome"] == "failed" and sent["date"] == later.isoformat()
     assert sent["steps"]["actr"]["status"] == "failed"

@@ -195,7 +195,8 @@ def _daily(args: argparse.Namespace, beam_args: list[str]) -> int:
             message = error_line(e)
             if message is None:
                 traceback.print_exc()
-            print(f"ecdctr daily: {day} failed: {message or type(e).__name__}", file=sys.stderr)
+            print(f"ecdctr daily: error: {day} failed: {message or type(e).__name__}",
+                  file=sys.stderr)
             codes.append(OUTCOMES["failed"])
             break  # later days build on this one
         outcome = report.get("outcome", "published" if report.get("published") else "rejected")
