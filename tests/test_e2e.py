@@ -22,6 +22,7 @@ from ecdctr.evaluation import history
 from ecdctr.io.lock import Busy
 from ecdctr.serving.export import WARMUP_FILE, describe_versions, read_warmup
 from pipelines.daily import DailyError, run_daily, work_lock
+from pipelines.daily.publish import operational_reasons
 
 DATE = dt.date(2026, 1, 12)
 
@@ -268,13 +269,10 @@ def test_versions_rollback_and_the_hold_on_the_next_run(run_copy, capsys):
     with pytest.raises(SystemExit):
         main(["versions", f"--export={export}"])
     assert f"rollback hold damaged: {hold}: damaged (not JSON" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as e:
-        main(["daily", f"--config={config}", f"--date={DATE}", "--force"])
-    assert e.value.code == 3
-    report = json.loads((root / "work" / "reports" / f"{DATE}.json").read_text())
-    assert report["outcome"] == "rejected" and not report["published"]
-    assert any(r.startswith(f"{hold}: damaged (not JSON") and "--release" in r
-               for r in report["gate"]["reasons"])
+    # the run above showed that these reasons reject a trained candidate; the damaged hold is one
+    reasons = operational_reasons(load_config(str(config)), [])
+    assert len(reasons) == 1 and reasons[0].startswith(f"{hold}: damaged (not JSON")
+    assert "--release" in reasons[0]
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         main(["rollback", f"--export={export}", "--release"])
