@@ -112,6 +112,13 @@ def crc32(strings: tf.Tensor) -> tf.Tensor:
                                   tf.constant(0xFFFFFFFF, tf.int64))
 
 
+def in_buckets(request_ids: tf.Tensor, bounds: tf.Tensor) -> tf.Tensor:
+    """Whether each request id hashes (crc32 % HASH_BUCKETS) into one of the bucket ranges
+    bounds ([ranges, 2]: first, end): the one test of a held-out row."""
+    bucket = (crc32(request_ids) % HASH_BUCKETS)[:, None]
+    return tf.reduce_any((bucket >= bounds[:, 0]) & (bucket < bounds[:, 1]), axis=1)
+
+
 def share_buckets(share: float, top: bool = False) -> tuple[int, int]:
     """[first, end) of the hash buckets a share of requests holds: the lowest round(share *
     HASH_BUCKETS) buckets, or with top the highest."""
@@ -154,8 +161,7 @@ class HeldOut:
         ([shares, 2]: first, end)."""
         ids = tf.io.parse_example(serialized, {self.request_id: tf.io.FixedLenFeature(
             [], tf.string, default_value="")})[self.request_id]
-        bucket = (crc32(ids) % HASH_BUCKETS)[:, None]
-        return tf.reduce_any((bucket >= bounds[:, 0]) & (bucket < bounds[:, 1]), axis=1)
+        return in_buckets(ids, bounds)
 
     def records(self, files: Sequence[str], shuffle: bool, seed: int) -> tf.data.Dataset:
         """The serialized Examples of files this side reads, file by file (shuffled: in a
@@ -197,7 +203,7 @@ def held_out_counts(spec: Spec, files: Sequence[str], share: float, top: bool = 
 @functools.cache
 def _held_out_counter(request_id: str, label: str) -> Callable[[tf.Tensor, tf.Tensor], tuple]:
     """held_out_counts' graph for one pair of columns: (files, [first, end) of the buckets) ->
-    (rows, clicks) of the rows whose request id hashes into the range (HeldOut.is_held)."""
+    (rows, clicks) of the rows whose request id hashes into the range (in_buckets)."""
     description = {request_id: tf.io.FixedLenFeature([], tf.string, default_value=""),
                    label: tf.io.FixedLenFeature([], tf.int64)}
 
@@ -206,8 +212,7 @@ def _held_out_counter(request_id: str, label: str) -> Callable[[tf.Tensor, tf.Te
     def count(files: tf.Tensor, bounds: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         def add(totals: tuple[tf.Tensor, tf.Tensor], batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             parsed = tf.io.parse_example(batch, description)
-            bucket = crc32(parsed[request_id]) % HASH_BUCKETS
-            labels = tf.boolean_mask(parsed[label], (bucket >= bounds[0]) & (bucket < bounds[1]))
+            labels = tf.boolean_mask(parsed[label], in_buckets(parsed[request_id], bounds[None]))
             return totals[0] + tf.size(labels, out_type=tf.int64), totals[1] + tf.reduce_sum(labels)
 
         records = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(8192)
