@@ -93,8 +93,8 @@ class TpmAggregator(keras.layers.Layer):
                 present[rows, k] = True
                 tables.append(self._frozen(f"tpm_snap{k}_{name}", aligned))
             self.keys[name] = keys
-            self.lookups[name] = keras.layers.StringLookup(vocabulary=token_array(keys), num_oov_indices=1,
-                                                           name=f"tpm_lookup_{name}")
+            self.lookups[name] = keras.layers.StringLookup(
+                vocabulary=token_array(keys), num_oov_indices=1, name=f"tpm_lookup_{name}")
             self.snapshot_tables[name] = tables
             self.present[name] = self._frozen(f"tpm_present_{name}", present)
             if self.snapshot_count > 1:  # over one snapshot attention is the identity

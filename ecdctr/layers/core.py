@@ -158,8 +158,8 @@ class TpmLookup(keras.layers.Layer):
         self.tables = {}
         for name in self.feature_names:
             keys, matrix = tables[name]
-            self.lookups[name] = keras.layers.StringLookup(vocabulary=token_array(keys), num_oov_indices=1,
-                                                           name=f"tpm_lookup_{name}")
+            self.lookups[name] = keras.layers.StringLookup(
+                vocabulary=token_array(keys), num_oov_indices=1, name=f"tpm_lookup_{name}")
             padded = np.vstack([np.zeros((1, matrix.shape[1]), np.float32), matrix.astype(np.float32)])
             self.tables[name] = constant_weight(self, f"tpm_table_{name}", padded)
 
