@@ -59,6 +59,16 @@ def feature_batch(spec, n: int = 16, shift: float = 0.0) -> dict:
     return features
 
 
+def run_config(folder, body: str, logs: str = "logs"):
+    """folder/config.yaml, a run config on the default spec whose work and export are folder's
+    `work` and `export` and whose logs are `logs` (relative to folder, or a path); body: the
+    rest of its YAML. Returns its path."""
+    path = folder / "config.yaml"
+    path.write_text(f"spec: {os.path.abspath('features/default.yaml')}\nlogs: {logs}\n"
+                    f"work: work\nexport: export\n{body}")
+    return path
+
+
 @contextlib.contextmanager
 def recorded() -> Iterator[list[logging.LogRecord]]:
     """The records, info and above, that ecdctr's packages log meanwhile: for a fixture that

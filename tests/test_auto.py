@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+from conftest import run_config
 
 from ecdctr.config import load_config
 from ecdctr.data.simulator import SimConfig, simulate
@@ -70,13 +71,11 @@ def test_compare_auto_chooses_an_arm_and_records_the_evidence(tmp_path):
     simulate(str(tmp_path / "logs"), dt.date(2026, 1, 1), 8,
              SimConfig(users=400, items=150, new_users_per_day=10, new_items_per_day=5,
                        natural_rows_per_day=1500, seed=6))
-    config = tmp_path / "config.yaml"
-    config.write_text(f"spec: {os.path.abspath('features/default.yaml')}\nlogs: logs\nwork: work\n"
-                      "export: export\nwindows: {tpm_days: 3, cpm_days: 3, actr_days: 3}\n"
-                      "transfer: {tpm: auto, tpm_snapshots: 1}\n"
-                      "model: {hidden: [16, 8]}\ntpm: {hidden: [8], batch_size: 256, max_epochs: 1}\n"
-                      "cpm: {batch_size: 256, max_epochs: 1}\n"
-                      "actr: {batch_size: 64, max_epochs: 2, validation_share: 0.5}\n")
+    config = run_config(tmp_path, "windows: {tpm_days: 3, cpm_days: 3, actr_days: 3}\n"
+                        "transfer: {tpm: auto, tpm_snapshots: 1}\n"
+                        "model: {hidden: [16, 8]}\ntpm: {hidden: [8], batch_size: 256, max_epochs: 1}\n"
+                        "cpm: {batch_size: 256, max_epochs: 1}\n"
+                        "actr: {batch_size: 64, max_epochs: 2, validation_share: 0.5}\n")
     variants = ["ecdctr-no_tpm", "ecdctr", "ecdctr-auto"]
     report = run_compare(load_config(str(config)), dt.date(2026, 1, 8), variants,
                          str(tmp_path / "auto.json"), source="ad")
@@ -99,13 +98,12 @@ def test_daily_chooses_at_the_weekly_derivation_and_updates_keep_the_arm(world, 
                                                                          monkeypatch):
     from pipelines import daily
 
-    config = tmp_path / "config.yaml"
-    config.write_text(f"spec: {os.path.abspath('features/default.yaml')}\nlogs: {world}\n"
-                      "work: work\nexport: export\nwindows: {tpm_days: 1, cpm_days: 2, actr_days: 2}\n"
-                      "transfer: {tpm: false}\nmodel: {hidden: [8], multi_domain: auto}\n"
-                      "schedule: {tpm: monthly, cpm: weekly}\n"
-                      "tpm: {hidden: [8], batch_size: 256, max_epochs: 1}\n"
-                      "cpm: {batch_size: 256, max_epochs: 1}\nactr: {batch_size: 128, max_epochs: 1}\n")
+    config = run_config(tmp_path, "windows: {tpm_days: 1, cpm_days: 2, actr_days: 2}\n"
+                        "transfer: {tpm: false}\nmodel: {hidden: [8], multi_domain: auto}\n"
+                        "schedule: {tpm: monthly, cpm: weekly}\n"
+                        "tpm: {hidden: [8], batch_size: 256, max_epochs: 1}\n"
+                        "cpm: {batch_size: 256, max_epochs: 1}\nactr: {batch_size: 128, max_epochs: 1}\n",
+                        logs=world)
     monkeypatch.setattr(daily.DailyJob, "export", lambda self, entry, _: entry.update(status="skipped"))
     first = daily.run_daily(load_config(str(config)), dt.date(2026, 1, 9))
     arms = first["steps"]["cpm"]["arms"]

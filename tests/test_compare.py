@@ -7,6 +7,7 @@ import logging
 import os
 
 import pytest
+from conftest import run_config
 
 from ecdctr.config import load_config
 from ecdctr.data.simulator import SimConfig, simulate
@@ -51,10 +52,8 @@ def test_compare_end_to_end(tmp_path):
     simulate(str(tmp_path / "logs"), dt.date(2026, 1, 1), 5,
              SimConfig(users=600, items=200, new_users_per_day=10, new_items_per_day=5,
                        natural_rows_per_day=1500, seed=5))
-    config = tmp_path / "config.yaml"
-    config.write_text(f"spec: {os.path.abspath('features/default.yaml')}\nlogs: logs\nwork: work\n"
-                      "export: export\nwindows: {cpm_days: 4}\nmodel: {hidden: [16, 8]}\n"
-                      "cpm: {batch_size: 256, max_epochs: 2}\n")
+    config = run_config(tmp_path, "windows: {cpm_days: 4}\nmodel: {hidden: [16, 8]}\n"
+                        "cpm: {batch_size: 256, max_epochs: 2}\n")
     out = tmp_path / "cmp" / "report.json"
     variants = ["dnn", "dnn+adasparse:0.1-0.3", "dnn+adasparse:0.3-0.5", "dnn+star",
                 "dcnv2+apg"]
@@ -108,12 +107,10 @@ def test_ablations_on_ad_traffic(tmp_path, logged):
     simulate(str(tmp_path / "logs"), dt.date(2026, 1, 1), 8,
              SimConfig(users=600, items=200, new_users_per_day=10, new_items_per_day=5,
                        natural_rows_per_day=2000, seed=6))
-    config = tmp_path / "config.yaml"
-    config.write_text(f"spec: {os.path.abspath('features/default.yaml')}\nlogs: logs\nwork: work\n"
-                      "export: export\nwindows: {tpm_days: 7, cpm_days: 3, actr_days: 3}\n"
-                      "transfer: {tpm_snapshots: 3}\n"
-                      "model: {hidden: [16, 8]}\ntpm: {hidden: [8], batch_size: 256, max_epochs: 2}\n"
-                      "cpm: {batch_size: 256, max_epochs: 2}\nactr: {batch_size: 64, max_epochs: 2}\n")
+    config = run_config(tmp_path, "windows: {tpm_days: 7, cpm_days: 3, actr_days: 3}\n"
+                        "transfer: {tpm_snapshots: 3}\n"
+                        "model: {hidden: [16, 8]}\ntpm: {hidden: [8], batch_size: 256, max_epochs: 2}\n"
+                        "cpm: {batch_size: 256, max_epochs: 2}\nactr: {batch_size: 64, max_epochs: 2}\n")
     variants = ["ad_only", "finetune", "ecdctr", "ecdctr-daily"]
     report = run_compare(load_config(str(config)), dt.date(2026, 1, 8), variants,
                          str(tmp_path / "ablations.json"), source="ad")
@@ -145,11 +142,9 @@ def test_ablation_snapshots_follow_the_tpm_schedule_and_warm_start(tmp_path, log
     simulate(str(tmp_path / "logs"), dt.date(2026, 1, 1), 8,
              SimConfig(users=300, items=100, new_users_per_day=5, new_items_per_day=5,
                        natural_rows_per_day=600, seed=7))
-    config = tmp_path / "config.yaml"
-    config.write_text(f"spec: {os.path.abspath('features/default.yaml')}\nlogs: logs\nwork: work\n"
-                      "export: export\nwindows: {tpm_days: 2, cpm_days: 2, actr_days: 2}\n"
-                      "tpm: {hidden: [8], batch_size: 256, max_epochs: 1}\n"
-                      "schedule: {tpm: daily}\ntransfer: {tpm_snapshots: 3}\n")
+    config = run_config(tmp_path, "windows: {tpm_days: 2, cpm_days: 2, actr_days: 2}\n"
+                        "tpm: {hidden: [8], batch_size: 256, max_epochs: 1}\n"
+                        "schedule: {tpm: daily}\ntransfer: {tpm_snapshots: 3}\n")
     cfg = load_config(str(config))
     build(load_spec(cfg.spec), cfg.logs, cfg.work)
     ablations = Ablations(cfg, load_spec(cfg.spec), dt.date(2026, 1, 8))
